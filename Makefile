@@ -1,0 +1,44 @@
+# Every target creates or refreshes .venv itself: on a fresh machine `make demo` and
+# `make test` are the whole setup.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo serve test test-fast bench lint format redis clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create/refresh .venv with the app and dev tools
+
+demo: $(STAMP) ## start embedded Redis Stack, load the real sample data, serve the API on :8000
+	$(PY) -m app.cli demo
+
+test: $(STAMP) ## run the whole suite against a real embedded Redis Stack
+	$(PY) -m pytest
+
+bench: $(STAMP) ## run the benchmarks (each prints one JSON line last)
+	@for b in bench/ingest.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint: $(STAMP) ## ruff, ruff format --check, mypy --strict
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+format: $(STAMP) ## apply ruff format and autofixes
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+redis: $(STAMP) ## run the embedded Redis Stack on its own (Ctrl-C stops it)
+	$(PY) -m app.cli redis
+
+clean: ## remove .venv and local data (var/)
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,73 @@
+"""One exception hierarchy for the engine, and the Lua error codes mirrored once.
+
+Lua Functions fail with `redis.error_reply("ERR_CODE message")`; `from_redis_error` maps the
+code prefix back to the matching Python class so callers catch typed errors, not strings.
+"""
+
+from __future__ import annotations
+
+import redis
+
+
+class EngineError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class RedisSetupError(EngineError):
+    """Redis is unreachable, too old, or lacks a module; or the embedded server failed."""
+
+
+class LibraryVersionError(EngineError):
+    """The Functions library loaded in Redis is not the one this code ships."""
+
+
+class ValidationError(EngineError):
+    """Bad input; `field` names the offending field (HTTP 422)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class AuthError(EngineError):
+    """Missing or wrong API key."""
+
+
+class FunctionError(EngineError):
+    """A Redis Function refused its input. `code` is the Lua error code."""
+
+    code = "ERR_ENGINE"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+class BadArgumentError(FunctionError):
+    code = "ERR_BADARG"
+
+
+class KeyLayoutError(FunctionError):
+    code = "ERR_KEYS"
+
+
+class WrongTypeError(FunctionError):
+    code = "ERR_WRONGTYPE"
+
+
+# The Lua side raises exactly these codes (see lua/00_common.lua: `fail(code, msg)`).
+LUA_ERROR_CODES: dict[str, type[FunctionError]] = {
+    cls.code: cls for cls in (BadArgumentError, KeyLayoutError, WrongTypeError)
+}
+
+
+def from_redis_error(exc: redis.ResponseError) -> EngineError:
+    """Turn a Function's error reply into its typed Python error (others pass as FunctionError)."""
+    text = str(exc)
+    code = text.split(" ", 1)[0]
+    cls = LUA_ERROR_CODES.get(code)
+    if cls is not None:
+        return cls(text.split(" ", 1)[1] if " " in text else text)
+    if "WRONGTYPE" in text:
+        return WrongTypeError(text)
+    return FunctionError(text)

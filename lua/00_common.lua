@@ -1,0 +1,88 @@
+-- Shared helpers for every Function in the `retail` library.
+-- This file is concatenated first by app/functions.py (which prepends the `#!lua` shebang and
+-- `local LIBRARY_VERSION = '...'`). Keep it free of side effects: no redis.call at load time.
+
+-- Error codes are mirrored once in app/errors.py (LUA_ERROR_CODES).
+local function fail(code, msg)
+  return error({err = code .. ' ' .. msg}, 0)
+end
+
+local function num(value, name)
+  local n = tonumber(value)
+  if n == nil or n ~= n then
+    fail('ERR_BADARG', name .. ' must be a number, got ' .. tostring(value))
+  end
+  return n
+end
+
+local function int(value, name)
+  local n = num(value, name)
+  if n ~= math.floor(n) then
+    fail('ERR_BADARG', name .. ' must be an integer, got ' .. tostring(value))
+  end
+  return n
+end
+
+local function nonempty(value, name)
+  if value == nil or value == '' then
+    fail('ERR_BADARG', name .. ' must not be empty')
+  end
+  return value
+end
+
+-- KEYS index given in ARGV (1-based); 0 means "no key in this call" (used when a cluster
+-- client splits one event across per-slot calls).
+local function key_at(keys, idx, name)
+  local i = int(idx, name)
+  if i == 0 then return nil end
+  local key = keys[i]
+  if key == nil then
+    fail('ERR_KEYS', name .. ' refers to KEYS[' .. i .. '] but only ' .. #keys .. ' keys were passed')
+  end
+  return key
+end
+
+-- cjson turns empty tables into {}: restore the arrays the session document declares.
+local ARRAY_FIELDS = {'recent', 'searches', 'purchased'}
+local function encode_doc(doc)
+  local s = cjson.encode(doc)
+  for _, name in ipairs(ARRAY_FIELDS) do
+    s = string.gsub(s, '"' .. name .. '":{}', '"' .. name .. '":[]')
+  end
+  return s
+end
+
+-- Wall clock of the server in ms (Functions may call TIME: effects are replicated, not scripts).
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local EVENT_TYPES = {
+  view = true, click = true, add_to_cart = true, remove_from_cart = true,
+  purchase = true, search = true,
+}
+
+-- Price bands used as an affinity attribute ("price:5-10"); GBP, lower bound inclusive.
+local function price_band(price)
+  if price == nil or price <= 0 then return nil end
+  if price < 2 then return 'lt2' end
+  if price < 5 then return '2-5' end
+  if price < 10 then return '5-10' end
+  if price < 25 then return '10-25' end
+  return '25+'
+end
+
+-- Forward decay (Cormode et al. 2009): an event of weight w at time t adds
+-- w * 2^((t - epoch) / half_life) to a member's score. Ordering by stored score equals ordering
+-- by decayed value at any later time, so ZINCRBY stays O(log n) and ZREVRANGE stays correct.
+-- The value "as of" time `at` is score * 2^(-(at - epoch) / half_life), computed in log space
+-- so huge stored scores never overflow on the way.
+local function forward_weight(w, t, epoch, half_life)
+  return w * 2 ^ ((t - epoch) / half_life)
+end
+
+local function decayed_value(score, at, epoch, half_life)
+  if score <= 0 then return 0 end
+  return math.exp(math.log(score) - (at - epoch) / half_life * math.log(2))
+end

@@ -1,0 +1,191 @@
+-- ingest_aggregates: apply accepted events to the global and per-item aggregates.
+--
+-- Purpose: the second half of ingestion, for events `ingest_user` accepted (so replays and
+--   duplicates never count twice): interaction log, trending Top-K per event type and hour
+--   bucket, Count-Min Sketch counts, per-item RedisTimeSeries counters, co-occurrence.
+--   Increments to one Top-K / CMS key are summed in Lua and sent as one command per key.
+--   All input is validated before the first write.
+--
+-- KEYS: a de-duplicated list; ARGV refers to keys by 1-based index (0 = not in this call).
+--   Patterns (see docs/keys.md): g:{g}:log (STREAM), g:{g}:wm (STRING, trending watermark ms),
+--   g:{g}:trend:<type>:<hour> (TOPK), g:{g}:cms:<type> (CMS), i:{item}:ts:<type> (TS raw,
+--   minute buckets), i:{item}:ts:<type>:1h (TS hourly sums), i:{item}:co:v / :co:b (ZSET).
+--   A cluster client sends one call per slot: global keys in one, each item slot in another.
+--
+-- ARGV:
+--   [1] log_maxlen         int  approximate cap of the log stream (XADD MAXLEN ~)
+--   [2] trend_ttl_s        int  TTL of an hour bucket after its last write
+--   [3] item_ttl_s         int  sliding TTL of per-item series and co-occurrence sets
+--   [4] co_cap             int  neighbours kept per item and kind (lowest scores dropped)
+--   [5] raw_retention_ms   int  retention of minute series
+--   [6] hour_retention_ms  int  retention of hourly series
+--   [7] topk               int  k of a new Top-K bucket (TOPK.RESERVE k 2000 7 0.925)
+--   [8] cms_width          int  width of a new CMS (depth 5)
+--   [9] n_events           int
+--   per event: event_id, type, user, ts_ms, payload(JSON for the log), k_log, k_wm, n_items,
+--     then n_items x (item, qty, k_trend, k_cms, k_ts, k_ts_hour)
+--   then: n_pairs, per pair: k_co, other_item, weight
+--
+-- Reply: {events_logged, items_counted, pairs_applied}
+-- Errors: ERR_BADARG, ERR_KEYS (index out of range). Nothing is written on error.
+-- Writes: log (XADD MAXLEN ~), wm (SET, no TTL: one small string), trend buckets (TOPK.INCRBY,
+--   EXPIRE trend_ttl_s), cms (CMS.INCRBY; fixed size, no TTL), item series (TS.ADD ON_DUPLICATE
+--   SUM, EXPIRE item_ttl_s), co-occurrence (ZINCRBY, trim to co_cap, EXPIRE item_ttl_s).
+
+local MINUTE_MS = 60000
+
+local function ingest_aggregates(keys, argv)
+  local log_maxlen = int(argv[1], 'log_maxlen')
+  local trend_ttl = int(argv[2], 'trend_ttl_s')
+  local item_ttl = int(argv[3], 'item_ttl_s')
+  local co_cap = int(argv[4], 'co_cap')
+  local raw_retention = int(argv[5], 'raw_retention_ms')
+  local hour_retention = int(argv[6], 'hour_retention_ms')
+  local topk = int(argv[7], 'topk')
+  local cms_width = int(argv[8], 'cms_width')
+  local n_events = int(argv[9], 'n_events')
+
+  -- Validation pass.
+  local events = {}
+  local pos = 10
+  for e = 1, n_events do
+    local ev = {
+      id = nonempty(argv[pos], 'event_id'), type = argv[pos + 1], user = argv[pos + 2],
+      ts = int(argv[pos + 3], 'ts'), payload = argv[pos + 4] or '',
+      log = key_at(keys, argv[pos + 5], 'k_log'), wm = key_at(keys, argv[pos + 6], 'k_wm'),
+      items = {},
+    }
+    if not EVENT_TYPES[ev.type] then fail('ERR_BADARG', 'unknown event type ' .. tostring(ev.type)) end
+    local n_items = int(argv[pos + 7], 'n_items')
+    pos = pos + 8
+    for i = 1, n_items do
+      ev.items[i] = {
+        item = nonempty(argv[pos], 'item_id'), qty = num(argv[pos + 1], 'qty'),
+        trend = key_at(keys, argv[pos + 2], 'k_trend'), cms = key_at(keys, argv[pos + 3], 'k_cms'),
+        ts = key_at(keys, argv[pos + 4], 'k_ts'), ts_hour = key_at(keys, argv[pos + 5], 'k_ts_hour'),
+      }
+      pos = pos + 6
+    end
+    events[e] = ev
+  end
+  local n_pairs = int(argv[pos], 'n_pairs')
+  pos = pos + 1
+  local co_pairs = {}
+  for p = 1, n_pairs do
+    co_pairs[p] = {
+      key = key_at(keys, argv[pos], 'k_co'), other = nonempty(argv[pos + 1], 'other_item'),
+      weight = num(argv[pos + 2], 'weight'),
+    }
+    pos = pos + 3
+  end
+
+  -- Write pass. Sums per key first, so each Top-K/CMS/series gets one command per call.
+  local trend_inc, trend_order = {}, {}
+  local cms_inc, cms_order = {}, {}
+  local series_inc, series_order = {}, {}
+  local wm_max = {}
+  local logged, counted = 0, 0
+
+  local function add(tbl, order, key, member, by)
+    local bucket = tbl[key]
+    if bucket == nil then
+      bucket = {members = {}, list = {}}
+      tbl[key] = bucket
+      order[#order + 1] = key
+    end
+    if bucket.members[member] == nil then
+      bucket.members[member] = 0
+      bucket.list[#bucket.list + 1] = member
+    end
+    bucket.members[member] = bucket.members[member] + by
+  end
+
+  for _, ev in ipairs(events) do
+    if ev.log then
+      redis.call('XADD', ev.log, 'MAXLEN', '~', log_maxlen, '*',
+        'id', ev.id, 'type', ev.type, 'user', ev.user, 'ts', ev.ts, 'data', ev.payload)
+      logged = logged + 1
+    end
+    if ev.wm and (wm_max[ev.wm] == nil or ev.ts > wm_max[ev.wm]) then wm_max[ev.wm] = ev.ts end
+    -- Purchases count units bought; other events count one interaction.
+    for _, it in ipairs(ev.items) do
+      local units = 1
+      if ev.type == 'purchase' then units = math.max(1, math.floor(it.qty)) end
+      if it.trend then add(trend_inc, trend_order, it.trend, it.item, units) end
+      if it.cms then add(cms_inc, cms_order, it.cms, it.item, units) end
+      if it.ts then
+        local minute = ev.ts - (ev.ts % MINUTE_MS)
+        add(series_inc, series_order, it.ts, minute, units)
+        series_inc[it.ts].hour_key = it.ts_hour
+      end
+      counted = counted + 1
+    end
+  end
+
+  for key, ts in pairs(wm_max) do
+    local current = tonumber(redis.call('GET', key) or '0')
+    if ts > current then redis.call('SET', key, ts) end
+  end
+
+  for _, key in ipairs(trend_order) do
+    if redis.call('EXISTS', key) == 0 then
+      redis.call('TOPK.RESERVE', key, topk, 2000, 7, 0.925)
+    end
+    local args = {}
+    for _, member in ipairs(trend_inc[key].list) do
+      args[#args + 1] = member
+      args[#args + 1] = trend_inc[key].members[member]
+    end
+    redis.call('TOPK.INCRBY', key, unpack(args))
+    redis.call('EXPIRE', key, trend_ttl)
+  end
+
+  for _, key in ipairs(cms_order) do
+    if redis.call('EXISTS', key) == 0 then
+      redis.call('CMS.INITBYDIM', key, cms_width, 5)
+    end
+    local args = {}
+    for _, member in ipairs(cms_inc[key].list) do
+      args[#args + 1] = member
+      args[#args + 1] = cms_inc[key].members[member]
+    end
+    redis.call('CMS.INCRBY', key, unpack(args))
+  end
+
+  for _, key in ipairs(series_order) do
+    local s = series_inc[key]
+    if redis.call('EXISTS', key) == 0 then
+      -- Minute series compacted into hourly sums; both sum duplicates so TS.ADD increments.
+      redis.call('TS.CREATE', key, 'RETENTION', raw_retention, 'CHUNK_SIZE', 256,
+        'DUPLICATE_POLICY', 'SUM')
+      if s.hour_key then
+        if redis.call('EXISTS', s.hour_key) == 0 then
+          redis.call('TS.CREATE', s.hour_key, 'RETENTION', hour_retention, 'CHUNK_SIZE', 256,
+            'DUPLICATE_POLICY', 'SUM')
+        end
+        redis.call('TS.CREATERULE', key, s.hour_key, 'AGGREGATION', 'sum', 3600000)
+      end
+    end
+    for _, minute in ipairs(s.list) do
+      redis.call('TS.ADD', key, minute, s.members[minute], 'ON_DUPLICATE', 'SUM')
+    end
+    redis.call('EXPIRE', key, item_ttl)
+    if s.hour_key then redis.call('EXPIRE', s.hour_key, item_ttl) end
+  end
+
+  local co_keys = {}
+  for _, p in ipairs(co_pairs) do
+    redis.call('ZINCRBY', p.key, p.weight, p.other)
+    co_keys[p.key] = true
+  end
+  for key, _ in pairs(co_keys) do
+    if redis.call('ZCARD', key) > co_cap then
+      redis.call('ZREMRANGEBYRANK', key, 0, -(co_cap + 1))
+    end
+    redis.call('EXPIRE', key, item_ttl)
+  end
+
+  return {logged, counted, #co_pairs}
+end
+
+redis.register_function{function_name = 'ingest_aggregates', callback = ingest_aggregates}

@@ -1,0 +1,173 @@
+-- Per-user reads and the identify merge. All keys of one call share the user's hash tag.
+
+-- user_profile (no-writes): a user's live state in one round trip.
+--
+-- KEYS[1] u:{user}:session  JSON     KEYS[2] u:{user}:aff  ZSET
+-- KEYS[3] u:{user}:seen     BF       KEYS[4] u:{user}:profile JSON
+-- ARGV[1] aff_epoch_ms int, ARGV[2] aff_half_life_ms int, ARGV[3] top_n int (affinities returned)
+-- Reply: {session_json|'', profile_json|'', seen_estimate, aff_member1, value1, ...}
+--   values are decayed to the server's current time, as strings; strongest first.
+-- Errors: ERR_BADARG. Writes nothing.
+local function user_profile(keys, argv)
+  local session_key, aff_key, seen_key, profile_key = keys[1], keys[2], keys[3], keys[4]
+  local epoch = int(argv[1], 'aff_epoch_ms')
+  local half_life = int(argv[2], 'aff_half_life_ms')
+  local top_n = int(argv[3], 'top_n')
+  local now = now_ms()
+  local session = redis.call('JSON.GET', session_key, '$')
+  if session then session = string.sub(session, 2, -2) else session = '' end
+  local profile = redis.call('JSON.GET', profile_key, '$')
+  if profile then profile = string.sub(profile, 2, -2) else profile = '' end
+  local seen = 0
+  if redis.call('EXISTS', seen_key) == 1 then seen = redis.call('BF.CARD', seen_key) end
+  local reply = {session, profile, seen}
+  local top = redis.call('ZREVRANGE', aff_key, 0, top_n - 1, 'WITHSCORES')
+  for i = 1, #top, 2 do
+    reply[#reply + 1] = top[i]
+    reply[#reply + 1] = tostring(decayed_value(tonumber(top[i + 1]), now, epoch, half_life))
+  end
+  return reply
+end
+
+-- export_user (no-writes): what identify needs from an anonymous id's slot.
+--
+-- KEYS[1] u:{anon}:session JSON, KEYS[2] u:{anon}:aff ZSET
+-- Reply: {session_json|'', member1, raw_score1, ...} (raw forward-decayed scores: same epoch
+--   for every user, so they add up directly in the target's set).
+-- Writes nothing.
+local function export_user(keys, argv)
+  local session_key, aff_key = keys[1], keys[2]
+  local session = redis.call('JSON.GET', session_key, '$')
+  if session then session = string.sub(session, 2, -2) else session = '' end
+  local reply = {session}
+  local all = redis.call('ZRANGE', aff_key, 0, -1, 'WITHSCORES')
+  for i = 1, #all do reply[#reply + 1] = all[i] end
+  return reply
+end
+
+local MERGED_CAP = 20
+
+local function merge_lists(into, from, cap, key_field)
+  for _, entry in ipairs(from or {}) do
+    local found = false
+    for _, mine in ipairs(into) do
+      if key_field and mine[key_field] == entry[key_field] then
+        if entry.ts > mine.ts then mine.ts = entry.ts; mine.type = entry.type end
+        found = true
+        break
+      end
+    end
+    if not found then into[#into + 1] = entry end
+  end
+  table.sort(into, function(a, b) return a.ts > b.ts end)
+  while #into > cap do table.remove(into) end
+end
+
+-- identify_user: attach traits to a known user and merge an anonymous id's state into it.
+--
+-- KEYS (all u:{user}:*): [1] session JSON, [2] aff ZSET, [3] seen BF, [4] profile JSON
+-- ARGV:
+--   [1] user_id str, [2] anonymous_id str ('' = traits only), [3] traits JSON object ('{}' = none)
+--   [4] session_ttl_s int, [5] user_ttl_s int, [6] profile_ttl_s int, [7] recent_cap int,
+--   [8] bloom_capacity int, [9] bloom_error num,
+--   [10] anon session JSON ('' = none), then aff pairs: member, raw_score, ...
+-- Reply: {status, merged_items}: status 'merged' | 'already_merged' | 'traits_only'
+-- Errors: ERR_BADARG (traits not an object, odd aff list). Nothing written on error.
+-- Writes: profile (JSON.SET/JSON.MERGE traits, merged ids capped at 20, EXPIRE profile_ttl_s),
+--   session (JSON.SET, EXPIRE session_ttl_s), aff (ZINCRBY, EXPIRE user_ttl_s),
+--   seen (BF.INSERT, EXPIRE user_ttl_s).
+-- The caller deletes the anonymous keys afterwards (same slot as the anonymous id); a retry
+-- after a crash finds the anonymous id in profile.merged and does not add it twice.
+local function identify_user(keys, argv)
+  local session_key, aff_key, seen_key, profile_key = keys[1], keys[2], keys[3], keys[4]
+  local user_id = nonempty(argv[1], 'user_id')
+  local anon_id = argv[2] or ''
+  local ok, traits = pcall(cjson.decode, argv[3] or '{}')
+  if not ok or type(traits) ~= 'table' then fail('ERR_BADARG', 'traits must be a JSON object') end
+  local session_ttl = int(argv[4], 'session_ttl_s')
+  local user_ttl = int(argv[5], 'user_ttl_s')
+  local profile_ttl = int(argv[6], 'profile_ttl_s')
+  local recent_cap = int(argv[7], 'recent_cap')
+  local bloom_capacity = int(argv[8], 'bloom_capacity')
+  local bloom_error = num(argv[9], 'bloom_error')
+  local anon_session = nil
+  if argv[10] ~= nil and argv[10] ~= '' then
+    local ok2, decoded = pcall(cjson.decode, argv[10])
+    if not ok2 or type(decoded) ~= 'table' then fail('ERR_BADARG', 'anonymous session is not JSON') end
+    anon_session = decoded
+  end
+  if (#argv - 10) % 2 ~= 0 then fail('ERR_BADARG', 'affinity list must be member/score pairs') end
+  for i = 11, #argv, 2 do num(argv[i + 1], 'affinity score') end
+
+  local now = now_ms()
+  local raw = redis.call('JSON.GET', profile_key, '$')
+  local profile
+  if raw then
+    profile = cjson.decode(raw)[1]
+  else
+    profile = {user_id = user_id, traits = {}, created_ts = now, merged = {}}
+  end
+  for name, value in pairs(traits) do profile.traits[name] = value end
+  profile.updated_ts = now
+
+  local status = 'traits_only'
+  local merged_items = 0
+  if anon_id ~= '' then
+    local already = false
+    for _, id in ipairs(profile.merged or {}) do
+      if id == anon_id then already = true end
+    end
+    if already then
+      status = 'already_merged'
+    else
+      status = 'merged'
+      profile.merged = profile.merged or {}
+      table.insert(profile.merged, 1, anon_id)
+      while #profile.merged > MERGED_CAP do table.remove(profile.merged) end
+      if anon_session ~= nil then
+        local cur = redis.call('JSON.GET', session_key, '$')
+        local doc
+        if cur then doc = cjson.decode(cur)[1] else doc = anon_session end
+        if cur then
+          merge_lists(doc.recent, anon_session.recent, recent_cap, 'item')
+          merge_lists(doc.purchased, anon_session.purchased, recent_cap, 'item')
+          merge_lists(doc.searches, anon_session.searches, recent_cap, nil)
+          for item, line in pairs(anon_session.cart or {}) do
+            local mine = doc.cart[item]
+            if mine then mine.qty = mine.qty + line.qty else doc.cart[item] = line end
+          end
+          for name, n in pairs(anon_session.counters or {}) do
+            doc.counters[name] = (doc.counters[name] or 0) + n
+          end
+          if (anon_session.last_ts or 0) > doc.last_ts then doc.last_ts = anon_session.last_ts end
+        end
+        redis.call('JSON.SET', session_key, '$', encode_doc(doc))
+        redis.call('EXPIRE', session_key, session_ttl)
+        local items = {}
+        for _, entry in ipairs(anon_session.recent or {}) do items[#items + 1] = entry.item end
+        for _, entry in ipairs(anon_session.purchased or {}) do items[#items + 1] = entry.item end
+        for item, _ in pairs(anon_session.cart or {}) do items[#items + 1] = item end
+        if #items > 0 then
+          redis.call('BF.INSERT', seen_key, 'CAPACITY', bloom_capacity, 'ERROR', bloom_error,
+            'NONSCALING', 'ITEMS', unpack(items))
+          redis.call('EXPIRE', seen_key, user_ttl)
+        end
+        merged_items = #items
+      end
+      for i = 11, #argv, 2 do
+        redis.call('ZINCRBY', aff_key, argv[i + 1], argv[i])
+      end
+      if #argv > 10 then redis.call('EXPIRE', aff_key, user_ttl) end
+    end
+  end
+  local encoded = cjson.encode(profile)
+  encoded = string.gsub(encoded, '"merged":{}', '"merged":[]')
+  encoded = string.gsub(encoded, '"traits":%[%]', '"traits":{}')
+  redis.call('JSON.SET', profile_key, '$', encoded)
+  redis.call('EXPIRE', profile_key, profile_ttl)
+  return {status, merged_items}
+end
+
+redis.register_function{function_name = 'user_profile', callback = user_profile, flags = {'no-writes'}}
+redis.register_function{function_name = 'export_user', callback = export_user, flags = {'no-writes'}}
+redis.register_function{function_name = 'identify_user', callback = identify_user}
