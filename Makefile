@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	@# redis-om pulls the stale types-redis stubs, which shadow redis-py's own inline types.
+	$(PY) -m pip uninstall --quiet -y types-redis
 	@touch $(STAMP)
 
 install: $(STAMP) ## create/refresh .venv with the app and dev tools

@@ -21,7 +21,7 @@ from app.settings import EngineConfig
 Args = tuple[list[str], list[Any]]
 
 
-def _s(value: Any) -> str:
+def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -66,8 +66,8 @@ class UserIngestResult:
 
 
 def parse_ingest_user(reply: Sequence[Any]) -> UserIngestResult:
-    statuses = _s(reply[0])
-    rest = [_s(x) for x in reply[1:]]
+    statuses = text(reply[0])
+    rest = [text(x) for x in reply[1:]]
     pairs = [
         (rest[i], rest[i + 1], rest[i + 2], float(rest[i + 3])) for i in range(0, len(rest), 4)
     ]
@@ -179,15 +179,22 @@ class UserProfile:
     affinities: list[tuple[str, float]]
 
 
-def user_profile(client: redis.Redis, cfg: EngineConfig, keys: Keys, identity: str) -> UserProfile:
-    reply = fcall_ro(client, "user_profile", user_profile_args(cfg, keys, identity))
-    session, profile = _s(reply[0]), _s(reply[1])
+def parse_user_profile(reply: Sequence[Any]) -> UserProfile:
+    session, profile = text(reply[0]), text(reply[1])
     rest = reply[3:]
     return UserProfile(
         session=json.loads(session) if session else None,
         profile=json.loads(profile) if profile else None,
         seen_estimate=int(reply[2]),
-        affinities=[(_s(rest[i]), float(_s(rest[i + 1]))) for i in range(0, len(rest), 2)],
+        affinities=[(text(rest[i]), float(text(rest[i + 1]))) for i in range(0, len(rest), 2)],
+    )
+
+
+def user_profile(
+    client: redis.Redis, cfg: EngineConfig, keys: Keys, identity: str, top_n: int = 20
+) -> UserProfile:
+    return parse_user_profile(
+        fcall_ro(client, "user_profile", user_profile_args(cfg, keys, identity, top_n))
     )
 
 
@@ -209,8 +216,8 @@ def identify_user_args(
         cfg.bloom_capacity, cfg.bloom_error,
     ]  # fmt: skip
     if exported:
-        argv.append(_s(exported[0]))
-        argv += [_s(x) for x in exported[1:]]
+        argv.append(text(exported[0]))
+        argv += [text(x) for x in exported[1:]]
     else:
         argv.append("")
     return keys.user_profile_keys(user_id), argv
@@ -246,7 +253,7 @@ def trending(
     watermark = int(raw_wm)
     reply = fcall_ro(client, "trending", trending_args(cfg, keys, event_type, watermark, k))
     items = [
-        TrendingItem(_s(reply[i]), float(_s(reply[i + 1])), int(float(_s(reply[i + 2]))))
+        TrendingItem(text(reply[i]), float(text(reply[i + 1])), int(float(text(reply[i + 2]))))
         for i in range(0, len(reply), 3)
     ]
     return watermark, items

@@ -17,9 +17,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import redis
-from redis.cluster import key_slot
+from redis.crc import key_slot
 
 from app import calls
 from app.errors import from_redis_error
@@ -140,9 +141,9 @@ class Ingestor:
         self._execute(pipe)
 
     @staticmethod
-    def _execute(pipe: redis.client.Pipeline) -> list[object]:
+    def _execute(pipe: redis.client.Pipeline) -> list[Any]:
         try:
-            replies: list[object] = pipe.execute(raise_on_error=False)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
         except redis.ResponseError as exc:
             raise from_redis_error(exc) from exc
         for reply in replies:

@@ -182,19 +182,21 @@ class EmbeddedRedis:
         if not self.port:
             self.port = free_port(self.host)
         env = server_env(self.data_dir.parent / ".runtime")
-        self.proc = subprocess.Popen(
-            self.command(),
-            env=env,
-            stdout=subprocess.DEVNULL if self.log_to_file else None,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop it cleanly
-        )
+        stderr_path = self.data_dir / "redis.stderr"
+        with stderr_path.open("wb") as stderr:
+            self.proc = subprocess.Popen(
+                self.command(),
+                env=env,
+                stdout=subprocess.DEVNULL if self.log_to_file else None,
+                stderr=stderr,
+                start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop it cleanly
+            )
         deadline = time.monotonic() + timeout
         client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
         try:
             while True:
                 if self.proc.poll() is not None:
-                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                    err = stderr_path.read_text(errors="replace")
                     raise RedisSetupError(
                         f"redis-server exited with {self.proc.returncode}: {err.strip()[-500:]} "
                         f"{self._log_tail()}"

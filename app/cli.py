@@ -1,0 +1,205 @@
+"""Command line: `python -m app.cli <command>` (also installed as `retail`).
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+from app import functions, redis_stack
+from app.errors import EngineError
+from app.settings import Settings, load_settings
+
+log = logging.getLogger("retail.cli")
+
+
+@contextlib.contextmanager
+def redis_for(settings: Settings, *, port: int = 0) -> Iterator[str]:
+    """REDIS_URL when set; else the embedded Redis Stack on `var/redis` (kept across runs)."""
+    if settings.redis_url:
+        yield settings.redis_url
+        return
+    server = redis_stack.EmbeddedRedis(settings.data_dir / "redis", port=port)
+    print(f"starting embedded Redis Stack 7.4 (data: {server.data_dir}, AOF everysec) ...")
+    server.start()
+    print(f"Redis Stack ready at {server.url}")
+    try:
+        yield server.url
+    finally:
+        print("stopping Redis ...")
+        server.stop()
+
+
+def _serve(settings: Settings, workers_note: bool = True) -> None:
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config as HyperConfig
+
+    from app.main import create_app
+
+    config = HyperConfig()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.accesslog = None
+    app = create_app(settings)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+    asyncio.run(run())
+
+
+def cmd_redis(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.redis_url:
+        print("REDIS_URL is set: nothing to start", file=sys.stderr)
+        return 2
+    with redis_for(settings, port=args.port) as url:
+        with redis.Redis.from_url(url) as client:
+            lib = functions.load(client)
+        print(f"Functions library {lib.name} {lib.version} loaded")
+        print(f"connect with: redis-cli -u {url}   (or `python -m app.cli redis-cli -u {url}`)")
+        print("Ctrl-C stops it")
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+    return 0
+
+
+def cmd_functions(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.redis_url:
+        print("set REDIS_URL (the server to load the library into)", file=sys.stderr)
+        return 2
+    with redis.Redis.from_url(settings.redis_url) as client:
+        redis_stack.probe(client)
+        if args.action == "load":
+            lib = functions.load(client)
+            print(f"loaded {lib.name} {lib.version}")
+        else:
+            expected = functions.build_library().version
+            live = functions.loaded_version(client)
+            print(f"live: {live or '(none)'}  expected: {expected}")
+            return 0 if live == expected else 1
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    settings = dataclasses.replace(
+        settings, host=args.host or settings.host, port=args.port or settings.port
+    )
+    with redis_for(settings) as url:
+        _serve(dataclasses.replace(settings, redis_url=url))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from loaders import replay
+
+    with redis_for(settings) as url, redis.Redis.from_url(url) as client:
+        functions.ensure_current(client, load_if_stale=True)
+        report = replay.replay(client, settings.engine, Path(args.file or settings.sample_data),
+                               limit=args.limit, progress=True)  # fmt: skip
+    print(report.summary())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from loaders import replay
+
+    write_key = next(iter(settings.write_keys), None) or f"wk_demo_{secrets.token_hex(6)}"
+    admin_key = str(settings.admin_key) if settings.admin_key else secrets.token_urlsafe(24)
+    with redis_for(settings) as url:
+        with redis.Redis.from_url(url) as client:
+            lib = functions.ensure_current(client, load_if_stale=True)
+            print(f"Functions library {lib.version} loaded")
+            print(f"replaying the real Online Retail purchases from {settings.sample_data} ...")
+            report = replay.replay(client, settings.engine, settings.sample_data,
+                                   limit=args.limit, progress=True)  # fmt: skip
+            print(report.summary())
+        from app.settings import Secret
+
+        settings = dataclasses.replace(
+            settings, redis_url=url, write_keys=frozenset({write_key}), admin_key=Secret(admin_key)
+        )
+        base = f"http://{settings.host}:{settings.port}"
+        print(
+            f"""
+API on {base}  (Ctrl-C stops the app and Redis)
+  public write key : {write_key}
+  secret admin key : {admin_key}   (shown once; set RETAIL_ADMIN_KEY to choose your own)
+
+Try:
+  curl {base}/health
+  curl '{base}/v1/trending?type=purchase&k=5'
+  curl -X POST {base}/v1/events -H 'X-Write-Key: {write_key}' -H 'content-type: application/json' \\
+       -d '{{"event_id":"demo-1","type":"view","user_id":"c17850","session_id":"s1","item_id":"85123A"}}'
+  curl {base}/v1/users/c17850/profile -H 'Authorization: Bearer {admin_key}'
+  curl {base}/v1/users/c17850/session -H 'Authorization: Bearer {admin_key}'
+"""
+        )
+        _serve(settings)
+    return 0
+
+
+def cmd_redis_cli(args: argparse.Namespace, settings: Settings) -> int:
+    return redis_stack.run_cli(args.rest, settings.data_dir / ".runtime")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="retail", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="embedded Redis Stack + real sample data + API on :8000")
+    p.add_argument("--limit", type=int, default=None, help="replay only the first N events")
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("serve", help="serve the API (embedded Redis unless REDIS_URL is set)")
+    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("redis", help="run the embedded Redis Stack on its own")
+    p.add_argument("--port", type=int, default=6379)
+    p.set_defaults(fn=cmd_redis)
+
+    p = sub.add_parser("functions", help="load or check the Functions library (needs REDIS_URL)")
+    p.add_argument("action", choices=["load", "version"])
+    p.set_defaults(fn=cmd_functions)
+
+    p = sub.add_parser("replay", help="replay the Online Retail purchases as events")
+    p.add_argument("--file", default=None, help="CSV(.gz) in the Online Retail layout")
+    p.add_argument("--limit", type=int, default=None)
+    p.set_defaults(fn=cmd_replay)
+
+    p = sub.add_parser("redis-cli", help="the bundled redis-cli (with its OpenSSL 1.1 runtime)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_redis_cli)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args, load_settings()))
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2 @@
+def category_for(description: str) -> str:
+    return "other"

@@ -1,0 +1,60 @@
+"""Shared fixtures: one real Redis Stack server per test session, one key prefix per test.
+
+With REDIS_URL set, tests use that server (it must be a disposable Redis Stack / Redis 8);
+otherwise an embedded Redis Stack is started in a temporary folder and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+import redis
+
+from app import functions, redis_stack
+from app.keys import Keys
+from app.settings import EngineConfig
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    server = redis_stack.temporary().start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def _library(redis_url: str) -> functions.Library:
+    with redis.Redis.from_url(redis_url) as client:
+        return functions.load(client)
+
+
+@pytest.fixture
+def client(redis_url: str, _library: functions.Library) -> Iterator[redis.Redis]:
+    with redis.Redis.from_url(redis_url) as conn:
+        yield conn
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh key namespace, so tests never see each other's keys."""
+    return f"t{uuid.uuid4().hex[:10]}:"
+
+
+@pytest.fixture
+def cfg(prefix: str) -> EngineConfig:
+    return replace(EngineConfig(), key_prefix=prefix)
+
+
+@pytest.fixture
+def keys(cfg: EngineConfig) -> Keys:
+    return Keys(cfg.key_prefix)

@@ -1,0 +1,245 @@
+"""Ingestion against the real Redis Stack server: idempotency, atomicity, order, aggregates."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from app import calls
+from app.errors import BadArgumentError, ValidationError
+from app.events import parse_event
+from app.ingest import Ingestor
+from app.keys import Keys
+from app.settings import EngineConfig
+
+NOW = int(time.time() * 1000)
+
+
+def ev(event_id: str, etype: str = "view", user: str = "u1", item: str | None = "A",
+       ts: int | None = None, session: str = "s1", **extra: Any) -> dict[str, Any]:  # fmt: skip
+    body: dict[str, Any] = {"event_id": event_id, "type": etype, "user_id": user,
+                            "session_id": session, "ts": ts if ts is not None else NOW}  # fmt: skip
+    if item is not None and etype != "purchase":
+        body["item_id"] = item
+    body.update(extra)
+    return body
+
+
+def ingest(client: redis.Redis, cfg: EngineConfig, *bodies: dict[str, Any]) -> list[str]:
+    return Ingestor(client, cfg).ingest([parse_event(b) for b in bodies]).statuses
+
+
+def test_duplicate_event_ids_have_no_effect(
+    client: redis.Redis, cfg: EngineConfig, keys: Keys
+) -> None:
+    first = ingest(client, cfg, ev("e1", props={"category": "candles", "price": 3.0}),
+                   ev("e2", item="B"))  # fmt: skip
+    assert first == ["accepted", "accepted"]
+    before = {
+        "session": client.json().get(keys.user("u1", "session")),
+        "aff": client.zrange(keys.user("u1", "aff"), 0, -1, withscores=True),
+        "log": client.xlen(keys.log),
+        "ts": client.execute_command("TS.RANGE", keys.item_series("A", "view")[0], "-", "+"),
+    }
+    again = ingest(client, cfg, ev("e1", props={"category": "candles", "price": 3.0}),
+                   ev("e2", item="B"), ev("e2", item="B"))  # fmt: skip
+    assert again == ["duplicate", "duplicate", "duplicate"]
+    after = {
+        "session": client.json().get(keys.user("u1", "session")),
+        "aff": client.zrange(keys.user("u1", "aff"), 0, -1, withscores=True),
+        "log": client.xlen(keys.log),
+        "ts": client.execute_command("TS.RANGE", keys.item_series("A", "view")[0], "-", "+"),
+    }
+    assert after == before
+    assert before["log"] == 2
+
+
+def test_duplicate_within_one_batch_counts_once(
+    client: redis.Redis, cfg: EngineConfig, keys: Keys
+) -> None:
+    assert ingest(client, cfg, ev("x"), ev("x")) == ["accepted", "duplicate"]
+    assert client.json().get(keys.user("u1", "session"), "$.counters.view") == [1]
+    assert client.xlen(keys.log) == 1
+
+
+def test_rejected_call_writes_nothing(client: redis.Redis, cfg: EngineConfig, keys: Keys) -> None:
+    # Python validation rejects first ...
+    with pytest.raises(ValidationError) as err:
+        parse_event(ev("bad", ts=123))
+    assert err.value.field == "ts"
+    # ... and the Function itself validates every event before its first write: a batch whose
+    # last event is malformed leaves no key behind, not even for the valid events before it.
+    good = parse_event(ev("ok1"))
+    key_list, argv = calls.ingest_user_args(cfg, keys, [[good, good]])
+    argv[-7] = "not-a-number"  # the second event's ts
+    with pytest.raises(redis.ResponseError, match="ERR_BADARG ts must be a number"):
+        client.fcall("ingest_user", len(key_list), *key_list, *argv)
+    assert client.keys(cfg.key_prefix + "*") == []
+
+
+def test_function_errors_map_to_typed_python_errors(
+    client: redis.Redis, cfg: EngineConfig, keys: Keys
+) -> None:
+    key_list, argv = calls.ingest_user_args(cfg, keys, [[parse_event(ev("t1"))]])
+    argv[13] = 2  # claims two groups but passes one group's keys
+    from app.errors import KeyLayoutError, from_redis_error
+
+    with pytest.raises(redis.ResponseError) as err:
+        client.fcall("ingest_user", len(key_list), *key_list, *argv)
+    assert isinstance(from_redis_error(err.value), KeyLayoutError)
+    argv[13] = 1
+    argv[15 + 1] = "teleport"  # unknown event type
+    with pytest.raises(redis.ResponseError) as err:
+        client.fcall("ingest_user", len(key_list), *key_list, *argv)
+    assert isinstance(from_redis_error(err.value), BadArgumentError)
+    assert client.keys(cfg.key_prefix + "*") == []
+
+
+def test_out_of_order_events_keep_recent_newest_first(
+    client: redis.Redis, cfg: EngineConfig, keys: Keys
+) -> None:
+    ingest(client, cfg, ev("o3", item="C", ts=NOW - 1000))
+    ingest(client, cfg, ev("o1", item="A", ts=NOW - 3000), ev("o4", item="D", ts=NOW))
+    ingest(client, cfg, ev("o2", item="B", ts=NOW - 2000))
+    # A late, older view of D must not move D back in time.
+    ingest(client, cfg, ev("o0", item="D", ts=NOW - 5000))
+    session = client.json().get(keys.user("u1", "session"))
+    assert [r["item"] for r in session["recent"]] == ["D", "C", "B", "A"]
+    assert [r["ts"] for r in session["recent"]] == [NOW, NOW - 1000, NOW - 2000, NOW - 3000]
+    assert session["counters"]["view"] == 5
+    assert session["last_ts"] == NOW
+
+
+def test_recent_items_are_capped(client: redis.Redis, cfg: EngineConfig, keys: Keys) -> None:
+    bodies = [ev(f"c{i}", item=f"I{i}", ts=NOW - 100_000 + i) for i in range(cfg.recent_cap + 15)]
+    ingest(client, cfg, *bodies)
+    recent = client.json().get(keys.user("u1", "session"), "$.recent")[0]
+    assert len(recent) == cfg.recent_cap
+    assert recent[0]["item"] == f"I{cfg.recent_cap + 14}"
+
+
+def test_cart_and_purchase_flow(client: redis.Redis, cfg: EngineConfig, keys: Keys) -> None:
+    ingest(client, cfg,
+           ev("a1", "add_to_cart", item="A", qty=2, ts=NOW - 300, props={"price": 2.5}),
+           ev("a2", "add_to_cart", item="B", ts=NOW - 200),
+           ev("r1", "remove_from_cart", item="A", qty=1, ts=NOW - 150),
+           ev("p1", "purchase", items=[{"item_id": "B", "qty": 1, "price": 4.0},
+                                       {"item_id": "C", "qty": 3, "price": 1.0}], ts=NOW - 100))  # fmt: skip
+    session = client.json().get(keys.user("u1", "session"))
+    assert session["cart"] == {"A": {"qty": 1, "price": 2.5, "ts": NOW - 300}}
+    assert {p["item"] for p in session["purchased"]} == {"B", "C"}
+    # Co-bought within the purchase, co-viewed (cart adds count as interest) before it.
+    assert client.zscore(keys.co("B", "b"), "C") == 1.0
+    assert client.zscore(keys.co("C", "b"), "B") == 1.0
+    assert client.zscore(keys.co("A", "v"), "B") == 1.0
+    # Purchases count units in the item series and trending.
+    raw, hourly = keys.item_series("C", "purchase")
+    assert sum(float(v) for _, v in client.execute_command("TS.RANGE", raw, "-", "+")) == 3.0
+    assert client.execute_command("TS.INFO", raw)  # exists with a compaction rule
+    rules = dict(zip(*[iter(client.execute_command("TS.INFO", raw))] * 2, strict=False))
+    assert rules  # TS.INFO returned a mapping-like reply
+    assert client.execute_command("CMS.QUERY", keys.cms("purchase"), "C") == [3]
+
+
+def test_new_session_resets_but_keeps_cart(
+    client: redis.Redis, cfg: EngineConfig, keys: Keys
+) -> None:
+    ingest(client, cfg, ev("n1", "add_to_cart", item="A", ts=NOW - 10_000),
+           ev("n2", item="B", ts=NOW - 9_000))  # fmt: skip
+    ingest(client, cfg, ev("n3", item="C", ts=NOW, session="s2"))
+    session = client.json().get(keys.user("u1", "session"))
+    assert session["session_id"] == "s2"
+    assert [r["item"] for r in session["recent"]] == ["C"]
+    assert "A" in session["cart"]
+    # A late event of the old session is accepted but leaves the new session alone.
+    assert ingest(client, cfg, ev("n0", item="Z", ts=NOW - 20_000, session="s1")) == ["accepted"]
+    assert [r["item"] for r in client.json().get(keys.user("u1", "session"), "$.recent")[0]] == [
+        "C"
+    ]
+
+
+def test_search_events_feed_session_and_trending(
+    client: redis.Redis, cfg: EngineConfig, keys: Keys
+) -> None:
+    ingest(client, cfg, *[ev(f"s{i}", "search", item=None, ts=NOW - i,
+                             props={"query": "  Heart  Lantern "}) for i in range(3)])  # fmt: skip
+    session = client.json().get(keys.user("u1", "session"))
+    assert session["searches"][0]["q"] == "Heart  Lantern"
+    _, items = calls.trending(client, cfg, keys, "search", 5)
+    assert items[0].item_id == "heart lantern" and items[0].count == 3
+
+
+def test_ttls_are_set_on_every_user_key(client: redis.Redis, cfg: EngineConfig, keys: Keys) -> None:
+    ingest(client, cfg, ev("t1", props={"category": "candles", "price": 3.0}))
+    ttl = {part: client.ttl(keys.user("u1", part)) for part in ("session", "dedup", "aff", "seen")}
+    assert 0 < ttl["session"] <= cfg.session_ttl_s
+    assert 0 < ttl["dedup"] <= cfg.dedup_window_ms // 1000
+    assert 0 < ttl["aff"] <= cfg.user_ttl_s
+    assert 0 < ttl["seen"] <= cfg.user_ttl_s
+
+
+def test_session_ttl_expires_for_real(client: redis.Redis, cfg: EngineConfig, keys: Keys) -> None:
+    from dataclasses import replace
+
+    short = replace(cfg, session_ttl_s=1)
+    ingest(client, short, ev("x1"))
+    assert client.exists(keys.user("u1", "session")) == 1
+    time.sleep(2.1)
+    assert client.exists(keys.user("u1", "session")) == 0
+    assert client.exists(keys.user("u1", "dedup")) == 1  # the dedup window outlives the session
+
+
+def test_dedup_window_is_bounded_by_count(
+    client: redis.Redis, cfg: EngineConfig, keys: Keys
+) -> None:
+    from dataclasses import replace
+
+    small = replace(cfg, dedup_cap=5)
+    ingest(client, small, *[ev(f"d{i}", item=f"I{i}", ts=NOW - 1000 + i) for i in range(12)])
+    assert client.zcard(keys.user("u1", "dedup")) == 5
+
+
+def test_seen_filter_and_affinity(client: redis.Redis, cfg: EngineConfig, keys: Keys) -> None:
+    ingest(client, cfg, ev("f1", item="A", props={"category": "candles", "price": 3.0}),
+           ev("f2", "add_to_cart", item="B", props={"category": "kitchen", "price": 12.0}))  # fmt: skip
+    seen = keys.user("u1", "seen")
+    assert client.execute_command("BF.MEXISTS", seen, "A", "B") == [1, 1]
+    prof = calls.user_profile(client, cfg, keys, "u1")
+    aff = dict(prof.affinities)
+    # add_to_cart weighs 4, view 1; both "now", so decay is ~1.
+    assert aff["cat:kitchen"] == pytest.approx(4.0, rel=1e-3)
+    assert aff["cat:candles"] == pytest.approx(1.0, rel=1e-3)
+    assert aff["price:10-25"] == pytest.approx(4.0, rel=1e-3)
+    assert prof.affinities[0][0] in ("cat:kitchen", "price:10-25")
+
+
+def test_trending_follows_the_watermark(client: redis.Redis, cfg: EngineConfig, keys: Keys) -> None:
+    hour = 3_600_000
+    old = [ev(f"old{i}", item="OLD", user=f"u{i}", ts=NOW - 6 * hour) for i in range(8)]
+    new = [ev(f"new{i}", item="NEW", user=f"v{i}", ts=NOW - 60_000) for i in range(3)]
+    ingest(client, cfg, *old, *new)
+    watermark, items = calls.trending(client, cfg, keys, "view", 2)
+    assert watermark == NOW - 60_000
+    # 8 views 6 h ago decay by 2^-3 (2 h half-life) -> ~1 < 3 fresh views.
+    assert [it.item_id for it in items] == ["NEW", "OLD"]
+    assert items[1].count == 8 and items[1].score < items[0].score
+
+
+def test_many_users_in_one_call_and_cluster_grouping(
+    client: redis.Redis, cfg: EngineConfig, keys: Keys
+) -> None:
+    bodies = [
+        ev(f"m{i}", user=f"user{i % 150}", item=f"I{i % 40}", ts=NOW - 1000 + i) for i in range(600)
+    ]
+    events = [parse_event(b) for b in bodies]
+    standalone = Ingestor(client, cfg).ingest(events[:300])
+    assert standalone.accepted == 300
+    clustered = Ingestor(client, cfg, cluster=True).ingest(events)
+    assert clustered.statuses == ["duplicate"] * 300 + ["accepted"] * 300
+    assert client.xlen(keys.log) == 600
+    total = sum(client.json().get(keys.user(f"user{u}", "session"), "$.counters.view")[0]
+                for u in range(150))  # fmt: skip
+    assert total == 600
