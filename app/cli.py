@@ -20,7 +20,7 @@ import redis
 
 from app import functions, redis_stack
 from app.errors import EngineError
-from app.settings import Settings, load_settings
+from app.settings import Secret, Settings, load_settings
 
 log = logging.getLogger("retail.cli")
 
@@ -128,8 +128,6 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             report = replay.replay(client, settings.engine, settings.sample_data,
                                    limit=args.limit, progress=True)  # fmt: skip
             print(report.summary())
-        from app.settings import Secret
-
         settings = dataclasses.replace(
             settings, redis_url=url, write_keys=frozenset({write_key}), admin_key=Secret(admin_key)
         )
@@ -143,8 +141,9 @@ API on {base}  (Ctrl-C stops the app and Redis)
 Try:
   curl {base}/health
   curl '{base}/v1/trending?type=purchase&k=5'
-  curl -X POST {base}/v1/events -H 'X-Write-Key: {write_key}' -H 'content-type: application/json' \\
-       -d '{{"event_id":"demo-1","type":"view","user_id":"c17850","session_id":"s1","item_id":"85123A"}}'
+  curl -X POST {base}/v1/events -H 'X-Write-Key: {write_key}' \\
+       -H 'content-type: application/json' -d '{{"event_id":"demo-1","type":"view",
+       "user_id":"c17850","session_id":"s1","item_id":"85123A"}}'
   curl {base}/v1/users/c17850/profile -H 'Authorization: Bearer {admin_key}'
   curl {base}/v1/users/c17850/session -H 'Authorization: Bearer {admin_key}'
 """

@@ -126,8 +126,9 @@ def test_cart_and_purchase_flow(client: redis.Redis, cfg: EngineConfig, keys: Ke
            ev("a1", "add_to_cart", item="A", qty=2, ts=NOW - 300, props={"price": 2.5}),
            ev("a2", "add_to_cart", item="B", ts=NOW - 200),
            ev("r1", "remove_from_cart", item="A", qty=1, ts=NOW - 150),
-           ev("p1", "purchase", items=[{"item_id": "B", "qty": 1, "price": 4.0},
-                                       {"item_id": "C", "qty": 3, "price": 1.0}], ts=NOW - 100))  # fmt: skip
+           ev("p1", "purchase", ts=NOW - 100, items=[
+               {"item_id": "B", "qty": 1, "price": 4.0}, {"item_id": "C", "qty": 3, "price": 1.0}
+           ]))  # fmt: skip
     session = client.json().get(keys.user("u1", "session"))
     assert session["cart"] == {"A": {"qty": 1, "price": 2.5, "ts": NOW - 300}}
     assert {p["item"] for p in session["purchased"]} == {"B", "C"}
@@ -138,9 +139,8 @@ def test_cart_and_purchase_flow(client: redis.Redis, cfg: EngineConfig, keys: Ke
     # Purchases count units in the item series and trending.
     raw, hourly = keys.item_series("C", "purchase")
     assert sum(float(v) for _, v in client.execute_command("TS.RANGE", raw, "-", "+")) == 3.0
-    assert client.execute_command("TS.INFO", raw)  # exists with a compaction rule
-    rules = dict(zip(*[iter(client.execute_command("TS.INFO", raw))] * 2, strict=False))
-    assert rules  # TS.INFO returned a mapping-like reply
+    info = client.execute_command("TS.INFO", raw)  # RESP3: a map
+    assert info[b"rules"] == {hourly.encode(): [3_600_000, b"SUM", 0]}
     assert client.execute_command("CMS.QUERY", keys.cms("purchase"), "C") == [3]
 
 
@@ -203,8 +203,12 @@ def test_dedup_window_is_bounded_by_count(
 
 
 def test_seen_filter_and_affinity(client: redis.Redis, cfg: EngineConfig, keys: Keys) -> None:
-    ingest(client, cfg, ev("f1", item="A", props={"category": "candles", "price": 3.0}),
-           ev("f2", "add_to_cart", item="B", props={"category": "kitchen", "price": 12.0}))  # fmt: skip
+    ingest(
+        client,
+        cfg,
+        ev("f1", item="A", props={"category": "candles", "price": 3.0}),
+        ev("f2", "add_to_cart", item="B", props={"category": "kitchen", "price": 12.0}),
+    )
     seen = keys.user("u1", "seen")
     assert client.execute_command("BF.MEXISTS", seen, "A", "B") == [1, 1]
     prof = calls.user_profile(client, cfg, keys, "u1")
