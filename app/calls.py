@@ -47,7 +47,8 @@ def ingest_user_args(cfg: EngineConfig, keys: Keys, groups: Sequence[Sequence[Ev
     argv: list[Any] = [
         cfg.session_ttl_s, cfg.user_ttl_s, cfg.dedup_window_ms, cfg.dedup_cap, cfg.recent_cap,
         cfg.searches_cap, cfg.aff_epoch_ms, cfg.aff_half_life_ms, cfg.co_window_ms,
-        cfg.co_recent_n, cfg.bloom_capacity, cfg.bloom_error, cfg.weights_arg(), len(groups),
+        cfg.co_recent_n, cfg.bloom_capacity, cfg.bloom_error, cfg.weights_arg(), cfg.cart_cap,
+        len(groups),
     ]  # fmt: skip
     for events in groups:
         key_list += keys.user_group(events[0].identity)

@@ -26,6 +26,7 @@ class EngineConfig:
     dedup_window_ms: int = 24 * HOUR_MS  # event ids remembered 24 h (ingest time) ...
     dedup_cap: int = 10_000  # ... and at most 10,000 per user
     recent_cap: int = 50
+    cart_cap: int = 50
     searches_cap: int = 10
     aff_epoch_ms: int = AFF_EPOCH_MS
     aff_half_life_ms: int = 14 * 24 * HOUR_MS

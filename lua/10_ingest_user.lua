@@ -27,7 +27,8 @@
 --   [11] bloom_capacity     int  seen-filter capacity (NONSCALING: fixed size)
 --   [12] bloom_error        num  seen-filter false-positive rate at capacity
 --   [13] weights            str  "view=1,click=2,..." affinity weight per event type
---   [14] n_groups           int
+--   [14] cart_cap           int  cart lines kept (the oldest line is dropped beyond it)
+--   [15] n_groups           int
 --   then per group: n_events, then per event:
 --     event_id, type, session_id, ts_ms, query, n_items, then n_items x (item, qty, price, category)
 --
@@ -51,11 +52,11 @@ end
 
 -- Validation pass: turn ARGV into tables, raising before anything is written.
 local function parse_groups(keys, argv)
-  local n_groups = int(argv[14], 'n_groups')
+  local n_groups = int(argv[15], 'n_groups')
   if #keys ~= 4 * n_groups then
     fail('ERR_KEYS', 'expected ' .. (4 * n_groups) .. ' keys for ' .. n_groups .. ' groups, got ' .. #keys)
   end
-  local pos = 15
+  local pos = 16
   local groups = {}
   for g = 1, n_groups do
     local n_events = int(argv[pos], 'n_events'); pos = pos + 1
@@ -140,6 +141,21 @@ local function collect_pairs(pairs_out, list, item, ts, kind, window, limit)
   end
 end
 
+-- Keep at most `cap` cart lines: drop the least recently touched (abandoned) ones.
+local function trim_cart(cart, cap)
+  local n, oldest, oldest_ts = 0, nil, nil
+  for item, line in pairs(cart) do
+    n = n + 1
+    if oldest_ts == nil or line.ts < oldest_ts or (line.ts == oldest_ts and item < oldest) then
+      oldest, oldest_ts = item, line.ts
+    end
+  end
+  if n > cap then
+    cart[oldest] = nil
+    trim_cart(cart, cap)
+  end
+end
+
 local function apply_to_session(doc, ev, cfg, pairs_out)
   doc.counters[ev.type] = (doc.counters[ev.type] or 0) + 1
   if ev.ts > doc.last_ts then doc.last_ts = ev.ts end
@@ -158,6 +174,7 @@ local function apply_to_session(doc, ev, cfg, pairs_out)
       line.qty = line.qty + math.max(it.qty, 1)
       if ev.ts >= line.ts then line.price = it.price; line.ts = ev.ts end
       doc.cart[it.item] = line
+      trim_cart(doc.cart, cfg.cart_cap)
     elseif ev.type == 'remove_from_cart' then
       local line = doc.cart[it.item]
       if line ~= nil then
@@ -189,6 +206,7 @@ local function ingest_user(keys, argv)
     bloom_capacity = int(argv[11], 'bloom_capacity'),
     bloom_error = num(argv[12], 'bloom_error'),
     weights = parse_weights(argv[13] or ''),
+    cart_cap = int(argv[14], 'cart_cap'),
   }
   local groups = parse_groups(keys, argv)
   local now = now_ms()

@@ -84,14 +84,14 @@ def test_function_errors_map_to_typed_python_errors(
     client: redis.Redis, cfg: EngineConfig, keys: Keys
 ) -> None:
     key_list, argv = calls.ingest_user_args(cfg, keys, [[parse_event(ev("t1"))]])
-    argv[13] = 2  # claims two groups but passes one group's keys
+    argv[14] = 2  # claims two groups but passes one group's keys
     from app.errors import KeyLayoutError, from_redis_error
 
     with pytest.raises(redis.ResponseError) as err:
         client.fcall("ingest_user", len(key_list), *key_list, *argv)
     assert isinstance(from_redis_error(err.value), KeyLayoutError)
-    argv[13] = 1
-    argv[15 + 1] = "teleport"  # unknown event type
+    argv[14] = 1
+    argv[16 + 1] = "teleport"  # unknown event type
     with pytest.raises(redis.ResponseError) as err:
         client.fcall("ingest_user", len(key_list), *key_list, *argv)
     assert isinstance(from_redis_error(err.value), BadArgumentError)

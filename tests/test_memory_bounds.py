@@ -1,0 +1,88 @@
+"""Memory is bounded by design: every key has a TTL, a cap or a fixed size.
+
+A heavy workload (one shopper with thousands of events, many items) must leave behind only
+keys that (a) expire, or (b) are fixed-size sketches, or (c) are capped, and the caps hold.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import redis
+
+from app.events import parse_event
+from app.ingest import Ingestor
+from app.keys import Keys
+from app.settings import EngineConfig
+
+FIXED_SIZE_TYPES = {b"TopK-TYPE", b"CMSk-TYPE"}
+
+
+def _workload(now: int) -> list[dict[str, object]]:
+    events: list[dict[str, object]] = []
+    kinds = ["view", "view", "click", "add_to_cart", "remove_from_cart", "purchase", "search"]
+    for i in range(3000):
+        etype = kinds[i % len(kinds)]
+        body: dict[str, object] = {"event_id": f"w{i}", "type": etype, "user_id": "heavy" if i % 3 else f"u{i}",
+                                   "session_id": f"s{i // 500}", "ts": now - 3_000_000 + i * 1000,
+                                   "props": {"category": f"c{i % 9}", "price": float(i % 40)}}  # fmt: skip
+        if etype == "purchase":
+            body["items"] = [
+                {"item_id": f"I{(i + j) % 300}", "qty": 1 + j, "price": 2.0} for j in range(3)
+            ]
+        elif etype == "search":
+            body["props"] = {"query": f"query {i % 50}"}
+        else:
+            body["item_id"] = f"I{i % 300}"
+        events.append(body)
+    return events
+
+
+def test_every_key_is_bounded(client: redis.Redis, cfg: EngineConfig) -> None:
+    small = replace(
+        cfg, log_maxlen=500, recent_cap=10, cart_cap=10, searches_cap=5, dedup_cap=200, co_cap=5
+    )
+    keys = Keys(small.key_prefix)
+    now = int(time.time() * 1000)
+    events = [parse_event(e, now_ms=now) for e in _workload(now)]
+    ingestor = Ingestor(client, small)
+    for start in range(0, len(events), 250):
+        ingestor.ingest(events[start : start + 250])
+
+    seen_types: set[str] = set()
+    for raw_key in client.scan_iter(match=small.key_prefix + "*", count=1000):
+        key = raw_key.decode()
+        kind = client.type(key)
+        ttl = client.ttl(key)
+        if kind in FIXED_SIZE_TYPES:
+            seen_types.add(kind.decode())
+            continue
+        if key == keys.log:
+            # MAXLEN ~ trims whole stream nodes (100 entries each): allow one node of slack.
+            assert client.xlen(key) <= small.log_maxlen + 100
+            continue
+        if key == keys.watermark:
+            assert client.strlen(key) <= 20
+            continue
+        assert ttl > 0, f"{key} ({kind!r}) has no TTL"
+        if key.endswith(":co:v") or key.endswith(":co:b"):
+            assert client.zcard(key) <= small.co_cap
+        seen_types.add(kind.decode())
+    assert {"ReJSON-RL", "zset", "MBbloom--", "TSDB-TYPE", "TopK-TYPE", "CMSk-TYPE"} <= seen_types
+
+    heavy = client.json().get(keys.user("heavy", "session"))
+    assert len(heavy["recent"]) <= small.recent_cap
+    assert len(heavy["purchased"]) <= small.recent_cap
+    assert len(heavy["searches"]) <= small.searches_cap
+    assert client.zcard(keys.user("heavy", "dedup")) <= small.dedup_cap
+    assert len(heavy["cart"]) <= small.cart_cap
+    # Bytes per heavy user depend on the caps, not on the 2,000 events it sent: the dedup set
+    # costs ~100 B per remembered id, everything else a few KB (docs/keys.md has the table).
+    usage = {k: client.memory_usage(k) or 0 for k in keys.user_all("heavy")}
+    assert usage[keys.user("heavy", "session")] < 8_000, usage
+    assert usage[keys.user("heavy", "dedup")] < 120 * small.dedup_cap, usage
+    assert sum(usage.values()) < 8_000 + 120 * small.dedup_cap + 3_000, usage
+    # The seen filter is fixed-size (NONSCALING) however many items the user touched.
+    info = client.execute_command("BF.INFO", keys.user("heavy", "seen"))
+    assert info[b"Number of filters"] == 1 and info[b"Capacity"] == small.bloom_capacity
