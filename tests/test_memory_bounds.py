@@ -24,9 +24,14 @@ def _workload(now: int) -> list[dict[str, object]]:
     kinds = ["view", "view", "click", "add_to_cart", "remove_from_cart", "purchase", "search"]
     for i in range(3000):
         etype = kinds[i % len(kinds)]
-        body: dict[str, object] = {"event_id": f"w{i}", "type": etype, "user_id": "heavy" if i % 3 else f"u{i}",
-                                   "session_id": f"s{i // 500}", "ts": now - 3_000_000 + i * 1000,
-                                   "props": {"category": f"c{i % 9}", "price": float(i % 40)}}  # fmt: skip
+        body: dict[str, object] = {
+            "event_id": f"w{i}",
+            "type": etype,
+            "user_id": "heavy" if i % 3 else f"u{i}",
+            "session_id": f"s{i // 500}",
+            "ts": now - 3_000_000 + i * 1000,
+            "props": {"category": f"c{i % 9}", "price": float(i % 40)},
+        }
         if etype == "purchase":
             body["items"] = [
                 {"item_id": f"I{(i + j) % 300}", "qty": 1 + j, "price": 2.0} for j in range(3)
