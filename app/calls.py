@@ -15,7 +15,7 @@ import redis
 
 from app.errors import from_redis_error
 from app.events import Event
-from app.keys import Keys, hour_start
+from app.keys import HOUR_MS, Keys, hour_start
 from app.settings import EngineConfig
 
 Args = tuple[list[str], list[Any]]
@@ -160,7 +160,8 @@ def ingest_aggregates_args(
                 n_pairs += 1
     argv: list[Any] = [
         cfg.log_maxlen, cfg.trend_ttl_s, cfg.item_ttl_s, cfg.co_cap, cfg.raw_retention_ms,
-        cfg.hour_retention_ms, cfg.topk, cfg.cms_width, n_events, *body, n_pairs, *pair_args,
+        cfg.hour_retention_ms, cfg.topk, cfg.cms_width, cfg.trend_window_h * HOUR_MS, n_events,
+        *body, n_pairs, *pair_args,
     ]  # fmt: skip
     return table.keys, argv
 

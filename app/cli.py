@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
+from starlette.datastructures import Secret
 
 from app import functions, redis_stack
 from app.errors import EngineError
-from app.settings import Secret, Settings, load_settings
+from app.settings import Settings, load_settings
 
 log = logging.getLogger("retail.cli")
 

@@ -25,10 +25,12 @@ from redis.crc import key_slot
 from app import calls
 from app.errors import from_redis_error
 from app.events import Event, Line
-from app.keys import Keys
+from app.keys import HOUR_MS, Keys, hour_start
 from app.settings import EngineConfig
 
 STATUS = {"A": "accepted", "D": "duplicate"}
+TRENDING_TYPES = ("view", "click", "add_to_cart", "purchase", "search")
+MAX_BUCKETS_DROPPED = 240
 CategoryLookup = Callable[[str], str | None]
 
 
@@ -110,6 +112,8 @@ class Ingestor:
             pairs += result.pairs
 
         if accepted:
+            # Time order, so per-item series receive their samples oldest first.
+            accepted.sort(key=lambda ev: ev.ts)
             self._aggregates(accepted, pairs)
         n_acc = len(accepted)
         return IngestReport(statuses, n_acc, len(events) - n_acc, len(pairs))
@@ -138,7 +142,27 @@ class Ingestor:
                     include_global=False, include_item=members.__contains__,
                 )  # fmt: skip
                 calls.fcall(pipe, "ingest_aggregates", args)
-        self._execute(pipe)
+        replies = self._execute(pipe)
+        old_wm, new_wm = int(calls.text(replies[0][4])), int(calls.text(replies[0][5]))
+        self._drop_stale_trend_buckets(old_wm, new_wm)
+
+    def _drop_stale_trend_buckets(self, old_wm: int, new_wm: int) -> None:
+        """UNLINK hour buckets that the advancing watermark pushed out of the trending window.
+
+        They would expire anyway (trend_ttl_s), but a replay of months of history would keep
+        thousands of them alive until then. Big jumps (a replay, then live traffic) leave the
+        skipped buckets to their TTL instead of issuing thousands of deletes.
+        """
+        window = self.cfg.trend_window_h * HOUR_MS
+        first, last = hour_start(max(old_wm, 1) - window), hour_start(new_wm - window)
+        if old_wm == 0 or last <= first or (last - first) // HOUR_MS > MAX_BUCKETS_DROPPED:
+            return
+        stale = [
+            self.keys.glob(f"trend:{etype}:{hour}")
+            for hour in range(first, last, HOUR_MS)
+            for etype in TRENDING_TYPES
+        ]
+        self.client.unlink(*stale)
 
     @staticmethod
     def _execute(pipe: redis.client.Pipeline) -> list[Any]:

@@ -38,11 +38,11 @@ class EngineConfig:
     weights: tuple[tuple[str, float], ...] = (
         ("view", 1.0), ("click", 2.0), ("add_to_cart", 4.0), ("purchase", 8.0),
     )  # fmt: skip
-    log_maxlen: int = 1_000_000
+    log_maxlen: int = 200_000  # ~300 B an entry: ~60 MB at the cap
     trend_ttl_s: int = 2 * DAY_S
     trend_window_h: int = 24
     trend_half_life_ms: int = 2 * HOUR_MS
-    topk: int = 100
+    topk: int = 50
     cms_width: int = 4000
     item_ttl_s: int = 400 * DAY_S
     co_cap: int = 100

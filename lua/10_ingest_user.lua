@@ -112,9 +112,10 @@ local function upsert_recent(list, item, ts, kind, cap)
       break
     end
   end
+  -- Before the first entry that is not newer: on equal times the later event goes first.
   local at = #list + 1
   for i, entry in ipairs(list) do
-    if entry.ts < ts then at = i; break end
+    if entry.ts <= ts then at = i; break end
   end
   table.insert(list, at, {item = item, ts = ts, type = kind})
   while #list > cap do table.remove(list) end
@@ -123,7 +124,7 @@ end
 local function push_search(list, query, ts, cap)
   local at = #list + 1
   for i, entry in ipairs(list) do
-    if entry.ts < ts then at = i; break end
+    if entry.ts <= ts then at = i; break end
   end
   table.insert(list, at, {q = query, ts = ts})
   while #list > cap do table.remove(list) end
@@ -224,16 +225,21 @@ local function ingest_user(keys, argv)
 
     -- Late events must still land in order: apply accepted events sorted by event time.
     local accepted = {}
-    for _, ev in ipairs(grp.events) do
+    for seq, ev in ipairs(grp.events) do
       if redis.call('ZADD', grp.dedup, 'NX', now, ev.id) == 1 then
         statuses[#statuses + 1] = 'A'
+        ev.seq = seq
         accepted[#accepted + 1] = ev
         accepted_any = true
       else
         statuses[#statuses + 1] = 'D'
       end
     end
-    table.sort(accepted, function(a, b) return a.ts < b.ts end)
+    -- Stable: equal times keep input order (all lines of one invoice share a time).
+    table.sort(accepted, function(a, b)
+      if a.ts == b.ts then return a.seq < b.seq end
+      return a.ts < b.ts
+    end)
 
     for _, ev in ipairs(accepted) do
       -- Session: a newer session id starts a new document (the cart carries over);

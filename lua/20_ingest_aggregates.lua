@@ -19,15 +19,19 @@
 --   [4] co_cap             int  neighbours kept per item and kind (lowest scores dropped)
 --   [5] raw_retention_ms   int  retention of minute series
 --   [6] hour_retention_ms  int  retention of hourly series
---   [7] topk               int  k of a new Top-K bucket (TOPK.RESERVE k 2000 7 0.925)
+--   [7] topk               int  k of a new Top-K bucket (TOPK.RESERVE k 1000 5 0.925)
 --   [8] cms_width          int  width of a new CMS (depth 5)
---   [9] n_events           int
+--   [9] trend_window_ms    int  events older than watermark - window skip trending
+--   [10] n_events          int
 --   per event: event_id, type, user, ts_ms, payload(JSON for the log), k_log, k_wm, n_items,
 --     then n_items x (item, qty, k_trend, k_cms, k_ts, k_ts_hour)
 --   then: n_pairs, per pair: k_co, other_item, weight
 --
--- Reply: {events_logged, items_counted, pairs_applied}
--- Errors: ERR_BADARG, ERR_KEYS (index out of range). Nothing is written on error.
+-- Reply: {events_logged, items_counted, pairs_applied, samples_dropped, old_wm, new_wm}
+--   samples_dropped: per-item samples older than their series' raw retention (not an error);
+--   old_wm/new_wm: trending watermark before/after (ms, strings; '0' = none) so the client
+--   can drop hour buckets that left the trending window.
+-- Errors: ERR_BADARG, ERR_KEYS (index out of range): raised before the first write.
 -- Writes: log (XADD MAXLEN ~), wm (SET, no TTL: one small string), trend buckets (TOPK.INCRBY,
 --   EXPIRE trend_ttl_s), cms (CMS.INCRBY; fixed size, no TTL), item series (TS.ADD ON_DUPLICATE
 --   SUM, EXPIRE item_ttl_s), co-occurrence (ZINCRBY, trim to co_cap, EXPIRE item_ttl_s).
@@ -43,11 +47,12 @@ local function ingest_aggregates(keys, argv)
   local hour_retention = int(argv[6], 'hour_retention_ms')
   local topk = int(argv[7], 'topk')
   local cms_width = int(argv[8], 'cms_width')
-  local n_events = int(argv[9], 'n_events')
+  local trend_window = int(argv[9], 'trend_window_ms')
+  local n_events = int(argv[10], 'n_events')
 
   -- Validation pass.
   local events = {}
-  local pos = 10
+  local pos = 11
   for e = 1, n_events do
     local ev = {
       id = nonempty(argv[pos], 'event_id'), type = argv[pos + 1], user = argv[pos + 2],
@@ -83,8 +88,7 @@ local function ingest_aggregates(keys, argv)
   local trend_inc, trend_order = {}, {}
   local cms_inc, cms_order = {}, {}
   local series_inc, series_order = {}, {}
-  local wm_max = {}
-  local logged, counted = 0, 0
+  local logged, counted, dropped = 0, 0, 0
 
   local function add(tbl, order, key, member, by)
     local bucket = tbl[key]
@@ -100,18 +104,32 @@ local function ingest_aggregates(keys, argv)
     bucket.members[member] = bucket.members[member] + by
   end
 
+  -- The watermark (newest event time seen) decides what is still "trending now".
+  local wm_key, old_wm, new_wm = nil, 0, 0
+  for _, ev in ipairs(events) do
+    if ev.wm then
+      if wm_key == nil then
+        wm_key = ev.wm
+        old_wm = tonumber(redis.call('GET', wm_key) or '0')
+        new_wm = old_wm
+      end
+      if ev.ts > new_wm then new_wm = ev.ts end
+    end
+  end
+  if wm_key ~= nil and new_wm > old_wm then redis.call('SET', wm_key, new_wm) end
+
   for _, ev in ipairs(events) do
     if ev.log then
       redis.call('XADD', ev.log, 'MAXLEN', '~', log_maxlen, '*',
-        'id', ev.id, 'type', ev.type, 'user', ev.user, 'ts', ev.ts, 'data', ev.payload)
+        'type', ev.type, 'user', ev.user, 'data', ev.payload)
       logged = logged + 1
     end
-    if ev.wm and (wm_max[ev.wm] == nil or ev.ts > wm_max[ev.wm]) then wm_max[ev.wm] = ev.ts end
+    local trending_now = ev.ts >= new_wm - trend_window
     -- Purchases count units bought; other events count one interaction.
     for _, it in ipairs(ev.items) do
       local units = 1
       if ev.type == 'purchase' then units = math.max(1, math.floor(it.qty)) end
-      if it.trend then add(trend_inc, trend_order, it.trend, it.item, units) end
+      if it.trend and trending_now then add(trend_inc, trend_order, it.trend, it.item, units) end
       if it.cms then add(cms_inc, cms_order, it.cms, it.item, units) end
       if it.ts then
         local minute = ev.ts - (ev.ts % MINUTE_MS)
@@ -122,14 +140,9 @@ local function ingest_aggregates(keys, argv)
     end
   end
 
-  for key, ts in pairs(wm_max) do
-    local current = tonumber(redis.call('GET', key) or '0')
-    if ts > current then redis.call('SET', key, ts) end
-  end
-
   for _, key in ipairs(trend_order) do
     if redis.call('EXISTS', key) == 0 then
-      redis.call('TOPK.RESERVE', key, topk, 2000, 7, 0.925)
+      redis.call('TOPK.RESERVE', key, topk, 1000, 5, 0.925)
     end
     local args = {}
     for _, member in ipairs(trend_inc[key].list) do
@@ -166,8 +179,19 @@ local function ingest_aggregates(keys, argv)
         redis.call('TS.CREATERULE', key, s.hour_key, 'AGGREGATION', 'sum', 3600000)
       end
     end
+    -- Oldest first; a sample older than the series' retention (counted back from its newest
+    -- sample) is refused by RedisTimeSeries: it is counted as dropped instead of failing the
+    -- call half-way (the Top-K/CMS/log writes of this call are already done).
+    table.sort(s.list)
     for _, minute in ipairs(s.list) do
-      redis.call('TS.ADD', key, minute, s.members[minute], 'ON_DUPLICATE', 'SUM')
+      local res = redis.pcall('TS.ADD', key, minute, s.members[minute], 'ON_DUPLICATE', 'SUM')
+      if type(res) == 'table' and res.err then
+        if string.find(res.err, 'older than retention', 1, true) then
+          dropped = dropped + 1
+        else
+          return redis.error_reply(res.err)
+        end
+      end
     end
     redis.call('EXPIRE', key, item_ttl)
     if s.hour_key then redis.call('EXPIRE', s.hour_key, item_ttl) end
@@ -185,7 +209,7 @@ local function ingest_aggregates(keys, argv)
     redis.call('EXPIRE', key, item_ttl)
   end
 
-  return {logged, counted, #co_pairs}
+  return {logged, counted, #co_pairs, dropped, tostring(old_wm), tostring(new_wm)}
 end
 
 redis.register_function{function_name = 'ingest_aggregates', callback = ingest_aggregates}

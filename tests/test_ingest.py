@@ -247,3 +247,77 @@ def test_many_users_in_one_call_and_cluster_grouping(
     total = sum(client.json().get(keys.user(f"user{u}", "session"), "$.counters.view")[0]
                 for u in range(150))  # fmt: skip
     assert total == 600
+
+
+def test_out_of_order_batch_older_than_series_retention(
+    client: redis.Redis, cfg: EngineConfig, keys: Keys
+) -> None:
+    """Events of several users in one batch, spanning more than the raw series retention."""
+    day = 86_400_000
+    t0 = NOW - 30 * day
+    bodies = [
+        ev("r1", "purchase", user="u1", ts=t0, items=[{"item_id": "Y", "qty": 1, "price": 1.0}]),
+        ev(
+            "r2",
+            "purchase",
+            user="u2",
+            ts=t0 + day,
+            items=[{"item_id": "X", "qty": 1, "price": 1.0}],
+        ),
+        ev(
+            "r3",
+            "purchase",
+            user="u1",
+            ts=t0 + 12 * day,
+            items=[{"item_id": "X", "qty": 2, "price": 1.0}],
+        ),
+    ]
+    assert ingest(client, cfg, *bodies) == ["accepted"] * 3
+    assert client.xlen(keys.log) == 3
+    raw, hourly = keys.item_series("X", "purchase")
+
+    def values(key: str) -> list[float]:
+        return [float(v) for _, v in client.execute_command("TS.RANGE", key, "-", "+")]
+
+    # The minute series keeps 8 days back from its newest sample; the hourly sums keep both.
+    assert values(raw) == [2.0]
+    assert values(hourly) == [1.0]  # the newest hour is still open (compaction emits on close)
+    # A sample older than the retention (counted back from the newest) is dropped, not fatal.
+    late = ev(
+        "r4",
+        "purchase",
+        user="u3",
+        ts=t0 - 20 * day,
+        items=[{"item_id": "X", "qty": 5, "price": 1.0}],
+    )
+    assert ingest(client, cfg, late) == ["accepted"]
+    assert client.xlen(keys.log) == 4
+    assert values(raw) == [2.0]
+
+
+def test_equal_times_keep_input_order(client: redis.Redis, cfg: EngineConfig, keys: Keys) -> None:
+    lines = [
+        ev(f"q{i}", "purchase", ts=NOW, items=[{"item_id": f"P{i}", "qty": 1, "price": 1.0}])
+        for i in range(12)
+    ]
+    ingest(client, cfg, *lines)
+    purchased = client.json().get(keys.user("u1", "session"), "$.purchased")[0]
+    # Newest first; equal times: the later line in the input counts as newer.
+    assert [p["item"] for p in purchased] == [f"P{i}" for i in range(11, -1, -1)]
+
+
+def test_stale_trending_buckets_are_dropped(
+    client: redis.Redis, cfg: EngineConfig, keys: Keys
+) -> None:
+    hour = 3_600_000
+    start = NOW - 72 * hour
+    ingest(client, cfg, ev("h0", item="A", ts=start))
+    old_bucket = keys.trend("view", start)
+    assert client.exists(old_bucket) == 1
+    for h in range(1, 30):  # the watermark advances hour by hour, as in a replay
+        ingest(client, cfg, ev(f"h{h}", item="A", user=f"x{h}", ts=start + h * hour))
+    assert client.exists(old_bucket) == 0
+    live = [k for k in client.scan_iter(match=keys.glob("trend:view:*"))]
+    assert len(live) <= cfg.trend_window_h + 1
+    _, items = calls.trending(client, cfg, keys, "view", 1)
+    assert items[0].item_id == "A"
