@@ -32,6 +32,9 @@ STATUS = {"A": "accepted", "D": "duplicate"}
 TRENDING_TYPES = ("view", "click", "add_to_cart", "purchase", "search")
 MAX_BUCKETS_DROPPED = 240
 CategoryLookup = Callable[[str], str | None]
+# A phase-2 extension (e.g. the feature store): given the accepted events (time order),
+# the Function calls to add to the aggregates pipeline, as (function name, (keys, argv)).
+Phase2Hook = Callable[[Sequence[Event]], list[tuple[str, calls.Args]]]
 
 
 @dataclass(frozen=True)
@@ -50,12 +53,14 @@ class Ingestor:
         *,
         category_of: CategoryLookup | None = None,
         cluster: bool = False,
+        phase2_hooks: Sequence[Phase2Hook] = (),
     ) -> None:
         self.client = client
         self.cfg = cfg
         self.keys = Keys(cfg.key_prefix)
         self.category_of = category_of
         self.cluster = cluster
+        self.phase2_hooks = list(phase2_hooks)
 
     def _with_categories(self, ev: Event) -> Event:
         if self.category_of is None or not ev.lines or all(ln.category for ln in ev.lines):
@@ -142,6 +147,9 @@ class Ingestor:
                     include_global=False, include_item=members.__contains__,
                 )  # fmt: skip
                 calls.fcall(pipe, "ingest_aggregates", args)
+        for hook in self.phase2_hooks:
+            for name, args in hook(accepted):
+                calls.fcall(pipe, name, args)
         replies = self._execute(pipe)
         old_wm, new_wm = int(calls.text(replies[0][4])), int(calls.text(replies[0][5]))
         self._drop_stale_trend_buckets(old_wm, new_wm)
