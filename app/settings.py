@@ -31,7 +31,7 @@ class EngineConfig:
     aff_epoch_ms: int = AFF_EPOCH_MS
     aff_half_life_ms: int = 14 * 24 * HOUR_MS
     co_window_ms: int = 30 * 60 * 1000
-    co_recent_n: int = 3
+    co_recent_n: int = 2  # pairs per event: each costs 2 ZINCRBY (bench/ingest.py)
     bloom_capacity: int = 1000
     bloom_error: float = 0.01
     # Affinity weight of one event per type (search carries no item; remove is not interest).

@@ -211,6 +211,8 @@ def generate(n_events: int, n_users: int, n_items: int, seed: int) -> list[dict[
 ITEM_EVENTS = frozenset({"view", "click", "add_to_cart", "purchase"})
 COVIEW_EVENTS = frozenset({"view", "click", "add_to_cart"})
 MINUTE_MS = 60_000
+MAINT_EVERY_MS = 600_000  # as in lua/10_ingest_user.lua
+MAINT_EVENTS = 256
 
 
 def _lua_num(x: float) -> str:
@@ -377,17 +379,26 @@ class RawMirror:
             accepted.sort(key=lambda e: e["ts"])
             dirty = False
             seen_items: list[str] = []
-            aff_touched = False
+            aff_inc: dict[str, float] = {}
+            maint = (
+                doc is None
+                or "maint" not in doc
+                or now - doc["maint"]["ts"] >= MAINT_EVERY_MS
+                or doc["maint"]["n"] >= MAINT_EVENTS
+            )
+            fresh: set[str] = set()
             for ev in accepted:
                 pairs_out: list[tuple[str, str, str]] = []
                 skip = False
                 if doc is None:
                     doc = _new_session(ev["session_id"], ev["ts"])
+                    maint = True
                 elif doc["session_id"] != ev["session_id"] and ev["session_id"] != "":
                     if ev["ts"] >= doc["last_ts"]:
                         cart = doc["cart"]
                         doc = _new_session(ev["session_id"], ev["ts"])
                         doc["cart"] = cart
+                        maint = True
                     else:
                         skip = True
                 if not skip:
@@ -400,36 +411,48 @@ class RawMirror:
                         seen_items.append(it["item"])
                     if w != 0:
                         inc = w * 2 ** ((ev["ts"] - cfg.aff_epoch_ms) / cfg.aff_half_life_ms)
-                        if it["category"]:
-                            writes.execute_command(
-                                "ZINCRBY", aff, _lua_num(inc), "cat:" + it["category"]
-                            )
-                            aff_touched = True
+                        members = ["cat:" + it["category"]] if it["category"] else []
                         band = _price_band(it["price"])
                         if band is not None:
-                            writes.execute_command("ZINCRBY", aff, _lua_num(inc), "price:" + band)
-                            aff_touched = True
-            if dirty:
-                assert doc is not None
-                writes.execute_command(
-                    "JSON.SET", session, "$", json.dumps(doc, separators=(",", ":"))
-                )
-                writes.execute_command("EXPIRE", session, cfg.session_ttl_s)
+                            members.append("price:" + band)
+                        for m in members:
+                            aff_inc[m] = aff_inc.get(m, 0.0) + inc
+            flags = (doc or {}).get("ttl_set") or {}
+            for m, inc in aff_inc.items():
+                writes.execute_command("ZINCRBY", aff, _lua_num(inc), m)
+            if aff_inc and (maint or not flags.get("aff")):
+                writes.execute_command("EXPIRE", aff, cfg.user_ttl_s)
+                fresh.add("aff")
             if seen_items:
                 writes.execute_command(
                     "BF.INSERT", seen, "CAPACITY", cfg.bloom_capacity, "ERROR", cfg.bloom_error,
                     "NONSCALING", "ITEMS", *seen_items,
                 )  # fmt: skip
-                writes.execute_command("EXPIRE", seen, cfg.user_ttl_s)
-            if aff_touched:
-                writes.execute_command("EXPIRE", aff, cfg.user_ttl_s)
+                if maint or not flags.get("seen"):
+                    writes.execute_command("EXPIRE", seen, cfg.user_ttl_s)
+                    fresh.add("seen")
             if accepted:
-                writes.execute_command(
-                    "ZREMRANGEBYSCORE", dedup, "-inf", f"({now - cfg.dedup_window_ms}"
-                )
                 zcard_at.append((len(writes.command_stack), dedup))
                 writes.execute_command("ZCARD", dedup)
-                writes.execute_command("PEXPIRE", dedup, cfg.dedup_window_ms)
+                if maint or not flags.get("dedup"):
+                    writes.execute_command(
+                        "ZREMRANGEBYSCORE", dedup, "-inf", f"({now - cfg.dedup_window_ms}"
+                    )
+                    writes.execute_command("PEXPIRE", dedup, cfg.dedup_window_ms + MAINT_EVERY_MS)
+                    fresh.add("dedup")
+            if dirty:
+                assert doc is not None
+                if maint:
+                    doc["maint"] = {"ts": now, "n": 0}
+                    doc["ttl_set"] = {}
+                doc["maint"]["n"] += len(accepted)
+                doc.setdefault("ttl_set", {})
+                for name in fresh:
+                    doc["ttl_set"][name] = True
+                writes.execute_command(
+                    "JSON.SET", session, "$", json.dumps(doc, separators=(",", ":"))
+                )
+                writes.execute_command("EXPIRE", session, cfg.session_ttl_s)
         wreplies = writes.execute()
         trims = [d for at, d in zcard_at if int(wreplies[at]) > cfg.dedup_cap]
         if trims:
@@ -547,19 +570,9 @@ class RawMirror:
                     hour_of[it["ts"]] = it["ts_hour"]
 
         reads = self.client.pipeline(transaction=False)
-        for k in (*trend, *cms, *series):
+        for k in (*trend, *cms):
             reads.execute_command("EXISTS", k)
-        exists = dict(zip((*trend, *cms, *series), reads.execute(), strict=True))
-        new_series = [k for k in series if not exists[k]]
-        hour_exists: dict[str, Any] = {}
-        if new_series:
-            pipe = self.client.pipeline(transaction=False)
-            for k in new_series:
-                if hour_of[k]:
-                    pipe.execute_command("EXISTS", hour_of[k])
-            hour_exists = dict(
-                zip([k for k in new_series if hour_of[k]], pipe.execute(), strict=True)
-            )
+        exists = dict(zip((*trend, *cms), reads.execute(), strict=True))
 
         w = self.client.pipeline(transaction=False)
         for cmd in logs:
@@ -577,25 +590,15 @@ class RawMirror:
                 w.execute_command("CMS.INITBYDIM", k, cfg.cms_width, 5)
             flat = [x for m, n in members.items() for x in (m, _lua_num(n))]
             w.execute_command("CMS.INCRBY", k, *flat)
+        madd: list[Any] = []
+        refs: list[tuple[str, int]] = []
         for k, minutes in series.items():
-            hour = hour_of[k]
-            if not exists[k]:
-                w.execute_command(
-                    "TS.CREATE", k, "RETENTION", cfg.raw_retention_ms, "CHUNK_SIZE", 256,
-                    "DUPLICATE_POLICY", "SUM",
-                )  # fmt: skip
-                if hour:
-                    if not hour_exists[k]:
-                        w.execute_command(
-                            "TS.CREATE", hour, "RETENTION", cfg.hour_retention_ms,
-                            "CHUNK_SIZE", 256, "DUPLICATE_POLICY", "SUM",
-                        )  # fmt: skip
-                    w.execute_command("TS.CREATERULE", k, hour, "AGGREGATION", "sum", 3600000)
             for minute, n in sorted(minutes.items()):
-                w.execute_command("TS.ADD", k, minute, _lua_num(n), "ON_DUPLICATE", "SUM")
-            w.execute_command("EXPIRE", k, cfg.item_ttl_s)
-            if hour:
-                w.execute_command("EXPIRE", hour, cfg.item_ttl_s)
+                madd += [k, minute, _lua_num(n)]
+                refs.append((k, minute))
+        madd_at = len(w.command_stack)
+        if madd:
+            w.execute_command("TS.MADD", *madd)
         co_keys: dict[str, None] = {}
         for k, other, weight in co_pairs:
             w.execute_command("ZINCRBY", k, weight, other)
@@ -605,7 +608,39 @@ class RawMirror:
             zcard_at.append((len(w.command_stack), k))
             w.execute_command("ZCARD", k)
             w.execute_command("EXPIRE", k, cfg.item_ttl_s)
-        wr = w.execute()
+        wr = w.execute(raise_on_error=False)
+        missing: dict[str, list[int]] = {}
+        if madd:
+            for (k, minute), r in zip(refs, wr[madd_at], strict=True):
+                if isinstance(r, redis.ResponseError) and "not a TSDB key" in str(r):
+                    missing.setdefault(k, []).append(minute)
+        if missing:
+            ex = self.client.pipeline(transaction=False)
+            for k in missing:
+                ex.execute_command("EXISTS", k)
+            ex.execute()
+            hours = [hour_of[k] for k in missing if hour_of[k]]
+            hx = self.client.pipeline(transaction=False)
+            for h in hours:
+                hx.execute_command("EXISTS", h)
+            hour_exists = dict(zip(hours, hx.execute(), strict=True))
+            c = self.client.pipeline(transaction=False)
+            for k, minutes_missing in missing.items():
+                hour = hour_of[k]
+                c.execute_command(
+                    "TS.CREATE", k, "RETENTION", cfg.raw_retention_ms, "CHUNK_SIZE", 256,
+                    "DUPLICATE_POLICY", "SUM",
+                )  # fmt: skip
+                if hour:
+                    if not hour_exists[hour]:
+                        c.execute_command(
+                            "TS.CREATE", hour, "RETENTION", cfg.hour_retention_ms,
+                            "CHUNK_SIZE", 256, "DUPLICATE_POLICY", "SUM",
+                        )  # fmt: skip
+                    c.execute_command("TS.CREATERULE", k, hour, "AGGREGATION", "sum", 3600000)
+                for minute in minutes_missing:
+                    c.execute_command("TS.ADD", k, minute, _lua_num(series[k][minute]))
+            c.execute()
         trims = [k for at, k in zcard_at if int(wr[at]) > cfg.co_cap]
         if trims:
             pipe = self.client.pipeline(transaction=False)
@@ -847,6 +882,10 @@ def verify_state(
 
     for u in users:
         a, b = client.json().get(fk.user(u, "session")), client.json().get(rk.user(u, "session"))
+        # maint.ts is each side's own clock reading: compare the rest of the bookkeeping.
+        for doc in (a, b):
+            if doc and "maint" in doc:
+                doc["maint"].pop("ts", None)
         if a != b:
             diffs.append(f"session {u}")
         fa, ra = zset_rel(fk.user(u, "aff")), zset_rel(rk.user(u, "aff"))

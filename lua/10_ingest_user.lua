@@ -36,10 +36,16 @@
 --   statuses: one char per event in input order: 'A' accepted, 'D' duplicate
 --   pairs: item a, item b, kind ('v' co-viewed, 'b' co-bought), weight (string)
 -- Errors: ERR_BADARG (bad field; nothing written), ERR_KEYS (key count mismatch).
--- Writes: session (JSON.SET, EXPIRE session_ttl_s), dedup (ZADD, trim, PEXPIRE window),
---   aff (ZINCRBY, EXPIRE user_ttl_s), seen (BF.INSERT NONSCALING, EXPIRE user_ttl_s).
+-- Writes: session (JSON.SET, EXPIRE session_ttl_s), dedup (ZADD; trim and PEXPIRE
+--   window + 10 min), aff (ZINCRBY, EXPIRE user_ttl_s), seen (BF.INSERT NONSCALING, EXPIRE
+--   user_ttl_s). Maintenance (dedup trim, TTL refresh of dedup/aff/seen) runs when a session
+--   document starts, when a key is first written in the session, and then at most every
+--   MAINT_EVERY_MS of server time or MAINT_EVENTS events: the session (30 min TTL) carries
+--   that bookkeeping, so a hot user pays for it once, not on every event.
 
 local ITEM_EVENTS = {view = true, click = true, add_to_cart = true, purchase = true}
+local MAINT_EVERY_MS = 600000
+local MAINT_EVENTS = 256
 local COVIEW_EVENTS = {view = true, click = true, add_to_cart = true}
 
 local function parse_weights(spec)
@@ -220,7 +226,7 @@ local function ingest_user(keys, argv)
     if raw then doc = cjson.decode(raw)[1] end
     local doc_dirty = false
     local seen_items = {}
-    local aff_touched = false
+    local aff_inc, aff_order = {}, {}
     local accepted_any = false
 
     -- Late events must still land in order: apply accepted events sorted by event time.
@@ -241,17 +247,24 @@ local function ingest_user(keys, argv)
       return a.ts < b.ts
     end)
 
+    -- Bookkeeping carried by the session document (see the contract above).
+    local maint = doc == nil or doc.maint == nil or now - doc.maint.ts >= MAINT_EVERY_MS
+      or doc.maint.n >= MAINT_EVENTS
+    local fresh = {}  -- keys first written in this session: they need their TTL now
+
     for _, ev in ipairs(accepted) do
       -- Session: a newer session id starts a new document (the cart carries over);
       -- a late event of an older session leaves the current document alone.
       local pairs_out = {}
       if doc == nil then
         doc = new_session(ev.session_id, ev.ts)
+        maint = true
       elseif doc.session_id ~= ev.session_id and ev.session_id ~= '' then
         if ev.ts >= doc.last_ts then
           local cart = doc.cart
           doc = new_session(ev.session_id, ev.ts)
           doc.cart = cart
+          maint = true
         else
           ev.skip_session = true -- late event from an older session: session untouched
         end
@@ -267,41 +280,61 @@ local function ingest_user(keys, argv)
         reply_pairs[#reply_pairs + 1] = '1'
       end
 
+      -- Affinity increments are summed per member: one ZINCRBY per member and call.
       local w = cfg.weights[ev.type] or 0
       for _, it in ipairs(ev.items) do
         if ITEM_EVENTS[ev.type] then seen_items[#seen_items + 1] = it.item end
         if w ~= 0 then
           local inc = forward_weight(w, ev.ts, cfg.aff_epoch, cfg.aff_half_life)
-          if it.category ~= nil and it.category ~= '' then
-            redis.call('ZINCRBY', grp.aff, tostring(inc), 'cat:' .. it.category)
-            aff_touched = true
-          end
           local band = price_band(it.price)
-          if band ~= nil then
-            redis.call('ZINCRBY', grp.aff, tostring(inc), 'price:' .. band)
-            aff_touched = true
+          local members = {}
+          if it.category ~= nil and it.category ~= '' then members[1] = 'cat:' .. it.category end
+          if band ~= nil then members[#members + 1] = 'price:' .. band end
+          for _, m in ipairs(members) do
+            if aff_inc[m] == nil then aff_inc[m] = 0; aff_order[#aff_order + 1] = m end
+            aff_inc[m] = aff_inc[m] + inc
           end
         end
       end
     end
 
-    if doc_dirty then
-      redis.call('JSON.SET', grp.session, '$', encode_doc(doc))
-      redis.call('EXPIRE', grp.session, cfg.session_ttl)
+    local flags = (doc and doc.ttl_set) or {}
+    for _, m in ipairs(aff_order) do
+      redis.call('ZINCRBY', grp.aff, tostring(aff_inc[m]), m)
+    end
+    if #aff_order > 0 and (maint or not flags.aff) then
+      redis.call('EXPIRE', grp.aff, cfg.user_ttl); fresh.aff = true
     end
     if #seen_items > 0 then
       redis.call('BF.INSERT', grp.seen, 'CAPACITY', cfg.bloom_capacity, 'ERROR', cfg.bloom_error,
         'NONSCALING', 'ITEMS', unpack(seen_items))
-      redis.call('EXPIRE', grp.seen, cfg.user_ttl)
+      if maint or not flags.seen then
+        redis.call('EXPIRE', grp.seen, cfg.user_ttl); fresh.seen = true
+      end
     end
-    if aff_touched then redis.call('EXPIRE', grp.aff, cfg.user_ttl) end
     if accepted_any then
-      -- Bound the dedup set by age and by count, then let the key die with the window.
-      redis.call('ZREMRANGEBYSCORE', grp.dedup, '-inf', '(' .. (now - cfg.dedup_window))
+      -- The count cap holds on every call (ZCARD is O(1)); age trimming and the TTL (window
+      -- plus the maintenance interval, so ids added since the last refresh keep their 24 h)
+      -- are maintenance.
       if redis.call('ZCARD', grp.dedup) > cfg.dedup_cap then
         redis.call('ZREMRANGEBYRANK', grp.dedup, 0, -(cfg.dedup_cap + 1))
       end
-      redis.call('PEXPIRE', grp.dedup, cfg.dedup_window)
+      if maint or not flags.dedup then
+        redis.call('ZREMRANGEBYSCORE', grp.dedup, '-inf', '(' .. (now - cfg.dedup_window))
+        redis.call('PEXPIRE', grp.dedup, cfg.dedup_window + MAINT_EVERY_MS)
+        fresh.dedup = true
+      end
+    end
+    if doc_dirty then
+      if maint then
+        doc.maint = {ts = now, n = 0}
+        doc.ttl_set = {}
+      end
+      doc.maint.n = doc.maint.n + #accepted
+      doc.ttl_set = doc.ttl_set or {}
+      for name, _ in pairs(fresh) do doc.ttl_set[name] = true end
+      redis.call('JSON.SET', grp.session, '$', encode_doc(doc))
+      redis.call('EXPIRE', grp.session, cfg.session_ttl)
     end
   end
 

@@ -15,7 +15,8 @@
 -- ARGV:
 --   [1] log_maxlen         int  approximate cap of the log stream (XADD MAXLEN ~)
 --   [2] trend_ttl_s        int  TTL of an hour bucket after its last write
---   [3] item_ttl_s         int  sliding TTL of per-item series and co-occurrence sets
+--   [3] item_ttl_s         int  sliding TTL of co-occurrence sets (series are bounded by
+--                               their retention instead: no per-call EXPIRE on them)
 --   [4] co_cap             int  neighbours kept per item and kind (lowest scores dropped)
 --   [5] raw_retention_ms   int  retention of minute series
 --   [6] hour_retention_ms  int  retention of hourly series
@@ -33,8 +34,9 @@
 --   can drop hour buckets that left the trending window.
 -- Errors: ERR_BADARG, ERR_KEYS (index out of range): raised before the first write.
 -- Writes: log (XADD MAXLEN ~), wm (SET, no TTL: one small string), trend buckets (TOPK.INCRBY,
---   EXPIRE trend_ttl_s), cms (CMS.INCRBY; fixed size, no TTL), item series (TS.ADD ON_DUPLICATE
---   SUM, EXPIRE item_ttl_s), co-occurrence (ZINCRBY, trim to co_cap, EXPIRE item_ttl_s).
+--   EXPIRE trend_ttl_s), cms (CMS.INCRBY; fixed size, no TTL), item series (TS.MADD; created
+--   with RETENTION raw/hourly, which bounds them: no TTL), co-occurrence (ZINCRBY, trim to
+--   co_cap, EXPIRE item_ttl_s).
 
 local MINUTE_MS = 60000
 
@@ -165,36 +167,53 @@ local function ingest_aggregates(keys, argv)
     redis.call('CMS.INCRBY', key, unpack(args))
   end
 
+  -- Per-item series: one TS.MADD for every (series, minute) of the call; the series'
+  -- DUPLICATE_POLICY SUM turns a sample at an existing minute into an increment. Series that
+  -- do not exist yet come back as per-element errors: create them (with the hourly rule) and
+  -- add their samples then. A sample older than a series' retention (counted back from its
+  -- newest sample) is refused by RedisTimeSeries and counted as dropped, not an error.
+  local madd, madd_refs = {}, {}
   for _, key in ipairs(series_order) do
     local s = series_inc[key]
-    if redis.call('EXISTS', key) == 0 then
-      -- Minute series compacted into hourly sums; both sum duplicates so TS.ADD increments.
-      redis.call('TS.CREATE', key, 'RETENTION', raw_retention, 'CHUNK_SIZE', 256,
-        'DUPLICATE_POLICY', 'SUM')
-      if s.hour_key then
-        if redis.call('EXISTS', s.hour_key) == 0 then
-          redis.call('TS.CREATE', s.hour_key, 'RETENTION', hour_retention, 'CHUNK_SIZE', 256,
-            'DUPLICATE_POLICY', 'SUM')
-        end
-        redis.call('TS.CREATERULE', key, s.hour_key, 'AGGREGATION', 'sum', 3600000)
-      end
-    end
-    -- Oldest first; a sample older than the series' retention (counted back from its newest
-    -- sample) is refused by RedisTimeSeries: it is counted as dropped instead of failing the
-    -- call half-way (the Top-K/CMS/log writes of this call are already done).
     table.sort(s.list)
     for _, minute in ipairs(s.list) do
-      local res = redis.pcall('TS.ADD', key, minute, s.members[minute], 'ON_DUPLICATE', 'SUM')
-      if type(res) == 'table' and res.err then
-        if string.find(res.err, 'older than retention', 1, true) then
+      madd[#madd + 1] = key; madd[#madd + 1] = minute; madd[#madd + 1] = s.members[minute]
+      madd_refs[#madd_refs + 1] = {key, minute}
+    end
+  end
+  local missing, missing_order = {}, {}
+  if #madd > 0 then
+    local res = redis.call('TS.MADD', unpack(madd))
+    for i, r in ipairs(res) do
+      if type(r) == 'table' and r.err then
+        local key = madd_refs[i][1]
+        if string.find(r.err, 'older than retention', 1, true) then
           dropped = dropped + 1
+        elseif missing[key] ~= nil then
+          table.insert(missing[key], madd_refs[i][2])
+        elseif string.find(r.err, 'not a TSDB key', 1, true) and redis.call('EXISTS', key) == 0 then
+          missing[key] = {madd_refs[i][2]}
+          missing_order[#missing_order + 1] = key
         else
-          return redis.error_reply(res.err)
+          return redis.error_reply(r.err)
         end
       end
     end
-    redis.call('EXPIRE', key, item_ttl)
-    if s.hour_key then redis.call('EXPIRE', s.hour_key, item_ttl) end
+  end
+  for _, key in ipairs(missing_order) do
+    local s = series_inc[key]
+    redis.call('TS.CREATE', key, 'RETENTION', raw_retention, 'CHUNK_SIZE', 256,
+      'DUPLICATE_POLICY', 'SUM')
+    if s.hour_key then
+      if redis.call('EXISTS', s.hour_key) == 0 then
+        redis.call('TS.CREATE', s.hour_key, 'RETENTION', hour_retention, 'CHUNK_SIZE', 256,
+          'DUPLICATE_POLICY', 'SUM')
+      end
+      redis.call('TS.CREATERULE', key, s.hour_key, 'AGGREGATION', 'sum', 3600000)
+    end
+    for _, minute in ipairs(missing[key]) do
+      redis.call('TS.ADD', key, minute, s.members[minute])
+    end
   end
 
   local co_keys = {}
