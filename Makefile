@@ -28,7 +28,7 @@ test: $(STAMP) ## run the whole suite against a real embedded Redis Stack
 	$(PY) -m pytest
 
 bench: $(STAMP) ## run the benchmarks (each prints one JSON line last)
-	@for b in bench/ingest.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/ingest.py bench/search.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 lint: $(STAMP) ## ruff, ruff format --check, mypy --strict
 	$(PY) -m ruff check .

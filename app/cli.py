@@ -125,6 +125,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         with redis.Redis.from_url(url) as client:
             lib = functions.ensure_current(client, load_if_stale=True)
             print(f"Functions library {lib.version} loaded")
+            _load_catalog(client, settings)
             print(f"replaying the real Online Retail purchases from {settings.sample_data} ...")
             report = replay.replay(client, settings.engine, settings.sample_data,
                                    limit=args.limit, progress=True)  # fmt: skip
@@ -142,6 +143,8 @@ API on {base}  (Ctrl-C stops the app and Redis)
 Try:
   curl {base}/health
   curl '{base}/v1/trending?type=purchase&k=5'
+  curl '{base}/v1/search?q=heart+lantern&max_price=5&in_stock=true&k=5'
+  curl '{base}/v1/items/85123A/similar?k=5'
   curl -X POST {base}/v1/events -H 'X-Write-Key: {write_key}' \\
        -H 'content-type: application/json' -d '{{"event_id":"demo-1","type":"view",
        "user_id":"c17850","session_id":"s1","item_id":"85123A"}}'
@@ -151,6 +154,21 @@ Try:
         )
         _serve(settings)
     return 0
+
+
+def _load_catalog(client: redis.Redis, settings: Settings) -> None:
+    """Search index + the real catalog (idempotent: unchanged products are not rewritten)."""
+    from app.catalog import CatalogKeys, create_index, load_catalog_config
+    from app.vectorizers import get_vectorizer
+    from loaders.catalog import load_online_retail
+
+    cfg = load_catalog_config()
+    ckeys = CatalogKeys(cfg.key_prefix)
+    vectorizer = get_vectorizer(cfg.vectorizer)
+    print(create_index(client, ckeys, vectorizer).summary())
+    print(f"loading the real catalog from {settings.sample_data} ...")
+    report = load_online_retail(client, cfg, ckeys, settings.sample_data, vectorizer, progress=True)
+    print(report.summary())
 
 
 def cmd_redis_cli(args: argparse.Namespace, settings: Settings) -> int:
@@ -182,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", default=None, help="CSV(.gz) in the Online Retail layout")
     p.add_argument("--limit", type=int, default=None)
     p.set_defaults(fn=cmd_replay)
+
+    from app.catalog_cli import add_catalog_commands
+
+    add_catalog_commands(sub)
 
     p = sub.add_parser("redis-cli", help="the bundled redis-cli (with its OpenSSL 1.1 runtime)")
     p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -17,6 +17,11 @@ class RedisSetupError(EngineError):
     """Redis is unreachable, too old, or lacks a module; or the embedded server failed."""
 
 
+class SearchIndexError(RedisSetupError):
+    """The product search index is missing, or was built with another vectorizer/dimension
+    than the app uses, or a vectorizer is unavailable (HTTP 503, like other setup errors)."""
+
+
 class LibraryVersionError(EngineError):
     """The Functions library loaded in Redis is not the one this code ships."""
 

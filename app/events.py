@@ -53,7 +53,9 @@ class Event:
         return self.identity
 
     def payload(self) -> str:
-        """Compact JSON for the interaction log (the Stream)."""
+        """Compact JSON for the interaction log (the Stream). Items are `[item_id, qty, price]`,
+        plus the line's category as a 4th element when it has one (the offline feature path
+        rebuilds user x category features from the log: app/features_offline.py)."""
         return json.dumps(
             {
                 "event_id": self.event_id,
@@ -61,7 +63,12 @@ class Event:
                 "user": self.identity,
                 "session_id": self.session_id,
                 "ts": self.ts,
-                "items": [[ln.item_id, ln.qty, ln.price] for ln in self.lines],
+                "items": [
+                    [ln.item_id, ln.qty, ln.price, ln.category]
+                    if ln.category
+                    else [ln.item_id, ln.qty, ln.price]
+                    for ln in self.lines
+                ],
                 "props": dict(self.props),
             },
             separators=(",", ":"),

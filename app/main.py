@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from app import calls, functions, redis_stack, users
 from app.errors import AuthError, EngineError, RedisSetupError, ValidationError
@@ -261,7 +261,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             client.close()
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/health", health),
         Route("/v1/events", post_events, methods=["POST"]),
         Route("/v1/identify", post_identify, methods=["POST"]),
@@ -269,6 +269,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v1/users/{user_id}/profile", get_profile),
         Route("/v1/trending", get_trending),
     ]
+    from app.catalog_routes import catalog_routes  # local: app.catalog_routes imports app.main
+
+    routes += catalog_routes()
     return Starlette(
         routes=routes,
         lifespan=lifespan,

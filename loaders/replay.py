@@ -33,7 +33,7 @@ import redis
 from app import functions, redis_stack
 from app.errors import EngineError, ValidationError
 from app.events import Event, parse_event
-from app.ingest import Ingestor
+from app.ingest import Ingestor, Phase2Hook
 from app.settings import EngineConfig, load_settings
 from loaders import online_retail
 from loaders.online_retail import SkipReport
@@ -147,6 +147,7 @@ def replay(
     progress: bool = True,
     stream: TextIO | None = None,
     resume: bool = True,
+    phase2_hooks: Sequence[Phase2Hook] = (),
 ) -> ReplayReport:
     """Send the file's purchase events (the first `limit` of them) through the Ingestor.
 
@@ -169,7 +170,7 @@ def replay(
         scan_seconds=time.monotonic() - t0,
     )  # fmt: skip
 
-    ingestor = Ingestor(client, cfg)
+    ingestor = Ingestor(client, cfg, phase2_hooks=phase2_hooks)
     checkpoint = checkpoint_key(cfg, path)
     done_before = int(client.hget(checkpoint, "read") or 0) if resume else 0
     report.resumed_from = min(done_before, total)
