@@ -21,6 +21,7 @@ from starlette.datastructures import Secret
 
 from app import functions, redis_stack
 from app.errors import EngineError
+from app.ingest import Phase2Hook
 from app.settings import Settings, load_settings
 
 log = logging.getLogger("retail.cli")
@@ -111,7 +112,8 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     with redis_for(settings) as url, redis.Redis.from_url(url) as client:
         functions.ensure_current(client, load_if_stale=True)
         report = replay.replay(client, settings.engine, Path(args.file or settings.sample_data),
-                               limit=args.limit, progress=True)  # fmt: skip
+                               limit=args.limit, progress=True,
+                               phase2_hooks=_feature_hooks(settings))  # fmt: skip
     print(report.summary())
     return 0
 
@@ -128,7 +130,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             _load_catalog(client, settings)
             print(f"replaying the real Online Retail purchases from {settings.sample_data} ...")
             report = replay.replay(client, settings.engine, settings.sample_data,
-                                   limit=args.limit, progress=True)  # fmt: skip
+                                   limit=args.limit, progress=True,
+                                   phase2_hooks=_feature_hooks(settings))  # fmt: skip
             print(report.summary())
         settings = dataclasses.replace(
             settings, redis_url=url, write_keys=frozenset({write_key}), admin_key=Secret(admin_key)
@@ -154,6 +157,13 @@ Try:
         )
         _serve(settings)
     return 0
+
+
+def _feature_hooks(settings: Settings) -> list[Phase2Hook]:
+    """The feature store's online path, so replayed history fills the features too."""
+    from app import features
+
+    return [features.ingest_hook(features.default_feature_set(), settings.engine)]
 
 
 def _load_catalog(client: redis.Redis, settings: Settings) -> None:
@@ -204,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     from app.catalog_cli import add_catalog_commands
 
     add_catalog_commands(sub)
+    from app.features_cli import add_feature_commands
+
+    add_feature_commands(sub)
 
     p = sub.add_parser("redis-cli", help="the bundled redis-cli (with its OpenSSL 1.1 runtime)")
     p.add_argument("rest", nargs=argparse.REMAINDER)

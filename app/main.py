@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from app import calls, functions, redis_stack, users
+from app import calls, features, functions, redis_stack, users
 from app.errors import AuthError, EngineError, RedisSetupError, ValidationError
 from app.events import EVENT_TYPES, ID_RE, parse_event
 from app.ingest import Ingestor
@@ -254,7 +254,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield AppState(
                 settings=cfg,
                 redis=client,
-                ingestor=Ingestor(client, cfg.engine),
+                ingestor=Ingestor(
+                    client,
+                    cfg.engine,
+                    phase2_hooks=[features.ingest_hook(features.default_feature_set(), cfg.engine)],
+                ),
                 library=library,
                 keys=Keys(cfg.engine.key_prefix),
             )
@@ -272,6 +276,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     from app.catalog_routes import catalog_routes  # local: app.catalog_routes imports app.main
 
     routes += catalog_routes()
+    from app.features_routes import feature_routes  # local: it imports app.main
+
+    routes += feature_routes()
     return Starlette(
         routes=routes,
         lifespan=lifespan,
