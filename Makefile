@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo serve test test-fast bench lint format redis clean
+.PHONY: help install demo serve test test-fast bench lint format redis clean browser-deps
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,8 +24,14 @@ install: $(STAMP) ## create/refresh .venv with the app and dev tools
 demo: $(STAMP) ## start embedded Redis Stack, load the real sample data, serve the API on :8000
 	$(PY) -m app.cli demo
 
-test: $(STAMP) ## run the whole suite against a real embedded Redis Stack
+test: $(STAMP) browser-deps ## run the whole suite against a real embedded Redis Stack
 	$(PY) -m pytest
+
+browser-deps: ## Chromium for tests/test_browser.py (Debian: apt-get when missing and root)
+	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "no chromium and not root: tests/test_browser.py will be skipped"; fi
 
 bench: $(STAMP) ## run the benchmarks (each prints one JSON line last)
 	@for b in bench/ingest.py bench/search.py; do echo "== $$b"; $(PY) $$b || exit 1; done

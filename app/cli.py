@@ -22,6 +22,7 @@ from starlette.datastructures import Secret
 from app import functions, redis_stack
 from app.errors import EngineError
 from app.ingest import Phase2Hook
+from app.logs import configure_logging
 from app.settings import Settings, load_settings
 
 log = logging.getLogger("retail.cli")
@@ -53,6 +54,7 @@ def _serve(settings: Settings, workers_note: bool = True) -> None:
     config = HyperConfig()
     config.bind = [f"{settings.host}:{settings.port}"]
     config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")  # through our (JSON) handler
     app = create_app(settings)
 
     async def run() -> None:
@@ -225,10 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     args = build_parser().parse_args(argv)
+    settings = load_settings()
+    configure_logging(json_lines=settings.log_json)
     try:
-        return int(args.fn(args, load_settings()))
+        return int(args.fn(args, settings))
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

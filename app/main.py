@@ -27,6 +27,8 @@ from app.errors import AuthError, EngineError, RedisSetupError, ValidationError
 from app.events import EVENT_TYPES, ID_RE, parse_event
 from app.ingest import Ingestor
 from app.keys import Keys
+from app.logs import configure_logging
+from app.metrics import MetricsMiddleware
 from app.middleware import RequestContextMiddleware
 from app.settings import Settings, load_settings
 
@@ -279,14 +281,22 @@ def create_app(settings: Settings | None = None) -> Starlette:
     from app.features_routes import feature_routes  # local: it imports app.main
 
     routes += feature_routes()
+    from app.web_routes import web_routes  # local: app.web_routes imports app.main
+
+    routes += web_routes()
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(RequestContextMiddleware, json_logs=cfg.log_json)],
+        middleware=[
+            Middleware(RequestContextMiddleware, json_logs=cfg.log_json),
+            Middleware(MetricsMiddleware),  # inside: sees the request id, times the app
+        ],
         exception_handlers={EngineError: engine_error, redis.RedisError: redis_error},
     )
 
 
 def app_factory() -> Starlette:
     """Entry point for hypercorn: `hypercorn 'app.main:app_factory()'`."""
-    return create_app()
+    settings = load_settings()
+    configure_logging(json_lines=settings.log_json)
+    return create_app(settings)
