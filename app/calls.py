@@ -26,8 +26,12 @@ def text(value: Any) -> str:
 
 
 def fcall(client: redis.Redis | redis.client.Pipeline, name: str, args: Args) -> Any:
+    """FCALL (or queue it on a pipeline); a Function's error reply becomes its typed error."""
     keys, argv = args
-    return client.fcall(name, len(keys), *keys, *argv)
+    try:
+        return client.fcall(name, len(keys), *keys, *argv)
+    except redis.ResponseError as exc:
+        raise from_redis_error(exc) from exc
 
 
 def fcall_ro(client: redis.Redis, name: str, args: Args) -> Any:

@@ -15,8 +15,9 @@ from typing import Any, Final
 
 import redis
 
+from app.calls import fcall, fcall_ro
 from app.catalog import CatalogConfig, CatalogKeys, ProductRecord
-from app.errors import ValidationError, from_redis_error
+from app.errors import ValidationError
 
 Args = tuple[list[str], list[Any]]
 SOURCES: Final = ("manual", "automation", "feed")
@@ -38,22 +39,6 @@ def _text(value: Any) -> str:
 
 def _num(value: float) -> str:
     return repr(float(value))
-
-
-def fcall(client: redis.Redis | redis.client.Pipeline, name: str, args: Args) -> Any:
-    keys, argv = args
-    try:
-        return client.fcall(name, len(keys), *keys, *argv)
-    except redis.ResponseError as exc:
-        raise from_redis_error(exc) from exc
-
-
-def fcall_ro(client: redis.Redis, name: str, args: Args) -> Any:
-    keys, argv = args
-    try:
-        return client.fcall_ro(name, len(keys), *keys, *argv)
-    except redis.ResponseError as exc:
-        raise from_redis_error(exc) from exc
 
 
 # -- catalog_upsert ---------------------------------------------------------------------------

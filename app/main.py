@@ -89,16 +89,9 @@ async def read_json(request: Request) -> Any:
 
 
 def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationError(name, "must be an integer") from None
-    if not lo <= value <= hi:
-        raise ValidationError(name, f"must be between {lo} and {hi}")
-    return value
+    from app.search import int_param
+
+    return int_param(request.query_params, name, default, lo, hi)
 
 
 # -- endpoints ------------------------------------------------------------------------------------

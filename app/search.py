@@ -156,7 +156,8 @@ def _price(params: Mapping[str, str], name: str) -> float | None:
     return value
 
 
-def _int(params: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+def int_param(params: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    """An integer query parameter in [lo, hi]; missing or empty -> default; else 422."""
     raw = params.get(name)
     if raw is None or raw == "":
         return default
@@ -193,7 +194,7 @@ def parse_filters(params: Mapping[str, str]) -> Filters:
 def parse_search(params: Mapping[str, str]) -> SearchRequest:
     words = query_words(params.get("q"))
     filters = parse_filters(params)
-    k = _int(params, "k", 10, 1, MAX_K)
+    k = int_param(params, "k", 10, 1, MAX_K)
     user = params.get("user") or None
     if user is not None and not ID_RE.match(user):
         raise ValidationError("user", "must be 1-64 characters of letters, digits or ._:@/+=-")
@@ -201,7 +202,7 @@ def parse_search(params: Mapping[str, str]) -> SearchRequest:
 
 
 def parse_similar(params: Mapping[str, str]) -> tuple[Filters, int]:
-    return parse_filters(params), _int(params, "k", 10, 1, MAX_K)
+    return parse_filters(params), int_param(params, "k", 10, 1, MAX_K)
 
 
 # -- query building (pure) ----------------------------------------------------------------------

@@ -91,6 +91,7 @@ from app import calls  # noqa: E402
 from app.events import Event, parse_event  # noqa: E402
 from app.ingest import Ingestor  # noqa: E402
 from app.keys import Keys  # noqa: E402
+from app.search import price_band  # noqa: E402  (mirror of the Lua price bands)
 from app.settings import EngineConfig  # noqa: E402
 
 TYPE_MIX = (
@@ -218,20 +219,6 @@ MAINT_EVENTS = 256
 def _lua_num(x: float) -> str:
     """Lua's tostring() of a number (%.14g)."""
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else format(x, ".14g")
-
-
-def _price_band(price: float) -> str | None:
-    if price <= 0:
-        return None
-    if price < 2:
-        return "lt2"
-    if price < 5:
-        return "2-5"
-    if price < 10:
-        return "5-10"
-    if price < 25:
-        return "10-25"
-    return "25+"
 
 
 def _upsert_recent(lst: list[dict[str, Any]], item: str, ts: int, kind: str, cap: int) -> None:
@@ -412,7 +399,7 @@ class RawMirror:
                     if w != 0:
                         inc = w * 2 ** ((ev["ts"] - cfg.aff_epoch_ms) / cfg.aff_half_life_ms)
                         members = ["cat:" + it["category"]] if it["category"] else []
-                        band = _price_band(it["price"])
+                        band = price_band(it["price"])
                         if band is not None:
                             members.append("price:" + band)
                         for m in members:
