@@ -135,6 +135,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                                    limit=args.limit, progress=True,
                                    phase2_hooks=_feature_hooks(settings))  # fmt: skip
             print(report.summary())
+            from loaders.train import train_online_retail
+
+            print("training the item-item model on the real purchases ...")
+            print(train_online_retail(client, settings.engine, settings.sample_data).summary())
         settings = dataclasses.replace(
             settings, redis_url=url, write_keys=frozenset({write_key}), admin_key=Secret(admin_key)
         )
@@ -150,6 +154,8 @@ Try:
   curl '{base}/v1/trending?type=purchase&k=5'
   curl '{base}/v1/search?q=heart+lantern&max_price=5&in_stock=true&k=5'
   curl '{base}/v1/items/85123A/similar?k=5'
+  curl '{base}/v1/recommendations/c17850?k=5'
+  open {base}/ (storefront demo) and {base}/dashboard (live metrics)
   curl -X POST {base}/v1/events -H 'X-Write-Key: {write_key}' \\
        -H 'content-type: application/json' -d '{{"event_id":"demo-1","type":"view",
        "user_id":"c17850","session_id":"s1","item_id":"85123A"}}'
@@ -162,10 +168,15 @@ Try:
 
 
 def _feature_hooks(settings: Settings) -> list[Phase2Hook]:
-    """The feature store's online path, so replayed history fills the features too."""
+    """Phase-2 extensions for replays: the feature store's online path and the recommender's
+    history/popularity keys, so replayed history fills them as live events would."""
     from app import features
+    from app.rec_ingest import RecIngestHook
 
-    return [features.ingest_hook(features.default_feature_set(), settings.engine)]
+    return [
+        features.ingest_hook(features.default_feature_set(), settings.engine),
+        RecIngestHook(settings.engine),
+    ]
 
 
 def _load_catalog(client: redis.Redis, settings: Settings) -> None:
@@ -219,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     from app.features_cli import add_feature_commands
 
     add_feature_commands(sub)
+    from app.recs_cli import add_recs_commands
+
+    add_recs_commands(sub)
 
     p = sub.add_parser("redis-cli", help="the bundled redis-cli (with its OpenSSL 1.1 runtime)")
     p.add_argument("rest", nargs=argparse.REMAINDER)

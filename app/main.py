@@ -277,7 +277,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     from app.web_routes import web_routes  # local: app.web_routes imports app.main
 
     routes += web_routes()
-    return Starlette(
+    from app.recs_routes import install_recommendations, recs_routes  # local: imports app.main
+
+    routes += recs_routes()
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[
@@ -286,6 +289,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
         exception_handlers={EngineError: engine_error, redis.RedisError: redis_error},
     )
+    install_recommendations(app)  # Recommender per app (lifespan) + ingestion hook
+    return app
 
 
 def app_factory() -> Starlette:

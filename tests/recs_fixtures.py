@@ -1,0 +1,138 @@
+"""A small, fully known world for the recommendation tests (imported explicitly).
+
+Products (category, price, stock):
+  K1..K6 kitchen, L1..L4 candles_lights, P1..P3 party, W1 wine (age-restricted category),
+  T1 kitchen tagged 'age-restricted', O1 kitchen out of stock.
+A toy purchase history trains the model, so neighbour lists are known: K1~K2~K3 (bought
+together), L1~L2, P1~P2, and O1/W1/T1 are close to K1 (so they are candidates and must be
+filtered).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from app.catalog import CatalogConfig, CatalogKeys, ProductRecord
+from app.events import parse_event
+from app.experiments import ExperimentStore
+from app.ingest import Ingestor
+from app.model import Interactions, TrainConfig, TrainReport, train
+from app.rec_ingest import RecIngestHook
+from app.rec_keys import RecKeys
+from app.recommend import RecConfig, Recommender
+from app.settings import EngineConfig
+from app.vectorizers import get_vectorizer
+from loaders.catalog import FeedRow, load_rows
+
+PRODUCTS: list[tuple[str, str, str, float, int, tuple[str, ...]]] = [
+    ("K1", "kitchen", "REGENCY CAKESTAND 3 TIER", 12.75, 10, ()),
+    ("K2", "kitchen", "REGENCY TEACUP AND SAUCER", 2.95, 10, ()),
+    ("K3", "kitchen", "REGENCY MILK JUG", 4.25, 10, ()),
+    ("K4", "kitchen", "ENAMEL MEASURING JUG", 3.75, 10, ()),
+    ("K5", "kitchen", "BAKING SET 9 PIECE", 4.95, 10, ()),
+    ("K6", "kitchen", "JAM MAKING SET", 4.25, 10, ()),
+    ("L1", "candles_lights", "WHITE HANGING HEART T-LIGHT HOLDER", 2.55, 10, ()),
+    ("L2", "candles_lights", "RED HANGING HEART T-LIGHT HOLDER", 2.95, 10, ()),
+    ("L3", "candles_lights", "WHITE METAL LANTERN", 3.39, 10, ()),
+    ("L4", "candles_lights", "GLASS STAR FROSTED T-LIGHT HOLDER", 4.25, 10, ()),
+    ("P1", "party", "PARTY BUNTING", 4.95, 10, ()),
+    ("P2", "party", "PAPER CHAIN KIT VINTAGE", 2.95, 10, ()),
+    ("P3", "party", "PACK OF 12 PARTY CONES", 1.25, 10, ()),
+    ("W1", "wine", "WINE GLASS SET", 9.95, 10, ()),
+    ("T1", "kitchen", "COCKTAIL SHAKER SET", 7.95, 10, ("age-restricted",)),
+    ("O1", "kitchen", "REGENCY SUGAR BOWL", 3.25, 0, ()),
+]
+OUT_OF_STOCK = {"O1"}
+GUARDED = {"W1", "T1"}
+BASKETS = [
+    ["K1", "K2", "K3", "O1", "W1", "T1"],
+    ["K1", "K2", "K3", "O1", "W1", "T1"],
+    ["K1", "K2", "K4", "O1", "W1", "T1"],
+    ["K2", "K3", "K5"],
+    ["L1", "L2", "L3"],
+    ["L1", "L2", "L4"],
+    ["P1", "P2", "P3"],
+    ["P1", "P2", "K6"],
+    ["K1", "K3", "L1"],
+]
+REC_CFG = RecConfig(restricted_categories={"wine": "age"}, per_category=10)
+
+
+@dataclass
+class World:
+    client: redis.Redis
+    engine: EngineConfig
+    cfg: RecConfig
+    keys: RecKeys
+    ckeys: CatalogKeys
+    model: TrainReport
+    ingestor: Ingestor
+    store: ExperimentStore
+
+    def recommender(self, client: redis.Redis | None = None, **cfg: Any) -> Recommender:
+        from dataclasses import replace
+
+        c = replace(self.cfg, **cfg) if cfg else self.cfg
+        rec = Recommender(client or self.client, self.engine, c)
+        rec.refresh()
+        return rec
+
+    def ingest(self, events: Sequence[dict[str, Any]]) -> None:
+        now = int(time.time() * 1000)
+        self.ingestor.ingest([parse_event(e, now_ms=now) for e in events])
+
+
+def load_products(client: redis.Redis, prefix: str) -> None:
+    rows = [
+        FeedRow(i, record=ProductRecord(item_id=item, title=title, price=price, stock=stock,
+                                        category=cat, tags=tags, popularity=float(10 - i % 5)))
+        for i, (item, cat, title, price, stock, tags) in enumerate(PRODUCTS, start=1)
+    ]  # fmt: skip
+    report = load_rows(client, CatalogConfig(key_prefix=prefix), CatalogKeys(prefix), rows,
+                       get_vectorizer(), source="test")  # fmt: skip
+    assert report.created == len(PRODUCTS), report.summary()
+
+
+def build_world(client: redis.Redis, prefix: str, cfg: RecConfig = REC_CFG) -> World:
+    from dataclasses import replace
+
+    engine = EngineConfig(key_prefix=prefix)
+    cfg = replace(cfg, key_prefix=prefix)
+    keys = RecKeys(prefix)
+    load_products(client, prefix)
+    pairs = [(f"m{i}", item) for i, basket in enumerate(BASKETS) for item in basket]
+    categories = {item: cat for item, cat, *_ in PRODUCTS}
+    from loaders.train import catalog_vectors
+
+    vectors = catalog_vectors(client, prefix, categories, {})
+    report = train(client, keys, Interactions.from_pairs(pairs), categories,
+                   TrainConfig(shrink=0.5), vectors=vectors)  # fmt: skip
+    store = ExperimentStore(client, keys)
+    ingestor = Ingestor(client, engine, phase2_hooks=[RecIngestHook(engine, cfg, store)])
+    return World(client, engine, cfg, keys, CatalogKeys(prefix), report, ingestor, store)
+
+
+def event(event_id: str, etype: str, user: str, item: str, ts: int, **extra: Any) -> dict[str, Any]:
+    cat = next((c for i, c, *_ in PRODUCTS if i == item), "")
+    price = next((p for i, _, _, p, *_ in PRODUCTS if i == item), 1.0)
+    props = {"category": cat, "price": price, **extra.pop("props", {})}
+    body: dict[str, Any] = {"event_id": event_id, "type": etype, "user_id": user,
+                            "session_id": extra.pop("session_id", "s1"), "ts": ts,
+                            "props": props}  # fmt: skip
+    if etype == "purchase":
+        body["items"] = [{"item_id": item, "qty": 1, "price": price, "category": cat}]
+    else:
+        body["item_id"] = item
+    body.update(extra)
+    return body
+
+
+def delete_prefix(client: redis.Redis, prefix: str) -> None:
+    batch = [k for k in client.scan_iter(match=prefix + "*", count=1000)]
+    for i in range(0, len(batch), 500):
+        client.unlink(*batch[i : i + 500])

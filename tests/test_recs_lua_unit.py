@@ -1,0 +1,171 @@
+"""Pure helpers of lua/60_recommend.lua in Lua 5.1 (lupa): weights, tiers, anchors, diversity."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from lupa import lua51
+
+from app import rec_calls
+from app.functions import build_library
+from app.recommend import DEFAULT_WEIGHTS
+
+HOUR = 3_600_000
+
+
+@pytest.fixture(scope="module")
+def lua() -> Any:
+    rt = lua51.LuaRuntime(unpack_returned_tuples=True)
+    registered: dict[str, Any] = {}
+
+    def register(spec: Any) -> None:
+        registered[spec["function_name"]] = spec
+
+    def call(*args: Any) -> Any:
+        raise AssertionError(f"redis.call in a pure helper: {list(args)}")
+
+    rt.globals().redis = rt.table_from({"register_function": register, "call": call})
+    rt.globals().cjson = rt.table_from({"encode": json.dumps, "decode": json.loads})
+    code = build_library().code.split("\n", 1)[1]
+    rec = rt.execute(code + "\nreturn REC")
+    rec.rt = rt
+    rec.registered = registered
+    rec.error_of = rt.eval(
+        "function(f, ...) local ok, e = pcall(f, ...) if ok then return nil end "
+        "if type(e) == 'table' then return e.err end return tostring(e) end"
+    )
+    return rec
+
+
+def table(lua: Any, value: Any) -> Any:
+    rt = lua.rt
+    if isinstance(value, dict):
+        return rt.table_from({k: table(lua, v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return rt.table_from([table(lua, v) for v in value])
+    return value
+
+
+def test_python_and_lua_default_weights_are_the_same_table(lua: Any) -> None:
+    assert dict(lua.DEFAULT_WEIGHTS.items()) == pytest.approx(DEFAULT_WEIGHTS)
+
+
+def test_weights_override_defaults_and_refuse_unknown_names(lua: Any) -> None:
+    w = lua.weights("nn=2.5, collab.ct=0")
+    assert w["nn"] == 2.5 and w["collab.ct"] == 0 and w["co"] == DEFAULT_WEIGHTS["co"]
+    assert lua.error_of(lua.weights, "nnn=1") == "ERR_BADARG weights: unknown name nnn"
+    assert lua.error_of(lua.weights, "nn") == "ERR_BADARG weights: bad entry nn"
+
+
+@pytest.mark.parametrize(
+    ("n", "tier"), [(0, "cold"), (1, "content"), (9, "content"), (10, "collab"), (500, "collab")]
+)
+def test_tier_thresholds(lua: Any, n: int, tier: str) -> None:
+    assert lua.tier(n, 1, 10) == tier
+
+
+def test_anchor_weights_take_the_strongest_role(lua: Any) -> None:
+    w = lua.weights("")
+    now = 10 * HOUR
+    ctx = table(lua, {
+        "context": "P",
+        "recent": [{"item": "V", "ts": now, "type": "view"},
+                   {"item": "B", "ts": now - 2 * HOUR, "type": "purchase"},
+                   {"item": "C", "ts": now - HOUR, "type": "add_to_cart"}],
+        "cart": [{"item": "C", "ts": now - HOUR}],
+        "hist": {"H": 0.5, "V": 0.1},
+    })  # fmt: skip
+    weights, reasons = lua.anchor_weights(table(lua, ["P", "V", "B", "C", "H", "X"]), ctx, w,
+                                          now, HOUR)  # fmt: skip
+    got = {a: (weights[i + 1], reasons[i + 1]) for i, a in enumerate("PVBCHX")}
+    assert got["P"] == (2.0, "context")
+    assert got["V"] == (pytest.approx(1.0), "viewed")  # a view just now
+    assert got["B"] == (pytest.approx(0.25), "bought")  # two half-lives ago
+    assert got["C"] == (1.5, "in_cart")  # the cart line (1.5) beats the decayed add (0.75)
+    assert got["H"] == (pytest.approx(0.5), "history")
+    assert got["X"] == (0, "history")
+
+
+def test_diversify_caps_categories_and_is_prefix_consistent(lua: Any) -> None:
+    def scored() -> Any:
+        rows = [("a1", "a", 9.0), ("a2", "a", 8.0), ("a3", "a", 7.0), ("b1", "b", 6.0),
+                ("a4", "a", 5.0), ("c1", "c", 4.0), ("b2", "b", 4.0)]  # fmt: skip
+        return table(lua, [{"item": i, "category": c, "score": s} for i, c, s in rows])
+
+    top, skipped = lua.diversify(scored(), 5, 2, 1)
+    assert [top[i + 1]["item"] for i in range(len(top))] == ["a1", "a2", "b1", "b2", "c1"]
+    assert skipped == 2  # a3 and a4 were passed over
+    short, _ = lua.diversify(scored(), 3, 2, 1)
+    assert [short[i + 1]["item"] for i in range(len(short))] == ["a1", "a2", "b1"]
+    uncapped, skipped = lua.diversify(scored(), 3, 0, 1)
+    assert [uncapped[i + 1]["item"] for i in range(3)] == ["a1", "a2", "a3"] and skipped == 0
+
+
+def test_blend_keeps_slots_for_global_reasons_and_is_prefix_consistent(lua: Any) -> None:
+    def scored() -> Any:
+        rows = [(f"p{i}", 10.0 - i, True) for i in range(8)] + [
+            (f"g{i}", 1.0 - i / 10, False) for i in range(8)
+        ]
+        return table(lua, [{"item": i, "category": i, "score": s, "personal": p}
+                           for i, s, p in rows])  # fmt: skip
+
+    def names(out: Any) -> list[str]:
+        return [out[i + 1]["item"] for i in range(len(out))]
+
+    top, _ = lua.diversify(scored(), 10, 0, 0.6)
+    # ceil(0.6 * i) personal among the first i: p p g p g p p g p g
+    assert names(top) == ["p0", "p1", "g0", "p2", "g1", "p3", "p4", "g2", "p5", "g3"]
+    assert names(lua.diversify(scored(), 4, 0, 0.6)[0]) == names(top)[:4]
+    only_personal = table(lua, [{"item": "x", "category": "c", "score": 1.0, "personal": True},
+                                {"item": "y", "category": "d", "score": 0.5,
+                                 "personal": True}])  # fmt: skip
+    assert names(lua.diversify(only_personal, 5, 0, 0.1)[0]) == ["x", "y"]  # nothing else
+
+
+def test_candidates_parse_flat_and_validate(lua: Any) -> None:
+    cand = rec_calls.Candidate("I1", "kitchen", 2.5, True, 0.5, ("age",),
+                               [("nn", 2, 0.4), ("tr", 0, 1.0)])  # fmt: skip
+    _, argv = rec_calls.recommend_args(
+        __import__("app.rec_keys").rec_keys.RecKeys("t:"), "u", rec_calls.RecParams(),
+        ["A1", "A2"], [cand],
+    )  # fmt: skip
+    block = [str(x) for x in argv[17 + 2 + 1 :]]  # after n_anchors, anchors, n_candidates
+    c, s, pos = lua.parse_candidates(table(lua, block), 1, 1, 2)
+    assert (c["item"][1], c["category"][1], c["price"][1], c["stock"][1], c["flags"][1]) == (
+        "I1", "kitchen", 2.5, True, "age",
+    )  # fmt: skip
+    assert [(s["src"][i], s["anchor"][i], s["value"][i]) for i in (1, 2)] == [
+        ("nn", 2, 0.4), ("tr", 0, 1.0),
+    ]  # fmt: skip
+    assert pos == len(block) + 1
+    bad = list(block)
+    bad[7] = "38"  # anchor 3 of 2
+    err = lua.error_of(lua.parse_candidates, table(lua, bad), 1, 1, 2)
+    assert err == "ERR_BADARG candidate I1: bad source code 38"
+    bad[7] = "28"  # source 8 does not exist
+    err = lua.error_of(lua.parse_candidates, table(lua, bad), 1, 1, 2)
+    assert err == "ERR_BADARG candidate I1: bad source code 28"
+
+
+def test_score_sums_sources_and_names_the_strongest(lua: Any) -> None:
+    w = lua.weights("aff=0,price=0,prior=0")
+    m = lua.tier_weights(w, "collab")
+    block = ["I1", "kitchen", "3", "1", "0", "", "3", "11", "0.5", "12", "0.9", "4", "1"]
+    c, s, _ = lua.parse_candidates(table(lua, block), 1, 1, 1)
+    aw = table(lua, [2.0])
+    score, src, anchor = lua.score(c, s, 1, m, w, aw, table(lua, {"kitchen": 0.5}),
+                                   table(lua, {}))  # fmt: skip
+    w_nn, w_co, w_cat = DEFAULT_WEIGHTS["nn"], DEFAULT_WEIGHTS["co"], DEFAULT_WEIGHTS["cat"]
+    # nn: weight x anchor 2 x 0.5; co: weight x 2 x 0.9; cat: weight x affinity 0.5 x 1
+    assert score == pytest.approx(w_nn * 2 * 0.5 + w_co * 2 * 0.9 + w_cat * 0.5)
+    assert (src, anchor) == ("nn", 1)
+
+
+def test_every_recommendation_function_is_registered_with_its_flags(lua: Any) -> None:
+    reg = lua.registered
+    for name in ("rec_context", "recommend"):
+        assert list(reg[name]["flags"].values()) == ["no-writes"]
+    for name in ("rec_track", "exp_track"):
+        assert reg[name]["flags"] is None

@@ -1,0 +1,151 @@
+"""The offline model: similarity math, versioned writes, the atomic swap, retiring old
+versions (unless an experiment pins them), and memory bounds of every recommendation key."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import redis
+
+from app import functions
+from app.experiments import Experiment, ExperimentStore, Variant
+from app.model import (
+    Interactions,
+    TrainConfig,
+    content_similarity,
+    item_similarity,
+    model_info,
+    top_n,
+    train,
+)
+from app.rec_keys import RecKeys
+from app.recommend import RecRequest
+from tests.recs_fixtures import World, build_world, delete_prefix, event
+
+NOW = int(time.time() * 1000)
+
+
+def test_top_n_orders_by_value_then_index() -> None:
+    idx, vals = top_n(np.array([[0.1, 0.5, 0.5, 0.9, 0.0]]), 3)
+    assert idx.tolist() == [[3, 1, 2]] and vals.tolist() == [[0.9, 0.5, 0.5]]
+
+
+def test_item_similarity_is_weighted_cosine_with_significance() -> None:
+    pairs = [("u1", "A"), ("u1", "B"), ("u2", "A"), ("u2", "B"), ("u3", "A"), ("u3", "C"),
+             ("u4", "D")]  # fmt: skip
+    inter = Interactions.from_pairs(pairs)
+    cfg = TrainConfig(neighbours=3, shrink=1.0, user_weighting=False)
+    idx, sim = item_similarity(inter, cfg)
+    items = inter.items
+    row = dict(zip([items[j] for j in idx[items.index("A")]], sim[items.index("A")], strict=True))
+    # cos(A, B) = 2 / sqrt(3 * 2); significance 2 / (2 + 1)
+    assert row["B"] == pytest.approx(2 / np.sqrt(6) * 2 / 3, rel=1e-5)
+    assert row["C"] == pytest.approx(1 / np.sqrt(3) * 1 / 2, rel=1e-5)
+    assert row.get("D", 0.0) == 0.0 and row.get("A", 0.0) == 0.0
+    # heavy shoppers count less with user weighting
+    heavy = pairs + [("big", x) for x in "ABCDEFGHIJ"]
+    w_idx, w_sim = item_similarity(Interactions.from_pairs(heavy), TrainConfig(shrink=0.0))
+    n_idx, n_sim = item_similarity(
+        Interactions.from_pairs(heavy), TrainConfig(shrink=0.0, user_weighting=False)
+    )
+    it = Interactions.from_pairs(heavy).items
+    a, d = it.index("A"), it.index("D")
+
+    def s(i: np.ndarray, v: np.ndarray) -> float:
+        return float(dict(zip(i[a].tolist(), v[a].tolist(), strict=True)).get(d, 0.0))
+
+    assert 0 < s(w_idx, w_sim) < s(n_idx, n_sim)
+
+
+def test_content_similarity_excludes_self() -> None:
+    v = np.array([[1, 0], [0.9, 0.1], [0, 1]], dtype=np.float32)
+    idx, sim = content_similarity(v, 2)
+    assert idx[0].tolist() == [1, 2] and sim[0][0] == pytest.approx(0.9939, abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def world(redis_url: str, _library: functions.Library) -> Iterator[World]:
+    prefix = f"tmod{int(time.time() * 1000) % 10**8}:"
+    with redis.Redis.from_url(redis_url) as client:
+        w = build_world(client, prefix)
+        try:
+            yield w
+        finally:
+            delete_prefix(client, prefix)
+
+
+def test_train_writes_a_version_then_flips_and_retires_the_old_one(world: World) -> None:
+    w, keys = world, world.keys
+    first = w.model.version
+    assert model_info(w.client, keys)["current"] == first
+    top = {m.decode() for m in w.client.zrevrange(keys.nn("K1", first), 0, 4)}
+    assert top == {"K2", "K3", "O1", "W1", "T1"}  # bought together (fixtures)
+    assert w.client.ttl(keys.nn("K1", first)) > 86_400
+    assert w.client.exists(keys.cn("K1", first)) and w.client.exists(keys.popular(first))
+    pairs = [("n1", "K1"), ("n1", "L1"), ("n2", "K1"), ("n2", "L1")]
+    cfg = TrainConfig(grace_s=60)
+    second = train(w.client, keys, Interactions.from_pairs(pairs), {}, cfg, version="v2").version
+    info = model_info(w.client, keys)
+    assert info["current"] == "v2" and set(info["versions"]) == {"v2"}
+    assert w.client.zrevrange(keys.nn("K1", second), 0, 0) == [b"L1"]
+    assert 0 < w.client.ttl(keys.nn("K1", first)) <= 60  # retired: gone after the grace
+    # an experiment pins v2: training v3 keeps it (TTL renewed)
+    store = ExperimentStore(w.client, keys)
+    store.put(Experiment("pin", (Variant("a", 50, model="v2"), Variant("b", 50))))
+    third = train(w.client, keys, Interactions.from_pairs(pairs), {}, cfg, version="v3")
+    assert third.pinned == ["v2"] and w.client.ttl(keys.nn("K1", "v2")) > 86_400
+    rec = w.recommender()
+    assert rec.model == "v3"
+    store.delete("pin")
+    # back to the world's model for the other tests of this module
+    train(w.client, keys, Interactions.from_pairs(pairs), {}, cfg, version=first)
+    rec.close()
+
+
+def test_every_recommendation_key_is_bounded(world: World) -> None:
+    w = world
+    rec = w.recommender(hist_cap=5)
+    from app.rec_ingest import RecIngestHook
+
+    w.ingestor.phase2_hooks[:] = [RecIngestHook(w.engine, rec.cfg, w.store)]
+    items = ["K1", "K2", "K3", "K4", "K5", "K6", "L1", "L2", "L3", "L4", "P1", "P2", "P3"]
+    for u in range(5):
+        user = f"mem{u}"
+        w.ingest([event(f"mem{u}-{i}", "view", user, it, NOW - 1000 * i)
+                  for i, it in enumerate(items)])  # fmt: skip
+        rec.serve(RecRequest(user, "home", None, 5))
+        rec.serve(RecRequest(user, "cart", None, 5))
+    rec.close()
+    mine = RecKeys(w.engine.key_prefix)
+    checked = 0
+    for raw in w.client.scan_iter(match=w.engine.key_prefix + "*", count=1000):
+        key = raw.decode()
+        if not any(part in key for part in (":hist", ":recs:", ":nn:", ":cn:", ":rec:", ":exp:",
+                                            "x:{")):  # fmt: skip
+            continue
+        checked += 1
+        ttl = w.client.ttl(key)
+        if key in (mine.model_pointer, mine.models, mine.rec_stats, mine.experiments):
+            continue  # fixed size: one string / one field per version, counter, experiment
+        assert ttl > 0, key
+        if key.endswith(":hist"):
+            assert w.client.zcard(key) <= 5
+    assert checked > 20
+
+
+def test_cli_commands_parse() -> None:
+    import argparse
+
+    from app.recs_cli import add_recs_commands, cmd_recs
+
+    parser = argparse.ArgumentParser()
+    add_recs_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["recs", "show", "c17850", "--surface", "cart", "--k", "5"])
+    assert (args.fn, args.user, args.surface, args.k) == (cmd_recs, "c17850", "cart", 5)
+    args = parser.parse_args(["recs", "train", "--until", "2011-07-01", "--no-content"])
+    assert args.until == "2011-07-01" and args.no_content
+    args = parser.parse_args(["recs", "experiment", "put", "e1", "e1.json"])
+    assert (args.exp_action, args.id, args.file) == ("put", "e1", "e1.json")

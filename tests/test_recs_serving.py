@@ -1,0 +1,273 @@
+"""Serving: cache freshness, inline computation, fallbacks under a stopped or slowed Redis,
+the refresh worker, and the HTTP endpoint."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from starlette.datastructures import Secret
+from starlette.testclient import TestClient
+
+from app import functions, redis_stack
+from app.main import create_app
+from app.recommend import RecRequest, timeout_client
+from app.recs_routes import install_recommendations
+from app.settings import Settings
+from app.worker import RecWorker
+from tests.recs_fixtures import GUARDED, OUT_OF_STOCK, World, build_world, delete_prefix, event
+
+NOW = int(time.time() * 1000)
+ADMIN = {"Authorization": "Bearer s3cret-admin"}
+
+
+@pytest.fixture(scope="module")
+def world(redis_url: str, _library: functions.Library) -> Iterator[World]:
+    prefix = f"tsrv{int(time.time() * 1000) % 10**8}:"
+    with redis.Redis.from_url(redis_url) as client:
+        w = build_world(client, prefix)
+        try:
+            yield w
+        finally:
+            delete_prefix(client, prefix)
+
+
+@pytest.fixture
+def private() -> Iterator[tuple[redis_stack.EmbeddedRedis, World]]:
+    """A world on its own embedded server, which the test may stop or pause."""
+    server = redis_stack.temporary().start()
+    try:
+        with redis.Redis.from_url(server.url) as client:
+            functions.load(client)
+            yield server, build_world(client, "tp:")
+    finally:
+        server.stop()
+
+
+def test_second_read_is_a_cache_hit_until_a_new_event(world: World) -> None:
+    w, user = world, "cache1"
+    rec = w.recommender()
+    w.ingest([event("a1", "view", user, "K1", NOW - 5000)])
+    first = rec.serve(RecRequest(user, "home", None, 5))
+    assert first.source == "inline" and first.tier == "content" and first.items
+    second = rec.serve(RecRequest(user, "home", None, 5))
+    assert second.source == "cache" and second.age_ms >= 0
+    assert [i.item_id for i in second.items] == [i.item_id for i in first.items]
+    w.ingest([event("a2", "view", user, "L1", NOW - 1000)])  # the click two seconds ago
+    third = rec.serve(RecRequest(user, "home", None, 5))
+    assert third.source == "inline"
+    assert "L1" not in {i.item_id for i in third.items}
+    assert any(i.anchor == "L1" for i in third.items)  # it reflects the new click
+    body = rec.as_json(third)
+    assert body["tier"] == "content_based" and body["variant"] == "default"
+    assert body["tracking"] == {"rec_id": body["rec_id"], "variant": "default"}
+    assert rec.stats() == {"served.inline": 2, "served.cache": 1}
+    rec.close()
+
+
+def test_old_cached_lists_and_uncacheable_requests_compute_inline(world: World) -> None:
+    w, user = world, "cache2"
+    rec = w.recommender(cache_max_age_s=0.0)
+    rec.serve(RecRequest(user, "home", None, 5))
+    time.sleep(0.01)
+    assert rec.serve(RecRequest(user, "home", None, 5)).source == "inline"
+    rec2 = w.recommender()
+    assert rec2.serve(RecRequest(user, "product", "K1", 5)).source == "inline"
+    assert rec2.serve(RecRequest(user, "product", "K1", 5)).source == "inline"
+    rec.close()
+    rec2.close()
+
+
+def test_stopped_redis_serves_last_good_then_popular(
+    private: tuple[redis_stack.EmbeddedRedis, World],
+) -> None:
+    server, w = private
+    client = timeout_client(server.url, 0.05)
+    rec = w.recommender(client, breaker_open_s=60.0)
+    w.ingest([event("s1", "view", "known", "K1", NOW - 1000)])
+    live = rec.serve(RecRequest("known", "home", None, 5))
+    assert live.source == "inline" and live.items
+    server.stop()
+    t0 = time.perf_counter()
+    lkg = rec.serve(RecRequest("known", "home", None, 5))
+    assert (lkg.source, lkg.fallback, lkg.fallback_reason) == (
+        "fallback", "last_good", "redis_unavailable",
+    )  # fmt: skip
+    assert [i.item_id for i in lkg.items] == [i.item_id for i in live.items]
+    stranger = rec.serve(RecRequest("stranger", "home", None, 5))
+    assert (stranger.source, stranger.fallback) == ("fallback", "popular")
+    assert len(stranger.items) == 5
+    assert not {i.item_id for i in stranger.items} & (OUT_OF_STOCK | GUARDED - {"T1"})
+    product = rec.serve(RecRequest("stranger", "product", "K1", 5))
+    assert product.items and "K1" not in {i.item_id for i in product.items}
+    assert (time.perf_counter() - t0) < 1.0  # the breaker skips Redis: no timeouts piling up
+    stats = rec.stats()
+    assert stats["fallback.last_good.redis_unavailable"] == 1
+    assert stats["fallback.popular.redis_unavailable"] == 2
+    rec.refresh()  # best effort while down: must not raise
+    rec.close()
+    client.close()
+
+
+def test_slow_redis_falls_back_within_the_budget(
+    private: tuple[redis_stack.EmbeddedRedis, World],
+) -> None:
+    server, w = private
+    client = timeout_client(server.url, 0.05)
+    rec = w.recommender(client, budget_ms=50.0, breaker_open_s=0.2)
+    w.ingest([event("w1", "view", "slow", "K2", NOW - 1000)])
+    live = rec.serve(RecRequest("slow", "cart", None, 5))
+    assert live.source == "inline"
+    with redis.Redis.from_url(server.url) as admin:
+        admin.execute_command("CLIENT", "PAUSE", 1500, "ALL")  # type: ignore[no-untyped-call]
+        t0 = time.perf_counter()
+        slow = rec.serve(RecRequest("slow", "cart", None, 5))
+        took = time.perf_counter() - t0
+        assert (slow.source, slow.fallback, slow.fallback_reason) == (
+            "fallback", "last_good", "timeout",
+        )  # fmt: skip
+        assert took < 0.5
+        admin.execute_command("CLIENT", "UNPAUSE")  # type: ignore[no-untyped-call]
+    time.sleep(0.3)  # the breaker closes again
+    assert rec.serve(RecRequest("slow", "cart", None, 5)).source in ("cache", "inline")
+    rec.close()
+    client.close()
+
+
+def test_an_exhausted_budget_serves_the_last_good_list(world: World) -> None:
+    w = world
+    rec = w.recommender()
+    good = rec.serve(RecRequest("budget1", "home", None, 5))
+    tight = w.recommender(budget_ms=0.0)
+    tight.lru = rec.lru  # same process, same in-process tier
+    resp = tight.serve(RecRequest("budget1", "home", None, 5))
+    # the Redis copy is fresh, so it is a cache hit even without budget ...
+    assert resp.source == "cache"
+    w.ingest([event("b1", "view", "budget1", "K5", NOW)])
+    # ... but a new event makes it stale and there is no budget to compute: last good
+    resp = tight.serve(RecRequest("budget1", "home", None, 5))
+    assert (resp.source, resp.fallback, resp.fallback_reason) == ("fallback", "last_good",
+                                                                  "budget")  # fmt: skip
+    assert [i.item_id for i in resp.items] == [i.item_id for i in good.items]
+    rec.close()
+    tight.close()
+
+
+def test_a_stock_change_reaches_the_recommender_within_a_refresh(world: World) -> None:
+    from app.catalog import CatalogConfig, create_index, drop_catalog
+    from app.catalog_calls import catalog_update, parse_change
+    from app.vectorizers import get_vectorizer
+
+    w = world
+    create_index(w.client, w.ckeys, get_vectorizer())
+    try:
+        rec = w.recommender()
+        w.ingest([event("st1", "view", "stock1", "K1", NOW - 1000)])
+        before = {i.item_id for i in rec.compute(RecRequest("stock1", "home", None, 10)).items}
+        gone = sorted(before)[0]
+        cfg = CatalogConfig(key_prefix=w.engine.key_prefix)
+        result = catalog_update(w.client, cfg, w.ckeys, gone, parse_change({"stock": 0}))
+        assert result.status == "ok"
+        time.sleep(0.01)
+        assert rec.catalog.refresh() >= 1  # incremental: FT.SEARCH on updated_ms
+        after = {i.item_id for i in rec.compute(RecRequest("stock1", "home", None, 10)).items}
+        assert gone not in after
+        catalog_update(w.client, cfg, w.ckeys, gone, parse_change({"stock": 5}))
+        rec.close()
+    finally:
+        drop_catalog(w.client, w.ckeys)
+
+
+def test_worker_refreshes_active_users_so_reads_hit_the_cache(world: World) -> None:
+    w = world
+    rec = w.recommender()
+    worker = RecWorker(w.client, rec, consumer="t1", debounce_ms=0, block_ms=0)
+    worker.ensure_group()
+    worker.read(0)  # nothing pending from earlier tests' consumers
+    worker.flush(force=True)
+    w.ingest([event("k1", "view", "busy", "P1", NOW - 3000),
+              event("k2", "add_to_cart", "busy", "P2", NOW - 2000),
+              event("k3", "view", "busy", "L2", NOW - 1000)])  # fmt: skip
+    assert worker.read(0) == 3
+    assert set(worker.pending) == {"busy"}
+    assert worker.flush() == 1  # debounced: one computation for three events
+    assert w.client.exists(w.keys.recs("busy", "home"), w.keys.recs("busy", "cart")) == 2
+    assert w.client.ttl(w.keys.recs("busy", "home")) > 0
+    resp = rec.serve(RecRequest("busy", "home", None, 5))
+    assert resp.source == "cache"
+    info = w.client.xinfo_groups(w.keys.log)[0]
+    assert info["pending"] == 0
+    rec.close()
+
+
+@pytest.fixture
+def api(redis_url: str, world: World, tmp_path: Path) -> Iterator[TestClient]:
+    settings = Settings(
+        redis_url=redis_url, host="127.0.0.1", port=0, write_keys=frozenset({"wk_test"}),
+        admin_key=Secret("s3cret-admin"), data_dir=tmp_path, sample_data=tmp_path / "none",
+        log_json=False, engine=world.engine,
+    )  # fmt: skip
+    app = create_app(settings)
+    install_recommendations(app)
+    app.state.rec_config = world.cfg
+    app.state.rec_background = False
+    with TestClient(app) as client:
+        yield client
+
+
+def test_http_reflects_the_click_and_reports_its_provenance(api: TestClient) -> None:
+    view = event("h1", "view", "web1", "K1", NOW - 1000)
+    assert api.post("/v1/events", json=view, headers={"X-Write-Key": "wk_test"}).status_code == 200
+    resp = api.get("/v1/recommendations/web1", params={"surface": "home", "k": 4})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["source"] == "inline" and body["tier"] == "content_based"
+    assert len(body["items"]) == 4
+    first = body["items"][0]
+    assert set(first) >= {"item_id", "score", "reason", "reason_code", "title", "category"}
+    reasons = {it["reason"] for it in body["items"]}
+    assert reasons & {"because you viewed REGENCY CAKESTAND 3 TIER",
+                      "similar to REGENCY CAKESTAND 3 TIER"}  # fmt: skip
+    again = api.get("/v1/recommendations/web1", params={"k": 4}).json()
+    assert again["source"] == "cache" and again["age_ms"] >= 0
+    for bad, field in [({"surface": "checkout"}, "surface"), ({"surface": "product"}, "item"),
+                       ({"k": 0}, "k"), ({"category": "bad slug!"}, "category"),
+                       ({"min_price": "x"}, "min_price")]:  # fmt: skip
+        r = api.get("/v1/recommendations/web1", params=bad)
+        assert r.status_code == 422 and r.json()["field"] == field
+    assert api.get("/v1/recommendations/bad{id}").status_code == 422
+    filtered = api.get("/v1/recommendations/web1",
+                       params={"category": "party", "max_price": 3}).json()  # fmt: skip
+    assert filtered["items"] and all(it["category"] == "party" and it["price"] <= 3
+                                     for it in filtered["items"])  # fmt: skip
+    assert api.get("/v1/recommender").status_code == 401
+    info = api.get("/v1/recommender", headers=ADMIN).json()
+    assert info["serving_model"] == info["model"]["current"] and info["catalog_items"] > 10
+
+
+def test_http_never_errors_when_redis_is_gone(
+    private: tuple[redis_stack.EmbeddedRedis, World], tmp_path: Path
+) -> None:
+    server, w = private
+    settings = Settings(
+        redis_url=server.url, host="127.0.0.1", port=0, write_keys=frozenset({"wk_test"}),
+        admin_key=Secret("s3cret-admin"), data_dir=tmp_path, sample_data=tmp_path / "none",
+        log_json=False, engine=w.engine,
+    )  # fmt: skip
+    app = create_app(settings)
+    install_recommendations(app)
+    app.state.rec_config = w.cfg
+    app.state.rec_background = False
+    with TestClient(app) as client:
+        assert client.get("/v1/recommendations/u1").json()["source"] == "inline"
+        server.stop()
+        bodies = []
+        for user in ("u1", "u2"):
+            r = client.get(f"/v1/recommendations/{user}", params={"k": 3})
+            assert r.status_code == 200
+            bodies.append(r.json())
+        assert [b["fallback"] for b in bodies] == ["last_good", "popular"]
+        assert all(len(b["items"]) == 3 for b in bodies)
