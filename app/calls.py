@@ -34,7 +34,7 @@ def fcall(client: redis.Redis | redis.client.Pipeline, name: str, args: Args) ->
         raise from_redis_error(exc) from exc
 
 
-def fcall_ro(client: redis.Redis, name: str, args: Args) -> Any:
+def fcall_ro(client: redis.Redis | redis.client.Pipeline, name: str, args: Args) -> Any:
     keys, argv = args
     try:
         return client.fcall_ro(name, len(keys), *keys, *argv)

@@ -36,7 +36,7 @@ from typing import Any
 
 import redis
 
-from app import rec_calls
+from app import calls, rec_calls
 from app.errors import ValidationError
 from app.events import ID_RE, Event
 from app.rec_calls import Exposure, Increment
@@ -403,7 +403,7 @@ class ExperimentStore:
         pipe = self.client.pipeline(transaction=False)
         for exp_id, exposures in by_exp.items():
             incs = [Increment(e.variant, "exposures", e.ts_ms, 1.0) for e in exposures]
-            rec_calls.fcall(pipe, "exp_track", self.track_args(exp_id, incs, exposures))
+            calls.fcall(pipe, "exp_track", self.track_args(exp_id, incs, exposures))
         try:
             pipe.execute()
         except redis.RedisError:

@@ -12,9 +12,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import redis
-
-from app.errors import from_redis_error
 from app.rec_keys import RecKeys
 
 Args = tuple[list[str], list[Any]]
@@ -41,22 +38,6 @@ def short(value: float) -> str:
     if not math.isfinite(value):
         raise ValueError(f"not a finite number: {value!r}")
     return f"{value:.4g}"
-
-
-def fcall_ro(client: redis.Redis | redis.client.Pipeline, name: str, args: Args) -> Any:
-    keys, argv = args
-    try:
-        return client.fcall_ro(name, len(keys), *keys, *argv)
-    except redis.ResponseError as exc:
-        raise from_redis_error(exc) from exc
-
-
-def fcall(client: redis.Redis | redis.client.Pipeline, name: str, args: Args) -> Any:
-    keys, argv = args
-    try:
-        return client.fcall(name, len(keys), *keys, *argv)
-    except redis.ResponseError as exc:
-        raise from_redis_error(exc) from exc
 
 
 # -- rec_context -------------------------------------------------------------------------------

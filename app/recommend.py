@@ -749,7 +749,7 @@ class Recommender:
         """Compute a list inline (raises on Redis errors; `serve` adds the fallbacks)."""
         if ctx is None:
             ctx = rec_calls.parse_rec_context(
-                rec_calls.fcall_ro(self.client, "rec_context", self.context_args(req.user))
+                calls.fcall_ro(self.client, "rec_context", self.context_args(req.user))
             )
         if deadline is not None and time.perf_counter() > deadline:
             raise BudgetExceeded("budget spent reading the context")
@@ -761,7 +761,7 @@ class Recommender:
         if deadline is not None and time.perf_counter() > deadline:
             raise BudgetExceeded("budget spent gathering candidates")
         reply: RecReply = rec_calls.parse_recommend(
-            rec_calls.fcall_ro(
+            calls.fcall_ro(
                 self.client, "recommend",
                 rec_calls.recommend_args(self.keys, req.user, params, anchors, cands),
             )
@@ -778,7 +778,7 @@ class Recommender:
     def precompute(self, user: str, surfaces: Sequence[str] = CACHED_SURFACES) -> RecContext:
         """Compute and cache the lists of `surfaces` for a user (the worker's job)."""
         ctx = rec_calls.parse_rec_context(
-            rec_calls.fcall_ro(self.client, "rec_context", self.context_args(user))
+            calls.fcall_ro(self.client, "rec_context", self.context_args(user))
         )
         for surface in surfaces:
             if surface == "cart" and not ctx.cart:
@@ -823,7 +823,7 @@ class Recommender:
                 pipe = self.client.pipeline(transaction=False)
                 if cacheable:
                     pipe.get(self.keys.recs(req.user, req.surface))
-                rec_calls.fcall_ro(pipe, "rec_context", self.context_args(req.user))
+                calls.fcall_ro(pipe, "rec_context", self.context_args(req.user))
                 replies = pipe.execute()
                 ctx = rec_calls.parse_rec_context(replies[-1])
                 if cacheable and replies[0] is not None:

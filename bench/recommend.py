@@ -53,7 +53,7 @@ for _p in (ROOT, ROOT / "bench"):
 import redis  # noqa: E402
 from _common import emit_json, percentile, redis_target  # noqa: E402
 
-from app import rec_calls  # noqa: E402
+from app import calls, rec_calls  # noqa: E402
 from app.catalog import (  # noqa: E402
     CatalogConfig,
     CatalogKeys,
@@ -243,7 +243,7 @@ def measure_function(
     for user in sample:
         req = RecRequest(user, "home", None, rec.cfg.cache_k)
         ctx = rec_calls.parse_rec_context(
-            rec_calls.fcall_ro(client, "rec_context", rec.context_args(user))
+            calls.fcall_ro(client, "rec_context", rec.context_args(user))
         )
         params = rec.params(req, DEFAULT, req.k)
         anchors, cands = rec.candidates(ctx, req, rec.model, params.weights, False, None)
@@ -258,7 +258,7 @@ def measure_function(
     for i in range(n):
         args = prepared[i % len(prepared)]
         t0 = time.perf_counter()
-        rec_calls.fcall_ro(client, "recommend", args)
+        calls.fcall_ro(client, "recommend", args)
         rtt.append((time.perf_counter() - t0) * 1000)
     log = client.slowlog_get(n + 1000)
     for name, value in old.items():

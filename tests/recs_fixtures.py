@@ -11,7 +11,7 @@ filtered).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,3 +136,22 @@ def delete_prefix(client: redis.Redis, prefix: str) -> None:
     batch = [k for k in client.scan_iter(match=prefix + "*", count=1000)]
     for i in range(0, len(batch), 500):
         client.unlink(*batch[i : i + 500])
+
+
+def world_fixture(stem: str) -> Any:
+    """A module-scoped `world` fixture: the shared recommendation world under its own prefix."""
+    import pytest
+
+    from app import functions
+
+    @pytest.fixture(scope="module")
+    def world(redis_url: str, _library: functions.Library) -> Iterator[World]:
+        prefix = f"{stem}{int(time.time() * 1000) % 10**8}:"
+        with redis.Redis.from_url(redis_url) as client:
+            w = build_world(client, prefix)
+            try:
+                yield w
+            finally:
+                delete_prefix(client, prefix)
+
+    return world

@@ -10,11 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from starlette.datastructures import Secret
 from starlette.testclient import TestClient
 
-from app import functions
 from app.errors import ValidationError
 from app.experiments import (
     DEFAULT,
@@ -29,7 +27,7 @@ from app.main import create_app
 from app.recommend import WEIGHT_NAMES, RecRequest
 from app.recs_routes import install_recommendations
 from app.settings import Settings
-from tests.recs_fixtures import World, build_world, delete_prefix, event
+from tests.recs_fixtures import World, event, world_fixture
 
 NOW = int(time.time() * 1000)
 ADMIN = {"Authorization": "Bearer s3cret-admin"}
@@ -97,15 +95,7 @@ def test_definitions_are_validated(body: dict[str, Any], field: str) -> None:
     assert exc.value.field == field
 
 
-@pytest.fixture(scope="module")
-def world(redis_url: str, _library: functions.Library) -> Iterator[World]:
-    prefix = f"texp{int(time.time() * 1000) % 10**8}:"
-    with redis.Redis.from_url(redis_url) as client:
-        w = build_world(client, prefix)
-        try:
-            yield w
-        finally:
-            delete_prefix(client, prefix)
+world = world_fixture("texp")
 
 
 def test_exposures_and_attributed_events_make_the_report(world: World) -> None:

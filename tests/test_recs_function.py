@@ -3,31 +3,28 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
 import redis
 
-from app import functions, rec_calls, users
+from app import calls, rec_calls, users
 from app.errors import BadArgumentError, KeyLayoutError
 from app.experiments import DEFAULT
 from app.rec_calls import Candidate, RecParams
 from app.recommend import RecRequest
-from tests.recs_fixtures import GUARDED, OUT_OF_STOCK, World, build_world, delete_prefix, event
+from tests.recs_fixtures import (
+    GUARDED,
+    OUT_OF_STOCK,
+    World,
+    event,
+    world_fixture,
+)
 
 NOW = int(time.time() * 1000)
 
 
-@pytest.fixture(scope="module")
-def world(redis_url: str, _library: functions.Library) -> Iterator[World]:
-    prefix = f"trec{int(time.time() * 1000) % 10**8}:"
-    with redis.Redis.from_url(redis_url) as client:
-        w = build_world(client, prefix)
-        try:
-            yield w
-        finally:
-            delete_prefix(client, prefix)
+world = world_fixture("trec")
 
 
 def cand(item: str, category: str = "kitchen", *, stock: bool = True, flags: tuple[str, ...] = (),
@@ -39,7 +36,7 @@ def call(w: World, user: str, cands: list[Candidate], anchors: list[str] | None 
          **params: object) -> rec_calls.RecReply:  # fmt: skip
     p = replace(RecParams(k=10, guards=(("age", "age_verified"),)), **params)  # type: ignore[arg-type]
     args = rec_calls.recommend_args(w.keys, user, p, anchors or [], cands)
-    return rec_calls.parse_recommend(rec_calls.fcall_ro(w.client, "recommend", args))
+    return rec_calls.parse_recommend(calls.fcall_ro(w.client, "recommend", args))
 
 
 def test_filters_each_counted_and_never_returned(world: World) -> None:
@@ -163,7 +160,7 @@ def test_rec_context_lists_anchors(world: World) -> None:
         event("x2", "view", user, "K2", NOW - 2000),
         event("x3", "add_to_cart", user, "L1", NOW - 1000),
     ])  # fmt: skip
-    ctx = rec_calls.parse_rec_context(rec_calls.fcall_ro(
+    ctx = rec_calls.parse_rec_context(calls.fcall_ro(
         w.client, "rec_context", rec_calls.rec_context_args(w.keys, user, 2, 5, 3)))  # fmt: skip
     assert ctx.recent == ("L1", "K2") and ctx.cart == ("L1",)
     assert ctx.hist[0] == "L1" and set(ctx.hist) == {"K1", "K2", "L1"}  # cart weighs 4x a view
@@ -179,7 +176,7 @@ def test_rec_track_caps_and_expires_the_history(world: World) -> None:
         epoch_ms=w.engine.aff_epoch_ms, half_life_ms=30 * 24 * hour, cap=10, ttl_s=1000,
         weights={"view": 1.0},
     )  # fmt: skip
-    assert rec_calls.fcall(w.client, "rec_track", args) == [30, 20]
+    assert calls.fcall(w.client, "rec_track", args) == [30, 20]
     key = w.keys.hist("cap1")
     assert w.client.zcard(key) == 10 and 0 < w.client.ttl(key) <= 1000
     # the newest survive (forward decay: a later event weighs more)
@@ -189,7 +186,7 @@ def test_rec_track_caps_and_expires_the_history(world: World) -> None:
         half_life_ms=hour, cap=10, ttl_s=1000, weights={"view": 1.0},
     )  # fmt: skip
     with pytest.raises(BadArgumentError, match="overflows"):
-        rec_calls.fcall(w.client, "rec_track", overflow)
+        calls.fcall(w.client, "rec_track", overflow)
     assert not w.client.exists(w.keys.hist("cap2"))
 
 
@@ -197,9 +194,9 @@ def test_bad_input_is_a_typed_error(world: World) -> None:
     w = world
     p = RecParams(weights={"nope": 1.0})
     with pytest.raises(BadArgumentError, match="unknown name nope"):
-        rec_calls.fcall_ro(w.client, "recommend", rec_calls.recommend_args(w.keys, "u", p, [], []))
+        calls.fcall_ro(w.client, "recommend", rec_calls.recommend_args(w.keys, "u", p, [], []))
     with pytest.raises(KeyLayoutError):
-        rec_calls.fcall_ro(w.client, "recommend", (["a"], ["0"]))
+        calls.fcall_ro(w.client, "recommend", (["a"], ["0"]))
     with pytest.raises(BadArgumentError, match="unknown surface"):
         call(w, "u", [], surface="checkout")
 

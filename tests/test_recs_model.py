@@ -4,13 +4,10 @@ versions (unless an experiment pins them), and memory bounds of every recommenda
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import redis
 
-from app import functions
 from app.experiments import Experiment, ExperimentStore, Variant
 from app.model import (
     Interactions,
@@ -23,7 +20,7 @@ from app.model import (
 )
 from app.rec_keys import RecKeys
 from app.recommend import RecRequest
-from tests.recs_fixtures import World, build_world, delete_prefix, event
+from tests.recs_fixtures import World, event, world_fixture
 
 NOW = int(time.time() * 1000)
 
@@ -66,15 +63,7 @@ def test_content_similarity_excludes_self() -> None:
     assert idx[0].tolist() == [1, 2] and sim[0][0] == pytest.approx(0.9939, abs=1e-3)
 
 
-@pytest.fixture(scope="module")
-def world(redis_url: str, _library: functions.Library) -> Iterator[World]:
-    prefix = f"tmod{int(time.time() * 1000) % 10**8}:"
-    with redis.Redis.from_url(redis_url) as client:
-        w = build_world(client, prefix)
-        try:
-            yield w
-        finally:
-            delete_prefix(client, prefix)
+world = world_fixture("tmod")
 
 
 def test_train_writes_a_version_then_flips_and_retires_the_old_one(world: World) -> None:

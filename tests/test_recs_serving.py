@@ -18,21 +18,20 @@ from app.recommend import RecRequest, timeout_client
 from app.recs_routes import install_recommendations
 from app.settings import Settings
 from app.worker import RecWorker
-from tests.recs_fixtures import GUARDED, OUT_OF_STOCK, World, build_world, delete_prefix, event
+from tests.recs_fixtures import (
+    GUARDED,
+    OUT_OF_STOCK,
+    World,
+    build_world,
+    event,
+    world_fixture,
+)
 
 NOW = int(time.time() * 1000)
 ADMIN = {"Authorization": "Bearer s3cret-admin"}
 
 
-@pytest.fixture(scope="module")
-def world(redis_url: str, _library: functions.Library) -> Iterator[World]:
-    prefix = f"tsrv{int(time.time() * 1000) % 10**8}:"
-    with redis.Redis.from_url(redis_url) as client:
-        w = build_world(client, prefix)
-        try:
-            yield w
-        finally:
-            delete_prefix(client, prefix)
+world = world_fixture("tsrv")
 
 
 @pytest.fixture
