@@ -147,6 +147,7 @@ class EmbeddedRedis:
     appendfsync: str = "everysec"
     maxmemory: str | None = None
     log_to_file: bool = True
+    remove_on_stop: bool = False  # temporary servers delete their folder when stopped
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -224,6 +225,13 @@ class EmbeddedRedis:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SHUTDOWN (flushes the AOF), then SIGTERM, then SIGKILL as a last resort."""
+        try:
+            self._stop(timeout)
+        finally:
+            if self.remove_on_stop:
+                shutil.rmtree(self.data_dir.parent, ignore_errors=True)
+
+    def _stop(self, timeout: float) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         with contextlib.suppress(redis.RedisError):
@@ -256,7 +264,9 @@ class EmbeddedRedis:
 def temporary(appendfsync: str = "everysec") -> EmbeddedRedis:
     """An embedded server in a fresh temporary folder (tests and benchmarks)."""
     return EmbeddedRedis(
-        Path(tempfile.mkdtemp(prefix="retail-redis-")) / "data", appendfsync=appendfsync
+        Path(tempfile.mkdtemp(prefix="retail-redis-")) / "data",
+        appendfsync=appendfsync,
+        remove_on_stop=True,
     )
 
 
