@@ -25,8 +25,11 @@ class EngineConfig:
     profile_ttl_s: int = 365 * DAY_S  # traits live a year after the last identify
     dedup_window_ms: int = 24 * HOUR_MS  # event ids remembered 24 h (ingest time) ...
     dedup_cap: int = 10_000  # ... and at most 10,000 per user
-    recent_cap: int = 50
-    cart_cap: int = 50
+    # Session caps: the session document is decoded and re-encoded by cjson on every write
+    # (~13 us per KB, measured), so it holds what live ranking needs (recommendations read the
+    # 8 newest items; the longer history is u:{id}:hist) and no more.
+    recent_cap: int = 20
+    cart_cap: int = 20
     searches_cap: int = 10
     aff_epoch_ms: int = AFF_EPOCH_MS
     aff_half_life_ms: int = 14 * 24 * HOUR_MS
