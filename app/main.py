@@ -277,9 +277,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     from app.web_routes import web_routes  # local: app.web_routes imports app.main
 
     routes += web_routes()
-    from app.recs_routes import install_recommendations, recs_routes  # local: imports app.main
+    from app.recs_routes import install_recommendations  # local: it imports app.main
 
-    routes += recs_routes()
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
@@ -289,7 +288,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
         exception_handlers={EngineError: engine_error, redis.RedisError: redis_error},
     )
-    install_recommendations(app)  # Recommender per app (lifespan) + ingestion hook
+    install_recommendations(app)  # its routes, a Recommender per app (lifespan), ingestion hook
     return app
 
 

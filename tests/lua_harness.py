@@ -20,28 +20,39 @@ EXPOSE = [
 ]  # fmt: skip
 
 
-def load() -> Any:
+def execute_library(
+    tail: str, cjson: dict[str, Any] | None = None
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Run the library chunk plus `tail` (e.g. `return {...}`) in a fresh Lua 5.1 runtime.
+
+    Returns (what `tail` returns, the runtime, {function name: its register_function spec}).
+    `cjson` replaces the default stand-in (which renders empty tables as {} like Redis' cjson).
+    """
     lua = lua51.LuaRuntime(unpack_returned_tuples=True)
     registered: dict[str, Any] = {}
 
     def register(spec: Any) -> None:
-        registered[spec["function_name"]] = spec["callback"]
+        registered[spec["function_name"]] = spec
 
     def call(*args: Any) -> Any:
         raise AssertionError(f"redis.call in a pure helper: {list(args)}")
 
-    lua.globals().redis = lua.table_from({"register_function": register, "call": call})
-
     def encode(value: Any) -> str:
         return json.dumps(_to_py(value), separators=(",", ":"))
 
-    lua.globals().cjson = lua.table_from(
-        {"encode": encode, "decode": lambda s: lua.table_from(json.loads(s))}
-    )
+    lua.globals().redis = lua.table_from({"register_function": register, "call": call})
+    default = {"encode": encode, "decode": lambda s: lua.table_from(json.loads(s))}
+    lua.globals().cjson = lua.table_from(cjson or default)
     code = build_library().code.split("\n", 1)[1]  # drop the #!lua shebang line
+    return lua.execute(code + "\n" + tail), lua, registered
+
+
+def load() -> Any:
     exports = ", ".join(f"{name} = {name}" for name in EXPOSE)
-    helpers = lua.execute(code + f"\nreturn {{{exports}}}")
-    helpers.registered = lua.table_from(registered)
+    helpers, lua, registered = execute_library(f"return {{{exports}}}")
+    helpers.registered = lua.table_from(
+        {name: spec["callback"] for name, spec in registered.items()}
+    )
     helpers.runtime = lua
     return helpers
 

@@ -155,3 +155,22 @@ def world_fixture(stem: str) -> Any:
                 delete_prefix(client, prefix)
 
     return world
+
+
+def recs_app(redis_url: str, world: World, data_dir: Any) -> Any:
+    """The HTTP app against `redis_url` with the world's recommender config, refreshed inline
+    (no background worker), keys wk_test / s3cret-admin."""
+    from starlette.datastructures import Secret
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    settings = Settings(
+        redis_url=redis_url, host="127.0.0.1", port=0, write_keys=frozenset({"wk_test"}),
+        admin_key=Secret("s3cret-admin"), data_dir=data_dir, sample_data=data_dir / "none",
+        log_json=False, engine=world.engine,
+    )  # fmt: skip
+    app = create_app(settings)  # create_app installs the recommender
+    app.state.rec_config = world.cfg
+    app.state.rec_background = False
+    return app

@@ -6,28 +6,18 @@ import json
 from typing import Any
 
 import pytest
-from lupa import lua51
 
-from app.functions import build_library
+from tests.lua_harness import execute_library
 
 EXPOSE = ["price_verdict", "splice", "json_num", "ts_value"]
 
 
 @pytest.fixture(scope="module")
 def lua() -> Any:
-    rt = lua51.LuaRuntime(unpack_returned_tuples=True)
-    registered: dict[str, Any] = {}
-
-    def register(spec: Any) -> None:
-        registered[spec["function_name"]] = spec
-
-    def call(*args: Any) -> Any:
-        raise AssertionError(f"redis.call in a pure helper: {list(args)}")
-
-    rt.globals().redis = rt.table_from({"register_function": register, "call": call})
-    rt.globals().cjson = rt.table_from({"encode": json.dumps, "decode": json.loads})
-    code = build_library().code.split("\n", 1)[1]
-    helpers = rt.execute(code + "\nreturn {" + ", ".join(f"{n} = {n}" for n in EXPOSE) + "}")
+    helpers, rt, registered = execute_library(
+        "return {" + ", ".join(f"{n} = {n}" for n in EXPOSE) + "}",
+        cjson={"encode": json.dumps, "decode": json.loads},
+    )
     helpers.rt = rt
     helpers.registered = registered
     return helpers

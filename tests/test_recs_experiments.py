@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from starlette.datastructures import Secret
 from starlette.testclient import TestClient
 
 from app.errors import ValidationError
@@ -23,11 +22,8 @@ from app.experiments import (
     bucket_of,
     parse_experiment,
 )
-from app.main import create_app
 from app.recommend import WEIGHT_NAMES, RecRequest
-from app.recs_routes import install_recommendations
-from app.settings import Settings
-from tests.recs_fixtures import World, event, world_fixture
+from tests.recs_fixtures import World, event, recs_app, world_fixture
 
 NOW = int(time.time() * 1000)
 ADMIN = {"Authorization": "Bearer s3cret-admin"}
@@ -169,16 +165,7 @@ def test_a_variant_can_pin_a_model_version_and_its_weights(world: World) -> None
 
 @pytest.fixture
 def api(redis_url: str, world: World, tmp_path: Path) -> Iterator[TestClient]:
-    settings = Settings(
-        redis_url=redis_url, host="127.0.0.1", port=0, write_keys=frozenset({"wk_test"}),
-        admin_key=Secret("s3cret-admin"), data_dir=tmp_path, sample_data=tmp_path / "none",
-        log_json=False, engine=world.engine,
-    )  # fmt: skip
-    app = create_app(settings)
-    install_recommendations(app)
-    app.state.rec_config = world.cfg
-    app.state.rec_background = False
-    with TestClient(app) as client:
+    with TestClient(recs_app(redis_url, world, tmp_path)) as client:
         yield client
 
 

@@ -6,30 +6,19 @@ import json
 from typing import Any
 
 import pytest
-from lupa import lua51
 
 from app import rec_calls
-from app.functions import build_library
 from app.recommend import DEFAULT_WEIGHTS
+from tests.lua_harness import execute_library
 
 HOUR = 3_600_000
 
 
 @pytest.fixture(scope="module")
 def lua() -> Any:
-    rt = lua51.LuaRuntime(unpack_returned_tuples=True)
-    registered: dict[str, Any] = {}
-
-    def register(spec: Any) -> None:
-        registered[spec["function_name"]] = spec
-
-    def call(*args: Any) -> Any:
-        raise AssertionError(f"redis.call in a pure helper: {list(args)}")
-
-    rt.globals().redis = rt.table_from({"register_function": register, "call": call})
-    rt.globals().cjson = rt.table_from({"encode": json.dumps, "decode": json.loads})
-    code = build_library().code.split("\n", 1)[1]
-    rec = rt.execute(code + "\nreturn REC")
+    rec, rt, registered = execute_library(
+        "return REC", cjson={"encode": json.dumps, "decode": json.loads}
+    )
     rec.rt = rt
     rec.registered = registered
     rec.error_of = rt.eval(

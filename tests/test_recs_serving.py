@@ -9,14 +9,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from starlette.datastructures import Secret
 from starlette.testclient import TestClient
 
 from app import functions, redis_stack
-from app.main import create_app
 from app.recommend import RecRequest, timeout_client
-from app.recs_routes import install_recommendations
-from app.settings import Settings
 from app.worker import RecWorker
 from tests.recs_fixtures import (
     GUARDED,
@@ -24,6 +20,7 @@ from tests.recs_fixtures import (
     World,
     build_world,
     event,
+    recs_app,
     world_fixture,
 )
 
@@ -204,16 +201,7 @@ def test_worker_refreshes_active_users_so_reads_hit_the_cache(world: World) -> N
 
 @pytest.fixture
 def api(redis_url: str, world: World, tmp_path: Path) -> Iterator[TestClient]:
-    settings = Settings(
-        redis_url=redis_url, host="127.0.0.1", port=0, write_keys=frozenset({"wk_test"}),
-        admin_key=Secret("s3cret-admin"), data_dir=tmp_path, sample_data=tmp_path / "none",
-        log_json=False, engine=world.engine,
-    )  # fmt: skip
-    app = create_app(settings)
-    install_recommendations(app)
-    app.state.rec_config = world.cfg
-    app.state.rec_background = False
-    with TestClient(app) as client:
+    with TestClient(recs_app(redis_url, world, tmp_path)) as client:
         yield client
 
 
@@ -251,15 +239,7 @@ def test_http_never_errors_when_redis_is_gone(
     private: tuple[redis_stack.EmbeddedRedis, World], tmp_path: Path
 ) -> None:
     server, w = private
-    settings = Settings(
-        redis_url=server.url, host="127.0.0.1", port=0, write_keys=frozenset({"wk_test"}),
-        admin_key=Secret("s3cret-admin"), data_dir=tmp_path, sample_data=tmp_path / "none",
-        log_json=False, engine=w.engine,
-    )  # fmt: skip
-    app = create_app(settings)
-    install_recommendations(app)
-    app.state.rec_config = w.cfg
-    app.state.rec_background = False
+    app = recs_app(server.url, w, tmp_path)
     with TestClient(app) as client:
         assert client.get("/v1/recommendations/u1").json()["source"] == "inline"
         server.stop()
