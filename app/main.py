@@ -30,6 +30,7 @@ from app.keys import Keys
 from app.logs import configure_logging
 from app.metrics import MetricsMiddleware
 from app.middleware import RequestContextMiddleware
+from app.sessions import session_view
 from app.settings import Settings, load_settings
 
 log = logging.getLogger("retail.app")
@@ -157,7 +158,9 @@ async def get_session(request: Request) -> Response:
         return JSONResponse(
             {"error": "not_found", "detail": f"no live session for {identity}"}, 404
         )
-    return JSONResponse({"user_id": identity, "session": doc})
+    assert isinstance(doc, dict)  # the session key holds a JSON object
+    view = session_view(doc, st["settings"].engine)
+    return JSONResponse({"user_id": identity, "session": view})
 
 
 async def get_profile(request: Request) -> Response:
@@ -177,7 +180,7 @@ async def get_profile(request: Request) -> Response:
         "merged_anonymous_ids": (prof.profile or {}).get("merged", []),
         "affinities": [{"attribute": a, "score": round(s, 6)} for a, s in prof.affinities],
         "seen_items_estimate": prof.seen_estimate,
-        "session": prof.session,
+        "session": session_view(prof.session, st["settings"].engine) if prof.session else None,
     })  # fmt: skip
 
 

@@ -86,6 +86,16 @@ from _common import (  # noqa: E402
     server_cpu_s,
     settle_aof,
 )
+from _session_mirror import (  # noqa: E402
+    HOT_PATH,
+    ITEM_EVENTS,
+    MAINT_EVERY_MS,
+    MAPS,
+    TTL_EVERY_MS,
+    SessionState,
+    decode_hot,
+    needs,
+)
 
 from app import calls  # noqa: E402
 from app.events import Event, parse_event  # noqa: E402
@@ -209,68 +219,12 @@ def generate(n_events: int, n_users: int, n_items: int, seed: int) -> list[dict[
 # -- raw baseline: the Functions' command sequence from pipelines ---------------------------
 
 
-ITEM_EVENTS = frozenset({"view", "click", "add_to_cart", "purchase"})
-COVIEW_EVENTS = frozenset({"view", "click", "add_to_cart"})
 MINUTE_MS = 60_000
-MAINT_EVERY_MS = 600_000  # as in lua/10_ingest_user.lua
-MAINT_EVENTS = 256
 
 
 def _lua_num(x: float) -> str:
     """Lua's tostring() of a number (%.14g)."""
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else format(x, ".14g")
-
-
-def _upsert_recent(lst: list[dict[str, Any]], item: str, ts: int, kind: str, cap: int) -> None:
-    for i, entry in enumerate(lst):
-        if entry["item"] == item:
-            if entry["ts"] >= ts:
-                return
-            del lst[i]
-            break
-    at = len(lst)
-    for i, entry in enumerate(lst):
-        if entry["ts"] <= ts:
-            at = i
-            break
-    lst.insert(at, {"item": item, "ts": ts, "type": kind})
-    del lst[cap:]
-
-
-def _push_search(lst: list[dict[str, Any]], query: str, ts: int, cap: int) -> None:
-    at = len(lst)
-    for i, entry in enumerate(lst):
-        if entry["ts"] <= ts:
-            at = i
-            break
-    lst.insert(at, {"q": query, "ts": ts})
-    del lst[cap:]
-
-
-def _collect_pairs(
-    out: list[tuple[str, str, str]], lst: list[dict[str, Any]], item: str, ts: int, kind: str,
-    window: int, limit: int,
-) -> None:  # fmt: skip
-    n = 0
-    for entry in lst:
-        if n >= limit:
-            break
-        if entry["item"] != item and abs(entry["ts"] - ts) <= window:
-            out.append((entry["item"], item, kind))
-            n += 1
-
-
-def _trim_cart(cart: dict[str, dict[str, Any]], cap: int) -> None:
-    """Drop the least recently touched lines beyond `cap` (ties: smallest item id)."""
-    while len(cart) > cap:
-        del cart[min(cart, key=lambda item: (cart[item]["ts"], item))]
-
-
-def _new_session(session_id: str, ts: int) -> dict[str, Any]:
-    return {
-        "session_id": session_id, "started_ts": ts, "last_ts": ts, "recent": [], "cart": {},
-        "searches": [], "purchased": [], "counters": {},
-    }  # fmt: skip
 
 
 class RawMirror:
@@ -282,7 +236,6 @@ class RawMirror:
         self.keys = Keys(cfg.key_prefix)
         self.weights = dict(cfg.weights)
         self.splitter = Ingestor(client, cfg)  # same per-call user split as the real path
-        self.cart_cap: int | None = getattr(cfg, "cart_cap", None)
         # Config fields come first in both ARGV layouts: count them from empty calls.
         self.user_header = len(calls.ingest_user_args(cfg, self.keys, [])[1]) - 1
         self.agg_header = len(calls.ingest_aggregates_args(cfg, self.keys, [], [])[1]) - 2
@@ -339,24 +292,19 @@ class RawMirror:
             parsed.append(evs)
         now = int(time.time() * 1000)
 
+        # Round 1: what the Lua reads first (TIME, the hot projections, the dedup ZADDs).
         reads = self.client.pipeline(transaction=False)
         reads.execute_command("TIME")
+        reads.execute_command("JSON.MGET", *[keys[4 * g] for g in range(len(parsed))], HOT_PATH)
         for g, evs in enumerate(parsed):
-            reads.execute_command("JSON.GET", keys[4 * g], "$")
             for ev in evs:
                 reads.execute_command("ZADD", keys[4 * g + 1], "NX", now, ev["id"])
         replies = reads.execute()
-
-        writes = self.client.pipeline(transaction=False)
-        zcard_at: list[tuple[int, str]] = []
+        hots = replies[1]
+        r = 2
+        accepted_by_group: list[list[dict[str, Any]]] = []
         accepted_events: list[Event] = []
-        out_pairs: list[tuple[str, str, str, float]] = []
-        r = 1
         for g, evs in enumerate(parsed):
-            session, dedup, aff, seen = keys[4 * g : 4 * g + 4]
-            raw = replies[r]
-            r += 1
-            doc = json.loads(raw)[0] if raw else None
             accepted = []
             for i, ev in enumerate(evs):
                 if replies[r] == 1:
@@ -364,32 +312,57 @@ class RawMirror:
                     accepted_events.append(groups[g][i])
                 r += 1
             accepted.sort(key=lambda e: e["ts"])
+            accepted_by_group.append(accepted)
+
+        # Round 2: cart / full maps where the events need them (as session_state does).
+        states: list[SessionState | None] = []
+        reads = self.client.pipeline(transaction=False)
+        wanted: list[tuple[SessionState, str]] = []
+        for g, accepted in enumerate(accepted_by_group):
+            if not accepted:
+                states.append(None)
+                continue
+            hot = decode_hot(hots[g])
+            st = SessionState(hot, now, accepted[0]["ts"])
+            states.append(st)
+            if hot is not None:
+                need_cart, need_maps = needs(hot, accepted)
+                paths = (["$.cart"] if need_cart else []) + (
+                    [f"$.{n}" for n in MAPS] if need_maps else []
+                )
+                st.maps_known = need_maps
+                for path in paths:
+                    reads.execute_command("JSON.GET", keys[4 * g], path)
+                    wanted.append((st, path))
+        for (st, path), raw in zip(wanted, reads.execute() if wanted else [], strict=True):
+            value = json.loads(raw)[0] if raw and json.loads(raw) else {}
+            if path == "$.cart":
+                st.cart = value
+            else:
+                st.known[path[2:]] = value
+
+        out_pairs: list[tuple[str, str, str, float]] = []
+        caps = (cfg.recent_cap, cfg.recent_cap, cfg.searches_cap)
+        per_group: list[dict[str, Any]] = []
+        trim_reads: list[tuple[SessionState, str]] = []
+        for g, accepted in enumerate(accepted_by_group):
+            st = states[g]
             dirty = False
             seen_items: list[str] = []
             aff_inc: dict[str, float] = {}
-            maint = (
-                doc is None
-                or "maint" not in doc
-                or now - doc["maint"]["ts"] >= MAINT_EVERY_MS
-                or doc["maint"]["n"] >= MAINT_EVENTS
-            )
-            fresh: set[str] = set()
             for ev in accepted:
+                assert st is not None
                 pairs_out: list[tuple[str, str, str]] = []
                 skip = False
-                if doc is None:
-                    doc = _new_session(ev["session_id"], ev["ts"])
-                    maint = True
-                elif doc["session_id"] != ev["session_id"] and ev["session_id"] != "":
-                    if ev["ts"] >= doc["last_ts"]:
-                        cart = doc["cart"]
-                        doc = _new_session(ev["session_id"], ev["ts"])
-                        doc["cart"] = cart
-                        maint = True
+                if st.new_doc and st.sid == "" and not dirty:
+                    st.sid, st.started_ts, st.last_ts = ev["session_id"], ev["ts"], ev["ts"]
+                elif st.sid != ev["session_id"] and ev["session_id"] != "":
+                    if ev["ts"] >= st.last_ts:
+                        st.rollover(ev["session_id"], ev["ts"])
                     else:
                         skip = True
                 if not skip:
-                    self._apply(doc, ev, pairs_out)
+                    st.apply_event(ev, cfg, pairs_out)
                     dirty = True
                 out_pairs += [(a, b, k, 1.0) for a, b, k in pairs_out]
                 w = self.weights.get(ev["type"], 0)
@@ -404,42 +377,72 @@ class RawMirror:
                             members.append("price:" + band)
                         for m in members:
                             aff_inc[m] = aff_inc.get(m, 0.0) + inc
-            flags = (doc or {}).get("ttl_set") or {}
-            for m, inc in aff_inc.items():
+            if dirty:
+                assert st is not None
+                for i, name in enumerate(MAPS):
+                    if st.added[i] >= caps[i] and not st.maps_known:
+                        trim_reads.append((st, name))
+            per_group.append({"dirty": dirty, "seen": seen_items, "aff": aff_inc})
+
+        # Round 3: full maps for the amortised trims (the Lua reads them before its write).
+        if trim_reads:
+            pipe = self.client.pipeline(transaction=False)
+            for g_st, name in trim_reads:
+                idx = states.index(g_st)
+                pipe.execute_command("JSON.GET", keys[4 * idx], f"$.{name}")
+            for (g_st, name), raw in zip(trim_reads, pipe.execute(), strict=True):
+                g_st.known[name] = (json.loads(raw) or [{}])[0] if raw else {}
+
+        writes = self.client.pipeline(transaction=False)
+        zcard_at: list[tuple[int, str]] = []
+        for g, accepted in enumerate(accepted_by_group):
+            session, dedup, aff, seen = keys[4 * g : 4 * g + 4]
+            st, info = states[g], per_group[g]
+            maint = st is not None and st.maint
+            flags = st.ttl_set if st is not None else ""
+            fresh: set[str] = set()
+            for m, inc in info["aff"].items():
                 writes.execute_command("ZINCRBY", aff, _lua_num(inc), m)
-            if aff_inc and (maint or not flags.get("aff")):
+            if info["aff"] and (maint or "a" not in flags):
                 writes.execute_command("EXPIRE", aff, cfg.user_ttl_s)
-                fresh.add("aff")
-            if seen_items:
+                fresh.add("a")
+            if info["seen"]:
                 writes.execute_command(
                     "BF.INSERT", seen, "CAPACITY", cfg.bloom_capacity, "ERROR", cfg.bloom_error,
-                    "NONSCALING", "ITEMS", *seen_items,
+                    "NONSCALING", "ITEMS", *info["seen"],
                 )  # fmt: skip
-                if maint or not flags.get("seen"):
+                if maint or "s" not in flags:
                     writes.execute_command("EXPIRE", seen, cfg.user_ttl_s)
-                    fresh.add("seen")
+                    fresh.add("s")
             if accepted:
                 zcard_at.append((len(writes.command_stack), dedup))
                 writes.execute_command("ZCARD", dedup)
-                if maint or not flags.get("dedup"):
+                if maint or "d" not in flags:
                     writes.execute_command(
                         "ZREMRANGEBYSCORE", dedup, "-inf", f"({now - cfg.dedup_window_ms}"
                     )
                     writes.execute_command("PEXPIRE", dedup, cfg.dedup_window_ms + MAINT_EVERY_MS)
-                    fresh.add("dedup")
-            if dirty:
-                assert doc is not None
+                    fresh.add("d")
+            if info["dirty"]:
+                assert st is not None
+                for i, name in enumerate(MAPS):
+                    if st.added[i] >= caps[i]:
+                        st.trim_map(name, caps[i])
+                        st.added[i] = 0
                 if maint:
-                    doc["maint"] = {"ts": now, "n": 0}
-                    doc["ttl_set"] = {}
-                doc["maint"]["n"] += len(accepted)
-                doc.setdefault("ttl_set", {})
-                for name in fresh:
-                    doc["ttl_set"][name] = True
+                    st.maint_ts, st.maint_n, st.ttl_set = now, 0, ""
+                st.maint_n += len(accepted)
+                for flag in ("a", "d", "s"):
+                    if flag in fresh and flag not in st.ttl_set:
+                        st.ttl_set += flag
+                refresh_ttl = st.reset or maint or now - st.ttl_ts >= TTL_EVERY_MS
+                if refresh_ttl:
+                    st.ttl_ts, st.ttl_refreshed = now, True
                 writes.execute_command(
-                    "JSON.SET", session, "$", json.dumps(doc, separators=(",", ":"))
+                    "JSON.SET" if st.reset else "JSON.MERGE", session, "$", st.to_json()
                 )
-                writes.execute_command("EXPIRE", session, cfg.session_ttl_s)
+                if refresh_ttl:
+                    writes.execute_command("EXPIRE", session, cfg.session_ttl_s)
         wreplies = writes.execute()
         trims = [d for at, d in zcard_at if int(wreplies[at]) > cfg.dedup_cap]
         if trims:
@@ -448,46 +451,6 @@ class RawMirror:
                 pipe.execute_command("ZREMRANGEBYRANK", d, 0, -(cfg.dedup_cap + 1))
             pipe.execute()
         return accepted_events, out_pairs
-
-    def _apply(self, doc: dict[str, Any], ev: dict[str, Any], pairs_out: list[Any]) -> None:
-        cfg = self.cfg
-        etype, ts = ev["type"], ev["ts"]
-        doc["counters"][etype] = doc["counters"].get(etype, 0) + 1
-        doc["last_ts"] = max(doc["last_ts"], ts)
-        if etype == "search":
-            if ev["query"]:
-                _push_search(doc["searches"], ev["query"], ts, cfg.searches_cap)
-            return
-        for it in ev["items"]:
-            item = it["item"]
-            if etype in COVIEW_EVENTS:
-                _collect_pairs(
-                    pairs_out, doc["recent"], item, ts, "v", cfg.co_window_ms, cfg.co_recent_n
-                )
-            elif etype == "purchase":
-                _collect_pairs(
-                    pairs_out, doc["purchased"], item, ts, "b", cfg.co_window_ms, cfg.co_recent_n
-                )
-            cart = doc["cart"]
-            if etype == "add_to_cart":
-                line = cart.get(item) or {"qty": 0, "price": it["price"], "ts": ts}
-                line["qty"] += max(it["qty"], 1)
-                if ts >= line["ts"]:
-                    line["price"], line["ts"] = it["price"], ts
-                cart[item] = line
-                if self.cart_cap is not None:
-                    _trim_cart(cart, self.cart_cap)
-            elif etype == "remove_from_cart":
-                line = cart.get(item)
-                if line is not None:
-                    line["qty"] -= max(it["qty"], 1)
-                    if line["qty"] <= 0:
-                        del cart[item]
-            elif etype == "purchase":
-                cart.pop(item, None)
-                _upsert_recent(doc["purchased"], item, ts, "purchase", cfg.recent_cap)
-            if etype in ITEM_EVENTS:
-                _upsert_recent(doc["recent"], item, ts, etype, cfg.recent_cap)
 
     # ingest_aggregates ---------------------------------------------------------------------
     def _aggregates_call(self, keys: list[str], argv: list[Any]) -> tuple[int, int]:
@@ -869,10 +832,11 @@ def verify_state(
 
     for u in users:
         a, b = client.json().get(fk.user(u, "session")), client.json().get(rk.user(u, "session"))
-        # maint.ts is each side's own clock reading: compare the rest of the bookkeeping.
+        # m.maint_ts / m.ttl_ts are each side's own clock readings: compare the rest.
         for doc in (a, b):
-            if doc and "maint" in doc:
-                doc["maint"].pop("ts", None)
+            if doc and "m" in doc:
+                doc["m"].pop("maint_ts", None)
+                doc["m"].pop("ttl_ts", None)
         if a != b:
             diffs.append(f"session {u}")
         fa, ra = zset_rel(fk.user(u, "aff")), zset_rel(rk.user(u, "aff"))

@@ -43,7 +43,7 @@ local function key_at(keys, idx, name)
 end
 
 -- cjson turns empty tables into {}: restore the arrays the session document declares.
-local ARRAY_FIELDS = {'recent', 'searches', 'purchased'}
+local ARRAY_FIELDS = {'head', 'bhead'}
 local function encode_doc(doc)
   local s = cjson.encode(doc)
   for _, name in ipairs(ARRAY_FIELDS) do

@@ -6,6 +6,13 @@
 --   (item keys live in other slots). All input is validated before the first write, so a bad
 --   call writes nothing.
 --
+-- Hot path (why it looks like this): the session document is never decoded or re-encoded
+--   whole. One JSON.MGET of a small "hot" projection (session id, last_ts, counters, head,
+--   bhead, m) serves every user of the call; each user's changes go out as one JSON.MERGE patch
+--   built as text. The item maps are keyed by item, so a patch can add, move or delete one
+--   entry without reading the others. A full map is read only for late events (older than the
+--   session's last_ts) and for the amortised trim (see "Caps"). Session format: docs/keys.md.
+--
 -- KEYS, 4 per user group g (g = 0..G-1), all with the same hash tag {user}:
 --   KEYS[4g+1] u:{user}:session  JSON  current session document (see docs/keys.md)
 --   KEYS[4g+2] u:{user}:dedup    ZSET  event_id -> ingest time ms (dedup window)
@@ -14,11 +21,12 @@
 --   In cluster mode every call holds one slot's users only; standalone may mix users.
 --
 -- ARGV (config, then groups):
---   [1]  session_ttl_s      int  sliding TTL of the session document
+--   [1]  session_ttl_s      int  sliding TTL of the session document (refreshed at most every
+--                               TTL_EVERY_MS of server time)
 --   [2]  user_ttl_s         int  sliding TTL of aff / seen
 --   [3]  dedup_window_ms    int  event ids are remembered this long (ingest time) ...
 --   [4]  dedup_cap          int  ... and at most this many per user (oldest dropped)
---   [5]  recent_cap         int  items kept in session.recent
+--   [5]  recent_cap         int  items kept in session.recent and session.purchased
 --   [6]  searches_cap       int  queries kept in session.searches
 --   [7]  aff_epoch_ms       int  forward-decay epoch (see 00_common.lua)
 --   [8]  aff_half_life_ms   int  affinity half-life
@@ -27,26 +35,38 @@
 --   [11] bloom_capacity     int  seen-filter capacity (NONSCALING: fixed size)
 --   [12] bloom_error        num  seen-filter false-positive rate at capacity
 --   [13] weights            str  "view=1,click=2,..." affinity weight per event type
---   [14] cart_cap           int  cart lines kept (the oldest line is dropped beyond it)
+--   [14] cart_cap           int  cart lines kept (the least recently touched line is dropped)
 --   [15] n_groups           int
 --   then per group: n_events, then per event:
 --     event_id, type, session_id, ts_ms, query, n_items, then n_items x (item, qty, price, category)
+--   item ids and session ids: 1-64 characters of [A-Za-z0-9._:@/+=-] (they are written into
+--   JSON text without escaping); queries and categories are free text.
 --
 -- Reply: { statuses, a1, b1, kind1, w1, a2, ... }
 --   statuses: one char per event in input order: 'A' accepted, 'D' duplicate
 --   pairs: item a, item b, kind ('v' co-viewed, 'b' co-bought), weight (string)
 -- Errors: ERR_BADARG (bad field; nothing written), ERR_KEYS (key count mismatch).
--- Writes: session (JSON.SET, EXPIRE session_ttl_s), dedup (ZADD; trim and PEXPIRE
---   window + 10 min), aff (ZINCRBY, EXPIRE user_ttl_s), seen (BF.INSERT NONSCALING, EXPIRE
---   user_ttl_s). Maintenance (dedup trim, TTL refresh of dedup/aff/seen) runs when a session
---   document starts, when a key is first written in the session, and then at most every
---   MAINT_EVERY_MS of server time or MAINT_EVENTS events: the session (30 min TTL) carries
---   that bookkeeping, so a hot user pays for it once, not on every event.
+-- Writes: session (JSON.SET for a new document, else one JSON.MERGE; EXPIRE session_ttl_s),
+--   dedup (ZADD; trim and PEXPIRE window + 10 min), aff (ZINCRBY, EXPIRE user_ttl_s), seen
+--   (BF.INSERT NONSCALING, EXPIRE user_ttl_s). Maintenance (dedup trim, TTL refresh of
+--   dedup/aff/seen) runs when a session document starts, when a key is first written in the
+--   session, and then at most every MAINT_EVERY_MS of server time or MAINT_EVENTS events: the
+--   session (30 min TTL) carries that bookkeeping, so a hot user pays for it once.
+-- Caps: recent/purchased/searches hold the newest cap entries after each trim and gain at most
+--   cap - 1 entries before the next one (m.added counts writes), so never more than 2 x cap - 1;
+--   readers order by (ts, seq) and take the newest cap. The cart holds at most cart_cap lines.
 
 local ITEM_EVENTS = {view = true, click = true, add_to_cart = true, purchase = true}
+local CART_EVENTS = {add_to_cart = true, remove_from_cart = true, purchase = true}
+local COVIEW_EVENTS = {view = true, click = true, add_to_cart = true}
+local TYPE_ORDER = {'view', 'click', 'add_to_cart', 'remove_from_cart', 'purchase', 'search'}
 local MAINT_EVERY_MS = 600000
 local MAINT_EVENTS = 256
-local COVIEW_EVENTS = {view = true, click = true, add_to_cart = true}
+local TTL_EVERY_MS = 60000
+local HOT_PATH = "$['session_id','last_ts','counters','head','bhead','m']"
+local MAPS = {'recent', 'purchased', 'searches'}
+local ADDED_FIELDS = {'ra', 'pa', 'sa'}  -- m.<field> counts writes to MAPS[i] since its trim
+local UNSAFE_ID = '[^%w%._:@/%+=%-]'
 
 local function parse_weights(spec)
   local w = {}
@@ -54,6 +74,14 @@ local function parse_weights(spec)
     w[name] = num(value, 'weights.' .. name)
   end
   return w
+end
+
+local function safe_id(value, name)
+  nonempty(value, name)
+  if #value > 64 or string.find(value, UNSAFE_ID) then
+    fail('ERR_BADARG', name .. ' must be 1-64 characters of [A-Za-z0-9._:@/+=-], got ' .. value)
+  end
+  return value
 end
 
 -- Validation pass: turn ARGV into tables, raising before anything is written.
@@ -71,17 +99,18 @@ local function parse_groups(keys, argv)
       local ev = {
         id = nonempty(argv[pos], 'event_id'),
         type = argv[pos + 1],
-        session_id = argv[pos + 2],
+        session_id = argv[pos + 2] or '',
         ts = int(argv[pos + 3], 'ts'),
         query = argv[pos + 4],
         items = {},
       }
       if not EVENT_TYPES[ev.type] then fail('ERR_BADARG', 'unknown event type ' .. tostring(ev.type)) end
+      if ev.session_id ~= '' then safe_id(ev.session_id, 'session_id') end
       local n_items = int(argv[pos + 5], 'n_items')
       pos = pos + 6
       for i = 1, n_items do
         ev.items[i] = {
-          item = nonempty(argv[pos], 'item_id'),
+          item = safe_id(argv[pos], 'item_id'),
           qty = num(argv[pos + 1], 'qty'),
           price = num(argv[pos + 2], 'price'),
           category = argv[pos + 3],
@@ -102,54 +131,100 @@ local function parse_groups(keys, argv)
   return groups
 end
 
-local function new_session(session_id, ts)
+-- The hot projection of one session (a JSON.MGET element), or nil: no document, or one in an
+-- older format (it is replaced by a new session on the next event).
+local function decode_hot(raw)
+  if not raw then return nil end
+  local ok, v = pcall(cjson.decode, raw)
+  if not ok or type(v) ~= 'table' or #v ~= 6 or type(v[6]) ~= 'table' or v[6].seq == nil then
+    return nil
+  end
+  local m = v[6]
   return {
-    session_id = session_id, started_ts = ts, last_ts = ts,
-    recent = {}, cart = {}, searches = {}, purchased = {}, counters = {},
+    sid = v[1], last_ts = v[2], counters = v[3], head = v[4], bhead = v[5],
+    seq = m.seq, added = {m.ra, m.pa, m.sa}, maint_ts = m.maint_ts, maint_n = m.maint_n,
+    ttl_ts = m.ttl_ts, ttl_set = m.ttl_set, started_ts = nil,
   }
 end
 
--- Insert/refresh an {item, ts, type} entry keeping `list` newest first, unique by item, capped.
-local function upsert_recent(list, item, ts, kind, cap)
-  for i, entry in ipairs(list) do
-    if entry.item == item then
-      if entry.ts >= ts then return end -- an older, late event changes nothing
-      table.remove(list, i)
-      break
-    end
-  end
-  -- Before the first entry that is not newer: on equal times the later event goes first.
-  local at = #list + 1
-  for i, entry in ipairs(list) do
-    if entry.ts <= ts then at = i; break end
-  end
-  table.insert(list, at, {item = item, ts = ts, type = kind})
-  while #list > cap do table.remove(list) end
+-- A new session (no document, or a newer session id): everything is known, maps are empty.
+local function start_session(st, session_id, ts)
+  st.reset = true
+  st.sid, st.started_ts, st.last_ts = session_id, ts, ts
+  st.counters, st.head, st.bhead = {}, {}, {}
+  st.seq, st.added = 0, {0, 0, 0}
+  st.known = {recent = {}, purchased = {}, searches = {}}
+  st.changes = {recent = {}, purchased = {}, searches = {}}
+  st.deleted = {recent = {}, purchased = {}, searches = {}}
+  st.counters_changed, st.heads_changed = {}, true
 end
 
-local function push_search(list, query, ts, cap)
-  local at = #list + 1
-  for i, entry in ipairs(list) do
-    if entry.ts <= ts then at = i; break end
-  end
-  table.insert(list, at, {q = query, ts = ts})
-  while #list > cap do table.remove(list) end
+-- The newest `size` entries of a map (item -> {ts, ...}, seq last) as head rows {item, ts, seq}.
+local function newest(entries, size)
+  local rows = {}
+  for item, e in pairs(entries) do rows[#rows + 1] = {item, e[1], e[#e]} end
+  table.sort(rows, function(a, b)
+    if a[2] == b[2] then return a[3] > b[3] end
+    return a[2] > b[2]
+  end)
+  while #rows > size do table.remove(rows) end
+  return rows
 end
 
--- Pairs of `item` with recent session items (before this event), newest first.
-local function collect_pairs(pairs_out, list, item, ts, kind, window, limit)
+-- Head rows {item, ts} of the newest `size` entries of a map.
+local function head_of(entries, size)
+  local head = {}
+  for i, row in ipairs(newest(entries, size)) do head[i] = {row[1], row[2]} end
+  return head
+end
+
+-- Known entries plus this call's changes, minus deletions (needs st.known).
+local function current_map(st, name)
+  local out = {}
+  for item, e in pairs(st.known[name]) do
+    if not st.deleted[name][item] then out[item] = e end
+  end
+  for item, e in pairs(st.changes[name]) do out[item] = e end
+  return out
+end
+
+-- Write `entry` ({ts, ..., seq}) for `key` in map `name` unless a newer or equal one is there.
+-- In-order events (ts >= last_ts) are newest by definition; late ones need the known map.
+-- Returns whether it was written.
+local function put_entry(st, name, key, entry, late)
+  if late then
+    local cur = st.changes[name][key]
+    if cur == nil and not st.deleted[name][key] then cur = st.known[name][key] end
+    if cur ~= nil and cur[1] >= entry[1] then return false end
+  end
+  st.changes[name][key] = entry
+  st.deleted[name][key] = nil
+  return true
+end
+
+-- Move `item` to the front of a head list ({item, ts} rows, newest first), keep `size`.
+local function head_front(head, item, ts, size)
+  for i = #head, 1, -1 do
+    if head[i][1] == item then table.remove(head, i) end
+  end
+  table.insert(head, 1, {item, ts})
+  while #head > size do table.remove(head) end
+end
+
+-- Pairs of `item` with the head's items (before this event), newest first.
+local function collect_pairs(pairs_out, head, item, ts, kind, window, limit)
   local n = 0
-  for _, entry in ipairs(list) do
+  for _, row in ipairs(head) do
     if n >= limit then break end
-    if entry.item ~= item and math.abs(entry.ts - ts) <= window then
-      pairs_out[#pairs_out + 1] = {entry.item, item, kind}
+    if row[1] ~= item and math.abs(row[2] - ts) <= window then
+      pairs_out[#pairs_out + 1] = {row[1], item, kind}
       n = n + 1
     end
   end
 end
 
 -- Keep at most `cap` cart lines: drop the least recently touched (abandoned) ones.
-local function trim_cart(cart, cap)
+local function trim_cart(cart, cap, dirty)
   local n, oldest, oldest_ts = 0, nil, nil
   for item, line in pairs(cart) do
     n = n + 1
@@ -159,43 +234,175 @@ local function trim_cart(cart, cap)
   end
   if n > cap then
     cart[oldest] = nil
-    trim_cart(cart, cap)
+    dirty[oldest] = true
+    trim_cart(cart, cap, dirty)
   end
 end
 
-local function apply_to_session(doc, ev, cfg, pairs_out)
-  doc.counters[ev.type] = (doc.counters[ev.type] or 0) + 1
-  if ev.ts > doc.last_ts then doc.last_ts = ev.ts end
+local function apply_event(st, ev, cfg, pairs_out)
+  st.counters[ev.type] = (st.counters[ev.type] or 0) + 1
+  st.counters_changed[ev.type] = true
+  local late = ev.ts < st.last_ts
+  if ev.ts > st.last_ts then st.last_ts = ev.ts end
   if ev.type == 'search' then
-    if ev.query ~= nil and ev.query ~= '' then push_search(doc.searches, ev.query, ev.ts, cfg.searches_cap) end
+    if ev.query ~= nil and ev.query ~= '' then
+      if put_entry(st, 'searches', ev.query, {ev.ts, st.seq + 1}, late) then
+        st.seq = st.seq + 1
+        st.added[3] = st.added[3] + 1
+      end
+    end
     return
   end
+  local head_size = cfg.co_recent_n + 1
   for _, it in ipairs(ev.items) do
     if COVIEW_EVENTS[ev.type] then
-      collect_pairs(pairs_out, doc.recent, it.item, ev.ts, 'v', cfg.co_window, cfg.co_recent_n)
+      collect_pairs(pairs_out, st.head, it.item, ev.ts, 'v', cfg.co_window, cfg.co_recent_n)
     elseif ev.type == 'purchase' then
-      collect_pairs(pairs_out, doc.purchased, it.item, ev.ts, 'b', cfg.co_window, cfg.co_recent_n)
+      collect_pairs(pairs_out, st.bhead, it.item, ev.ts, 'b', cfg.co_window, cfg.co_recent_n)
     end
     if ev.type == 'add_to_cart' then
-      local line = doc.cart[it.item] or {qty = 0, price = it.price, ts = ev.ts}
+      local line = st.cart[it.item] or {qty = 0, price = it.price, ts = ev.ts}
       line.qty = line.qty + math.max(it.qty, 1)
       if ev.ts >= line.ts then line.price = it.price; line.ts = ev.ts end
-      doc.cart[it.item] = line
-      trim_cart(doc.cart, cfg.cart_cap)
+      st.cart[it.item] = line
+      st.cart_dirty[it.item] = true
+      trim_cart(st.cart, cfg.cart_cap, st.cart_dirty)
     elseif ev.type == 'remove_from_cart' then
-      local line = doc.cart[it.item]
+      local line = st.cart[it.item]
       if line ~= nil then
         line.qty = line.qty - math.max(it.qty, 1)
-        if line.qty <= 0 then doc.cart[it.item] = nil end
+        if line.qty <= 0 then st.cart[it.item] = nil end
+        st.cart_dirty[it.item] = true
       end
     elseif ev.type == 'purchase' then
-      doc.cart[it.item] = nil
-      upsert_recent(doc.purchased, it.item, ev.ts, 'purchase', cfg.recent_cap)
+      if st.cart[it.item] ~= nil then
+        st.cart[it.item] = nil
+        st.cart_dirty[it.item] = true
+      end
+      if put_entry(st, 'purchased', it.item, {ev.ts, st.seq + 1}, late) then
+        st.seq = st.seq + 1
+        st.added[2] = st.added[2] + 1
+        if late then
+          st.bhead = head_of(current_map(st, 'purchased'), head_size)
+        else
+          head_front(st.bhead, it.item, ev.ts, head_size)
+        end
+        st.heads_changed = true
+      end
     end
     if ITEM_EVENTS[ev.type] then
-      upsert_recent(doc.recent, it.item, ev.ts, ev.type, cfg.recent_cap)
+      if put_entry(st, 'recent', it.item, {ev.ts, ev.type, st.seq + 1}, late) then
+        st.seq = st.seq + 1
+        st.added[1] = st.added[1] + 1
+        if late then
+          st.head = head_of(current_map(st, 'recent'), head_size)
+        else
+          head_front(st.head, it.item, ev.ts, head_size)
+        end
+        st.heads_changed = true
+      end
     end
   end
+end
+
+-- Drop the oldest entries of map `name` beyond `cap` (reads the full map when not known).
+local function trim_map(st, name, cap)
+  local rows = newest(current_map(st, name), math.huge)
+  for i = cap + 1, #rows do
+    local item = rows[i][1]
+    st.changes[name][item] = nil
+    if st.known[name][item] ~= nil then st.deleted[name][item] = true end
+  end
+end
+
+-- The whole document (new session) or the merge patch (existing one: only what changed; a
+-- JSON merge patch replaces arrays and merges objects, null deletes). cjson (C) encodes it:
+-- measured 2x faster than building the text in Lua.
+local function session_json(st)
+  local doc = {}
+  if st.reset then
+    doc.session_id, doc.started_ts = st.sid, st.started_ts
+  end
+  doc.last_ts = st.last_ts
+  local counters = {}
+  for name, _ in pairs(st.counters_changed) do counters[name] = st.counters[name] end
+  if st.reset then counters = st.counters end
+  doc.counters = counters
+  for _, name in ipairs(MAPS) do
+    if st.reset or next(st.changes[name]) ~= nil or next(st.deleted[name]) ~= nil then
+      local part = {}
+      for key, e in pairs(st.changes[name]) do part[key] = e end
+      for key, _ in pairs(st.deleted[name]) do part[key] = cjson.null end
+      doc[name] = part
+    end
+  end
+  if st.reset then
+    doc.cart = st.cart
+  elseif next(st.cart_dirty) ~= nil then
+    local part = {}
+    for item, _ in pairs(st.cart_dirty) do part[item] = st.cart[item] or cjson.null end
+    doc.cart = part
+  end
+  if st.heads_changed then doc.head, doc.bhead = st.head, st.bhead end
+  local m = {seq = st.seq, maint_n = st.maint_n}
+  for i, field in ipairs(ADDED_FIELDS) do
+    if st.reset or st.added[i] ~= st.added0[i] then m[field] = st.added[i] end
+  end
+  if st.reset or st.maint then m.maint_ts, m.ttl_set = st.maint_ts, st.ttl_set end
+  if st.reset or st.ttl_refreshed then m.ttl_ts = st.ttl_ts end
+  if st.ttl_set ~= st.ttl_set0 then m.ttl_set = st.ttl_set end
+  doc.m = m
+  local text = cjson.encode(doc)
+  if st.heads_changed and (next(st.head) == nil or next(st.bhead) == nil) then
+    -- cjson writes an empty table as {}: the heads are arrays.
+    text = string.gsub(text, '"(b?head)":{}', '"%1":[]')
+  end
+  return text
+end
+
+-- Reads one path of the session ('{}' when absent) as a Lua table.
+local function read_path(key, path)
+  local raw = redis.call('JSON.GET', key, path)
+  local v = raw and cjson.decode(raw)[1]
+  if type(v) ~= 'table' then return {} end
+  return v
+end
+
+local function session_state(hot, grp, accepted, now)
+  local st = {reset = false, cart_dirty = {}, cart = {}}
+  if hot ~= nil then
+    for k, v in pairs(hot) do st[k] = v end
+    st.known = {recent = {}, purchased = {}, searches = {}}
+    st.changes = {recent = {}, purchased = {}, searches = {}}
+      st.deleted = {recent = {}, purchased = {}, searches = {}}
+    st.maps_known = false
+    st.counters_changed, st.heads_changed = {}, false
+    st.added0, st.ttl_set0 = {st.added[1], st.added[2], st.added[3]}, st.ttl_set
+    -- What this call's events need beyond the hot projection.
+    local need_cart, need_maps = false, false
+    for _, ev in ipairs(accepted) do
+      if CART_EVENTS[ev.type] then need_cart = true end
+      if ev.session_id ~= '' and ev.session_id ~= hot.sid and ev.ts >= hot.last_ts then
+        need_cart = true  -- a new session carries the cart over
+      elseif ev.ts < hot.last_ts then
+        need_maps = true
+      end
+    end
+    if need_cart then st.cart = read_path(grp.session, '$.cart') end
+    if need_maps then
+      for _, name in ipairs(MAPS) do st.known[name] = read_path(grp.session, '$.' .. name) end
+      st.maps_known = true
+    end
+    st.maint = now - st.maint_ts >= MAINT_EVERY_MS or st.maint_n >= MAINT_EVENTS
+  else
+    start_session(st, '', accepted[1].ts)
+    st.maps_known = true
+    st.maint_ts, st.maint_n, st.ttl_ts, st.ttl_set = now, 0, now, ''
+    st.added0, st.ttl_set0 = {0, 0, 0}, ''
+    st.maint = true
+    st.new_doc = true
+  end
+  return st
 end
 
 local function ingest_user(keys, argv)
@@ -215,19 +422,22 @@ local function ingest_user(keys, argv)
     weights = parse_weights(argv[13] or ''),
     cart_cap = int(argv[14], 'cart_cap'),
   }
+  local caps = {cfg.recent_cap, cfg.recent_cap, cfg.searches_cap}
   local groups = parse_groups(keys, argv)
   local now = now_ms()
   local statuses = {}
   local reply_pairs = {}
 
-  for _, grp in ipairs(groups) do
-    local raw = redis.call('JSON.GET', grp.session, '$')
-    local doc = nil
-    if raw then doc = cjson.decode(raw)[1] end
-    local doc_dirty = false
+  -- One read of every session's hot projection.
+  local mget = {}
+  for g, grp in ipairs(groups) do mget[g] = grp.session end
+  mget[#mget + 1] = HOT_PATH
+  local hots = {}
+  if #groups > 0 then hots = redis.call('JSON.MGET', unpack(mget)) end
+
+  for g, grp in ipairs(groups) do
     local seen_items = {}
     local aff_inc, aff_order = {}, {}
-    local accepted_any = false
 
     -- Late events must still land in order: apply accepted events sorted by event time.
     local accepted = {}
@@ -236,7 +446,6 @@ local function ingest_user(keys, argv)
         statuses[#statuses + 1] = 'A'
         ev.seq = seq
         accepted[#accepted + 1] = ev
-        accepted_any = true
       else
         statuses[#statuses + 1] = 'D'
       end
@@ -247,31 +456,33 @@ local function ingest_user(keys, argv)
       return a.ts < b.ts
     end)
 
-    -- Bookkeeping carried by the session document (see the contract above).
-    local maint = doc == nil or doc.maint == nil or now - doc.maint.ts >= MAINT_EVERY_MS
-      or doc.maint.n >= MAINT_EVENTS
+    local st = nil
+    if #accepted > 0 then st = session_state(decode_hot(hots[g]), grp, accepted, now) end
+    local session_dirty = false
     local fresh = {}  -- keys first written in this session: they need their TTL now
 
     for _, ev in ipairs(accepted) do
       -- Session: a newer session id starts a new document (the cart carries over);
       -- a late event of an older session leaves the current document alone.
       local pairs_out = {}
-      if doc == nil then
-        doc = new_session(ev.session_id, ev.ts)
-        maint = true
-      elseif doc.session_id ~= ev.session_id and ev.session_id ~= '' then
-        if ev.ts >= doc.last_ts then
-          local cart = doc.cart
-          doc = new_session(ev.session_id, ev.ts)
-          doc.cart = cart
-          maint = true
+      local skip = false
+      if st.new_doc and st.sid == '' and not session_dirty then
+        st.sid, st.started_ts, st.last_ts = ev.session_id, ev.ts, ev.ts
+      elseif st.sid ~= ev.session_id and ev.session_id ~= '' then
+        if ev.ts >= st.last_ts then
+          local cart = st.cart
+          start_session(st, ev.session_id, ev.ts)
+          st.cart = cart
+          st.maps_known = true
+          st.maint = true
+          for item, _ in pairs(cart) do st.cart_dirty[item] = true end
         else
-          ev.skip_session = true -- late event from an older session: session untouched
+          skip = true
         end
       end
-      if not ev.skip_session then
-        apply_to_session(doc, ev, cfg, pairs_out)
-        doc_dirty = true
+      if not skip then
+        apply_event(st, ev, cfg, pairs_out)
+        session_dirty = true
       end
       for _, p in ipairs(pairs_out) do
         reply_pairs[#reply_pairs + 1] = p[1]
@@ -298,43 +509,57 @@ local function ingest_user(keys, argv)
       end
     end
 
-    local flags = (doc and doc.ttl_set) or {}
+    local maint = st ~= nil and st.maint
+    local flags = (st and st.ttl_set) or ''
     for _, m in ipairs(aff_order) do
       redis.call('ZINCRBY', grp.aff, tostring(aff_inc[m]), m)
     end
-    if #aff_order > 0 and (maint or not flags.aff) then
-      redis.call('EXPIRE', grp.aff, cfg.user_ttl); fresh.aff = true
+    if #aff_order > 0 and (maint or not string.find(flags, 'a', 1, true)) then
+      redis.call('EXPIRE', grp.aff, cfg.user_ttl); fresh.a = true
     end
     if #seen_items > 0 then
       redis.call('BF.INSERT', grp.seen, 'CAPACITY', cfg.bloom_capacity, 'ERROR', cfg.bloom_error,
         'NONSCALING', 'ITEMS', unpack(seen_items))
-      if maint or not flags.seen then
-        redis.call('EXPIRE', grp.seen, cfg.user_ttl); fresh.seen = true
+      if maint or not string.find(flags, 's', 1, true) then
+        redis.call('EXPIRE', grp.seen, cfg.user_ttl); fresh.s = true
       end
     end
-    if accepted_any then
+    if #accepted > 0 then
       -- The count cap holds on every call (ZCARD is O(1)); age trimming and the TTL (window
       -- plus the maintenance interval, so ids added since the last refresh keep their 24 h)
       -- are maintenance.
       if redis.call('ZCARD', grp.dedup) > cfg.dedup_cap then
         redis.call('ZREMRANGEBYRANK', grp.dedup, 0, -(cfg.dedup_cap + 1))
       end
-      if maint or not flags.dedup then
+      if maint or not string.find(flags, 'd', 1, true) then
         redis.call('ZREMRANGEBYSCORE', grp.dedup, '-inf', '(' .. (now - cfg.dedup_window))
         redis.call('PEXPIRE', grp.dedup, cfg.dedup_window + MAINT_EVERY_MS)
-        fresh.dedup = true
+        fresh.d = true
       end
     end
-    if doc_dirty then
-      if maint then
-        doc.maint = {ts = now, n = 0}
-        doc.ttl_set = {}
+    if session_dirty then
+      for i, name in ipairs(MAPS) do
+        if st.added[i] >= caps[i] then
+          if not st.maps_known then st.known[name] = read_path(grp.session, '$.' .. name) end
+          trim_map(st, name, caps[i])
+          st.added[i] = 0
+        end
       end
-      doc.maint.n = doc.maint.n + #accepted
-      doc.ttl_set = doc.ttl_set or {}
-      for name, _ in pairs(fresh) do doc.ttl_set[name] = true end
-      redis.call('JSON.SET', grp.session, '$', encode_doc(doc))
-      redis.call('EXPIRE', grp.session, cfg.session_ttl)
+      if maint then st.maint_ts, st.maint_n, st.ttl_set = now, 0, '' end
+      st.maint_n = st.maint_n + #accepted
+      for _, flag in ipairs({'a', 'd', 's'}) do
+        if fresh[flag] and not string.find(st.ttl_set, flag, 1, true) then
+          st.ttl_set = st.ttl_set .. flag
+        end
+      end
+      local refresh_ttl = st.reset or maint or now - st.ttl_ts >= TTL_EVERY_MS
+      if refresh_ttl then st.ttl_ts, st.ttl_refreshed = now, true end
+      if st.reset then
+        redis.call('JSON.SET', grp.session, '$', session_json(st))
+      else
+        redis.call('JSON.MERGE', grp.session, '$', session_json(st))
+      end
+      if refresh_ttl then redis.call('EXPIRE', grp.session, cfg.session_ttl) end
     end
   end
 

@@ -46,21 +46,33 @@ local function export_user(keys, argv)
 end
 
 local MERGED_CAP = 20
+local SESSION_MAPS = {'recent', 'purchased', 'searches'}
 
-local function merge_lists(into, from, cap, key_field)
-  for _, entry in ipairs(from or {}) do
-    local found = false
-    for _, mine in ipairs(into) do
-      if key_field and mine[key_field] == entry[key_field] then
-        if entry.ts > mine.ts then mine.ts = entry.ts; mine.type = entry.type end
-        found = true
-        break
-      end
-    end
-    if not found then into[#into + 1] = entry end
+-- Merge one session map (key -> [ts, ..., seq]) into another: the newer entry wins; then keep
+-- the newest `cap` (ordered by ts, then seq).
+local function merge_map(into, from, cap)
+  for key, e in pairs(from or {}) do
+    local mine = into[key]
+    if mine == nil or mine[1] < e[1] then into[key] = e end
   end
-  table.sort(into, function(a, b) return a.ts > b.ts end)
-  while #into > cap do table.remove(into) end
+  local rows = {}
+  for key, e in pairs(into) do rows[#rows + 1] = {key, e[1], e[#e]} end
+  table.sort(rows, function(a, b)
+    if a[2] == b[2] then return a[3] > b[3] end
+    return a[2] > b[2]
+  end)
+  for i = cap + 1, #rows do into[rows[i][1]] = nil end
+  return rows
+end
+
+-- Head rows {item, ts, seq} of the newest `size` entries (rows as merge_map sorted them).
+local function head_rows(rows, size, map)
+  local head = {}
+  for _, row in ipairs(rows) do
+    if #head >= size then break end
+    if map[row[1]] ~= nil then head[#head + 1] = {row[1], row[2]} end
+  end
+  return head
 end
 
 -- identify_user: attach traits to a known user and merge an anonymous id's state into it.
@@ -129,23 +141,33 @@ local function identify_user(keys, argv)
         local doc
         if cur then doc = cjson.decode(cur)[1] else doc = anon_session end
         if cur then
-          merge_lists(doc.recent, anon_session.recent, recent_cap, 'item')
-          merge_lists(doc.purchased, anon_session.purchased, recent_cap, 'item')
-          merge_lists(doc.searches, anon_session.searches, recent_cap, nil)
+          local head_size = math.max(#(doc.head or {}), #(anon_session.head or {}), 1)
+          for _, name in ipairs(SESSION_MAPS) do
+            doc[name] = doc[name] or {}
+            local rows = merge_map(doc[name], anon_session[name], recent_cap)
+            if name == 'recent' then doc.head = head_rows(rows, head_size, doc[name]) end
+            if name == 'purchased' then doc.bhead = head_rows(rows, head_size, doc[name]) end
+          end
+          doc.cart = doc.cart or {}
           for item, line in pairs(anon_session.cart or {}) do
             local mine = doc.cart[item]
             if mine then mine.qty = mine.qty + line.qty else doc.cart[item] = line end
           end
+          doc.counters = doc.counters or {}
           for name, n in pairs(anon_session.counters or {}) do
             doc.counters[name] = (doc.counters[name] or 0) + n
           end
-          if (anon_session.last_ts or 0) > doc.last_ts then doc.last_ts = anon_session.last_ts end
+          if (anon_session.last_ts or 0) > (doc.last_ts or 0) then doc.last_ts = anon_session.last_ts end
+          if doc.m and anon_session.m then
+            doc.m.seq = math.max(doc.m.seq or 0, anon_session.m.seq or 0)
+            doc.m.ra, doc.m.pa, doc.m.sa = 0, 0, 0
+          end
         end
         redis.call('JSON.SET', session_key, '$', encode_doc(doc))
         redis.call('EXPIRE', session_key, session_ttl)
         local items = {}
-        for _, entry in ipairs(anon_session.recent or {}) do items[#items + 1] = entry.item end
-        for _, entry in ipairs(anon_session.purchased or {}) do items[#items + 1] = entry.item end
+        for item, _ in pairs(anon_session.recent or {}) do items[#items + 1] = item end
+        for item, _ in pairs(anon_session.purchased or {}) do items[#items + 1] = item end
         for item, _ in pairs(anon_session.cart or {}) do items[#items + 1] = item end
         if #items > 0 then
           redis.call('BF.INSERT', seen_key, 'CAPACITY', bloom_capacity, 'ERROR', bloom_error,

@@ -92,6 +92,7 @@ function REC.first(obj, path)
 end
 
 -- Session fields both Functions need: last_ts, recent (newest first), cart lines (newest first).
+-- recent is stored as item -> [ts, type, seq] (see docs/keys.md): order by (ts, seq).
 function REC.read_session(session_key)
   local raw = redis.call('JSON.GET', session_key, '$.last_ts', '$.recent', '$.cart')
   local out = {last_ts = 0, recent = {}, cart = {}}
@@ -100,9 +101,15 @@ function REC.read_session(session_key)
   out.last_ts = tonumber(REC.first(obj, '$.last_ts')) or 0
   local recent = REC.first(obj, '$.recent')
   if type(recent) == 'table' then
-    for _, e in ipairs(recent) do
-      if type(e) == 'table' and e.item then out.recent[#out.recent + 1] = e end
+    for item, e in pairs(recent) do
+      if type(item) == 'string' and type(e) == 'table' and e[3] ~= nil then
+        out.recent[#out.recent + 1] = {item = item, ts = tonumber(e[1]) or 0, type = e[2], seq = e[3]}
+      end
     end
+    table.sort(out.recent, function(a, b)
+      if a.ts == b.ts then return a.seq > b.seq end
+      return a.ts > b.ts
+    end)
   end
   local cart = REC.first(obj, '$.cart')
   if type(cart) == 'table' then

@@ -15,8 +15,8 @@ from lupa import lua51
 from app.functions import build_library
 
 EXPOSE = [
-    "forward_weight", "decayed_value", "price_band", "upsert_recent", "trim_cart",
-    "collect_pairs", "push_search", "encode_doc", "parse_weights",
+    "forward_weight", "decayed_value", "price_band", "head_front", "newest", "trim_cart",
+    "collect_pairs", "encode_doc", "parse_weights",
 ]  # fmt: skip
 
 

@@ -28,6 +28,7 @@ import redis
 
 from app import functions
 from app.keys import Keys
+from app.sessions import session_view
 from app.settings import ROOT, EngineConfig
 from tests.web_fixtures import ADMIN_KEY, full_app, serving
 
@@ -205,8 +206,9 @@ def test_storefront_in_chromium(
 
     # What the page sent is in Redis, as the API stored it.
     keys = Keys(world.prefix)
-    session = client.json().get(keys.user(SHOPPER, "session"))
-    assert session is not None
+    doc = client.json().get(keys.user(SHOPPER, "session"))
+    assert doc is not None
+    session = session_view(doc, EngineConfig())
     assert bought in {p["item"] for p in session["purchased"]}
     assert session["counters"].get("search") == 1
     assert client.xlen(keys.log) >= 5

@@ -13,6 +13,7 @@ from app.errors import BadArgumentError, ValidationError
 from app.events import parse_event
 from app.ingest import Ingestor
 from app.keys import Keys
+from app.sessions import session_view
 from app.settings import EngineConfig
 
 NOW = int(time.time() * 1000)
@@ -30,6 +31,13 @@ def ev(event_id: str, etype: str = "view", user: str = "u1", item: str | None = 
 
 def ingest(client: redis.Redis, cfg: EngineConfig, *bodies: dict[str, Any]) -> list[str]:
     return Ingestor(client, cfg).ingest([parse_event(b) for b in bodies]).statuses
+
+
+def session_of(client: redis.Redis, cfg: EngineConfig, user: str = "u1") -> dict[str, Any]:
+    """The session as the API shows it (lists newest first, capped)."""
+    doc = client.json().get(Keys(cfg.key_prefix).user(user, "session"))
+    assert doc is not None
+    return session_view(doc, cfg)
 
 
 def test_duplicate_event_ids_have_no_effect(
@@ -106,7 +114,7 @@ def test_out_of_order_events_keep_recent_newest_first(
     ingest(client, cfg, ev("o2", item="B", ts=NOW - 2000))
     # A late, older view of D must not move D back in time.
     ingest(client, cfg, ev("o0", item="D", ts=NOW - 5000))
-    session = client.json().get(keys.user("u1", "session"))
+    session = session_of(client, cfg)
     assert [r["item"] for r in session["recent"]] == ["D", "C", "B", "A"]
     assert [r["ts"] for r in session["recent"]] == [NOW, NOW - 1000, NOW - 2000, NOW - 3000]
     assert session["counters"]["view"] == 5
@@ -116,9 +124,13 @@ def test_out_of_order_events_keep_recent_newest_first(
 def test_recent_items_are_capped(client: redis.Redis, cfg: EngineConfig, keys: Keys) -> None:
     bodies = [ev(f"c{i}", item=f"I{i}", ts=NOW - 100_000 + i) for i in range(cfg.recent_cap + 15)]
     ingest(client, cfg, *bodies)
-    recent = client.json().get(keys.user("u1", "session"), "$.recent")[0]
+    recent = session_of(client, cfg)["recent"]
     assert len(recent) == cfg.recent_cap
     assert recent[0]["item"] == f"I{cfg.recent_cap + 14}"
+    assert [r["item"] for r in recent] == [f"I{i}" for i in range(cfg.recent_cap + 14, 14, -1)]
+    # Stored: the newest cap entries after each trim, at most cap - 1 more in between.
+    stored = client.json().get(keys.user("u1", "session"), "$.recent")[0]
+    assert cfg.recent_cap <= len(stored) < 2 * cfg.recent_cap
 
 
 def test_cart_and_purchase_flow(client: redis.Redis, cfg: EngineConfig, keys: Keys) -> None:
@@ -129,7 +141,7 @@ def test_cart_and_purchase_flow(client: redis.Redis, cfg: EngineConfig, keys: Ke
            ev("p1", "purchase", ts=NOW - 100, items=[
                {"item_id": "B", "qty": 1, "price": 4.0}, {"item_id": "C", "qty": 3, "price": 1.0}
            ]))  # fmt: skip
-    session = client.json().get(keys.user("u1", "session"))
+    session = session_of(client, cfg)
     assert session["cart"] == {"A": {"qty": 1, "price": 2.5, "ts": NOW - 300}}
     assert {p["item"] for p in session["purchased"]} == {"B", "C"}
     # Co-bought within the purchase, co-viewed (cart adds count as interest) before it.
@@ -150,15 +162,13 @@ def test_new_session_resets_but_keeps_cart(
     ingest(client, cfg, ev("n1", "add_to_cart", item="A", ts=NOW - 10_000),
            ev("n2", item="B", ts=NOW - 9_000))  # fmt: skip
     ingest(client, cfg, ev("n3", item="C", ts=NOW, session="s2"))
-    session = client.json().get(keys.user("u1", "session"))
+    session = session_of(client, cfg)
     assert session["session_id"] == "s2"
     assert [r["item"] for r in session["recent"]] == ["C"]
     assert "A" in session["cart"]
     # A late event of the old session is accepted but leaves the new session alone.
     assert ingest(client, cfg, ev("n0", item="Z", ts=NOW - 20_000, session="s1")) == ["accepted"]
-    assert [r["item"] for r in client.json().get(keys.user("u1", "session"), "$.recent")[0]] == [
-        "C"
-    ]
+    assert [r["item"] for r in session_of(client, cfg)["recent"]] == ["C"]
 
 
 def test_search_events_feed_session_and_trending(
@@ -166,7 +176,7 @@ def test_search_events_feed_session_and_trending(
 ) -> None:
     ingest(client, cfg, *[ev(f"s{i}", "search", item=None, ts=NOW - i,
                              props={"query": "  Heart  Lantern "}) for i in range(3)])  # fmt: skip
-    session = client.json().get(keys.user("u1", "session"))
+    session = session_of(client, cfg)
     assert session["searches"][0]["q"] == "Heart  Lantern"
     _, items = calls.trending(client, cfg, keys, "search", 5)
     assert items[0].item_id == "heart lantern" and items[0].count == 3
@@ -301,7 +311,7 @@ def test_equal_times_keep_input_order(client: redis.Redis, cfg: EngineConfig, ke
         for i in range(12)
     ]
     ingest(client, cfg, *lines)
-    purchased = client.json().get(keys.user("u1", "session"), "$.purchased")[0]
+    purchased = session_of(client, cfg)["purchased"]
     # Newest first; equal times: the later line in the input counts as newer.
     assert [p["item"] for p in purchased] == [f"P{i}" for i in range(11, -1, -1)]
 

@@ -72,12 +72,22 @@ def test_price_band(lua: Any, price: float, band: str | None) -> None:
     assert lua.price_band(price) == band
 
 
-def test_upsert_recent_orders_dedups_and_caps(lua: Any) -> None:
+def test_head_front_moves_an_item_to_the_front_and_caps(lua: Any) -> None:
     rt = lua.runtime
-    recent = rt.table_from([])
-    for item, ts in [("A", 10), ("B", 30), ("C", 20), ("A", 40), ("B", 5), ("D", 1)]:
-        lua.upsert_recent(recent, item, ts, "view", 3)
-    assert [(e["item"], e["ts"]) for e in _to_py(recent)] == [("A", 40), ("B", 30), ("C", 20)]
+    head = rt.table_from([])
+    for seq, item in enumerate(["A", "B", "C", "A", "D"], start=1):
+        lua.head_front(head, item, 100 + seq, 3)
+    assert [list(_to_py(row)) for row in _to_py(head)] == [["D", 105], ["A", 104], ["C", 103]]
+
+
+def test_newest_orders_by_time_then_seq_and_caps(lua: Any) -> None:
+    rt = lua.runtime
+    entries = rt.table_from({
+        "A": rt.table_from([10, "view", 1]), "B": rt.table_from([30, "view", 2]),
+        "C": rt.table_from([30, "click", 5]), "D": rt.table_from([5, 3]),  # purchased: [ts, seq]
+    })  # fmt: skip
+    rows = [list(_to_py(r)) for r in _to_py(lua.newest(entries, 3))]
+    assert rows == [["C", 30, 5], ["B", 30, 2], ["A", 10, 1]]
 
 
 def test_trim_cart_drops_the_stalest_lines(lua: Any) -> None:
@@ -88,29 +98,29 @@ def test_trim_cart_drops_the_stalest_lines(lua: Any) -> None:
             for i, ts in enumerate([5, 1, 9, 3])
         }
     )
-    lua.trim_cart(cart, 2)
+    dirty = rt.table_from({})
+    lua.trim_cart(cart, 2, dirty)
     assert sorted(_to_py(cart)) == ["I0", "I2"]
+    assert sorted(_to_py(dirty)) == ["I1", "I3"]  # removed lines go out as nulls in the patch
 
 
 def test_collect_pairs_respects_window_and_limit(lua: Any) -> None:
     rt = lua.runtime
-    recent = rt.table_from(
-        [
-            rt.table_from({"item": i, "ts": ts})
-            for i, ts in [("X", 100), ("Y", 90), ("Z", 0), ("W", 80)]
-        ]
+    head = rt.table_from(
+        [rt.table_from([i, ts]) for i, ts in [("X", 100), ("Y", 90), ("Z", 0), ("W", 80)]]
     )
     out = rt.table_from([])
-    lua.collect_pairs(out, recent, "X", 100, "v", 50, 2)  # X itself skipped; Z outside window
+    lua.collect_pairs(out, head, "X", 100, "v", 50, 2)  # X itself skipped; Z outside window
     assert [list(_to_py(p)) for p in _to_py(out)] == [["Y", "X", "v"], ["W", "X", "v"]]
 
 
 def test_encode_doc_keeps_empty_arrays_as_arrays(lua: Any) -> None:
     rt = lua.runtime
-    doc = rt.table_from({"recent": rt.table_from([]), "searches": rt.table_from([]),
-                         "purchased": rt.table_from([]), "cart": rt.table_from({})})  # fmt: skip
+    doc = rt.table_from({"head": rt.table_from([]), "bhead": rt.table_from([]),
+                         "recent": rt.table_from({}), "cart": rt.table_from({})})  # fmt: skip
     # The stub cjson renders empty tables as {} like Redis' cjson; encode_doc must fix them.
-    assert '"recent":[]' in lua.encode_doc(doc)
+    encoded = lua.encode_doc(doc)
+    assert '"head":[]' in encoded and '"bhead":[]' in encoded and '"recent":{}' in encoded
 
 
 def test_weights_parse(lua: Any) -> None:

@@ -16,6 +16,7 @@ import redis
 
 from app import calls
 from app.keys import Keys
+from app.sessions import session_view
 from app.settings import EngineConfig
 from loaders import online_retail as orl
 from loaders import replay as rp
@@ -125,9 +126,10 @@ def test_customer_state_after_replay(
 
     profile = calls.user_profile(client, cfg, keys, user)
     assert profile.session is not None
+    session = session_view(profile.session, cfg)
     last = {f"inv-{inv}" for inv in expected.last_invoices[CUSTOMER]}
-    assert profile.session["session_id"] in last
-    purchased = {entry["item"] for entry in profile.session["purchased"]}
+    assert session["session_id"] in last
+    purchased = {entry["item"] for entry in session["purchased"]}
     assert purchased <= expected.items_of[CUSTOMER] and purchased
 
     # Affinities: exactly the derived categories of what the customer bought, plus price bands.
