@@ -58,6 +58,19 @@ local function encode_doc(doc)
   return s
 end
 
+-- The newest `size` entries of a session map (key -> {ts, ..., seq}) as rows {key, ts, seq},
+-- newest first (equal times: higher seq first). See docs/keys.md.
+local function newest(entries, size)
+  local rows = {}
+  for item, e in pairs(entries) do rows[#rows + 1] = {item, e[1], e[#e]} end
+  table.sort(rows, function(a, b)
+    if a[2] == b[2] then return a[3] > b[3] end
+    return a[2] > b[2]
+  end)
+  while #rows > size do table.remove(rows) end
+  return rows
+end
+
 -- Wall clock of the server in ms (Functions may call TIME: effects are replicated, not scripts).
 local function now_ms()
   local t = redis.call('TIME')

@@ -159,18 +159,6 @@ local function start_session(st, session_id, ts)
   st.counters_changed, st.heads_changed = {}, true
 end
 
--- The newest `size` entries of a map (item -> {ts, ...}, seq last) as head rows {item, ts, seq}.
-local function newest(entries, size)
-  local rows = {}
-  for item, e in pairs(entries) do rows[#rows + 1] = {item, e[1], e[#e]} end
-  table.sort(rows, function(a, b)
-    if a[2] == b[2] then return a[3] > b[3] end
-    return a[2] > b[2]
-  end)
-  while #rows > size do table.remove(rows) end
-  return rows
-end
-
 -- Head rows {item, ts} of the newest `size` entries of a map.
 local function head_of(entries, size)
   local head = {}
@@ -239,6 +227,21 @@ local function trim_cart(cart, cap, dirty)
   end
 end
 
+-- Write an item's entry into MAPS[i] (recent / purchased) and keep that map's head current.
+local HEADS = {'head', 'bhead'}
+local function record(st, i, item, entry, ts, late, head_size)
+  local name = MAPS[i]
+  if not put_entry(st, name, item, entry, late) then return end
+  st.seq = st.seq + 1
+  st.added[i] = st.added[i] + 1
+  if late then
+    st[HEADS[i]] = head_of(current_map(st, name), head_size)
+  else
+    head_front(st[HEADS[i]], item, ts, head_size)
+  end
+  st.heads_changed = true
+end
+
 local function apply_event(st, ev, cfg, pairs_out)
   st.counters[ev.type] = (st.counters[ev.type] or 0) + 1
   st.counters_changed[ev.type] = true
@@ -279,28 +282,10 @@ local function apply_event(st, ev, cfg, pairs_out)
         st.cart[it.item] = nil
         st.cart_dirty[it.item] = true
       end
-      if put_entry(st, 'purchased', it.item, {ev.ts, st.seq + 1}, late) then
-        st.seq = st.seq + 1
-        st.added[2] = st.added[2] + 1
-        if late then
-          st.bhead = head_of(current_map(st, 'purchased'), head_size)
-        else
-          head_front(st.bhead, it.item, ev.ts, head_size)
-        end
-        st.heads_changed = true
-      end
+      record(st, 2, it.item, {ev.ts, st.seq + 1}, ev.ts, late, head_size)
     end
     if ITEM_EVENTS[ev.type] then
-      if put_entry(st, 'recent', it.item, {ev.ts, ev.type, st.seq + 1}, late) then
-        st.seq = st.seq + 1
-        st.added[1] = st.added[1] + 1
-        if late then
-          st.head = head_of(current_map(st, 'recent'), head_size)
-        else
-          head_front(st.head, it.item, ev.ts, head_size)
-        end
-        st.heads_changed = true
-      end
+      record(st, 1, it.item, {ev.ts, ev.type, st.seq + 1}, ev.ts, late, head_size)
     end
   end
 end

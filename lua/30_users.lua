@@ -55,12 +55,7 @@ local function merge_map(into, from, cap)
     local mine = into[key]
     if mine == nil or mine[1] < e[1] then into[key] = e end
   end
-  local rows = {}
-  for key, e in pairs(into) do rows[#rows + 1] = {key, e[1], e[#e]} end
-  table.sort(rows, function(a, b)
-    if a[2] == b[2] then return a[3] > b[3] end
-    return a[2] > b[2]
-  end)
+  local rows = newest(into, math.huge)
   for i = cap + 1, #rows do into[rows[i][1]] = nil end
   return rows
 end
