@@ -264,6 +264,16 @@ class RawMirror:
             self.splitter._drop_stale_trend_buckets(old_wm, new_wm)
         return len(accepted)
 
+    def _trim_over_cap(self, zcard_at: list[tuple[int, str]], replies: list[Any], cap: int) -> None:
+        """ZREMRANGEBYRANK the sorted sets whose ZCARD (at those reply positions) exceeds `cap`,
+        as the Lua does after its ZCARD."""
+        over = [key for at, key in zcard_at if int(replies[at]) > cap]
+        if over:
+            pipe = self.client.pipeline(transaction=False)
+            for key in over:
+                pipe.execute_command("ZREMRANGEBYRANK", key, 0, -(cap + 1))
+            pipe.execute()
+
     # ingest_user ----------------------------------------------------------------------------
     def _user_call(
         self, keys: list[str], argv: list[Any], groups: list[list[Event]]
@@ -338,7 +348,8 @@ class RawMirror:
                     reads.execute_command("JSON.GET", keys[4 * g], path)
                     wanted.append((st, path))
         for (st, path), raw in zip(wanted, reads.execute() if wanted else [], strict=True):
-            value = json.loads(raw)[0] if raw and json.loads(raw) else {}
+            found = json.loads(raw) if raw else []
+            value = found[0] if found else {}
             if path == "$.cart":
                 st.cart = value
             else:
@@ -447,12 +458,7 @@ class RawMirror:
                 if refresh_ttl:
                     writes.execute_command("EXPIRE", session, cfg.session_ttl_s)
         wreplies = writes.execute()
-        trims = [d for at, d in zcard_at if int(wreplies[at]) > cfg.dedup_cap]
-        if trims:
-            pipe = self.client.pipeline(transaction=False)
-            for d in trims:
-                pipe.execute_command("ZREMRANGEBYRANK", d, 0, -(cfg.dedup_cap + 1))
-            pipe.execute()
+        self._trim_over_cap(zcard_at, wreplies, cfg.dedup_cap)
         return accepted_events, out_pairs
 
     # ingest_aggregates ---------------------------------------------------------------------
@@ -594,12 +600,7 @@ class RawMirror:
                 for minute in minutes_missing:
                     c.execute_command("TS.ADD", k, minute, _lua_num(series[k][minute]))
             c.execute()
-        trims = [k for at, k in zcard_at if int(wr[at]) > cfg.co_cap]
-        if trims:
-            pipe = self.client.pipeline(transaction=False)
-            for k in trims:
-                pipe.execute_command("ZREMRANGEBYRANK", k, 0, -(cfg.co_cap + 1))
-            pipe.execute()
+        self._trim_over_cap(zcard_at, wr, cfg.co_cap)
         return old_wm, new_wm
 
 
