@@ -8,10 +8,15 @@
   not look perfect): sim(i, j) = cos_w(i, j) * co(i, j) / (co(i, j) + shrink);
 - content neighbours: cosine of the catalog's product vectors (exact brute force);
 - popularity: distinct shoppers per item (top N overall and per category);
-and writes the top-N per item into Redis under a new model version:
+- similar shoppers ("peers"): plain cosine of shoppers over their distinct items, top N per
+  shopper. The model keeps only who is similar to whom; what the peers bought lately is read at
+  serving time from their live history (`u:{peer}:hist`), so the signal "shoppers like you
+  bought this recently" follows the present although the model was trained in the past;
+and writes the top-N per item (and per shopper) into Redis under a new model version:
 
   i:{<item>}:nn:<version>  ZSET  neighbour -> similarity   (TTL ttl_s)
   i:{<item>}:cn:<version>  ZSET  neighbour -> similarity   (TTL ttl_s)
+  u:{<user>}:peers:<version>  ZSET  shopper -> similarity  (TTL ttl_s)
   g:{g}:rec:pop:<version>  ZSET  item -> shoppers          (TTL ttl_s)
   g:{g}:rec:cat:<version>:<category>  ZSET  item -> shoppers (TTL ttl_s)
 
@@ -49,6 +54,7 @@ class TrainConfig:
     shrink: float = 5.0
     user_weighting: bool = True
     popular_n: int = 500
+    peers: int = 100  # similar shoppers kept per shopper (0: none)
     category_n: int = 50
     ttl_s: int = 30 * 86_400
     grace_s: int = 3_600
@@ -119,6 +125,33 @@ def item_similarity(inter: Interactions, cfg: TrainConfig) -> tuple[np.ndarray, 
     return all_idx, all_sim
 
 
+def user_similarity(inter: Interactions, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Top `cfg.peers` similar shoppers per shopper: plain cosine over distinct items
+    (indices, similarities; 0 where a shopper has fewer peers with a common item).
+
+    Plain, unweighted cosine: tried on the validation split (docs/recommendations.md), it
+    beat the item model's 1 / log2(2 + n_u) weighting for this use."""
+    x = inter.matrix()
+    norms = np.sqrt(x.sum(axis=1))
+    n_users = x.shape[0]
+    k = min(cfg.peers, max(n_users - 1, 0))
+    all_idx = np.zeros((n_users, k), dtype=np.int64)
+    all_sim = np.zeros((n_users, k), dtype=np.float32)
+    if k == 0:
+        return all_idx, all_sim
+    for start in range(0, n_users, cfg.block):
+        b = slice(start, min(start + cfg.block, n_users))
+        co = x[b] @ x.T
+        denom = norms[b, None] * norms[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sim = np.where(denom > 0, co / denom, 0.0)
+        rows = np.arange(b.stop - b.start)
+        sim[rows, rows + start] = 0.0  # a shopper is not their own peer
+        idx, vals = top_n(sim, k)
+        all_idx[b], all_sim[b] = idx, vals
+    return all_idx, all_sim
+
+
 def content_similarity(
     vectors: np.ndarray, n: int, block: int = 512
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -159,12 +192,14 @@ class TrainReport:
     seconds: float
     retired: list[str] = field(default_factory=list)
     pinned: list[str] = field(default_factory=list)
+    peer_lists: int = 0
 
     def summary(self) -> str:
         return (
             f"model {self.version}: {self.users:,} shoppers, {self.items:,} items, "
             f"{self.pairs:,} shopper-item pairs; {self.nn_lists:,} neighbour lists "
-            f"({self.nn_links:,} links), {self.cn_lists:,} content lists, {self.categories} "
+            f"({self.nn_links:,} links), {self.cn_lists:,} content lists, "
+            f"{self.peer_lists:,} peer lists, {self.categories} "
             f"category tops; {self.seconds:.1f} s; retired {self.retired or 'none'}, "
             f"kept for experiments {self.pinned or 'none'}"
         )
@@ -215,6 +250,8 @@ def _version_keys(client: redis.Redis, keys: RecKeys, version: str) -> list[str]
     for kind in ("nn", "cn"):
         pattern = f"{keys.prefix}i:{{*}}:{kind}:{version}"
         found += [_s(k) for k in client.scan_iter(match=pattern, count=1000)]
+    pattern = f"{keys.prefix}u:{{*}}:peers:{version}"
+    found += [_s(k) for k in client.scan_iter(match=pattern, count=1000)]
     glob = keys.glob(f"rec:*:{version}*")
     found += [_s(k) for k in client.scan_iter(match=glob, count=1000)]
     return found
@@ -281,6 +318,19 @@ def train(
                                names=list(v_items))  # fmt: skip
             cn_lists += a
             pipe.execute()
+    peer_lists = 0
+    if cfg.peers > 0:
+        pr_idx, pr_sim = user_similarity(inter, cfg)
+        users = inter.users
+        for start in range(0, len(users), cfg.write_batch):
+            pipe = client.pipeline(transaction=False)
+            chunk = users[start : start + cfg.write_batch]
+            a, _ = _zadd_lists(pipe, lambda u: keys.peers(u, version), chunk,
+                               pr_idx[start : start + len(chunk)],
+                               pr_sim[start : start + len(chunk)], cfg.ttl_s,
+                               names=users)  # fmt: skip
+            peer_lists += a
+            pipe.execute()
     pipe = client.pipeline(transaction=False)
     if popular:
         pipe.delete(keys.popular(version))
@@ -296,7 +346,8 @@ def train(
         "version": version, "created_ms": int(time.time() * 1000), "source": source,
         "users": len(inter.users), "items": len(items), "pairs": len(inter.rows),
         "neighbours": cfg.neighbours, "shrink": cfg.shrink, "user_weighting": cfg.user_weighting,
-        "content_lists": cn_lists, "categories": sorted(by_cat), "ttl_s": cfg.ttl_s,
+        "content_lists": cn_lists, "peers": cfg.peers, "peer_lists": peer_lists,
+        "categories": sorted(by_cat), "ttl_s": cfg.ttl_s,
     }  # fmt: skip
     # The flip: pointer and registry together (one slot, one transaction).
     pipe = client.pipeline(transaction=True)
@@ -306,7 +357,7 @@ def train(
     retired, pinned = retire_old_versions(client, keys, version, cfg)
     return TrainReport(
         version, len(inter.users), len(items), len(inter.rows), nn_lists, nn_links,
-        cn_lists, len(by_cat), time.monotonic() - t0, retired, pinned,
+        cn_lists, len(by_cat), time.monotonic() - t0, retired, pinned, peer_lists,
     )  # fmt: skip
 
 

@@ -18,7 +18,7 @@ Args = tuple[list[str], list[Any]]
 
 # Candidate sources the `recommend` Function knows (see REC.DEFAULT_WEIGHTS in the Lua), with
 # their codes: a source travels as `anchor index * 10 + code` (REC.SOURCE_CODES).
-SOURCES = ("nn", "co", "ct", "cat", "tr", "pop", "rb")
+SOURCES = ("nn", "co", "ct", "cat", "tr", "pop", "rb", "uk")
 SOURCE_CODE = {name: i for i, name in enumerate(SOURCES, start=1)}
 
 
@@ -52,10 +52,29 @@ class RecContext:
     hist: tuple[str, ...]  # long-term history, strongest first
     categories: tuple[str, ...]  # affinity categories, strongest first
     hist_weight: Mapping[str, float] = field(default_factory=dict)  # relative interest 0..1
+    peers: Mapping[str, float] = field(default_factory=dict)  # similar shopper -> similarity
 
 
-def rec_context_args(keys: RecKeys, user: str, n_recent: int, n_hist: int, n_cats: int) -> Args:
-    return keys.rec_context_keys(user), [n_recent, n_hist, n_cats]
+def rec_context_args(
+    keys: RecKeys,
+    user: str,
+    n_recent: int,
+    n_hist: int,
+    n_cats: int,
+    *,
+    model: str | None = None,
+    n_peers: int = 0,
+) -> Args:
+    """With a model and n_peers > 0, the reply also lists the user's similar shoppers."""
+    if model is None or n_peers <= 0:
+        return keys.rec_context_keys(user), [n_recent, n_hist, n_cats]
+    return [*keys.rec_context_keys(user), keys.peers(user, model)], [
+        n_recent, n_hist, n_cats, n_peers,
+    ]  # fmt: skip
+
+
+def _pairs(flat: Sequence[Any]) -> dict[str, float]:
+    return {text(flat[i]): float(text(flat[i + 1])) for i in range(0, len(flat), 2)}
 
 
 def parse_rec_context(reply: Sequence[Any]) -> RecContext:
@@ -65,15 +84,20 @@ def parse_rec_context(reply: Sequence[Any]) -> RecContext:
     for section in range(4):
         n = int(reply[pos])
         if section == 2:  # history: (item, weight) pairs
-            flat = reply[pos + 1 : pos + 1 + 2 * n]
-            weights = {text(flat[i]): float(text(flat[i + 1])) for i in range(0, len(flat), 2)}
+            weights = _pairs(reply[pos + 1 : pos + 1 + 2 * n])
             lists.append(tuple(weights))
             pos += 1 + 2 * n
         else:
             lists.append(tuple(text(x) for x in reply[pos + 1 : pos + 1 + n]))
             pos += 1 + n
+    peers: dict[str, float] = {}
+    if pos < len(reply):  # (shopper, similarity) pairs
+        n = int(reply[pos])
+        peers = _pairs(reply[pos + 1 : pos + 1 + 2 * n])
     recent, cart, hist, cats = lists
-    return RecContext(int(float(text(reply[0]))), int(reply[1]), recent, cart, hist, cats, weights)
+    return RecContext(
+        int(float(text(reply[0]))), int(reply[1]), recent, cart, hist, cats, weights, peers
+    )
 
 
 # -- recommend ---------------------------------------------------------------------------------

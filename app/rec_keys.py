@@ -3,7 +3,7 @@
 Lua never builds key names: every Function receives its keys from these builders. One hash tag
 per entity keeps each Function call in one cluster slot:
 
-  user        `u:{<user>}:hist`, `u:{<user>}:recs:<surface>`           (with the user's keys)
+  user        `u:{<user>}:hist`, `u:{<user>}:recs:<surface>`, `u:{<user>}:peers:<model>`
   item        `i:{<item>}:nn:<model>`, `i:{<item>}:cn:<model>`         (with the item's keys)
   global      `g:{g}:rec:*`, `g:{g}:exp:defs`                          (with the global keys)
   experiment  `x:{<experiment>}:n`, `x:{<experiment>}:log`, `x:{<experiment>}:ts:<variant>:<metric>`
@@ -43,6 +43,10 @@ class RecKeys(Keys):
         if surface not in CACHED_SURFACES:
             raise ValueError(f"surface {surface!r} has no cached list")
         return self.user(user, f"recs:{surface}")
+
+    def peers(self, user: str, model: str) -> str:
+        """ZSET shopper -> similarity: the user's similar shoppers (trainer, one model version)."""
+        return self.user(user, f"peers:{_name(model, 'model version')}")
 
     def rec_context_keys(self, user: str) -> list[str]:
         """KEYS of `rec_context`: session, hist, aff, seen."""

@@ -1,6 +1,10 @@
 """Recommendation quality on the real Online Retail purchases, against baselines, same run.
 
 Run from the repo root: `.venv/bin/python bench/evaluate.py [--quick] [--split YYYY-MM-DD]`.
+`--validate` is the tuning run: the same protocol on the training period only (train before
+2011-05-01, evaluate on May-June 2011; nothing of the test period is read). Weights are chosen
+there (`--weights name=value,...` overrides the engine's defaults for such a run) and the
+default run on the test period confirms them once.
 With REDIS_URL unset an embedded Redis Stack is started in a temporary folder; with it set,
 that server is used under a unique key prefix removed at the end. Run one benchmark at a time.
 
@@ -69,7 +73,7 @@ from app.ingest import Ingestor  # noqa: E402
 from app.model import Interactions, TrainConfig, train  # noqa: E402
 from app.rec_ingest import RecIngestHook  # noqa: E402
 from app.rec_keys import RecKeys  # noqa: E402
-from app.recommend import RecConfig, Recommender, RecRequest  # noqa: E402
+from app.recommend import DEFAULT_WEIGHTS, RecConfig, Recommender, RecRequest  # noqa: E402
 from app.settings import EngineConfig, load_settings  # noqa: E402
 from app.vectorizers import get_vectorizer  # noqa: E402
 from loaders import online_retail  # noqa: E402
@@ -220,7 +224,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-queries", type=int, default=None)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-repurchase", action="store_true", help="skip protocol B")
+    parser.add_argument("--end", default=None, help="first day after the evaluated period")
+    parser.add_argument("--validate", action="store_true",
+                        help="validation split: --split 2011-05-01 --end 2011-07-01")  # fmt: skip
+    parser.add_argument("--weights", default="", help="engine weights 'name=value,...'")
+    parser.add_argument("--rec", default="", help="RecConfig integers 'field=value,...'")
     args = parser.parse_args(argv)
+    if args.validate:
+        args.split, args.end = "2011-05-01", "2011-07-01"
+    weights = dict(DEFAULT_WEIGHTS)
+    for part in filter(None, (p.strip() for p in args.weights.split(","))):
+        name, _, value = part.partition("=")
+        if name.strip() not in DEFAULT_WEIGHTS:
+            parser.error(f"--weights: unknown weight {name!r}")
+        weights[name.strip()] = float(value)
     if args.quick:
         args.customers = args.customers or 300
         args.max_queries = args.max_queries or 600
@@ -228,6 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     split_ms = int(datetime.strptime(args.split, "%Y-%m-%d").replace(tzinfo=UTC).timestamp() * 1000)
 
     invoices, catalog = load_invoices(args.path)
+    if args.end:  # the evaluated period ends here: later invoices are never read
+        end_ms = int(datetime.strptime(args.end, "%Y-%m-%d").replace(tzinfo=UTC).timestamp() * 1000)
+        invoices = [inv for inv in invoices if inv.ts < end_ms]
     train_inv = [inv for inv in invoices if inv.ts < split_ms]
     test_inv = [inv for inv in invoices if inv.ts >= split_ms]
     train_users = {inv.user for inv in train_inv}
@@ -237,7 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         eligible = sorted({inv.user for inv in test_inv} & train_users)
         sample = set(rng.sample(eligible, min(args.customers, len(eligible))))
     train_pairs = [(inv.user, it) for inv in train_inv for it in inv.items]
-    print(f"invoices: train {len(train_inv):,} (before {args.split}), test {len(test_inv):,}; "
+    print(f"invoices: train {len(train_inv):,} (before {args.split}), test {len(test_inv):,}"
+          f"{f' (before {args.end})' if args.end else ''}; "
           f"train pairs {len(train_pairs):,}; products {len(catalog):,}"
           + (f"; sampled customers {len(sample):,}" if sample else ""))  # fmt: skip
 
@@ -261,7 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        source=f"evaluate before {args.split}")  # fmt: skip
         print(f"catalog + {report.summary()}; {time.monotonic() - t0:.1f} s")
 
-        cfg = RecConfig(key_prefix=prefix)
+        overrides = {f.strip(): int(v) for f, _, v in
+                     (p.partition("=") for p in args.rec.split(",") if p.strip())}  # fmt: skip
+        cfg = RecConfig(key_prefix=prefix, weights=weights, **overrides)
         rec = Recommender(client, engine, cfg)
         ingestor = Ingestor(client, engine, phase2_hooks=[RecIngestHook(engine, cfg)])
         t0 = time.monotonic()
@@ -350,6 +373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "latency_p50_ms": round(percentile(latencies, 50), 3),
         "latency_p99_ms": round(percentile(latencies, 99), 3),
         "quick": bool(args.quick),
+        "split": args.split,
+        "end": args.end,
+        "weights": args.weights,
+        "rec": args.rec,
     }
     if not args.no_repurchase:
         b = scores["B engine (repurchase)"]

@@ -12,7 +12,8 @@
 
 local REC = {}
 
-REC.SOURCES = {nn = true, co = true, ct = true, cat = true, tr = true, pop = true, rb = true}
+REC.SOURCES = {nn = true, co = true, ct = true, cat = true, tr = true, pop = true, rb = true,
+               uk = true}
 REC.TIERS = {'cold', 'content', 'collab'}
 REC.SURFACES = {home = true, product = true, cart = true}
 REC.PERSONAL = {nn = true, co = true, ct = true, rb = true}  -- sources tied to an anchor
@@ -20,23 +21,25 @@ REC.PERSONAL = {nn = true, co = true, ct = true, rb = true}  -- sources tied to 
 -- Default weights (app/recommend.py sends the variant's full spec; these fill any gap).
 --   sources:  nn model neighbours, co real-time co-occurrence, ct content (vector) neighbours,
 --             cat top items of the user's categories, tr trending now, pop global popularity,
---             rb buy-again (history items themselves; only with repurchase on)
+--             rb buy-again (history items themselves; only with repurchase on),
+--             uk similar shoppers' recent items (user-kNN: the model's peers x their history)
 --   anchors:  view/click/add_to_cart/purchase (a session item by its last event type, decayed
 --             by recency), cart (a cart line), context (the product page's item), hist
 --             (long-term history, relative to the user's strongest item)
 --   features: aff (category affinity), price (price-band affinity), prior (popularity)
 --   tiers:    '<tier>.<source>' multiplies a source's weight in that tier
 REC.DEFAULT_WEIGHTS = {
-  nn = 2.0, co = 0.5, ct = 0.6, cat = 0.15, tr = 0.1, pop = 0.2, rb = 1.0,
+  nn = 1.0, co = 0.2, ct = 0.2, cat = 0.15, tr = 0.1, pop = 0.5, rb = 1.0,
   view = 1.0, click = 1.2, add_to_cart = 1.5, purchase = 1.0, cart = 1.5, context = 2.0,
   hist = 1.0,
-  aff = 0.15, price = 0.05, prior = 0.05,
+  aff = 0.5, price = 0.05, prior = 0.05,
   ['cold.nn'] = 1, ['cold.co'] = 1, ['cold.ct'] = 1, ['cold.cat'] = 1, ['cold.tr'] = 1.5,
   ['cold.pop'] = 1.5, ['cold.rb'] = 1,
   ['content.nn'] = 0.5, ['content.co'] = 0.5, ['content.ct'] = 1.5, ['content.cat'] = 1,
   ['content.tr'] = 1, ['content.pop'] = 1, ['content.rb'] = 1,
   ['collab.nn'] = 1, ['collab.co'] = 1, ['collab.ct'] = 0.5, ['collab.cat'] = 1,
   ['collab.tr'] = 0.5, ['collab.pop'] = 0.5, ['collab.rb'] = 1,
+  uk = 20.0, ['cold.uk'] = 1, ['content.uk'] = 1, ['collab.uk'] = 1,
 }
 
 -- Reason of an anchor by the session event that made it an anchor.
@@ -180,8 +183,8 @@ function REC.anchor_weights(anchors, ctx, w, now, half_life)
 end
 
 -- Source codes of the candidate block: 'anchor * 10 + source' in one number, so a source costs
--- two arguments (code, value). Sources: 1 nn, 2 co, 3 ct, 4 cat, 5 tr, 6 pop, 7 rb.
-REC.SOURCE_CODES = {'nn', 'co', 'ct', 'cat', 'tr', 'pop', 'rb'}
+-- two arguments (code, value). Sources: 1 nn, 2 co, 3 ct, 4 cat, 5 tr, 6 pop, 7 rb, 8 uk.
+REC.SOURCE_CODES = {'nn', 'co', 'ct', 'cat', 'tr', 'pop', 'rb', 'uk'}
 
 -- Parse the candidate block of ARGV (starting at `pos`) into flat arrays: no table per
 -- candidate or per source (Lua spends ~60-80 ns per argument; tables would double that).
@@ -304,21 +307,29 @@ end
 -- KEYS[2] u:{user}:hist    ZSET  item -> forward-decayed interest (rec_track)
 -- KEYS[3] u:{user}:aff     ZSET  'cat:<c>' / 'price:<band>' -> forward-decayed weight
 -- KEYS[4] u:{user}:seen    BF    items interacted with (BF.CARD = distinct items, the tier)
+-- KEYS[5] u:{user}:peers:<model> ZSET  similar shoppers -> similarity (optional: the model's
+--                                      peer list; absent key or KEYS[5] omitted = none)
 -- ARGV[1] n_recent int  session items returned (newest first)
 -- ARGV[2] n_hist   int  history items returned (strongest first)
 -- ARGV[3] n_cats   int  affinity categories returned (strongest first)
+-- ARGV[4] n_peers  int  similar shoppers returned (most similar first; optional, default 0)
 -- Reply: {last_ts, interactions, n_recent, item.., n_cart, item.., n_hist, (item, weight)..,
---         n_cats, cat..}
+--         n_cats, cat.., n_peers, (shopper, similarity)..}
 --   last_ts: the session's newest event time ms ('0' = no session), as a string;
 --   weight: the history item's interest relative to the strongest one (0..1, string): the
---   same number `recommend` uses as the 'hist' anchor weight (before the weight 'hist').
+--   same number `recommend` uses as the 'hist' anchor weight (before the weight 'hist');
+--   similarity: the model's cosine (string).
 -- Errors: ERR_BADARG, ERR_KEYS. Writes nothing.
 local function rec_context(keys, argv)
-  if #keys ~= 4 then fail('ERR_KEYS', 'expected 4 keys (session, hist, aff, seen), got ' .. #keys) end
+  if #keys ~= 4 and #keys ~= 5 then
+    fail('ERR_KEYS', 'expected 4 or 5 keys (session, hist, aff, seen[, peers]), got ' .. #keys)
+  end
   local session_key, hist_key, aff_key, seen_key = keys[1], keys[2], keys[3], keys[4]
   local n_recent = int(argv[1], 'n_recent')
   local n_hist = int(argv[2], 'n_hist')
   local n_cats = int(argv[3], 'n_cats')
+  local n_peers = 0
+  if argv[4] ~= nil then n_peers = int(argv[4], 'n_peers') end
   local s = REC.read_session(session_key)
   local reply = {tostring(s.last_ts), REC.interactions(seen_key)}
   local recent = {}
@@ -339,6 +350,12 @@ local function rec_context(keys, argv)
   local n = math.min(n_cats, #order)
   reply[#reply + 1] = n
   for i = 1, n do reply[#reply + 1] = order[i] end
+  local peers = {}
+  if n_peers > 0 and keys[5] ~= nil then
+    peers = redis.call('ZREVRANGE', keys[5], 0, n_peers - 1, 'WITHSCORES')
+  end
+  reply[#reply + 1] = #peers / 2
+  for i = 1, #peers do reply[#reply + 1] = peers[i] end
   return reply
 end
 
@@ -373,12 +390,13 @@ end
 --   then n_candidates, per candidate:
 --     item, category, price (num), in_stock (0|1), popularity (0..1), flags ('a,b' | ''),
 --     n_sources, then n_sources x (code, value 0..1); code = anchor index * 10 + source,
---     anchor index 0 = global, source 1 nn | 2 co | 3 ct | 4 cat | 5 tr | 6 pop | 7 rb
+--     anchor index 0 = global, source 1 nn | 2 co | 3 ct | 4 cat | 5 tr | 6 pop | 7 rb | 8 uk
 --     (see REC.DEFAULT_WEIGHTS); e.g. code 31 = nn neighbour of anchor 3
 -- Reply: {tier, interactions, n_candidates, filtered ('reason=n,...'),
 --         then per item: item, score (string), reason, anchor ('' = none), category}
 --   reason: viewed | carted | bought | in_cart | context | history (collaborative, with the
---   anchor) | similar (content, with the anchor) | rebuy | category | trending | popular.
+--   anchor) | similar (content, with the anchor) | rebuy | peers (similar shoppers) |
+--   category | trending | popular.
 --   Best first, at most k; fewer when the filters leave fewer (the caller fills up).
 -- Filters, each counted: context, cart, seen (session recent or Bloom, unless repurchase),
 --   out_of_stock, guarded, excluded, filtered (price / category), diversity.
@@ -504,6 +522,7 @@ local function recommend(keys, argv)
     elseif (src == 'nn' or src == 'co') and c.best_anchor > 0 then
       reason, anchor = areason[c.best_anchor], anchors[c.best_anchor]
     elseif src == 'rb' then reason = 'rebuy'
+    elseif src == 'uk' then reason = 'peers'
     elseif src == 'cat' then reason = 'category'
     elseif src == 'tr' then reason = 'trending'
     end

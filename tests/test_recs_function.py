@@ -165,7 +165,12 @@ def test_rec_context_lists_anchors(world: World) -> None:
     assert ctx.recent == ("L1", "K2") and ctx.cart == ("L1",)
     assert ctx.hist[0] == "L1" and set(ctx.hist) == {"K1", "K2", "L1"}  # cart weighs 4x a view
     assert ctx.categories[0] == "candles_lights" and ctx.interactions == 3
-    assert ctx.last_ts == NOW - 1000
+    assert ctx.last_ts == NOW - 1000 and ctx.peers == {}
+    # with the model's peer list (KEYS[5]): the most similar shoppers, capped
+    args = rec_calls.rec_context_args(w.keys, "m0", 2, 5, 3, model=w.model.version, n_peers=2)
+    ctx = rec_calls.parse_rec_context(calls.fcall_ro(w.client, "rec_context", args))
+    assert next(iter(ctx.peers)) == "m1" and ctx.peers["m1"] == pytest.approx(1.0)
+    assert len(ctx.peers) == 2
 
 
 def test_rec_track_caps_and_expires_the_history(world: World) -> None:

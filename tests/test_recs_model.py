@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from app import calls, rec_calls
 from app.experiments import Experiment, ExperimentStore, Variant
 from app.model import (
     Interactions,
@@ -17,6 +18,7 @@ from app.model import (
     model_info,
     top_n,
     train,
+    user_similarity,
 )
 from app.rec_keys import RecKeys
 from app.recommend import RecRequest
@@ -57,6 +59,19 @@ def test_item_similarity_is_weighted_cosine_with_significance() -> None:
     assert 0 < s(w_idx, w_sim) < s(n_idx, n_sim)
 
 
+def test_user_similarity_is_plain_cosine_over_distinct_items() -> None:
+    pairs = [("u1", "A"), ("u1", "B"), ("u2", "A"), ("u2", "B"), ("u3", "A"), ("u3", "C"),
+             ("u4", "D"), ("u1", "A")]  # fmt: skip
+    inter = Interactions.from_pairs(pairs)
+    idx, sim = user_similarity(inter, TrainConfig(peers=3))
+    users = inter.users
+    row = dict(zip([users[j] for j in idx[users.index("u1")]], sim[users.index("u1")], strict=True))
+    assert row["u2"] == pytest.approx(1.0) and row["u3"] == pytest.approx(0.5)  # 1 / sqrt(2 * 2)
+    assert row.get("u4", 0.0) == 0.0 and row.get("u1", 0.0) == 0.0  # nothing shared; not self
+    none_idx, none_sim = user_similarity(inter, TrainConfig(peers=0))
+    assert none_idx.shape == (4, 0) and none_sim.shape == (4, 0)
+
+
 def test_content_similarity_excludes_self() -> None:
     v = np.array([[1, 0], [0.9, 0.1], [0, 1]], dtype=np.float32)
     idx, sim = content_similarity(v, 2)
@@ -74,6 +89,9 @@ def test_train_writes_a_version_then_flips_and_retires_the_old_one(world: World)
     assert top == {"K2", "K3", "O1", "W1", "T1"}  # bought together (fixtures)
     assert w.client.ttl(keys.nn("K1", first)) > 86_400
     assert w.client.exists(keys.cn("K1", first)) and w.client.exists(keys.popular(first))
+    # peers: m0 and m1 bought the same basket (fixtures)
+    assert w.client.zrevrange(keys.peers("m0", first), 0, 0, withscores=True) == [(b"m1", 1.0)]
+    assert w.client.ttl(keys.peers("m0", first)) > 86_400 and w.model.peer_lists == 9
     pairs = [("n1", "K1"), ("n1", "L1"), ("n2", "K1"), ("n2", "L1")]
     cfg = TrainConfig(grace_s=60)
     second = train(w.client, keys, Interactions.from_pairs(pairs), {}, cfg, version="v2").version
@@ -81,6 +99,7 @@ def test_train_writes_a_version_then_flips_and_retires_the_old_one(world: World)
     assert info["current"] == "v2" and set(info["versions"]) == {"v2"}
     assert w.client.zrevrange(keys.nn("K1", second), 0, 0) == [b"L1"]
     assert 0 < w.client.ttl(keys.nn("K1", first)) <= 60  # retired: gone after the grace
+    assert 0 < w.client.ttl(keys.peers("m0", first)) <= 60
     # an experiment pins v2: training v3 keeps it (TTL renewed)
     store = ExperimentStore(w.client, keys)
     store.put(Experiment("pin", (Variant("a", 50, model="v2"), Variant("b", 50))))
@@ -91,6 +110,30 @@ def test_train_writes_a_version_then_flips_and_retires_the_old_one(world: World)
     store.delete("pin")
     # back to the world's model for the other tests of this module
     train(w.client, keys, Interactions.from_pairs(pairs), {}, cfg, version=first)
+    rec.close()
+
+
+def test_peers_recent_purchases_are_candidates_with_their_reason(world: World) -> None:
+    """User-kNN: m1's peer m0 (same basket in training) buys L4 now; m1 gets L4, 'peers'."""
+    w = world
+    w.ingest([event("peer-1", "purchase", "m0", "L4", NOW - 60_000)])
+    rec = w.recommender()
+    ctx = rec_calls.parse_rec_context(
+        calls.fcall_ro(w.client, "rec_context", rec.context_args("m1", rec.model))
+    )
+    assert ctx.peers["m0"] == pytest.approx(1.0) and len(ctx.peers) <= rec.cfg.n_peers
+    lst = rec.compute(RecRequest("m1", "home", None, 5, now_ms=NOW))
+    top = {it.item_id: it.reason for it in lst.items}
+    assert top.get("L4") == "peers"
+    # the peer value is capped at one purchase and decays with the history's half-life
+    hist = {"m0": [("L4", 8.0 * 2 ** ((NOW - w.engine.aff_epoch_ms) / rec.cfg.hist_half_life_ms))]}
+    half_life_later = NOW + rec.cfg.hist_half_life_ms
+    assert rec.peer_scores(ctx, hist, NOW) == [("L4", 1.0)]
+    two_peers = rec_calls.RecContext(0, 0, (), (), (), (), {}, {"m0": 0.5, "m2": 0.2})
+    hist["m2"] = [("K6", 32.0 * 2 ** ((NOW - w.engine.aff_epoch_ms) / rec.cfg.hist_half_life_ms))]
+    got = dict(rec.peer_scores(two_peers, hist, half_life_later))
+    # L4: 0.5 x (1 purchase, one half-life ago) = 0.25; K6: 0.2 x min(1, 4 x 0.5) = 0.2
+    assert got["L4"] == pytest.approx(1.0) and got["K6"] == pytest.approx(0.8)
     rec.close()
 
 
@@ -113,7 +156,7 @@ def test_every_recommendation_key_is_bounded(world: World) -> None:
     for raw in w.client.scan_iter(match=w.engine.key_prefix + "*", count=1000):
         key = raw.decode()
         if not any(part in key for part in (":hist", ":recs:", ":nn:", ":cn:", ":rec:", ":exp:",
-                                            "x:{")):  # fmt: skip
+                                            "x:{", ":peers:")):  # fmt: skip
             continue
         checked += 1
         ttl = w.client.ttl(key)

@@ -217,6 +217,7 @@ def test_http_reflects_the_click_and_reports_its_provenance(api: TestClient) -> 
     assert set(first) >= {"item_id", "score", "reason", "reason_code", "title", "category"}
     reasons = {it["reason"] for it in body["items"]}
     assert reasons & {"because you viewed REGENCY CAKESTAND 3 TIER",
+                      "because you liked REGENCY CAKESTAND 3 TIER",  # its history anchor
                       "similar to REGENCY CAKESTAND 3 TIER"}  # fmt: skip
     again = api.get("/v1/recommendations/web1", params={"k": 4}).json()
     assert again["source"] == "cache" and again["age_ms"] >= 0
