@@ -156,7 +156,7 @@ local function start_session(st, session_id, ts)
   st.known = {recent = {}, purchased = {}, searches = {}}
   st.changes = {recent = {}, purchased = {}, searches = {}}
   st.deleted = {recent = {}, purchased = {}, searches = {}}
-  st.counters_changed, st.heads_changed = {}, true
+  st.counters_changed, st.heads_changed = {}, {head = true, bhead = true}
 end
 
 -- Head rows {item, ts} of the newest `size` entries of a map.
@@ -239,7 +239,7 @@ local function record(st, i, item, entry, ts, late, head_size)
   else
     head_front(st[HEADS[i]], item, ts, head_size)
   end
-  st.heads_changed = true
+  st.heads_changed[HEADS[i]] = true
 end
 
 local function apply_event(st, ev, cfg, pairs_out)
@@ -328,7 +328,11 @@ local function session_json(st)
     for item, _ in pairs(st.cart_dirty) do part[item] = st.cart[item] or cjson.null end
     doc.cart = part
   end
-  if st.heads_changed then doc.head, doc.bhead = st.head, st.bhead end
+  -- Only a head that changed goes out: a changed head is never empty, so the patch needs no
+  -- empty-array fix (encode_doc only scans for one when a list is empty: new sessions).
+  for _, name in ipairs(HEADS) do
+    if st.heads_changed[name] then doc[name] = st[name] end
+  end
   local m = {seq = st.seq, maint_n = st.maint_n}
   for i, field in ipairs(ADDED_FIELDS) do
     if st.reset or st.added[i] ~= st.added0[i] then m[field] = st.added[i] end
@@ -337,12 +341,7 @@ local function session_json(st)
   if st.reset or st.ttl_refreshed then m.ttl_ts = st.ttl_ts end
   if st.ttl_set ~= st.ttl_set0 then m.ttl_set = st.ttl_set end
   doc.m = m
-  local text = cjson.encode(doc)
-  if st.heads_changed and (next(st.head) == nil or next(st.bhead) == nil) then
-    -- cjson writes an empty table as {}: the heads are arrays.
-    text = string.gsub(text, '"(b?head)":{}', '"%1":[]')
-  end
-  return text
+  return encode_doc(doc)
 end
 
 -- Reads one path of the session ('{}' when absent) as a Lua table.
@@ -361,7 +360,7 @@ local function session_state(hot, grp, accepted, now)
     st.changes = {recent = {}, purchased = {}, searches = {}}
       st.deleted = {recent = {}, purchased = {}, searches = {}}
     st.maps_known = false
-    st.counters_changed, st.heads_changed = {}, false
+    st.counters_changed, st.heads_changed = {}, {}
     st.added0, st.ttl_set0 = {st.added[1], st.added[2], st.added[3]}, st.ttl_set
     -- What this call's events need beyond the hot projection.
     local need_cart, need_maps = false, false
