@@ -136,6 +136,7 @@ class RecParams:
     max_price: float = 0.0
     only_categories: tuple[str, ...] = ()
     personal_share: float = 1.0  # blend of reasons (>= 1: none); see lua/60_recommend.lua
+    live_share: float = 0.0  # slots kept for live intent of the session (0: none); same place
     now_ms: int = 0
 
 
@@ -162,7 +163,8 @@ def recommend_args(
         params.content_min, params.collab_min, 1 if params.repurchase else 0,
         ",".join(params.excluded), ",".join(f"{f}={t}" for f, t in params.guards),
         num(params.min_price), num(params.max_price), ",".join(params.only_categories),
-        num(params.personal_share), len(anchors), *anchors, len(candidates),
+        num(params.personal_share), num(params.live_share), len(anchors), *anchors,
+        len(candidates),
     ]  # fmt: skip
     for c in candidates:
         argv += [c.item, c.category, num(c.price), 1 if c.in_stock else 0,

@@ -96,6 +96,10 @@ class RecConfig:
     weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     per_category: int = 4  # diversity: at most 4 items of one category in a list
     personal_share: float = 1.0  # blend of reasons (< 1: slots kept for popular-now items)
+    # At least half of the first i items reflect live intent of this session (views, clicks,
+    # cart, the product page) while such candidates remain: the similar-shoppers source,
+    # tuned offline on purchases, otherwise outscores a click from two seconds ago.
+    live_share: float = 0.5
     recency_half_life_ms: int = 3_600_000  # a session item's anchor weight halves every hour
     content_min: int = 1  # interactions (distinct items) for the content-based tier
     collab_min: int = 10  # ... and for the collaborative tier
@@ -158,7 +162,8 @@ class RecConfig:
 
 def load_rec_config(env_file: str | Path | None = ".env", key_prefix: str = "rt:") -> RecConfig:
     """Environment overrides: RETAIL_REC_BUDGET_MS, RETAIL_REC_CACHE_MAX_AGE_S,
-    RETAIL_REC_PER_CATEGORY, RETAIL_REC_WEIGHTS ('name=value,...'), RETAIL_REC_REPURCHASE."""
+    RETAIL_REC_PER_CATEGORY, RETAIL_REC_WEIGHTS ('name=value,...'), RETAIL_REC_REPURCHASE,
+    RETAIL_REC_LIVE_SHARE (0..1; 0 turns the live-session slots off)."""
     config = Config(env_file if env_file and Path(env_file).exists() else None)
     weights = dict(DEFAULT_WEIGHTS)
     spec = config("RETAIL_REC_WEIGHTS", cast=str, default="")
@@ -174,7 +179,14 @@ def load_rec_config(env_file: str | Path | None = ".env", key_prefix: str = "rt:
         cache_max_age_s=config("RETAIL_REC_CACHE_MAX_AGE_S", cast=float, default=300.0),
         per_category=config("RETAIL_REC_PER_CATEGORY", cast=int, default=3),
         repurchase=config("RETAIL_REC_REPURCHASE", cast=bool, default=False),
+        live_share=_share(config("RETAIL_REC_LIVE_SHARE", cast=float, default=0.5)),
     )
+
+
+def _share(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"RETAIL_REC_LIVE_SHARE must be within 0..1, got {value}")
+    return value
 
 
 # -- requests and results ------------------------------------------------------------------------
@@ -807,6 +819,7 @@ class Recommender:
             excluded=tuple(c.surface_exclusions.get(req.surface, ())), guards=c.guards,
             min_price=req.filters.min_price, max_price=req.filters.max_price,
             only_categories=req.filters.categories, personal_share=c.personal_share,
+            live_share=c.live_share,
             now_ms=req.now_ms,
         )  # fmt: skip
 

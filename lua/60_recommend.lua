@@ -44,6 +44,9 @@ REC.DEFAULT_WEIGHTS = {
 
 -- Reason of an anchor by the session event that made it an anchor.
 REC.RECENT_REASON = {view = 'viewed', click = 'viewed', add_to_cart = 'carted', purchase = 'bought'}
+-- Anchor roles that are live intent of this session (the live_share slots): not 'bought' (a
+-- purchase ends an intent) and not 'history'.
+REC.LIVE_REASONS = {context = true, in_cart = true, viewed = true, carted = true}
 
 -- "name=value,name=value" over the defaults; an unknown name is an error (a typo in a variant
 -- must not pass silently).
@@ -161,7 +164,9 @@ function REC.affinities(aff_key)
   return cats, bands, order
 end
 
--- Weight and reason of each anchor: the strongest of its roles (pure: tested in lupa).
+-- Weight and reason of each anchor: the strongest of its roles (pure: tested in lupa); and
+-- the reason of its strongest live role (context, cart line, a view/click/add in the session;
+-- nil = none), which decides the live_share slots even when a long-term role weighs more.
 --   anchors: {item...}; ctx: {context = item|'', recent = {...}, cart = {...}, hist = {item = 0..1}}
 function REC.anchor_weights(anchors, ctx, w, now, half_life)
   local recent, cart = {}, {}
@@ -169,7 +174,7 @@ function REC.anchor_weights(anchors, ctx, w, now, half_life)
     if recent[e.item] == nil then recent[e.item] = e end
   end
   for _, line in ipairs(ctx.cart) do cart[line.item] = true end
-  local weights, reasons = {}, {}
+  local weights, reasons, live = {}, {}, {}
   for i, a in ipairs(anchors) do
     local best, why = 0, 'history'
     if a == ctx.context then best, why = w.context, 'context' end
@@ -180,11 +185,12 @@ function REC.anchor_weights(anchors, ctx, w, now, half_life)
       local rw = (w[e.type] or w.view) * 2 ^ (-age / half_life)
       if rw > best then best, why = rw, REC.RECENT_REASON[e.type] or 'viewed' end
     end
+    if best > 0 and REC.LIVE_REASONS[why] then live[i] = why end
     local h = (ctx.hist[a] or 0) * w.hist
     if h > best then best, why = h, 'history' end
     weights[i], reasons[i] = best, why
   end
-  return weights, reasons
+  return weights, reasons, live
 end
 
 -- Source codes of the candidate block: 'anchor * 10 + source' in one number, so a source costs
@@ -241,8 +247,9 @@ end
 
 -- Score candidate i (pure): sum over its sources of tier weight x anchor weight x value, plus
 -- the features. Returns score, best source, best anchor index (0 = global or none).
-function REC.score(C, S, i, m, w, aw, cat_aff, band_aff)
+function REC.score(C, S, i, m, w, aw, cat_aff, band_aff, live)
   local rel, best, best_src, best_anchor = 0, 0, 'pop', 0
+  local live_best, live_src, live_anchor = 0, nil, 0
   local category = C.category[i]
   local s0 = C.s0[i]
   for j = s0 + 1, s0 + C.ns[i] do
@@ -253,53 +260,78 @@ function REC.score(C, S, i, m, w, aw, cat_aff, band_aff)
     local term = m[src] * a_w * S.value[j]
     rel = rel + term
     if term > best then best, best_src, best_anchor = term, src, a end
+    if live and a > 0 and live[a] and term > live_best then
+      live_best, live_src, live_anchor = term, src, a
+    end
   end
   local feat = w.aff * (cat_aff[category] or 0) + w.prior * C.pop[i]
   local band = price_band(C.price[i])
   if band ~= nil then feat = feat + w.price * (band_aff[band] or 0) end
-  return rel + feat, best_src, best_anchor
+  return rel + feat, best_src, best_anchor, live_src, live_anchor
 end
 
--- Greedy top-k by score with at most `per_cat` items per category (0 = no cap) and a blend
--- of reasons: among the first i items at most ceil(share * i) are personal (tied to one of
--- the shopper's items: c.personal); the other slots go to the best global ones (trending,
--- popular, category tops). share >= 1 turns the blend off. Both rules are prefix-consistent:
--- the first 10 of a k=20 list are the k=10 list. Pure.
+-- Greedy top-k by score with at most `per_cat` items per category (0 = no cap) and two
+-- blends of reasons:
+--   share:      among the first i items at most ceil(share * i) are personal (tied to one of
+--               the shopper's items: c.personal); the other slots go to the best global ones
+--               (trending, popular, category tops). share >= 1 turns it off.
+--   live_share: among the first i items at least ceil(live_share * i) are tied to live intent
+--               of this session (c.live: a view, click, cart line or the product page's item)
+--               while such candidates remain. Long-term signals (similar shoppers, history) can
+--               outscore a click from two seconds ago; these slots keep the list reactive.
+--               0 turns it off. An item placed by this rule gets its live reason (c.by_live).
+-- Both rules are prefix-consistent: the first 10 of a k=20 list are the k=10 list. Pure.
 -- Returns the chosen items and how many better-scored items the category cap passed over.
-function REC.diversify(scored, k, per_cat, share)
+function REC.diversify(scored, k, per_cat, share, live_share)
+  live_share = live_share or 0
   table.sort(scored, function(a, b)
     if a.score == b.score then return a.item < b.item end
     return a.score > b.score
   end)
-  local personal, global = {}, {}
+  local personal, global, live = {}, {}, {}
   for _, c in ipairs(scored) do
     if c.personal then personal[#personal + 1] = c else global[#global + 1] = c end
+    if c.live then live[#live + 1] = c end
   end
-  local out, used, skipped, n_personal = {}, {}, 0, 0
-  local ip, ig = 1, 1
-  local function next_ok(list, i)
+  local out, used, taken, skipped, n_personal, n_live = {}, {}, {}, 0, 0, 0
+  local ip, ig, il = 1, 1, 1
+  -- The next candidate of `list` from `i` not taken and within its category cap (a capped
+  -- category stays capped). The live list is a subset of the others: it does not count skips.
+  local function next_ok(list, i, count)
     while list[i] ~= nil do
-      local n = used[list[i].category] or 0
-      if per_cat <= 0 or n < per_cat then return i end
-      skipped = skipped + 1
+      local c = list[i]
+      if not taken[c.item] then
+        local n = used[c.category] or 0
+        if per_cat <= 0 or n < per_cat then return i end
+        if count then skipped = skipped + 1 end
+      end
       i = i + 1
     end
     return i
   end
   while #out < k do
-    ip, ig = next_ok(personal, ip), next_ok(global, ig)
-    local p, g = personal[ip], global[ig]
-    if p == nil and g == nil then break end
-    local take_personal
-    if p == nil then take_personal = false
-    elseif g == nil then take_personal = true
-    elseif share < 1 and n_personal + 1 > math.ceil(share * (#out + 1) - 1e-9) then
-      take_personal = false
-    else
-      take_personal = p.score > g.score or (p.score == g.score and p.item < g.item)
+    ip, ig = next_ok(personal, ip, true), next_ok(global, ig, true)
+    local p, g, c = personal[ip], global[ig], nil
+    if live_share > 0 and n_live < math.ceil(live_share * (#out + 1) - 1e-9) then
+      il = next_ok(live, il, false)
+      c = live[il]
+      if c ~= nil then c.by_live = true end
     end
-    local c
-    if take_personal then c, ip, n_personal = p, ip + 1, n_personal + 1 else c, ig = g, ig + 1 end
+    if c == nil then
+      if p == nil and g == nil then break end
+      local take_personal
+      if p == nil then take_personal = false
+      elseif g == nil then take_personal = true
+      elseif share < 1 and n_personal + 1 > math.ceil(share * (#out + 1) - 1e-9) then
+        take_personal = false
+      else
+        take_personal = p.score > g.score or (p.score == g.score and p.item < g.item)
+      end
+      if take_personal then c = p else c = g end
+    end
+    taken[c.item] = true
+    if c.personal then n_personal = n_personal + 1 end
+    if c.live then n_live = n_live + 1 end
     out[#out + 1] = c
     used[c.category] = (used[c.category] or 0) + 1
   end
@@ -391,7 +423,10 @@ end
 --   [16] personal_share  num  blend: among the first i items at most ceil(share * i) are
 --                             personal (collaborative / content / buy-again, tied to an anchor);
 --                             the rest trending / popular / category tops (>= 1: no blend)
---   [17] n_anchors       int, then n_anchors item ids (referenced below by 1-based index)
+--   [17] live_share      num  among the first i items at least ceil(live_share * i) are tied to
+--                             live intent of this session while such candidates remain (0: off;
+--                             see REC.diversify)
+--   [18] n_anchors       int, then n_anchors item ids (referenced below by 1-based index)
 --   then n_candidates, per candidate:
 --     item, category, price (num), in_stock (0|1), popularity (0..1), flags ('a,b' | ''),
 --     n_sources, then n_sources x (code, value 0..1); code = anchor index * 10 + source,
@@ -430,11 +465,12 @@ local function recommend(keys, argv)
   if not REC.SURFACES[surface] then fail('ERR_BADARG', 'unknown surface ' .. tostring(surface)) end
   if half_life <= 0 then fail('ERR_BADARG', 'half_life_ms must be > 0') end
 
-  local n_anchors = int(argv[17], 'n_anchors')
+  local live_share = num(argv[17], 'live_share')
+  local n_anchors = int(argv[18], 'n_anchors')
   local anchors = {}
-  for i = 1, n_anchors do anchors[i] = nonempty(argv[17 + i], 'anchor') end
-  local n_cands = int(argv[18 + n_anchors], 'n_candidates')
-  local C, S, pos = REC.parse_candidates(argv, 19 + n_anchors, n_cands, n_anchors)
+  for i = 1, n_anchors do anchors[i] = nonempty(argv[18 + i], 'anchor') end
+  local n_cands = int(argv[19 + n_anchors], 'n_candidates')
+  local C, S, pos = REC.parse_candidates(argv, 20 + n_anchors, n_cands, n_anchors)
   if argv[pos] ~= nil then fail('ERR_BADARG', 'trailing arguments after the last candidate') end
 
   -- Reads (user slot only).
@@ -473,7 +509,7 @@ local function recommend(keys, argv)
   local in_cart = {}
   for _, line in ipairs(s.cart) do in_cart[line.item] = true end
 
-  local aw, areason = REC.anchor_weights(anchors,
+  local aw, areason, live = REC.anchor_weights(anchors,
     {context = context_item, recent = s.recent, cart = s.cart, hist = hist}, w, now, half_life)
 
   -- Filter, then score.
@@ -503,14 +539,15 @@ local function recommend(keys, argv)
     elseif (has_only and not only[category]) or (min_price > 0 and price < min_price)
         or (max_price > 0 and price > max_price) then drop('filtered')
     else
-      local score, src, anchor = REC.score(C, S, i, m, w, aw, cat_aff, band_aff)
+      local score, src, anchor, lsrc, lanchor = REC.score(C, S, i, m, w, aw, cat_aff, band_aff, live)
       scored[#scored + 1] = {item = item, category = category, score = score,
                              best_src = src, best_anchor = anchor,
-                             personal = anchor > 0 and REC.PERSONAL[src] == true}
+                             personal = anchor > 0 and REC.PERSONAL[src] == true,
+                             live = lanchor > 0, live_src = lsrc, live_anchor = lanchor}
     end
     done[item] = true
   end
-  local top, skipped = REC.diversify(scored, k, per_cat, share)
+  local top, skipped = REC.diversify(scored, k, per_cat, share, live_share)
   if skipped > 0 then
     forder[#forder + 1] = 'diversity'
     filtered.diversity = skipped
@@ -521,11 +558,14 @@ local function recommend(keys, argv)
   local reply = {tier, interactions, n_cands, table.concat(parts, ',')}
   for _, c in ipairs(top) do
     local reason, anchor = 'popular', ''
-    local src = c.best_src
-    if src == 'ct' and c.best_anchor > 0 then
-      reason, anchor = 'similar', anchors[c.best_anchor]
-    elseif (src == 'nn' or src == 'co') and c.best_anchor > 0 then
-      reason, anchor = areason[c.best_anchor], anchors[c.best_anchor]
+    local src, a, roles = c.best_src, c.best_anchor, areason
+    if c.by_live then  -- placed for the live session: named after its live role
+      src, a, roles = c.live_src, c.live_anchor, live
+    end
+    if src == 'ct' and a > 0 then
+      reason, anchor = 'similar', anchors[a]
+    elseif (src == 'nn' or src == 'co') and a > 0 then
+      reason, anchor = roles[a], anchors[a]
     elseif src == 'rb' then reason = 'rebuy'
     elseif src == 'uk' then reason = 'peers'
     elseif src == 'cat' then reason = 'category'

@@ -66,8 +66,8 @@ def test_anchor_weights_take_the_strongest_role(lua: Any) -> None:
         "cart": [{"item": "C", "ts": now - HOUR}],
         "hist": {"H": 0.5, "V": 0.1},
     })  # fmt: skip
-    weights, reasons = lua.anchor_weights(table(lua, ["P", "V", "B", "C", "H", "X"]), ctx, w,
-                                          now, HOUR)  # fmt: skip
+    weights, reasons, live = lua.anchor_weights(table(lua, ["P", "V", "B", "C", "H", "X"]), ctx,
+                                                w, now, HOUR)  # fmt: skip
     got = {a: (weights[i + 1], reasons[i + 1]) for i, a in enumerate("PVBCHX")}
     assert got["P"] == (2.0, "context")
     assert got["V"] == (pytest.approx(1.0), "viewed")  # a view just now
@@ -75,6 +75,10 @@ def test_anchor_weights_take_the_strongest_role(lua: Any) -> None:
     assert got["C"] == (1.5, "in_cart")  # the cart line (1.5) beats the decayed add (0.75)
     assert got["H"] == (pytest.approx(0.5), "history")
     assert got["X"] == (0, "history")
+    # live roles (the live_share slots): not a purchase, not history
+    assert {a: live[i + 1] for i, a in enumerate("PVBCHX")} == {
+        "P": "context", "V": "viewed", "B": None, "C": "in_cart", "H": None, "X": None,
+    }  # fmt: skip
 
 
 def test_diversify_caps_categories_and_is_prefix_consistent(lua: Any) -> None:
@@ -120,7 +124,7 @@ def test_candidates_parse_flat_and_validate(lua: Any) -> None:
         __import__("app.rec_keys").rec_keys.RecKeys("t:"), "u", rec_calls.RecParams(),
         ["A1", "A2"], [cand],
     )  # fmt: skip
-    block = [str(x) for x in argv[17 + 2 + 1 :]]  # after n_anchors, anchors, n_candidates
+    block = [str(x) for x in argv[18 + 2 + 1 :]]  # after n_anchors, anchors, n_candidates
     c, s, pos = lua.parse_candidates(table(lua, block), 1, 1, 2)
     assert (c["item"][1], c["category"][1], c["price"][1], c["stock"][1], c["flags"][1]) == (
         "I1", "kitchen", 2.5, True, "age",
@@ -144,12 +148,39 @@ def test_score_sums_sources_and_names_the_strongest(lua: Any) -> None:
     block = ["I1", "kitchen", "3", "1", "0", "", "3", "11", "0.5", "12", "0.9", "4", "1"]
     c, s, _ = lua.parse_candidates(table(lua, block), 1, 1, 1)
     aw = table(lua, [2.0])
-    score, src, anchor = lua.score(c, s, 1, m, w, aw, table(lua, {"kitchen": 0.5}),
-                                   table(lua, {}))  # fmt: skip
+    score, src, anchor, lsrc, lanchor = lua.score(
+        c, s, 1, m, w, aw, table(lua, {"kitchen": 0.5}), table(lua, {})
+    )
     w_nn, w_co, w_cat = DEFAULT_WEIGHTS["nn"], DEFAULT_WEIGHTS["co"], DEFAULT_WEIGHTS["cat"]
     # nn: weight x anchor 2 x 0.5; co: weight x 2 x 0.9; cat: weight x affinity 0.5 x 1
     assert score == pytest.approx(w_nn * 2 * 0.5 + w_co * 2 * 0.9 + w_cat * 0.5)
     assert (src, anchor) == ("nn", 1)
+    assert (lsrc, lanchor) == (None, 0)  # no live anchors given
+    live = table(lua, {1: True})
+    *_, lsrc, lanchor = lua.score(c, s, 1, m, w, aw, table(lua, {"kitchen": 0.5}),
+                                  table(lua, {}), live)  # fmt: skip
+    strongest = "nn" if w_nn * 0.5 >= w_co * 0.9 else "co"
+    assert (lsrc, lanchor) == (strongest, 1)  # the strongest term of a live anchor
+
+
+def test_live_share_keeps_slots_for_the_session_while_it_has_candidates(lua: Any) -> None:
+    def scored() -> Any:
+        rows = [("k0", 20, False), ("k1", 19, False), ("k2", 18, False), ("k3", 17, False),
+                ("v0", 3, True), ("v1", 2, True)]  # fmt: skip
+        return table(lua, [{"item": i, "category": i, "score": sc, "personal": True,
+                            "live": live} for i, sc, live in rows])  # fmt: skip
+
+    def names(top: Any) -> list[str]:
+        return [top[i + 1]["item"] for i in range(len(top))]
+
+    # ceil(0.5 * i) live among the first i: v k v k, then no live candidate is left
+    top, _ = lua.diversify(scored(), 6, 0, 1, 0.5)
+    assert names(top) == ["v0", "k0", "v1", "k1", "k2", "k3"]
+    assert top[1]["by_live"] and not top[2]["by_live"]
+    assert names(lua.diversify(scored(), 3, 0, 1, 0.5)[0]) == names(top)[:3]  # prefix
+    assert names(lua.diversify(scored(), 6, 0, 1, 0)[0])[:4] == ["k0", "k1", "k2", "k3"]  # off
+    capped, skipped = lua.diversify(scored(), 3, 1, 1, 0.5)  # category cap still holds
+    assert names(capped) == ["v0", "k0", "v1"] and skipped == 0
 
 
 def test_every_recommendation_function_is_registered_with_its_flags(lua: Any) -> None:

@@ -64,6 +64,21 @@ def test_second_read_is_a_cache_hit_until_a_new_event(world: World) -> None:
     rec.close()
 
 
+def test_a_click_shows_up_even_for_a_shopper_with_strong_peers(world: World) -> None:
+    # m6 bought P1 P2 P3; its peer m7 (P1 P2 K6) bought kitchen items lately: strong
+    # "shoppers like you" candidates. A click on L1 two seconds ago must still show up on top.
+    w = world
+    rec = w.recommender()
+    w.ingest([event(f"pk{i}", "purchase", "m7", item, NOW - 3_600_000 + i)
+              for i, item in enumerate(["K4", "K5", "K2", "K3"])])  # fmt: skip
+    before = rec.compute(RecRequest("m6", "home", None, 4))
+    assert {i.reason for i in before.items} == {"peers"}  # the peers fill the list ...
+    w.ingest([event("pk-click", "click", "m6", "L1", NOW - 2000)])
+    after = rec.compute(RecRequest("m6", "home", None, 4))
+    assert any(i.anchor == "L1" for i in after.items[:2]), after.items  # ... until a click
+    rec.close()
+
+
 def test_old_cached_lists_and_uncacheable_requests_compute_inline(world: World) -> None:
     w, user = world, "cache2"
     rec = w.recommender(cache_max_age_s=0.0)
@@ -251,3 +266,14 @@ def test_http_never_errors_when_redis_is_gone(
             bodies.append(r.json())
         assert [b["fallback"] for b in bodies] == ["last_good", "popular"]
         assert all(len(b["items"]) == 3 for b in bodies)
+
+
+def test_live_share_is_configurable_and_checked(tmp_path: Path) -> None:
+    from app.recommend import load_rec_config
+
+    env = tmp_path / ".env"
+    env.write_text("RETAIL_REC_LIVE_SHARE=0\n")
+    assert load_rec_config(env).live_share == 0.0
+    env.write_text("RETAIL_REC_LIVE_SHARE=1.5\n")
+    with pytest.raises(ValueError, match="RETAIL_REC_LIVE_SHARE"):
+        load_rec_config(env)
