@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 import time
 import weakref
 from collections.abc import AsyncIterator, Mapping
@@ -53,6 +54,8 @@ from app.search import Filters, ProductSearch
 from app.settings import EngineConfig
 from app.taxonomy import SLUG_RE
 from app.vectorizers import get_vectorizer
+
+SWITCH_INTERVAL_S = 0.001  # see the lifespan
 
 MAX_K = 50
 MAX_PRICE = 1_000_000.0
@@ -97,6 +100,9 @@ def install_recommendations(app: Starlette) -> None:
             # Move what exists now (libraries, caches) out of the cyclic GC's reach: its full
             # collections otherwise scan ~70k library objects and pause requests 20-40 ms.
             gc.freeze()
+            # A request thread waiting for the GIL (background refresh, metrics flush) waits
+            # up to the switch interval: 1 ms instead of CPython's 5 ms trims the inline p99.
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
             try:
                 yield {**state, "recommender": rec}
             finally:
