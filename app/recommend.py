@@ -130,7 +130,7 @@ class RecConfig:
     n_peers: int = 100  # peers read per request (the trainer keeps TrainConfig.peers)
     peer_items: int = 30  # strongest history items read per peer
     n_peer_candidates: int = 60  # candidates taken from the peers' items
-    max_candidates: int = 100  # the Function spends ~4 us per candidate: p99 <= 1 ms
+    max_candidates: int = 80  # ~4 us each in the Function; 100 -> 80: same HR@10 on validation
     max_sources: int = 8  # per candidate, the strongest (weight x value) are sent
     trending_types: tuple[tuple[str, float], ...] = (
         ("purchase", 1.0), ("add_to_cart", 0.7), ("view", 0.3),
