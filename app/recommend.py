@@ -931,6 +931,7 @@ class Recommender:
         )
         deadline = t0 + self.cfg.budget_ms / 1000
         cached: RecList | None = None
+        ctx: RecContext | None = None
         reason = "redis_unavailable"
         resp: RecResponse | None = None
         if not self.breaker.open:
@@ -974,7 +975,10 @@ class Recommender:
                 reason = "error"
                 log.exception("recommendations for %s failed", req.user)
         if resp is None:
-            resp = self._fallback(req, cached, reason, assignment, t0)
+            # What the live session already holds (read before the failure, if it was) never
+            # comes back from an older list: e.g. the item bought a second ago.
+            done = set(ctx.recent) | set(ctx.cart) if ctx is not None else set()
+            resp = self._fallback(req, cached, reason, assignment, t0, done)
         self.count(f"served.{resp.source}")
         if resp.fallback:
             self.count(f"fallback.{resp.fallback}.{resp.fallback_reason}")
@@ -1010,17 +1014,19 @@ class Recommender:
         reason: str,
         assignment: Assignment,
         t0: float,
+        exclude: set[str] | None = None,
     ) -> RecResponse:
+        skip = (exclude or set()) | {req.item or ""}
         good = cached or self.lru.get(self._lru_key(req))
-        if good is not None and good.items:
-            kept = [it for it in good.items if it.item_id != req.item]
+        if good is not None and any(it.item_id not in skip for it in good.items):
+            kept = [it for it in good.items if it.item_id not in skip]
             lst = replace(good, items=kept)
             return self._response(req, lst, "fallback", "last_good", reason, assignment, t0)
         items: list[RecItem] = []
         for item, score, why in self.snapshot:
             if len(items) >= req.k:
                 break
-            if item == req.item:
+            if item in skip:
                 continue
             attr = self.catalog.get(item)
             category = attr.category if attr else ""

@@ -12,7 +12,7 @@ import redis
 from starlette.testclient import TestClient
 
 from app import functions, redis_stack
-from app.recommend import RecRequest, timeout_client
+from app.recommend import RecList, RecRequest, timeout_client
 from app.worker import RecWorker
 from tests.recs_fixtures import (
     GUARDED,
@@ -151,18 +151,28 @@ def test_slow_redis_falls_back_within_the_budget(
 def test_an_exhausted_budget_serves_the_last_good_list(world: World) -> None:
     w = world
     rec = w.recommender()
-    good = rec.serve(RecRequest("budget1", "home", None, 5))
+    rec.serve(RecRequest("budget1", "home", None, 5))
+    raw = w.client.get(w.keys.recs("budget1", "home"))
+    assert raw is not None
+    lkg = [i.item_id for i in RecList.from_json(raw).items]  # the cached list (20 items)
     tight = w.recommender(budget_ms=0.0)
     tight.lru = rec.lru  # same process, same in-process tier
     resp = tight.serve(RecRequest("budget1", "home", None, 5))
     # the Redis copy is fresh, so it is a cache hit even without budget ...
     assert resp.source == "cache"
     w.ingest([event("b1", "view", "budget1", "K5", NOW)])
-    # ... but a new event makes it stale and there is no budget to compute: last good
+    # ... but a new event makes it stale and there is no budget to compute: last good, minus
+    # what the live session already holds (the view of K5)
     resp = tight.serve(RecRequest("budget1", "home", None, 5))
     assert (resp.source, resp.fallback, resp.fallback_reason) == ("fallback", "last_good",
                                                                   "budget")  # fmt: skip
-    assert [i.item_id for i in resp.items] == [i.item_id for i in good.items]
+    assert [i.item_id for i in resp.items] == [x for x in lkg if x != "K5"][:5]
+    # the shopper buys the first one offered: the last good list must not offer it again
+    first = resp.items[0].item_id
+    w.ingest([event("b2", "purchase", "budget1", first, NOW + 1)])
+    resp = tight.serve(RecRequest("budget1", "home", None, 5))
+    assert resp.fallback == "last_good"
+    assert [i.item_id for i in resp.items] == [x for x in lkg if x not in {"K5", first}][:5]
     rec.close()
     tight.close()
 
