@@ -5,12 +5,12 @@ Split across slots (docs/recommendations.md, "Cluster split"):
 1. `rec_context` (user slot, FCALL_RO): the session's recent and cart items, the strongest
    history items and affinity categories, the interaction count (tier) and the session's
    newest event time (cache freshness). Pipelined with the cached list's GET: one round trip.
-2. Item slots (one `rec_lists` call; a cluster: one per slot, pipelined): the model's
-   neighbour lists (`i:{a}:nn:<model>`), content neighbours (`i:{a}:cn:<model>`) and real-time
-   co-occurrence (`i:{a}:co:b|v`) of each anchor (context item, cart, recent, history), and the
-   similar shoppers' recent items (`u:{p}:hist`). Global lists (trending, model popularity, category
-   tops) and product attributes come from in-process caches (refreshed every second; trending
-   and real-time popularity every 5 s).
+2. Item slots (one pipeline of ZRANGEs over a RESP2 connection; a cluster client splits it
+   per slot): the model's neighbour lists (`i:{a}:nn:<model>`), content neighbours
+   (`i:{a}:cn:<model>`) and real-time co-occurrence (`i:{a}:co:b|v`) of each anchor (context
+   item, cart, recent, history), and the similar shoppers' recent items (`u:{p}:hist`). Global
+   lists (trending, model popularity, category tops) and product attributes come from
+   in-process caches (refreshed every second; trending and real-time popularity every 5 s).
 3. `recommend` (user slot, FCALL_RO): candidates with their attributes in ARGV; scoring with
    session context, filters, diversity, reasons.
 
@@ -182,11 +182,16 @@ def load_rec_config(env_file: str | Path | None = ".env", key_prefix: str = "rt:
     return RecConfig(
         key_prefix=key_prefix,
         weights=weights,
-        budget_ms=config("RETAIL_REC_BUDGET_MS", cast=float, default=50.0),
-        cache_max_age_s=config("RETAIL_REC_CACHE_MAX_AGE_S", cast=float, default=300.0),
-        per_category=config("RETAIL_REC_PER_CATEGORY", cast=int, default=3),
-        repurchase=config("RETAIL_REC_REPURCHASE", cast=bool, default=False),
-        live_share=_share(config("RETAIL_REC_LIVE_SHARE", cast=float, default=0.5)),
+        # Defaults are RecConfig's own (the values the evaluation measured), not copies.
+        budget_ms=config("RETAIL_REC_BUDGET_MS", cast=float, default=RecConfig.budget_ms),
+        cache_max_age_s=config(
+            "RETAIL_REC_CACHE_MAX_AGE_S", cast=float, default=RecConfig.cache_max_age_s
+        ),
+        per_category=config("RETAIL_REC_PER_CATEGORY", cast=int, default=RecConfig.per_category),
+        repurchase=config("RETAIL_REC_REPURCHASE", cast=bool, default=RecConfig.repurchase),
+        live_share=_share(
+            config("RETAIL_REC_LIVE_SHARE", cast=float, default=RecConfig.live_share)
+        ),
     )
 
 
@@ -336,12 +341,9 @@ def pairs(raw: Any) -> list[tuple[str, float]]:
     RESP3 [[m, s], ...]."""
     if not raw:
         return []
-    if isinstance(raw[0], list | tuple):
-        return [(rec_calls.text(m), float(s)) for m, s in raw]
-    it = iter(raw)
-    if isinstance(raw[0], bytes):  # the common case: ~7,000 members per inline request
-        return [(m.decode(), float(s)) for m, s in zip(it, it, strict=True)]
-    return [(str(m), float(s)) for m, s in zip(it, it, strict=True)]
+    if isinstance(raw[0], bytes):  # RESP2, the common case: ~7,000 members per inline request
+        return [(m.decode(), float(s)) for m, s in flat_pairs(raw)]
+    return [(rec_calls.text(m), float(s)) for m, s in flat_pairs(raw)]
 
 
 def flat_pairs(raw: Any) -> Any:

@@ -12,7 +12,7 @@ import redis
 from starlette.testclient import TestClient
 
 from app import functions, redis_stack
-from app.recommend import RecList, RecRequest, timeout_client
+from app.recommend import RecConfig, RecList, RecRequest, timeout_client
 from app.worker import RecWorker
 from tests.recs_fixtures import (
     GUARDED,
@@ -281,6 +281,11 @@ def test_http_never_errors_when_redis_is_gone(
 def test_live_share_is_configurable_and_checked(tmp_path: Path) -> None:
     from app.recommend import load_rec_config
 
+    served = load_rec_config(tmp_path / "absent.env")  # no overrides: what was evaluated
+    evaluated = RecConfig()
+    assert (served.per_category, served.live_share, served.budget_ms) == (
+        evaluated.per_category, evaluated.live_share, evaluated.budget_ms,
+    )  # fmt: skip
     env = tmp_path / ".env"
     env.write_text("RETAIL_REC_LIVE_SHARE=0\n")
     assert load_rec_config(env).live_share == 0.0
