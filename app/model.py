@@ -1,11 +1,12 @@
 """The offline (batch) model next to the real-time signals: item-item similarity, versioned.
 
 `train()` computes, with numpy:
-- collaborative neighbours: cosine similarity of items over shoppers, each shopper weighted
-  1 / log2(2 + n_u) (n_u = distinct items of the shopper: a wholesaler buying 800 items says
-  less about each pair than a shopper buying 5), times a significance factor
-  co / (co + shrink) on the raw number of shoppers who bought both (so a pair seen once does
-  not look perfect): sim(i, j) = cos_w(i, j) * co(i, j) / (co(i, j) + shrink);
+- collaborative neighbours: EASE (closed-form item-item regression, `ease_similarity`) up to
+  `ease_max_items` items; beyond, or with method="cosine": cosine similarity of items over
+  shoppers, each shopper weighted 1 / log2(2 + n_u) (n_u = distinct items of the shopper: a
+  wholesaler buying 800 items says less about each pair than a shopper buying 5), times a
+  significance factor co / (co + shrink) on the raw number of shoppers who bought both (so a
+  pair seen once does not look perfect): sim(i, j) = cos_w(i, j) * co(i, j) / (co(i, j) + shrink);
 - content neighbours: cosine of the catalog's product vectors (exact brute force);
 - popularity: distinct shoppers per item (top N overall and per category);
 - similar shoppers ("peers"): plain cosine of shoppers over their distinct items, top N per
@@ -51,8 +52,12 @@ from app.rec_keys import NAME_RE, RecKeys
 class TrainConfig:
     neighbours: int = 50
     content_neighbours: int = 30
-    shrink: float = 5.0
-    user_weighting: bool = True
+    # "ease" (closed-form item-item regression) up to `ease_max_items` items, else "cosine".
+    method: str = "ease"
+    ease_lambda: float = 300.0
+    ease_max_items: int = 6_000
+    shrink: float = 5.0  # cosine only
+    user_weighting: bool = True  # cosine only
     popular_n: int = 500
     peers: int = 100  # similar shoppers kept per shopper (0: none)
     category_n: int = 50
@@ -101,8 +106,51 @@ def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, np.take_along_axis(scores, idx, axis=1)
 
 
+EASE_TOP1 = 0.3
+
+
+def item_method(n_items: int, cfg: TrainConfig) -> str:
+    """The item model actually used: EASE needs an items x items inverse (O(n^3), 8 n^2 bytes),
+    so beyond `ease_max_items` the trainer falls back to cosine."""
+    if cfg.method not in ("ease", "cosine"):
+        raise ValueError(f"unknown item model method {cfg.method!r} (ease or cosine)")
+    return "ease" if cfg.method == "ease" and n_items <= cfg.ease_max_items else "cosine"
+
+
 def item_similarity(inter: Interactions, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """Top `cfg.neighbours` collaborative neighbours per item: (indices, similarities)."""
+    if item_method(len(inter.items), cfg) == "ease":
+        return ease_similarity(inter, cfg)
+    return cosine_similarity(inter, cfg)
+
+
+def ease_similarity(inter: Interactions, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """EASE (Steck 2019): the item-item weights B that best rebuild each shopper's items from
+    their other items, B = I - P diag(1 / diag(P)) with P = (X^T X + lambda I)^-1, diag(B) = 0.
+    Unlike cosine, a neighbour that only co-occurs because both items are popular gets little
+    weight. Measured on the validation split (docs/recommendations.md): HR@10 0.405 vs 0.344
+    for plain cosine, offline. Row i holds the items that i predicts (B[i, j] for j), top n,
+    negative weights dropped (0 with index of no use: written lists skip them).
+    """
+    x = inter.matrix().astype(np.float64)
+    gram = x.T @ x
+    gram[np.diag_indices_from(gram)] += cfg.ease_lambda
+    p = np.linalg.inv(gram)
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    idx, vals = top_n(b, min(cfg.neighbours, b.shape[1]))
+    vals = np.maximum(vals, 0.0)
+    # EASE weights are ~10x smaller than cosines. Rescale so the mean strongest neighbour is
+    # EASE_TOP1 as with cosine on the real data, so the source weights keep their meaning (and
+    # six decimals keep their precision); the serving side caps values at 1.
+    strongest = vals[:, 0][vals[:, 0] > 0] if vals.shape[1] else vals[:, :0]
+    if strongest.size:
+        vals = np.minimum(vals * (EASE_TOP1 / float(strongest.mean())), 1.0)
+    return idx, vals.astype(np.float32)
+
+
+def cosine_similarity(inter: Interactions, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted cosine with significance (see the module docstring)."""
     x = inter.matrix()
     n_u = x.sum(axis=1)
     w = 1.0 / np.log2(2.0 + n_u) if cfg.user_weighting else np.ones_like(n_u)
@@ -217,11 +265,10 @@ def _zadd_lists(
     names = names if names is not None else items
     lists = links = 0
     for row, item in enumerate(items):
-        mapping = {
-            names[int(j)]: round(float(s), 6)
-            for j, s in zip(idx[row], sim[row], strict=True)
-            if s > 0 and math.isfinite(float(s))
-        }
+        rounded = (
+            (names[int(j)], round(float(s), 6)) for j, s in zip(idx[row], sim[row], strict=True)
+        )
+        mapping = {name: v for name, v in rounded if v > 0 and math.isfinite(v)}
         if mapping:
             key = key_of(item)
             pipe.delete(key)  # a retrain under an explicit, reused version replaces it
@@ -345,7 +392,8 @@ def train(
     meta = {
         "version": version, "created_ms": int(time.time() * 1000), "source": source,
         "users": len(inter.users), "items": len(items), "pairs": len(inter.rows),
-        "neighbours": cfg.neighbours, "shrink": cfg.shrink, "user_weighting": cfg.user_weighting,
+        "neighbours": cfg.neighbours, "method": item_method(len(items), cfg),
+        "ease_lambda": cfg.ease_lambda, "shrink": cfg.shrink, "user_weighting": cfg.user_weighting,
         "content_lists": cn_lists, "peers": cfg.peers, "peer_lists": peer_lists,
         "categories": sorted(by_cat), "ttl_s": cfg.ttl_s,
     }  # fmt: skip

@@ -1,7 +1,8 @@
 """Train the recommendation model on the Online Retail purchases and swap it in.
 
     python -m loaders.train [--path FILE] [--until YYYY-MM-DD] [--redis-url URL]
-                            [--neighbours 50] [--shrink 5] [--no-content] [--version V]
+                            [--neighbours 50] [--method ease|cosine] [--shrink 5]
+                            [--no-content] [--version V]
 
 Interactions are the distinct (customer, item) pairs of the valid purchase lines
 (`loaders.online_retail.purchase_events`: cancellations, fees, guests... skipped), optionally
@@ -133,7 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--until", default=None, help="train on purchases before this date")
     parser.add_argument("--redis-url", default=None, help="default: $REDIS_URL")
     parser.add_argument("--neighbours", type=int, default=TrainConfig.neighbours)
-    parser.add_argument("--shrink", type=float, default=TrainConfig.shrink)
+    parser.add_argument(
+        "--method", choices=("ease", "cosine"), default=TrainConfig.method,
+        help="item model (ease falls back to cosine above 6,000 items)",
+    )  # fmt: skip
+    parser.add_argument("--shrink", type=float, default=TrainConfig.shrink, help="cosine only")
     parser.add_argument("--no-content", action="store_true", help="skip content neighbours")
     parser.add_argument("--version", default=None, help="model version (default: v<UTC time>)")
     args = parser.parse_args(argv)
@@ -141,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not url:
         print("error: set REDIS_URL or pass --redis-url", file=sys.stderr)
         return 2
-    cfg = TrainConfig(neighbours=args.neighbours, shrink=args.shrink)
+    cfg = TrainConfig(neighbours=args.neighbours, method=args.method, shrink=args.shrink)
     until = _date_ms(args.until) if args.until else None
     with redis.Redis.from_url(url) as client:
         try:

@@ -11,9 +11,11 @@ import pytest
 from app import calls, rec_calls
 from app.experiments import Experiment, ExperimentStore, Variant
 from app.model import (
+    EASE_TOP1,
     Interactions,
     TrainConfig,
     content_similarity,
+    item_method,
     item_similarity,
     model_info,
     top_n,
@@ -36,7 +38,7 @@ def test_item_similarity_is_weighted_cosine_with_significance() -> None:
     pairs = [("u1", "A"), ("u1", "B"), ("u2", "A"), ("u2", "B"), ("u3", "A"), ("u3", "C"),
              ("u4", "D")]  # fmt: skip
     inter = Interactions.from_pairs(pairs)
-    cfg = TrainConfig(neighbours=3, shrink=1.0, user_weighting=False)
+    cfg = TrainConfig(neighbours=3, method="cosine", shrink=1.0, user_weighting=False)
     idx, sim = item_similarity(inter, cfg)
     items = inter.items
     row = dict(zip([items[j] for j in idx[items.index("A")]], sim[items.index("A")], strict=True))
@@ -46,9 +48,12 @@ def test_item_similarity_is_weighted_cosine_with_significance() -> None:
     assert row.get("D", 0.0) == 0.0 and row.get("A", 0.0) == 0.0
     # heavy shoppers count less with user weighting
     heavy = pairs + [("big", x) for x in "ABCDEFGHIJ"]
-    w_idx, w_sim = item_similarity(Interactions.from_pairs(heavy), TrainConfig(shrink=0.0))
+    w_idx, w_sim = item_similarity(
+        Interactions.from_pairs(heavy), TrainConfig(method="cosine", shrink=0.0)
+    )
     n_idx, n_sim = item_similarity(
-        Interactions.from_pairs(heavy), TrainConfig(shrink=0.0, user_weighting=False)
+        Interactions.from_pairs(heavy),
+        TrainConfig(method="cosine", shrink=0.0, user_weighting=False),
     )
     it = Interactions.from_pairs(heavy).items
     a, d = it.index("A"), it.index("D")
@@ -57,6 +62,40 @@ def test_item_similarity_is_weighted_cosine_with_significance() -> None:
         return float(dict(zip(i[a].tolist(), v[a].tolist(), strict=True)).get(d, 0.0))
 
     assert 0 < s(w_idx, w_sim) < s(n_idx, n_sim)
+
+
+def test_ease_weights_are_the_ridge_regression_of_each_item_on_the_others() -> None:
+    rng = np.random.default_rng(3)
+    pairs = [(f"u{u}", f"i{i}") for u in range(40) for i in range(8) if rng.random() < 0.35]
+    inter = Interactions.from_pairs(pairs)
+    lam = 2.0
+    idx, sim = item_similarity(inter, TrainConfig(neighbours=7, ease_lambda=lam))
+    x = inter.matrix().astype(np.float64)
+    n = x.shape[1]
+    # Independent derivation: column j of B solves min ||x_j - X_-j b||^2 + lam ||b||^2.
+    expected = np.zeros((n, n))
+    for j in range(n):
+        others = [c for c in range(n) if c != j]
+        xo = x[:, others]
+        b = np.linalg.solve(xo.T @ xo + lam * np.eye(n - 1), xo.T @ x[:, j])
+        expected[others, j] = b
+    # Stored rescaled: the mean strongest neighbour per item becomes EASE_TOP1, capped at 1.
+    positive = np.maximum(expected, 0.0)
+    top1 = positive.max(axis=1)
+    scale = EASE_TOP1 / top1[top1 > 0].mean()
+    for i in range(n):
+        got = dict(zip(idx[i].tolist(), sim[i].tolist(), strict=True))
+        for j in range(n):
+            want = min(positive[i, j] * scale, 1.0) if i != j else 0.0
+            assert got.get(j, 0.0) == pytest.approx(want, abs=1e-5), (i, j)
+
+
+def test_item_model_falls_back_to_cosine_beyond_ease_max_items() -> None:
+    assert item_method(500, TrainConfig()) == "ease"
+    assert item_method(500, TrainConfig(ease_max_items=499)) == "cosine"
+    assert item_method(500, TrainConfig(method="cosine")) == "cosine"
+    with pytest.raises(ValueError, match="unknown item model"):
+        item_method(500, TrainConfig(method="svd"))
 
 
 def test_user_similarity_is_plain_cosine_over_distinct_items() -> None:
