@@ -129,8 +129,8 @@ def ease_similarity(inter: Interactions, cfg: TrainConfig) -> tuple[np.ndarray, 
     their other items, B = I - P diag(1 / diag(P)) with P = (X^T X + lambda I)^-1, diag(B) = 0.
     Unlike cosine, a neighbour that only co-occurs because both items are popular gets little
     weight. Measured on the validation split (docs/recommendations.md): HR@10 0.405 vs 0.344
-    for plain cosine, offline. Row i holds the items that i predicts (B[i, j] for j), top n,
-    negative weights dropped (0 with index of no use: written lists skip them).
+    for plain cosine, offline. Row i holds the items that i predicts (B[i, j] for j), top n;
+    negative weights become 0, which the writer skips.
     """
     x = inter.matrix().astype(np.float64)
     gram = x.T @ x
@@ -143,9 +143,9 @@ def ease_similarity(inter: Interactions, cfg: TrainConfig) -> tuple[np.ndarray, 
     # EASE weights are ~10x smaller than cosines. Rescale so the mean strongest neighbour is
     # EASE_TOP1 as with cosine on the real data, so the source weights keep their meaning (and
     # six decimals keep their precision); the serving side caps values at 1.
-    strongest = vals[:, 0][vals[:, 0] > 0] if vals.shape[1] else vals[:, :0]
-    if strongest.size:
-        vals = np.minimum(vals * (EASE_TOP1 / float(strongest.mean())), 1.0)
+    top1 = vals[:, 0] if vals.shape[1] else np.zeros(0)
+    if (top1 > 0).any():
+        vals = np.minimum(vals * (EASE_TOP1 / float(top1[top1 > 0].mean())), 1.0)
     return idx, vals.astype(np.float32)
 
 
