@@ -18,7 +18,7 @@ Args = tuple[list[str], list[Any]]
 
 # Candidate sources the `recommend` Function knows (see REC.DEFAULT_WEIGHTS in the Lua), with
 # their codes: a source travels as `anchor index * 10 + code` (REC.SOURCE_CODES).
-SOURCES = ("nn", "co", "ct", "cat", "tr", "pop", "rb", "uk")
+SOURCES = ("nn", "co", "ct", "cat", "tr", "pop", "rb", "uk", "new")
 SOURCE_CODE = {name: i for i, name in enumerate(SOURCES, start=1)}
 
 

@@ -6,6 +6,9 @@ documents itself. The cache holds a compact tuple per product (~150 B: 100k prod
 
 - a full load at start (SCAN of `p:{*}` + pipelined JSON.GET of the few fields needed), then
   every `full_reload_s` (catches deletions);
+- new arrivals: a newest-first index of `created_ms`, sorted on a full load and kept in order
+  by insertion on incremental refreshes (no full sort in between: a sort of 100k tuples would
+  hold the GIL for tens of milliseconds, long enough to show in request latency);
 - in between, every `refresh()` asks the search index for documents whose `updated_ms` moved
   (`FT.SEARCH <alias> @updated_ms:[<newest seen> +inf]`): a price or stock change made through
   `catalog_update` reaches the recommender within one refresh interval (1 s in the app).
@@ -18,6 +21,7 @@ the shopper has the trait the flag requires (`RecConfig.guards`).
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
@@ -28,7 +32,9 @@ import redis
 
 from app.catalog import CatalogKeys, json_reply, redis_cmd, scan_docs
 
-FIELDS = ("$.category", "$.price", "$.in_stock", "$.popularity", "$.title", "$.tags")
+FIELDS = (
+    "$.category", "$.price", "$.in_stock", "$.popularity", "$.title", "$.tags", "$.created_ms",
+)  # fmt: skip
 PAGE = 1000
 
 
@@ -42,6 +48,7 @@ class ItemAttr(NamedTuple):
     popularity: float
     title: str
     flags: tuple[str, ...] = ()
+    created_ms: int = 0  # when the product was created (0: unknown, never a new arrival)
 
 
 def _first(got: Mapping[str, Any], path: str, default: Any) -> Any:
@@ -77,6 +84,7 @@ class ItemCatalog:
         self.restricted_tags = {t.lower(): f for t, f in (restricted_tags or {}).items()}
         self.full_reload_s = full_reload_s
         self._items: dict[str, ItemAttr] = {}
+        self._newest: list[tuple[int, str]] = []  # (-created_ms, item), newest first
         self._log_pop_max = 0.0
         self._watermark = 0
         self._loaded_at = 0.0
@@ -98,6 +106,23 @@ class ItemCatalog:
         if self._log_pop_max <= 0:
             return 0.0
         return min(1.0, math.log1p(max(attr.popularity, 0.0)) / self._log_pop_max)
+
+    def new_arrivals(
+        self, now_ms: int, window_ms: int, half_life_ms: int, n: int
+    ) -> list[tuple[str, float]]:
+        """In-stock products created within `window_ms` before `now_ms` (not after it: a
+        product created later did not exist yet), newest first, at most `n`, each with the
+        value 2^(-age / half_life_ms) (1 for one created just now)."""
+        newest = self._newest
+        out: list[tuple[str, float]] = []
+        for neg, item in newest[bisect.bisect_left(newest, (-now_ms, "")) :]:
+            age = now_ms + neg
+            if age > window_ms or len(out) >= n:
+                break
+            attr = self._items.get(item)
+            if attr is not None and attr.in_stock:
+                out.append((item, 2.0 ** (-age / half_life_ms)))
+        return out
 
     def most_popular(self, n: int) -> list[tuple[str, float]]:
         """The catalog's own popularity ranking (in stock only): the last-resort fallback."""
@@ -124,6 +149,7 @@ class ItemCatalog:
             popularity=_float(_first(got, "$.popularity", 0.0)),
             title=str(_first(got, "$.title", "") or ""),
             flags=tuple(sorted(flags)),
+            created_ms=int(_float(_first(got, "$.created_ms", 0))),
         )
 
     def _fetch(self, items: Iterable[str]) -> dict[str, ItemAttr | None]:
@@ -136,11 +162,30 @@ class ItemCatalog:
             out[item] = None if raw is None else self._attr(json_reply(raw))
         return out
 
-    def _install(self, items: dict[str, ItemAttr], *, replace: bool) -> None:
+    def _install(
+        self, items: dict[str, ItemAttr], *, replace: bool, gone: Iterable[str] = ()
+    ) -> None:
         with self._lock:
-            merged = items if replace else {**self._items, **items}
+            old = self._items
+            merged = items if replace else {**old, **items}
+            for item in gone:
+                merged.pop(item, None)
+            if replace:
+                newest = sorted((-a.created_ms, i) for i, a in merged.items() if a.created_ms > 0)
+            else:  # a few changed products: move their entries, keep the order
+                newest = list(self._newest)
+                for item in [*items, *gone]:
+                    before = old.get(item)
+                    if before is not None and before.created_ms > 0:
+                        j = bisect.bisect_left(newest, (-before.created_ms, item))
+                        if j < len(newest) and newest[j][1] == item:
+                            del newest[j]
+                    after = merged.get(item)
+                    if after is not None and after.created_ms > 0:
+                        bisect.insort(newest, (-after.created_ms, item))
             top = max((a.popularity for a in merged.values()), default=0.0)
             self._items = merged
+            self._newest = newest
             self._log_pop_max = math.log1p(max(top, 0.0))
 
     def full_load(self) -> int:
@@ -193,11 +238,8 @@ class ItemCatalog:
         if not changed:  # None: no search index, so only the periodic full load sees changes
             return 0
         got = self._fetch(item for item, _ in changed)
-        self._install({i: a for i, a in got.items() if a is not None}, replace=False)
         gone = [i for i, a in got.items() if a is None]
-        if gone:
-            with self._lock:
-                self._items = {i: a for i, a in self._items.items() if i not in gone}
+        self._install({i: a for i, a in got.items() if a is not None}, replace=False, gone=gone)
         self._watermark = max(ts for _, ts in changed)
         return len(changed)
 

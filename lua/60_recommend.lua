@@ -13,7 +13,7 @@
 local REC = {}
 
 REC.SOURCES = {nn = true, co = true, ct = true, cat = true, tr = true, pop = true, rb = true,
-               uk = true}
+               uk = true, new = true}
 REC.TIERS = {'cold', 'content', 'collab'}
 REC.SURFACES = {home = true, product = true, cart = true}
 REC.PERSONAL = {nn = true, co = true, ct = true, rb = true}  -- sources tied to an anchor
@@ -22,24 +22,26 @@ REC.PERSONAL = {nn = true, co = true, ct = true, rb = true}  -- sources tied to 
 --   sources:  nn model neighbours, co real-time co-occurrence, ct content (vector) neighbours,
 --             cat top items of the user's categories, tr trending now, pop global popularity,
 --             rb buy-again (history items themselves; only with repurchase on),
---             uk similar shoppers' recent items (user-kNN: the model's peers x their history)
+--             uk similar shoppers' recent items (user-kNN: the model's peers x their history),
+--             new new arrivals (catalog created_ms within a window, decayed by age)
 --   anchors:  view/click/add_to_cart/purchase (a session item by its last event type, decayed
 --             by recency), cart (a cart line), context (the product page's item), hist
 --             (long-term history, relative to the user's strongest item)
 --   features: aff (category affinity), price (price-band affinity), prior (popularity)
 --   tiers:    '<tier>.<source>' multiplies a source's weight in that tier
 REC.DEFAULT_WEIGHTS = {
-  nn = 1.0, co = 0.2, ct = 0.2, cat = 0.15, tr = 0.1, pop = 0.5, rb = 1.0,
+  nn = 1.4, co = 0.2, ct = 0.2, cat = 0.15, tr = 0.1, pop = 0.5, rb = 1.0,
   view = 1.0, click = 1.2, add_to_cart = 1.5, purchase = 1.0, cart = 1.5, context = 2.0,
-  hist = 1.0,
-  aff = 0.5, price = 0.05, prior = 0.05,
+  hist = 1.0, hist_floor = 0.3,
+  aff = 1.0, price = 0.05, prior = 0.05,
   ['cold.nn'] = 1, ['cold.co'] = 1, ['cold.ct'] = 1, ['cold.cat'] = 1, ['cold.tr'] = 1.5,
   ['cold.pop'] = 1.5, ['cold.rb'] = 1,
   ['content.nn'] = 0.5, ['content.co'] = 0.5, ['content.ct'] = 1.5, ['content.cat'] = 1,
   ['content.tr'] = 1, ['content.pop'] = 1, ['content.rb'] = 1,
   ['collab.nn'] = 1, ['collab.co'] = 1, ['collab.ct'] = 0.5, ['collab.cat'] = 1,
   ['collab.tr'] = 0.5, ['collab.pop'] = 0.5, ['collab.rb'] = 1,
-  uk = 20.0, ['cold.uk'] = 1, ['content.uk'] = 1, ['collab.uk'] = 1,
+  uk = 5.0, ['cold.uk'] = 1, ['content.uk'] = 1, ['collab.uk'] = 1,
+  new = 3.0, ['cold.new'] = 0, ['content.new'] = 0, ['collab.new'] = 1,
 }
 
 -- Reason of an anchor by the session event that made it an anchor.
@@ -186,7 +188,8 @@ function REC.anchor_weights(anchors, ctx, w, now, half_life)
       if rw > best then best, why = rw, REC.RECENT_REASON[e.type] or 'viewed' end
     end
     if best > 0 and REC.LIVE_REASONS[why] then live[i] = why end
-    local h = (ctx.hist[a] or 0) * w.hist
+    local h = ctx.hist[a] or 0
+    if h > 0 then h = math.max(h, w.hist_floor) * w.hist end
     if h > best then best, why = h, 'history' end
     weights[i], reasons[i] = best, why
   end
@@ -194,8 +197,9 @@ function REC.anchor_weights(anchors, ctx, w, now, half_life)
 end
 
 -- Source codes of the candidate block: 'anchor * 10 + source' in one number, so a source costs
--- two arguments (code, value). Sources: 1 nn, 2 co, 3 ct, 4 cat, 5 tr, 6 pop, 7 rb, 8 uk.
-REC.SOURCE_CODES = {'nn', 'co', 'ct', 'cat', 'tr', 'pop', 'rb', 'uk'}
+-- two arguments (code, value). Sources: 1 nn, 2 co, 3 ct, 4 cat, 5 tr, 6 pop, 7 rb, 8 uk,
+-- 9 new.
+REC.SOURCE_CODES = {'nn', 'co', 'ct', 'cat', 'tr', 'pop', 'rb', 'uk', 'new'}
 
 -- Parse the candidate block of ARGV (starting at `pos`) into flat arrays: no table per
 -- candidate or per source (Lua spends ~60-80 ns per argument; tables would double that).
@@ -430,13 +434,14 @@ end
 --   then n_candidates, per candidate:
 --     item, category, price (num), in_stock (0|1), popularity (0..1), flags ('a,b' | ''),
 --     n_sources, then n_sources x (code, value 0..1); code = anchor index * 10 + source,
---     anchor index 0 = global, source 1 nn | 2 co | 3 ct | 4 cat | 5 tr | 6 pop | 7 rb | 8 uk
+--     anchor index 0 = global, source 1 nn | 2 co | 3 ct | 4 cat | 5 tr | 6 pop | 7 rb | 8 uk |
+--     9 new
 --     (see REC.DEFAULT_WEIGHTS); e.g. code 31 = nn neighbour of anchor 3
 -- Reply: {tier, interactions, n_candidates, filtered ('reason=n,...'),
 --         then per item: item, score (string), reason, anchor ('' = none), category}
 --   reason: viewed | carted | bought | in_cart | context | history (collaborative, with the
 --   anchor) | similar (content, with the anchor) | rebuy | peers (similar shoppers) |
---   category | trending | popular.
+--   category | trending | new (a new arrival) | popular.
 --   Best first, at most k; fewer when the filters leave fewer (the caller fills up).
 -- Filters, each counted: context, cart, seen (session recent or Bloom, unless repurchase),
 --   out_of_stock, guarded, excluded, filtered (price / category), diversity.
@@ -570,6 +575,7 @@ local function recommend(keys, argv)
     elseif src == 'uk' then reason = 'peers'
     elseif src == 'cat' then reason = 'category'
     elseif src == 'tr' then reason = 'trending'
+    elseif src == 'new' then reason = 'new'
     end
     reply[#reply + 1] = c.item
     reply[#reply + 1] = tostring(c.score)

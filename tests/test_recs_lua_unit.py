@@ -137,9 +137,9 @@ def test_candidates_parse_flat_and_validate(lua: Any) -> None:
     bad[7] = "38"  # anchor 3 of 2
     err = lua.error_of(lua.parse_candidates, table(lua, bad), 1, 1, 2)
     assert err == "ERR_BADARG candidate I1: bad source code 38"
-    bad[7] = "29"  # source 9 does not exist (8 is uk: similar shoppers)
+    bad[7] = "20"  # source 0 does not exist (1 nn .. 9 new)
     err = lua.error_of(lua.parse_candidates, table(lua, bad), 1, 1, 2)
-    assert err == "ERR_BADARG candidate I1: bad source code 29"
+    assert err == "ERR_BADARG candidate I1: bad source code 20"
 
 
 def test_score_sums_sources_and_names_the_strongest(lua: Any) -> None:
