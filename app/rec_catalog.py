@@ -1,4 +1,5 @@
-"""The recommender's in-process product attribute cache (category, price, stock, popularity).
+"""The recommender's in-process product attribute cache (category, price, stock, popularity,
+creation time).
 
 Product documents live in item slots (`p:{<item>}`), and a Function can read one slot only, so
 `recommend` receives each candidate's attributes in ARGV from this cache instead of reading the
@@ -6,9 +7,6 @@ documents itself. The cache holds a compact tuple per product (~150 B: 100k prod
 
 - a full load at start (SCAN of `p:{*}` + pipelined JSON.GET of the few fields needed), then
   every `full_reload_s` (catches deletions);
-- new arrivals: a newest-first index of `created_ms`, sorted on a full load and kept in order
-  by insertion on incremental refreshes (no full sort in between: a sort of 100k tuples would
-  hold the GIL for tens of milliseconds, long enough to show in request latency);
 - in between, every `refresh()` asks the search index for documents whose `updated_ms` moved
   (`FT.SEARCH <alias> @updated_ms:[<newest seen> +inf]`): a price or stock change made through
   `catalog_update` reaches the recommender within one refresh interval (1 s in the app).
@@ -21,7 +19,6 @@ the shopper has the trait the flag requires (`RecConfig.guards`).
 
 from __future__ import annotations
 
-import bisect
 import math
 import threading
 import time
@@ -58,6 +55,16 @@ def _first(got: Mapping[str, Any], path: str, default: Any) -> Any:
     return default
 
 
+def new_arrival(created_ms: int, now_ms: int, window_ms: int, half_life_ms: int) -> float:
+    """A product's new-arrival value: 2^(-age / half_life_ms) when it was created within
+    `window_ms` before `now_ms`, else 0 (also for one created after `now_ms`: it did not exist
+    yet, and for an unknown creation time)."""
+    age = now_ms - created_ms
+    if created_ms <= 0 or age < 0 or age > window_ms:
+        return 0.0
+    return float(2.0 ** (-age / half_life_ms))
+
+
 def _float(value: Any) -> float:
     try:
         f = float(value)
@@ -84,7 +91,6 @@ class ItemCatalog:
         self.restricted_tags = {t.lower(): f for t, f in (restricted_tags or {}).items()}
         self.full_reload_s = full_reload_s
         self._items: dict[str, ItemAttr] = {}
-        self._newest: list[tuple[int, str]] = []  # (-created_ms, item), newest first
         self._log_pop_max = 0.0
         self._watermark = 0
         self._loaded_at = 0.0
@@ -106,23 +112,6 @@ class ItemCatalog:
         if self._log_pop_max <= 0:
             return 0.0
         return min(1.0, math.log1p(max(attr.popularity, 0.0)) / self._log_pop_max)
-
-    def new_arrivals(
-        self, now_ms: int, window_ms: int, half_life_ms: int, n: int
-    ) -> list[tuple[str, float]]:
-        """In-stock products created within `window_ms` before `now_ms` (not after it: a
-        product created later did not exist yet), newest first, at most `n`, each with the
-        value 2^(-age / half_life_ms) (1 for one created just now)."""
-        newest = self._newest
-        out: list[tuple[str, float]] = []
-        for neg, item in newest[bisect.bisect_left(newest, (-now_ms, "")) :]:
-            age = now_ms + neg
-            if age > window_ms or len(out) >= n:
-                break
-            attr = self._items.get(item)
-            if attr is not None and attr.in_stock:
-                out.append((item, 2.0 ** (-age / half_life_ms)))
-        return out
 
     def most_popular(self, n: int) -> list[tuple[str, float]]:
         """The catalog's own popularity ranking (in stock only): the last-resort fallback."""
@@ -162,30 +151,11 @@ class ItemCatalog:
             out[item] = None if raw is None else self._attr(json_reply(raw))
         return out
 
-    def _install(
-        self, items: dict[str, ItemAttr], *, replace: bool, gone: Iterable[str] = ()
-    ) -> None:
+    def _install(self, items: dict[str, ItemAttr], *, replace: bool) -> None:
         with self._lock:
-            old = self._items
-            merged = items if replace else {**old, **items}
-            for item in gone:
-                merged.pop(item, None)
-            if replace:
-                newest = sorted((-a.created_ms, i) for i, a in merged.items() if a.created_ms > 0)
-            else:  # a few changed products: move their entries, keep the order
-                newest = list(self._newest)
-                for item in [*items, *gone]:
-                    before = old.get(item)
-                    if before is not None and before.created_ms > 0:
-                        j = bisect.bisect_left(newest, (-before.created_ms, item))
-                        if j < len(newest) and newest[j][1] == item:
-                            del newest[j]
-                    after = merged.get(item)
-                    if after is not None and after.created_ms > 0:
-                        bisect.insort(newest, (-after.created_ms, item))
+            merged = items if replace else {**self._items, **items}
             top = max((a.popularity for a in merged.values()), default=0.0)
             self._items = merged
-            self._newest = newest
             self._log_pop_max = math.log1p(max(top, 0.0))
 
     def full_load(self) -> int:
@@ -238,8 +208,11 @@ class ItemCatalog:
         if not changed:  # None: no search index, so only the periodic full load sees changes
             return 0
         got = self._fetch(item for item, _ in changed)
+        self._install({i: a for i, a in got.items() if a is not None}, replace=False)
         gone = [i for i, a in got.items() if a is None]
-        self._install({i: a for i, a in got.items() if a is not None}, replace=False, gone=gone)
+        if gone:
+            with self._lock:
+                self._items = {i: a for i, a in self._items.items() if i not in gone}
         self._watermark = max(ts for _, ts in changed)
         return len(changed)
 

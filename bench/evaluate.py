@@ -15,7 +15,9 @@ Protocol (time split, no peeking):
    engine's model (`app.model.train`: weighted cosine + significance, content neighbours,
    popularity) and the baselines. The catalog is loaded with every product IN STOCK (its stock
    is synthetic in this sample; filtering real purchases as "out of stock" would only measure
-   the synthetic numbers). The training purchases are replayed through the real ingestion
+   the synthetic numbers). Its `created_ms` (derived: the code's first row in the file) drives
+   the engine's new-arrival boost, measured against each query's time: a product created
+   after it is not new (it did not exist yet). The training purchases are replayed through the real ingestion
    path (sessions, affinities, seen-filter, history, real-time co-occurrence, trending).
 3. Replay the test period invoice by invoice, in time order. Before each invoice of a
    customer who bought before (train period or an earlier test invoice), ask every method for

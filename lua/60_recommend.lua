@@ -26,7 +26,7 @@ REC.PERSONAL = {nn = true, co = true, ct = true, rb = true}  -- sources tied to 
 --             new new arrivals (catalog created_ms within a window, decayed by age)
 --   anchors:  view/click/add_to_cart/purchase (a session item by its last event type, decayed
 --             by recency), cart (a cart line), context (the product page's item), hist
---             (long-term history, relative to the user's strongest item)
+--             (long-term history, relative to the user's strongest item, at least hist_floor)
 --   features: aff (category affinity), price (price-band affinity), prior (popularity)
 --   tiers:    '<tier>.<source>' multiplies a source's weight in that tier
 REC.DEFAULT_WEIGHTS = {

@@ -12,7 +12,7 @@ from app import calls, rec_calls, users
 from app.errors import BadArgumentError, KeyLayoutError
 from app.experiments import DEFAULT
 from app.rec_calls import Candidate, RecParams
-from app.recommend import RecRequest
+from app.recommend import DEFAULT_WEIGHTS, RecRequest
 from tests.recs_fixtures import (
     GUARDED,
     OUT_OF_STOCK,
@@ -130,6 +130,30 @@ def test_tiers_follow_the_number_of_distinct_items(world: World) -> None:
     many = rec.compute(RecRequest("tier-many", "home", None, 5))
     assert many.tier == "collab" and many.interactions == len(items)
     rec.close()
+
+
+def test_new_arrivals_boost_the_collaborative_tier_only(world: World) -> None:
+    """The 'new' source adds W[new] x W[<tier>.new] x value: on for shoppers with 10+ items,
+    off for the content and cold tiers (validation: it pulled them below the best sellers)."""
+    w = world
+    items = ["K1", "K2", "K3", "K4", "K5", "K6", "L1", "L2", "L3", "L4", "P1"]
+    w.ingest(
+        [event(f"na{i}", "view", "new-many", it, NOW - 1000 * i) for i, it in enumerate(items)]
+    )
+    w.ingest([event("nf1", "view", "new-few", "K1", NOW - 1000)])
+    cands = [cand("X1", sources=[("tr", 0, 0.5)]),
+             cand("X2", sources=[("tr", 0, 0.5), ("new", 0, 0.5)])]  # fmt: skip
+    many = call(w, "new-many", cands, now_ms=NOW)
+    assert many.tier == "collab"
+    by_item = {it.item_id: it for it in many.items}
+    boost = DEFAULT_WEIGHTS["new"] * DEFAULT_WEIGHTS["collab.new"] * 0.5
+    assert boost > 0
+    assert by_item["X2"].score - by_item["X1"].score == pytest.approx(boost)
+    assert by_item["X2"].reason == "new" and by_item["X1"].reason == "trending"
+    few = call(w, "new-few", cands, now_ms=NOW)
+    assert few.tier == "content"
+    scores = {it.item_id: it.score for it in few.items}
+    assert scores["X2"] == pytest.approx(scores["X1"])
 
 
 def test_recommender_never_returns_seen_out_of_stock_or_guarded(world: World) -> None:

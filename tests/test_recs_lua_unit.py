@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from app import rec_calls
-from app.recommend import DEFAULT_WEIGHTS
+from app.rec_calls import RecContext
+from app.recommend import DEFAULT_WEIGHTS, hist_anchor_weight
 from tests.lua_harness import execute_library
 
 HOUR = 3_600_000
@@ -79,6 +80,24 @@ def test_anchor_weights_take_the_strongest_role(lua: Any) -> None:
     assert {a: live[i + 1] for i, a in enumerate("PVBCHX")} == {
         "P": "context", "V": "viewed", "B": None, "C": "in_cart", "H": None, "X": None,
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.3, 0.6])
+def test_history_anchor_weight_has_a_floor_python_applies_alike(lua: Any, floor: float) -> None:
+    """A history item's anchor weight is max(relative interest, hist_floor) x hist; an item
+    outside the history stays 0. Python pre-sums history anchors with the same rule (it sends
+    sum / weight of the strongest anchor, which the Function multiplies back), so the two must
+    agree or history scores drift."""
+    w = lua.weights(f"hist=2,hist_floor={floor}")
+    rel = {"H": 0.9, "M": 0.4, "L": 0.05}
+    ctx = table(lua, {"context": "", "recent": [], "cart": [], "hist": rel})
+    weights, reasons, _ = lua.anchor_weights(table(lua, ["H", "M", "L", "X"]), ctx, w, HOUR, HOUR)
+    got = {a: weights[i + 1] for i, a in enumerate("HMLX")}
+    assert got == pytest.approx({a: 2 * max(r, floor) for a, r in rel.items()} | {"X": 0})
+    assert reasons[3] == "history"
+    py_ctx = RecContext(0, 3, (), (), tuple(rel), (), rel)
+    for a in "HMLX":
+        assert 2 * hist_anchor_weight(py_ctx, a, floor) == pytest.approx(got[a])
 
 
 def test_diversify_caps_categories_and_is_prefix_consistent(lua: Any) -> None:
