@@ -17,8 +17,9 @@ Protocol (time split, no peeking):
    is synthetic in this sample; filtering real purchases as "out of stock" would only measure
    the synthetic numbers). Its `created_ms` (derived: the code's first row in the file) drives
    the engine's new-arrival boost, measured against each query's time: a product created
-   after it is not new (it did not exist yet). The training purchases are replayed through the real ingestion
-   path (sessions, affinities, seen-filter, history, real-time co-occurrence, trending).
+   after it is not new (it did not exist yet). The training purchases are replayed through the
+   real ingestion path (sessions, affinities, seen-filter, history, real-time co-occurrence,
+   trending).
 3. Replay the test period invoice by invoice, in time order. Before each invoice of a
    customer who bought before (train period or an earlier test invoice), ask every method for
    10 items for that customer; then ingest the invoice as live events (so the engine's
