@@ -5,8 +5,8 @@
 #   docker build -t retail-engine .
 #   docker run --rm -p 127.0.0.1:8000:8000 -e REDIS_URL=redis://host.docker.internal:6379 retail-engine
 #
-# The code runs from /srv (not site-packages): app/functions.py, app/catalog.py and
-# app/features.py read lua/, indexes/ and features/ next to app/.
+# The code runs from /srv (not site-packages): app/redis/library.py, app/catalog/index.py and
+# app/features/spec.py read lua/, indexes/ and features/ next to app/.
 
 # -- build: the dependencies in a virtualenv ------------------------------------------------------
 FROM python:3.11.11-slim-bookworm AS build
@@ -40,10 +40,10 @@ COPY indexes ./indexes
 COPY features ./features
 COPY data ./data
 COPY pyproject.toml README.md ./
-RUN python -c "import app.main, app.web_routes, app.metrics, app.worker, loaders.catalog, loaders.replay, loaders.train" \
+RUN python -c "import app.api.app, app.api.web, app.obs.metrics, app.recs.worker, loaders.catalog, loaders.replay, loaders.train" \
     && mkdir -p /srv/var && chown retail:retail /srv/var
 USER retail
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=5 \
     CMD ["python", "-c", "import sys, urllib.request as u; sys.exit(0 if u.urlopen('http://127.0.0.1:8000/health', timeout=3).status == 200 else 1)"]
-CMD ["hypercorn", "app.main:app_factory()", "--bind", "0.0.0.0:8000", "--workers", "4", "--graceful-timeout", "10"]
+CMD ["hypercorn", "app.api.app:app_factory()", "--bind", "0.0.0.0:8000", "--workers", "4", "--graceful-timeout", "10"]

@@ -29,7 +29,8 @@ if str(ROOT) not in sys.path:
 
 import redis  # noqa: E402
 
-from app import functions, redis_stack  # noqa: E402
+from app.redis import embedded as redis_stack  # noqa: E402
+from app.redis import library as functions  # noqa: E402
 
 
 @dataclass

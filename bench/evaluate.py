@@ -12,7 +12,7 @@ Protocol (time split, no peeking):
 1. Parse the purchase log (`loaders.online_retail`: cancellations, fees, guests skipped). One
    query per invoice: an invoice is one basket of one known customer at one time.
 2. Train on invoices before `--split` (default 2011-07-01; the data ends 2011-09-30): the
-   engine's model (`app.model.train`: weighted cosine + significance, content neighbours,
+   engine's model (`app.recs.model.train`: weighted cosine + significance, content neighbours,
    popularity) and the baselines. The catalog is loaded with every product IN STOCK (its stock
    is synthetic in this sample; filtering real purchases as "out of stock" would only measure
    the synthetic numbers). Its `created_ms` (derived: the code's first row in the file) drives
@@ -69,16 +69,16 @@ for _p in (ROOT, ROOT / "bench"):
 import numpy as np  # noqa: E402
 from _common import emit_json, percentile, redis_target  # noqa: E402
 
-from app.catalog import CatalogConfig, CatalogKeys  # noqa: E402
-from app.events import Event, parse_event  # noqa: E402
-from app.experiments import DEFAULT, Assignment  # noqa: E402
-from app.ingest import Ingestor  # noqa: E402
-from app.model import Interactions, TrainConfig, train  # noqa: E402
-from app.rec_ingest import RecIngestHook  # noqa: E402
-from app.rec_keys import RecKeys  # noqa: E402
-from app.recommend import DEFAULT_WEIGHTS, RecConfig, Recommender, RecRequest  # noqa: E402
-from app.settings import EngineConfig, load_settings  # noqa: E402
-from app.vectorizers import get_vectorizer  # noqa: E402
+from app.catalog.index import CatalogConfig, CatalogKeys  # noqa: E402
+from app.catalog.vectorizers import get_vectorizer  # noqa: E402
+from app.core.events import Event, parse_event  # noqa: E402
+from app.core.settings import EngineConfig, load_settings  # noqa: E402
+from app.ingest.ingestor import Ingestor  # noqa: E402
+from app.recs.experiments import DEFAULT, Assignment  # noqa: E402
+from app.recs.hook import RecIngestHook  # noqa: E402
+from app.recs.keys import RecKeys  # noqa: E402
+from app.recs.model import Interactions, TrainConfig, train  # noqa: E402
+from app.recs.recommender import DEFAULT_WEIGHTS, RecConfig, Recommender, RecRequest  # noqa: E402
 from loaders import online_retail  # noqa: E402
 from loaders.catalog import load_rows, online_retail_rows  # noqa: E402
 from loaders.train import catalog_vectors  # noqa: E402
@@ -295,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ingest_in_batches(ingestor, replay, engine.raw_retention_ms // 2)
         print(f"replayed {len(replay):,} training events in {time.monotonic() - t0:.1f} s")
         rec.refresh()
-        gc.freeze()  # as the app does after start-up (app/recs_routes.py)
+        gc.freeze()  # as the app does after start-up (app/api/recs.py)
 
         history: dict[str, Counter[str]] = defaultdict(Counter)
         for inv in train_inv:

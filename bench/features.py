@@ -45,12 +45,12 @@ for _p in (ROOT, ROOT / "bench"):
 import redis  # noqa: E402
 from _common import emit_json, percentile, redis_target, settle_aof  # noqa: E402
 
-from app.events import Event, parse_event  # noqa: E402
-from app.features import get_features, ingest_hook, load_feature_set  # noqa: E402
-from app.ingest import Ingestor  # noqa: E402
-from app.keys import Keys  # noqa: E402
-from app.redis_stack import free_port  # noqa: E402
-from app.settings import EngineConfig  # noqa: E402
+from app.core.events import Event, parse_event  # noqa: E402
+from app.core.keys import Keys  # noqa: E402
+from app.core.settings import EngineConfig  # noqa: E402
+from app.features.spec import get_features, ingest_hook, load_feature_set  # noqa: E402
+from app.ingest.ingestor import Ingestor  # noqa: E402
+from app.redis.embedded import free_port  # noqa: E402
 from loaders.browsing import synthetic_browsing  # noqa: E402
 from loaders.online_retail import purchase_events  # noqa: E402
 
@@ -63,9 +63,9 @@ import asyncio, sys
 sys.path.insert(0, {root!r})
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
-from app.features_routes import feature_routes
-from app.main import create_app
-from app.settings import load_settings
+from app.api.features import feature_routes
+from app.api.app import create_app
+from app.core.settings import load_settings
 
 app = create_app(load_settings(env_file=None))
 app.router.routes.extend(feature_routes())

@@ -25,7 +25,7 @@ copy-on-write never land in one phase only by chance; appends and fsync stay on)
   B. The same events as dicts, `parse_event` inside the timed loop (events/s with validation).
   C. Raw baseline on the first `--sample` events of A (same batches, same initial state): a
      Python mirror (`RawMirror`) of lua/10_ingest_user.lua and lua/20_ingest_aggregates.lua. It
-     takes the very (KEYS, ARGV) that `app.calls` builds, computes in Python what the Lua
+     takes the very (KEYS, ARGV) that `app.redis.calls` builds, computes in Python what the Lua
      computes (dedup outcome from the ZADD replies, session document, co-occurrence pairs,
      per-key sums) and sends the same commands with the same arguments from pipelines:
      - per ingest_user call: TIME; per user: JSON.GET <session> $; ZADD <dedup> NX <now> <id>
@@ -100,12 +100,12 @@ from _session_mirror import (  # noqa: E402
     needs,
 )
 
-from app import calls  # noqa: E402
-from app.events import Event, parse_event  # noqa: E402
-from app.ingest import Ingestor  # noqa: E402
-from app.keys import Keys  # noqa: E402
-from app.search import price_band  # noqa: E402  (mirror of the Lua price bands)
-from app.settings import EngineConfig  # noqa: E402
+from app.catalog.search import price_band  # noqa: E402  (mirror of the Lua price bands)
+from app.core.events import Event, parse_event  # noqa: E402
+from app.core.keys import Keys  # noqa: E402
+from app.core.settings import EngineConfig  # noqa: E402
+from app.ingest.ingestor import Ingestor  # noqa: E402
+from app.redis import calls  # noqa: E402
 
 TYPE_MIX = (
     ("view", 0.70), ("click", 0.10), ("search", 0.08), ("add_to_cart", 0.07),

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 from _common import ROOT, emit_json, redis_target
 
-from app.settings import EngineConfig
+from app.core.settings import EngineConfig
 from loaders import replay
 
 FAMILY = re.compile(r"^(?P<kind>[uig]):\{(?P<id>[^}]*)\}:(?P<part>[a-z_]+(?::[a-z_]+)*)")

@@ -53,23 +53,24 @@ for _p in (ROOT, ROOT / "bench"):
 import redis  # noqa: E402
 from _common import emit_json, percentile, redis_target, settle_aof  # noqa: E402
 
-from app import calls, rec_calls  # noqa: E402
-from app.catalog import (  # noqa: E402
+from app.catalog.index import (  # noqa: E402
     CatalogConfig,
     CatalogKeys,
     create_index,
     drop_catalog,
 )
-from app.events import parse_event  # noqa: E402
-from app.experiments import DEFAULT  # noqa: E402
-from app.ingest import Ingestor  # noqa: E402
-from app.model import Interactions, TrainConfig, train  # noqa: E402
-from app.rec_ingest import RecIngestHook  # noqa: E402
-from app.rec_keys import RecKeys  # noqa: E402
-from app.recommend import RecConfig, Recommender, RecRequest  # noqa: E402
-from app.settings import EngineConfig, load_settings  # noqa: E402
-from app.taxonomy import CATEGORIES  # noqa: E402
-from app.vectorizers import get_vectorizer  # noqa: E402
+from app.catalog.vectorizers import get_vectorizer  # noqa: E402
+from app.core.events import parse_event  # noqa: E402
+from app.core.settings import EngineConfig, load_settings  # noqa: E402
+from app.core.taxonomy import CATEGORIES  # noqa: E402
+from app.ingest.ingestor import Ingestor  # noqa: E402
+from app.recs import calls as rec_calls  # noqa: E402
+from app.recs.experiments import DEFAULT  # noqa: E402
+from app.recs.hook import RecIngestHook  # noqa: E402
+from app.recs.keys import RecKeys  # noqa: E402
+from app.recs.model import Interactions, TrainConfig, train  # noqa: E402
+from app.recs.recommender import RecConfig, Recommender, RecRequest  # noqa: E402
+from app.redis import calls  # noqa: E402
 from loaders import online_retail  # noqa: E402
 from loaders.catalog import load_rows, online_retail_rows  # noqa: E402
 from loaders.train import catalog_vectors  # noqa: E402
@@ -79,11 +80,11 @@ import asyncio, os, sys
 sys.path.insert(0, os.environ["BENCH_ROOT"])
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
-from app.main import create_app
-from app.recs_routes import install_recommendations
-from app.settings import load_settings
+from app.api.app import create_app
+from app.api.recs import install_recommendations
+from app.core.settings import load_settings
 app = create_app(load_settings(env_file=None))
-install_recommendations(app)  # idempotent: a no-op once app.main installs it
+install_recommendations(app)  # idempotent: a no-op once app.api.app installs it
 cfg = Config()
 cfg.bind = [f"127.0.0.1:{os.environ['RETAIL_PORT']}"]
 cfg.accesslog = None

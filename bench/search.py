@@ -58,7 +58,7 @@ import numpy as np  # noqa: E402
 import redis  # noqa: E402
 from _common import emit_json, percentile, redis_target  # noqa: E402
 
-from app.catalog import (  # noqa: E402
+from app.catalog.index import (  # noqa: E402
     CatalogConfig,
     CatalogKeys,
     ProductRecord,
@@ -70,16 +70,16 @@ from app.catalog import (  # noqa: E402
     json_reply,
     redis_cmd,
 )
-from app.search import (  # noqa: E402
+from app.catalog.search import (  # noqa: E402
     Filters,
     ProductSearch,
     SearchRequest,
     filter_expression,
     query_words,
 )
-from app.settings import EngineConfig, load_settings  # noqa: E402
-from app.taxonomy import category_for  # noqa: E402
-from app.vectorizers import embed_texts, get_vectorizer, words  # noqa: E402
+from app.catalog.vectorizers import embed_texts, get_vectorizer, words  # noqa: E402
+from app.core.settings import EngineConfig, load_settings  # noqa: E402
+from app.core.taxonomy import category_for  # noqa: E402
 from loaders.catalog import FeedRow, load_online_retail, load_rows, synthetic_stock  # noqa: E402
 from loaders.online_retail import build_catalog  # noqa: E402
 

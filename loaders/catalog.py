@@ -12,7 +12,7 @@ load goes on. The summary counts created / updated / unchanged / deleted / rejec
 Online Retail (no stock, category or description columns in the data):
 - one product per upper-cased StockCode, title = most frequent description, price = latest
   positive unit price, non-product codes skipped with counts (`loaders/online_retail.py`);
-- category DERIVED from the title (`app.taxonomy.category_for`, `category_source: derived`);
+- category DERIVED from the title (`app.core.taxonomy.category_for`, `category_source: derived`);
 - stock SYNTHETIC (`synthetic_stock`, `stock_source: synthetic`): deterministic per item id,
   about 8% out of stock, otherwise 1..250 units; applied when a product is created only;
 - popularity = invoice lines that sold the item; created_ms = first time the code appears.
@@ -42,8 +42,8 @@ from typing import Any, TextIO
 
 import redis
 
-from app import catalog_calls, functions
-from app.catalog import (
+from app.catalog import calls as catalog_calls
+from app.catalog.index import (
     CatalogConfig,
     CatalogKeys,
     ProductRecord,
@@ -61,9 +61,10 @@ from app.catalog import (
     scan_docs,
     validate_record,
 )
-from app.errors import EngineError, ValidationError
-from app.settings import load_settings
-from app.vectorizers import TextVectorizer, embed_texts, get_vectorizer, vector_slug
+from app.catalog.vectorizers import TextVectorizer, embed_texts, get_vectorizer, vector_slug
+from app.core.errors import EngineError, ValidationError
+from app.core.settings import load_settings
+from app.redis import library as functions
 from loaders import online_retail
 from loaders.online_retail import SkipReport
 
@@ -101,7 +102,7 @@ class FeedRow:
 def online_retail_rows(path: str | Path) -> tuple[list[FeedRow], SkipReport]:
     """The Online Retail catalog as feed rows. A product aggregates many CSV rows, so its
     errors name the item id (line_no 0). The category is left empty: `content_of` derives it
-    from the title with `app.taxonomy.category_for` and marks it `derived`."""
+    from the title with `app.core.taxonomy.category_for` and marks it `derived`."""
     scan = online_retail.scan(path)
     rows = []
     for code, p in scan.catalog.items():

@@ -9,7 +9,7 @@ Rows CSV (header required): `entity_id`, `ts` and optional `label` and `entity_t
 from `--entity` (default user) or the `entity_type` column (one type per export).
 
 Each output row is `entity_type, entity_id, ts, label`, then one column per feature (empty =
-null): the features' values as of `ts`, computed by `app.features_offline.OfflineStore` from
+null): the features' values as of `ts`, computed by `app.features.offline.OfflineStore` from
 the events with ts before it only, by exactly the definitions the online path serves
 (features/features.yaml). Events come from `--events` (JSONL: log payloads or API events) or
 else from the engine's log Stream (`g:{g}:log`, REDIS_URL or --redis-url). The Stream keeps the
@@ -31,18 +31,18 @@ from typing import Any
 
 import redis
 
-from app.errors import EngineError, ValidationError
-from app.events import Event
-from app.features import (
+from app.core.errors import EngineError, ValidationError
+from app.core.events import Event
+from app.core.keys import Keys
+from app.core.settings import load_settings
+from app.features.offline import OfflineStore, events_from_jsonl, events_from_log, log_payloads
+from app.features.spec import (
     ENTITY_TYPES,
     FeatureSet,
     check_entity_id,
     load_feature_set,
     resolve_names,
 )
-from app.features_offline import OfflineStore, events_from_jsonl, events_from_log, log_payloads
-from app.keys import Keys
-from app.settings import load_settings
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ Decisions (all deliberate, see also data/online-retail/README.md):
 - Descriptions are whitespace-normalised (`" SET 2 TEA TOWELS "` == `"SET 2 TEA TOWELS"`).
 - Times: InvoiceDate is UK local time without a zone; we treat it as UTC (at most one hour
   off during British Summer Time). Event `ts` is milliseconds since the epoch.
-- Categories are derived from the product's canonical title by `app.taxonomy.category_for`
+- Categories are derived from the product's canonical title by `app.core.taxonomy.category_for`
   (the data has no category column).
 
 Purchase events (`purchase_events`): one event per valid invoice line. A row is skipped for the
@@ -50,13 +50,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.taxonomy import category_for
+from app.core.taxonomy import category_for
 
 COLUMNS = (
     "InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice",
     "CustomerID", "Country",
 )  # fmt: skip
-MAX_QTY = 100_000  # app.events accepts 1..100000 units per line
+MAX_QTY = 100_000  # app.core.events accepts 1..100000 units per line
 MAX_EXAMPLES = 5
 
 PRODUCT_CODE_RE = re.compile(r"^\d{5}[A-Z]{0,2}$")
@@ -146,7 +146,7 @@ class Product:
     item_id: str  # upper-cased StockCode
     title: str  # most frequent description (sale rows preferred), "" if none
     price: float  # latest positive UnitPrice (sale rows preferred), GBP
-    category: str  # derived: app.taxonomy.category_for(title)
+    category: str  # derived: app.core.taxonomy.category_for(title)
     first_seen_ms: int  # first and last row of any kind mentioning the code
     last_seen_ms: int
     purchase_lines: int  # sale lines (guests included, cancellations excluded)
@@ -410,7 +410,7 @@ def build_catalog(path: str | Path) -> tuple[dict[str, Product], SkipReport]:
 
 
 def event_for(row: Row, category: str) -> dict[str, Any]:
-    """The purchase event of one valid row, in the shape `app.events.parse_event` accepts."""
+    """The purchase event of one valid row, in the shape `app.core.events.parse_event` accepts."""
     if row.customer_id is None:
         raise ValueError(f"line {row.line_no}: a guest row has no user for an event")
     return {

@@ -3,8 +3,8 @@
     python -m loaders.replay [--limit N] [--redis-url URL] [--path FILE] [--batch-size N]
 
 Each valid invoice line becomes one purchase event (see `loaders/online_retail.py`), is
-validated by `app.events.parse_event` exactly like an API event, and is sent through
-`app.ingest.Ingestor` in batches. Event ids are deterministic (`or:<invoice>:<line>`), so a
+validated by `app.core.events.parse_event` exactly like an API event, and is sent through
+`app.ingest.ingestor.Ingestor` in batches. Event ids are deterministic (`or:<invoice>:<line>`), so a
 re-run within the engine's dedup window (24 h of ingest time, `EngineConfig.dedup_window_ms`)
 is a no-op: every event comes back as a duplicate. An interrupted replay can simply be run
 again; what was already ingested is skipped by the same dedup.
@@ -30,11 +30,12 @@ from typing import TextIO
 
 import redis
 
-from app import functions, redis_stack
-from app.errors import EngineError, ValidationError
-from app.events import Event, parse_event
-from app.ingest import Ingestor, Phase2Hook
-from app.settings import EngineConfig, load_settings
+from app.core.errors import EngineError, ValidationError
+from app.core.events import Event, parse_event
+from app.core.settings import EngineConfig, load_settings
+from app.ingest.ingestor import Ingestor, Phase2Hook
+from app.redis import embedded as redis_stack
+from app.redis import library as functions
 from loaders import online_retail
 from loaders.online_retail import SkipReport
 

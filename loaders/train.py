@@ -9,7 +9,7 @@ Interactions are the distinct (customer, item) pairs of the valid purchase lines
 only those before `--until` (a time split: train on the past, evaluate on the rest). Content
 vectors are the catalog's own (the product documents' `$.vec.<vectorizer>` when the catalog is
 loaded), else computed from the products' titles with the configured vectorizer, exactly as
-the catalog loader would. See `app/model.py` for the similarity, the keys and the swap.
+the catalog loader would. See `app/recs/model.py` for the similarity, the keys and the swap.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from app import redis_stack
-from app.catalog import (
+from app.catalog.index import (
     CatalogKeys,
     ProductRecord,
     content_of,
@@ -33,11 +32,12 @@ from app.catalog import (
     read_meta,
     redis_cmd,
 )
-from app.errors import EngineError
-from app.model import Interactions, TrainConfig, TrainReport, train
-from app.rec_keys import RecKeys
-from app.settings import EngineConfig, load_settings
-from app.vectorizers import embed_texts, get_vectorizer, vector_slug
+from app.catalog.vectorizers import embed_texts, get_vectorizer, vector_slug
+from app.core.errors import EngineError
+from app.core.settings import EngineConfig, load_settings
+from app.recs.keys import RecKeys
+from app.recs.model import Interactions, TrainConfig, TrainReport, train
+from app.redis import embedded as redis_stack
 from loaders import online_retail
 from loaders.online_retail import Product
 

@@ -16,10 +16,10 @@ import redis
 from starlette.applications import Starlette
 from starlette.datastructures import Secret
 
-from app.catalog import CatalogConfig, CatalogKeys, drop_catalog
-from app.catalog_routes import catalog_routes
-from app.main import create_app
-from app.settings import ROOT, EngineConfig, Settings
+from app.api.app import create_app
+from app.api.catalog import catalog_routes
+from app.catalog.index import CatalogConfig, CatalogKeys, drop_catalog
+from app.core.settings import ROOT, EngineConfig, Settings
 
 SAMPLE = ROOT / "data" / "online-retail" / "online-retail-2010-12_2011-09.csv.gz"
 ADMIN_KEY = "s3cret-admin"
@@ -42,7 +42,7 @@ def dropping(client: redis.Redis, ckeys: CatalogKeys) -> Iterator[None]:
 def catalog_app(
     redis_url: str, engine: EngineConfig, tmp_path: Path, cfg: CatalogConfig | None = None
 ) -> Starlette:
-    """The real app with the catalog routes mounted (unless app.main already mounts them)."""
+    """The real app with the catalog routes mounted (unless app.api.app already mounts them)."""
     settings = Settings(
         redis_url=redis_url, host="127.0.0.1", port=0, write_keys=frozenset({"wk_test"}),
         admin_key=Secret(ADMIN_KEY), data_dir=tmp_path, sample_data=tmp_path / "none",

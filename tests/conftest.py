@@ -14,9 +14,10 @@ from dataclasses import replace
 import pytest
 import redis
 
-from app import functions, redis_stack
-from app.keys import Keys
-from app.settings import EngineConfig
+from app.core.keys import Keys
+from app.core.settings import EngineConfig
+from app.redis import embedded as redis_stack
+from app.redis import library as functions
 
 
 @pytest.fixture(scope="session")

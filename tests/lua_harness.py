@@ -1,6 +1,6 @@
 """Run the library's Lua in lupa's Lua 5.1 (Redis' dialect) for fast unit tests of pure logic.
 
-The chunk is the same code `app.functions.build_library` loads into Redis, plus a final
+The chunk is the same code `app.redis.library.build_library` loads into Redis, plus a final
 `return {...}` exposing the local helpers under test. `redis.call` is a stub that fails
 loudly: these tests cover logic that must not touch Redis.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 from lupa import lua51
 
-from app.functions import build_library
+from app.redis.library import build_library
 
 EXPOSE = [
     "forward_weight", "decayed_value", "price_band", "head_front", "newest", "trim_cart",

@@ -17,16 +17,16 @@ from typing import Any
 
 import redis
 
-from app.catalog import CatalogConfig, CatalogKeys, ProductRecord
-from app.events import parse_event
-from app.experiments import ExperimentStore
-from app.ingest import Ingestor
-from app.model import Interactions, TrainConfig, TrainReport, train
-from app.rec_ingest import RecIngestHook
-from app.rec_keys import RecKeys
-from app.recommend import RecConfig, Recommender
-from app.settings import EngineConfig
-from app.vectorizers import get_vectorizer
+from app.catalog.index import CatalogConfig, CatalogKeys, ProductRecord
+from app.catalog.vectorizers import get_vectorizer
+from app.core.events import parse_event
+from app.core.settings import EngineConfig
+from app.ingest.ingestor import Ingestor
+from app.recs.experiments import ExperimentStore
+from app.recs.hook import RecIngestHook
+from app.recs.keys import RecKeys
+from app.recs.model import Interactions, TrainConfig, TrainReport, train
+from app.recs.recommender import RecConfig, Recommender
 from loaders.catalog import FeedRow, load_rows
 
 PRODUCTS: list[tuple[str, str, str, float, int, tuple[str, ...]]] = [
@@ -142,7 +142,7 @@ def world_fixture(stem: str) -> Any:
     """A module-scoped `world` fixture: the shared recommendation world under its own prefix."""
     import pytest
 
-    from app import functions
+    from app.redis import library as functions
 
     @pytest.fixture(scope="module")
     def world(redis_url: str, _library: functions.Library) -> Iterator[World]:
@@ -162,8 +162,8 @@ def recs_app(redis_url: str, world: World, data_dir: Any) -> Any:
     (no background worker), keys wk_test / s3cret-admin."""
     from starlette.datastructures import Secret
 
-    from app.main import create_app
-    from app.settings import Settings
+    from app.api.app import create_app
+    from app.core.settings import Settings
 
     settings = Settings(
         redis_url=redis_url, host="127.0.0.1", port=0, write_keys=frozenset({"wk_test"}),

@@ -26,10 +26,10 @@ from typing import Any
 import pytest
 import redis
 
-from app import functions
-from app.keys import Keys
-from app.sessions import session_view
-from app.settings import ROOT, EngineConfig
+from app.core.keys import Keys
+from app.core.settings import ROOT, EngineConfig
+from app.ingest.sessions import session_view
+from app.redis import library as functions
 from tests.web_fixtures import ADMIN_KEY, full_app, serving
 
 SAMPLE = ROOT / "data" / "online-retail" / "online-retail-2010-12_2011-09.csv.gz"
@@ -70,11 +70,11 @@ def world(
 ) -> Iterator[World]:
     """The real catalog's 400 best sellers and a model trained on their real purchases."""
     try:
-        from app.catalog import CatalogConfig, CatalogKeys, create_index, drop_catalog
-        from app.model import Interactions, train
-        from app.rec_keys import RecKeys
-        from app.recs_routes import install_recommendations  # noqa: F401
-        from app.vectorizers import get_vectorizer
+        from app.api.recs import install_recommendations  # noqa: F401
+        from app.catalog.index import CatalogConfig, CatalogKeys, create_index, drop_catalog
+        from app.catalog.vectorizers import get_vectorizer
+        from app.recs.keys import RecKeys
+        from app.recs.model import Interactions, train
         from loaders.catalog import load_rows, online_retail_rows
         from loaders.train import catalog_vectors, purchase_pairs
     except ImportError as exc:

@@ -11,18 +11,18 @@ import redis
 from redis.crc import key_slot
 from starlette.testclient import TestClient
 
-from app.catalog import CatalogConfig, CatalogKeys, ProductRecord, create_index, redis_cmd
-from app.catalog_calls import (
+from app.catalog.calls import (
     REMOVE,
     PriceStockChange,
     catalog_item,
     catalog_update,
     parse_change,
 )
-from app.errors import BadArgumentError, ValidationError
-from app.search import Filters, ProductSearch, parse_search
-from app.settings import EngineConfig
-from app.vectorizers import get_vectorizer
+from app.catalog.index import CatalogConfig, CatalogKeys, ProductRecord, create_index, redis_cmd
+from app.catalog.search import Filters, ProductSearch, parse_search
+from app.catalog.vectorizers import get_vectorizer
+from app.core.errors import BadArgumentError, ValidationError
+from app.core.settings import EngineConfig
 from loaders.catalog import FeedRow, load_rows
 from tests.catalog_fixtures import ADMIN, catalog_app, dropping
 

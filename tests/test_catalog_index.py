@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import redis
 
-from app.catalog import (
+from app.catalog.index import (
     CatalogConfig,
     CatalogKeys,
     ProductRecord,
@@ -24,10 +24,10 @@ from app.catalog import (
     read_meta,
     reindex,
 )
-from app.errors import SearchIndexError
-from app.search import Filters, ProductSearch, parse_search
-from app.settings import EngineConfig
-from app.vectorizers import HashedNgramVectorizer, get_vectorizer
+from app.catalog.search import Filters, ProductSearch, parse_search
+from app.catalog.vectorizers import HashedNgramVectorizer, get_vectorizer
+from app.core.errors import SearchIndexError
+from app.core.settings import EngineConfig
 from loaders.catalog import FeedRow, load_rows
 from tests.catalog_fixtures import dropping
 
@@ -191,8 +191,8 @@ def test_vectorizer_migration_reindex(client: redis.Redis, setup: Any, cfg: Engi
 def test_stored_vectors_equal_the_vectorizer_output(client: redis.Redis, setup: Any) -> None:
     catalog_cfg, ckeys = setup
     seed(client, catalog_cfg, ckeys, 5)
-    from app.catalog import content_of, embedding_text
-    from app.vectorizers import embed_texts
+    from app.catalog.index import content_of, embedding_text
+    from app.catalog.vectorizers import embed_texts
 
     rec = ProductRecord(item_id="I3", title=f"{TITLES[3]} 3", price=4, stock=3)
     want = embed_texts(get_vectorizer(), [embedding_text(content_of(rec))])[0]

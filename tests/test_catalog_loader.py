@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import redis
 
-from app.catalog import CatalogConfig, CatalogKeys, create_index, ft_info, read_meta
-from app.catalog_calls import PriceStockChange, catalog_item, catalog_update
-from app.errors import SearchIndexError, ValidationError
-from app.settings import EngineConfig
-from app.vectorizers import HashedNgramVectorizer, get_vectorizer
+from app.catalog.calls import PriceStockChange, catalog_item, catalog_update
+from app.catalog.index import CatalogConfig, CatalogKeys, create_index, ft_info, read_meta
+from app.catalog.vectorizers import HashedNgramVectorizer, get_vectorizer
+from app.core.errors import SearchIndexError, ValidationError
+from app.core.settings import EngineConfig
 from loaders.catalog import (
     LoadReport,
     feed_rows,

@@ -11,11 +11,8 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from app import functions
-from app.catalog import CatalogConfig, CatalogKeys, create_index, ft_info, redis_cmd
-from app.errors import ValidationError
-from app.keys import Keys
-from app.search import (
+from app.catalog.index import CatalogConfig, CatalogKeys, create_index, ft_info, redis_cmd
+from app.catalog.search import (
     Filters,
     ProductSearch,
     filter_expression,
@@ -27,8 +24,11 @@ from app.search import (
     text_clause,
     word_forms,
 )
-from app.settings import AFF_EPOCH_MS, EngineConfig
-from app.vectorizers import get_vectorizer
+from app.catalog.vectorizers import get_vectorizer
+from app.core.errors import ValidationError
+from app.core.keys import Keys
+from app.core.settings import AFF_EPOCH_MS, EngineConfig
+from app.redis import library as functions
 from loaders.catalog import load_online_retail
 from tests.catalog_fixtures import SAMPLE, catalog_app, dropping, new_prefix
 
@@ -226,7 +226,7 @@ def test_user_affinities_rerank(catalog: Catalog) -> None:
 
 
 def test_rerank_is_pure_and_normalised() -> None:
-    from app.search import Hit
+    from app.catalog.search import Hit
 
     hits = [Hit("a", "A", "kitchen", 3.0, 1, True, 0, 0.5, {"hybrid": 0.5}),
             Hit("b", "B", "toys", 30.0, 1, True, 0, 0.6, {"hybrid": 0.6})]  # fmt: skip

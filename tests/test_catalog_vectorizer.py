@@ -12,11 +12,9 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from app.catalog import CatalogConfig, CatalogKeys, IndexMeta, check_compatible, create_index
-from app.errors import SearchIndexError
-from app.search import ProductSearch, parse_search
-from app.settings import EngineConfig
-from app.vectorizers import (
+from app.catalog.index import CatalogConfig, CatalogKeys, IndexMeta, check_compatible, create_index
+from app.catalog.search import ProductSearch, parse_search
+from app.catalog.vectorizers import (
     DEFAULT_VECTORIZER,
     HashedNgramVectorizer,
     embed_texts,
@@ -24,6 +22,8 @@ from app.vectorizers import (
     get_vectorizer,
     vector_slug,
 )
+from app.core.errors import SearchIndexError
+from app.core.settings import EngineConfig
 from tests.catalog_fixtures import catalog_app, dropping
 
 TEXTS = ["WHITE HANGING HEART T-LIGHT HOLDER", "heart lantern", "RED RETROSPOT MUG", "x"]
@@ -48,8 +48,9 @@ def test_deterministic_across_instances_and_processes() -> None:
     b = embed_texts(HashedNgramVectorizer(), TEXTS)
     assert np.array_equal(a, b)
     code = (
-        "import hashlib, numpy as np; from app.vectorizers import HashedNgramVectorizer as H, "
-        f"embed_texts; m = embed_texts(H(), {TEXTS!r}); "
+        "import hashlib, numpy as np; "
+        "from app.catalog.vectorizers import HashedNgramVectorizer as H, embed_texts; "
+        f" m = embed_texts(H(), {TEXTS!r}); "
         "print(hashlib.sha256(np.ascontiguousarray(m, dtype=np.float32).tobytes()).hexdigest())"
     )
     root = Path(__file__).resolve().parent.parent

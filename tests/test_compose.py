@@ -47,7 +47,7 @@ def test_app_is_hypercorn_with_workers_behind_a_healthy_redis() -> None:
     app = SERVICES["app"]
     assert app["build"]["context"] == "." and (ROOT / app["build"]["dockerfile"]).is_file()
     cmd = app["command"]
-    assert cmd[:2] == ["hypercorn", "app.main:app_factory()"]
+    assert cmd[:2] == ["hypercorn", "app.api.app:app_factory()"]
     workers = int(cmd[cmd.index("--workers") + 1])
     assert workers >= 2
     assert cmd[cmd.index("--bind") + 1] == "0.0.0.0:8000"
@@ -55,7 +55,7 @@ def test_app_is_hypercorn_with_workers_behind_a_healthy_redis() -> None:
     assert app["depends_on"]["redis"]["condition"] == "service_healthy"
     assert "/health" in " ".join(app["healthcheck"]["test"])
     # The factory hypercorn evaluates exists.
-    tree = ast.parse((ROOT / "app" / "main.py").read_text())
+    tree = ast.parse((ROOT / "app" / "api" / "app.py").read_text())
     assert "app_factory" in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
 
 
@@ -124,7 +124,7 @@ def test_dockerfile_is_slim_pinned_and_non_root() -> None:
     assert users and users[-1] not in ("root", "0"), "the image must not run as root"
     cmd = re.search(r"^CMD\s+(\[.*\])\s*$", text, flags=re.MULTILINE)
     assert cmd is not None
-    assert ast.literal_eval(cmd.group(1))[:2] == ["hypercorn", "app.main:app_factory()"]
+    assert ast.literal_eval(cmd.group(1))[:2] == ["hypercorn", "app.api.app:app_factory()"]
     assert "HEALTHCHECK" in text
     # Everything the code reads next to app/ is copied into the image.
     for folder in ("app", "loaders", "lua", "indexes", "features", "data"):

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import redis
 
-from app import functions, redis_stack
-from app.events import parse_event
-from app.ingest import Ingestor
-from app.keys import Keys
-from app.settings import EngineConfig
+from app.core.events import parse_event
+from app.core.keys import Keys
+from app.core.settings import EngineConfig
+from app.ingest.ingestor import Ingestor
+from app.redis import embedded as redis_stack
+from app.redis import library as functions
 
 
 def test_acknowledged_events_survive_sigkill(tmp_path: Path) -> None:

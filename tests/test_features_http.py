@@ -13,14 +13,21 @@ import redis
 from starlette.datastructures import Secret
 from starlette.testclient import TestClient
 
-from app.events import Event, parse_event
-from app.features import DAY_MS, HOUR_MS, FeatureSet, get_features, ingest_hook, load_feature_set
-from app.features_offline import events_from_log
-from app.features_routes import feature_routes
-from app.ingest import Ingestor
-from app.keys import Keys
-from app.main import create_app
-from app.settings import EngineConfig, Settings
+from app.api.app import create_app
+from app.api.features import feature_routes
+from app.core.events import Event, parse_event
+from app.core.keys import Keys
+from app.core.settings import EngineConfig, Settings
+from app.features.offline import events_from_log
+from app.features.spec import (
+    DAY_MS,
+    HOUR_MS,
+    FeatureSet,
+    get_features,
+    ingest_hook,
+    load_feature_set,
+)
+from app.ingest.ingestor import Ingestor
 from loaders import export_features
 
 ADMIN = {"Authorization": "Bearer s3cret-admin"}

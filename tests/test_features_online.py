@@ -10,10 +10,12 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from app.calls import fcall, fcall_ro
-from app.errors import BadArgumentError, KeyLayoutError
-from app.events import Event, parse_event
-from app.features import (
+from app.core.errors import BadArgumentError, KeyLayoutError
+from app.core.events import Event, parse_event
+from app.core.keys import Keys
+from app.core.settings import EngineConfig
+from app.features.offline import OfflineStore, compare_rows
+from app.features.spec import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,
@@ -26,10 +28,8 @@ from app.features import (
     load_feature_set,
     state_key,
 )
-from app.features_offline import OfflineStore, compare_rows
-from app.ingest import Ingestor
-from app.keys import Keys
-from app.settings import EngineConfig
+from app.ingest.ingestor import Ingestor
+from app.redis.calls import fcall, fcall_ro
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % DAY_MS  # 2023-11-14 00:00 UTC
 FAR = 2_000_000_000_000

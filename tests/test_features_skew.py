@@ -30,9 +30,11 @@ import pytest
 import redis
 import yaml
 
-from app import functions
-from app.events import Event, parse_event
-from app.features import (
+from app.core.events import Event, parse_event
+from app.core.keys import Keys
+from app.core.settings import EngineConfig
+from app.features.offline import Mismatch, OfflineStore, compare_rows
+from app.features.spec import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,
@@ -41,10 +43,8 @@ from app.features import (
     get_features,
     ingest_hook,
 )
-from app.features_offline import Mismatch, OfflineStore, compare_rows
-from app.ingest import Ingestor
-from app.keys import Keys
-from app.settings import EngineConfig
+from app.ingest.ingestor import Ingestor
+from app.redis import library as functions
 from loaders.browsing import synthetic_browsing
 from loaders.online_retail import purchase_events
 

@@ -15,9 +15,10 @@ import pytest
 import yaml
 from lupa import lua51
 
-from app.errors import ValidationError
-from app.events import parse_event
-from app.features import (
+from app.core.errors import ValidationError
+from app.core.events import parse_event
+from app.features.offline import kmv_estimate
+from app.features.spec import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,
@@ -27,8 +28,7 @@ from app.features import (
     load_feature_set,
     route,
 )
-from app.features_offline import kmv_estimate
-from app.functions import build_library
+from app.redis.library import build_library
 
 BASE: dict[str, Any] = {"version": 1, "history": "1d", "trim_every": "1h"}
 VIEWS = {"name": "views_1h", "entity": "user", "events": ["view"], "agg": "count",

@@ -12,9 +12,9 @@ import redis
 from starlette.datastructures import Secret
 from starlette.testclient import TestClient
 
-from app.keys import Keys
-from app.main import create_app
-from app.settings import EngineConfig, Settings
+from app.api.app import create_app
+from app.core.keys import Keys
+from app.core.settings import EngineConfig, Settings
 
 WRITE = {"X-Write-Key": "wk_test"}
 ADMIN = {"Authorization": "Bearer s3cret-admin"}

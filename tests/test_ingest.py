@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 import redis
 
-from app import calls
-from app.errors import BadArgumentError, ValidationError
-from app.events import parse_event
-from app.ingest import Ingestor
-from app.keys import Keys
-from app.sessions import session_view
-from app.settings import EngineConfig
+from app.core.errors import BadArgumentError, ValidationError
+from app.core.events import parse_event
+from app.core.keys import Keys
+from app.core.settings import EngineConfig
+from app.ingest.ingestor import Ingestor
+from app.ingest.sessions import session_view
+from app.redis import calls
 
 NOW = int(time.time() * 1000)
 
@@ -93,7 +93,7 @@ def test_function_errors_map_to_typed_python_errors(
 ) -> None:
     key_list, argv = calls.ingest_user_args(cfg, keys, [[parse_event(ev("t1"))]])
     argv[14] = 2  # claims two groups but passes one group's keys
-    from app.errors import KeyLayoutError, from_redis_error
+    from app.core.errors import KeyLayoutError, from_redis_error
 
     with pytest.raises(redis.ResponseError) as err:
         client.fcall("ingest_user", len(key_list), *key_list, *argv)

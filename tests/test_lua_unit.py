@@ -136,7 +136,7 @@ def test_library_registers_every_function_once(lua: Any) -> None:
     # Each name registered once: the registry is a mapping, so compare with the Lua sources.
     import re
 
-    from app.functions import lua_sources
+    from app.redis.library import lua_sources
 
     declared = [
         m for p in lua_sources() for m in re.findall(r"function_name = '(\w+)'", p.read_text())

@@ -11,10 +11,10 @@ from dataclasses import replace
 
 import redis
 
-from app.events import parse_event
-from app.ingest import Ingestor
-from app.keys import Keys
-from app.settings import EngineConfig
+from app.core.events import parse_event
+from app.core.keys import Keys
+from app.core.settings import EngineConfig
+from app.ingest.ingestor import Ingestor
 
 FIXED_SIZE_TYPES = {b"TopK-TYPE", b"CMSk-TYPE"}
 

@@ -24,10 +24,11 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
-from app import metrics
-from app.events import parse_event
-from app.logs import JsonFormatter, RequestIdFilter, configure_logging
-from app.metrics import (
+from app.core.events import parse_event
+from app.core.logs import JsonFormatter, RequestIdFilter, configure_logging
+from app.core.settings import EngineConfig
+from app.obs import metrics
+from app.obs.metrics import (
     Flusher,
     Histogram,
     IngestMetrics,
@@ -37,8 +38,7 @@ from app.metrics import (
     Registry,
     StatsCollector,
 )
-from app.middleware import RequestContextMiddleware
-from app.settings import EngineConfig
+from app.obs.middleware import RequestContextMiddleware
 from tests.web_fixtures import ADMIN, WRITE, free_port, full_app
 
 NOW = int(time.time() * 1000)

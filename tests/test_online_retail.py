@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.events import parse_event
+from app.core.events import parse_event
 from loaders import online_retail as orl
 
 HEADER = list(orl.COLUMNS)

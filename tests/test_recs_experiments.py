@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from app.errors import ValidationError
-from app.experiments import (
+from app.core.errors import ValidationError
+from app.recs.experiments import (
     DEFAULT,
     Experiment,
     ExperimentStore,
@@ -22,7 +22,7 @@ from app.experiments import (
     bucket_of,
     parse_experiment,
 )
-from app.recommend import WEIGHT_NAMES, RecRequest
+from app.recs.recommender import WEIGHT_NAMES, RecRequest
 from tests.recs_fixtures import World, event, recs_app, world_fixture
 
 NOW = int(time.time() * 1000)
@@ -202,7 +202,7 @@ def test_http_experiments_need_the_admin_key_and_report_counts(api: TestClient) 
 
 
 def test_store_refuses_more_than_the_cap(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    import app.experiments as experiments
+    import app.recs.experiments as experiments
 
     monkeypatch.setattr(experiments, "MAX_EXPERIMENTS", 1)
     store = ExperimentStore(world.client, world.keys)

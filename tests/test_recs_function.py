@@ -8,11 +8,13 @@ from dataclasses import replace
 import pytest
 import redis
 
-from app import calls, rec_calls, users
-from app.errors import BadArgumentError, KeyLayoutError
-from app.experiments import DEFAULT
-from app.rec_calls import Candidate, RecParams
-from app.recommend import DEFAULT_WEIGHTS, RecRequest
+from app.core.errors import BadArgumentError, KeyLayoutError
+from app.ingest import users
+from app.recs import calls as rec_calls
+from app.recs.calls import Candidate, RecParams
+from app.recs.experiments import DEFAULT
+from app.recs.recommender import DEFAULT_WEIGHTS, RecRequest
+from app.redis import calls
 from tests.recs_fixtures import (
     GUARDED,
     OUT_OF_STOCK,

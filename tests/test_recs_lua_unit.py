@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from app import rec_calls
-from app.rec_calls import RecContext
-from app.recommend import DEFAULT_WEIGHTS, hist_anchor_weight
+from app.recs import calls as rec_calls
+from app.recs.calls import RecContext
+from app.recs.keys import RecKeys
+from app.recs.recommender import DEFAULT_WEIGHTS, hist_anchor_weight
 from tests.lua_harness import execute_library
 
 HOUR = 3_600_000
@@ -140,7 +141,7 @@ def test_candidates_parse_flat_and_validate(lua: Any) -> None:
     cand = rec_calls.Candidate("I1", "kitchen", 2.5, True, 0.5, ("age",),
                                [("nn", 2, 0.4), ("tr", 0, 1.0)])  # fmt: skip
     _, argv = rec_calls.recommend_args(
-        __import__("app.rec_keys").rec_keys.RecKeys("t:"), "u", rec_calls.RecParams(),
+        RecKeys("t:"), "u", rec_calls.RecParams(),
         ["A1", "A2"], [cand],
     )  # fmt: skip
     block = [str(x) for x in argv[18 + 2 + 1 :]]  # after n_anchors, anchors, n_candidates

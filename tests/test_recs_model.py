@@ -8,9 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from app import calls, rec_calls
-from app.experiments import Experiment, ExperimentStore, Variant
-from app.model import (
+from app.recs import calls as rec_calls
+from app.recs.experiments import Experiment, ExperimentStore, Variant
+from app.recs.keys import RecKeys
+from app.recs.model import (
     EASE_TOP1,
     Interactions,
     TrainConfig,
@@ -22,8 +23,8 @@ from app.model import (
     train,
     user_similarity,
 )
-from app.rec_keys import RecKeys
-from app.recommend import RecRequest
+from app.recs.recommender import RecRequest
+from app.redis import calls
 from tests.recs_fixtures import World, event, world_fixture
 
 NOW = int(time.time() * 1000)
@@ -179,7 +180,7 @@ def test_peers_recent_purchases_are_candidates_with_their_reason(world: World) -
 def test_every_recommendation_key_is_bounded(world: World) -> None:
     w = world
     rec = w.recommender(hist_cap=5)
-    from app.rec_ingest import RecIngestHook
+    from app.recs.hook import RecIngestHook
 
     w.ingestor.phase2_hooks[:] = [RecIngestHook(w.engine, rec.cfg, w.store)]
     items = ["K1", "K2", "K3", "K4", "K5", "K6", "L1", "L2", "L3", "L4", "P1", "P2", "P3"]
@@ -210,7 +211,7 @@ def test_every_recommendation_key_is_bounded(world: World) -> None:
 def test_cli_commands_parse() -> None:
     import argparse
 
-    from app.recs_cli import add_recs_commands, cmd_recs
+    from app.cli.recs import add_recs_commands, cmd_recs
 
     parser = argparse.ArgumentParser()
     add_recs_commands(parser.add_subparsers(dest="command", required=True))

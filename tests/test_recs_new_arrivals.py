@@ -7,12 +7,13 @@ import time
 
 import pytest
 
-from app import calls, rec_calls
-from app.catalog import CatalogConfig, ProductRecord, create_index, drop_catalog
-from app.experiments import DEFAULT
-from app.rec_catalog import ItemCatalog, new_arrival
-from app.recommend import RecRequest
-from app.vectorizers import get_vectorizer
+from app.catalog.index import CatalogConfig, ProductRecord, create_index, drop_catalog
+from app.catalog.vectorizers import get_vectorizer
+from app.recs import calls as rec_calls
+from app.recs.experiments import DEFAULT
+from app.recs.items import ItemCatalog, new_arrival
+from app.recs.recommender import RecRequest
+from app.redis import calls
 from loaders.catalog import FeedRow, load_rows
 from tests.recs_fixtures import World, event, world_fixture
 

@@ -11,9 +11,10 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from app import functions, redis_stack
-from app.recommend import RecConfig, RecList, RecRequest, timeout_client
-from app.worker import RecWorker
+from app.recs.recommender import RecConfig, RecList, RecRequest, timeout_client
+from app.recs.worker import RecWorker
+from app.redis import embedded as redis_stack
+from app.redis import library as functions
 from tests.recs_fixtures import (
     GUARDED,
     OUT_OF_STOCK,
@@ -178,9 +179,9 @@ def test_an_exhausted_budget_serves_the_last_good_list(world: World) -> None:
 
 
 def test_a_stock_change_reaches_the_recommender_within_a_refresh(world: World) -> None:
-    from app.catalog import CatalogConfig, create_index, drop_catalog
-    from app.catalog_calls import catalog_update, parse_change
-    from app.vectorizers import get_vectorizer
+    from app.catalog.calls import catalog_update, parse_change
+    from app.catalog.index import CatalogConfig, create_index, drop_catalog
+    from app.catalog.vectorizers import get_vectorizer
 
     w = world
     create_index(w.client, w.ckeys, get_vectorizer())
@@ -279,7 +280,7 @@ def test_http_never_errors_when_redis_is_gone(
 
 
 def test_live_share_is_configurable_and_checked(tmp_path: Path) -> None:
-    from app.recommend import load_rec_config
+    from app.recs.recommender import load_rec_config
 
     served = load_rec_config(tmp_path / "absent.env")  # no overrides: what was evaluated
     evaluated = RecConfig()

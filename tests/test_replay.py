@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from app import calls
-from app.keys import Keys
-from app.sessions import session_view
-from app.settings import EngineConfig
+from app.core.keys import Keys
+from app.core.settings import EngineConfig
+from app.ingest.sessions import session_view
+from app.redis import calls
 from loaders import online_retail as orl
 from loaders import replay as rp
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.taxonomy import CATEGORIES, OTHER, RULES, SLUG_RE, category_for, normalize
+from app.core.taxonomy import CATEGORIES, OTHER, RULES, SLUG_RE, category_for, normalize
 from loaders.online_retail import build_catalog
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "online-retail"

@@ -9,8 +9,8 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from app.settings import EngineConfig
-from app.web_routes import STATIC_DIR, WebConfig, load_web_config
+from app.api.web import STATIC_DIR, WebConfig, load_web_config
+from app.core.settings import EngineConfig
 from tests.web_fixtures import ADMIN_KEY, WRITE_KEY, full_app
 
 
@@ -72,8 +72,8 @@ def test_load_web_config(tmp_path: Path) -> None:
 def catalog(client: redis.Redis, cfg: EngineConfig) -> Iterator[None]:
     """The recommendation tests' small, fully known catalog (16 products)."""
     try:
-        from app.catalog import CatalogKeys, create_index, drop_catalog
-        from app.vectorizers import get_vectorizer
+        from app.catalog.index import CatalogKeys, create_index, drop_catalog
+        from app.catalog.vectorizers import get_vectorizer
         from tests.recs_fixtures import load_products
     except ImportError as exc:
         pytest.skip(f"the catalog is not importable: {exc}")

@@ -2,7 +2,7 @@
 
 `full_app` is the real app with everything the storefront uses mounted: the web routes and
 `MetricsMiddleware` (this issue), plus the catalog and recommendation routes when they are
-importable and `app.main` does not mount them yet. `serving` runs an app under hypercorn on a
+importable and `app.api.app` does not mount them yet. `serving` runs an app under hypercorn on a
 free localhost port in a background thread (for a real browser).
 """
 
@@ -21,10 +21,10 @@ from starlette.applications import Starlette
 from starlette.datastructures import Secret
 from starlette.middleware import Middleware
 
-from app.main import create_app
-from app.metrics import MetricsConfig, MetricsMiddleware, Registry
-from app.settings import EngineConfig, Settings
-from app.web_routes import WebConfig, web_routes
+from app.api.app import create_app
+from app.api.web import WebConfig, web_routes
+from app.core.settings import EngineConfig, Settings
+from app.obs.metrics import MetricsConfig, MetricsMiddleware, Registry
 
 WRITE_KEY = "wk_test"
 ADMIN_KEY = "s3cret-admin"
@@ -63,17 +63,17 @@ def full_app(
         app.router.routes.extend(ours)
     if catalog and "/v1/search" not in _paths(app):
         with contextlib.suppress(ImportError):
-            from app.catalog_routes import catalog_routes
+            from app.api.catalog import catalog_routes
 
             app.router.routes.extend(catalog_routes())
     if recommendations:
         with contextlib.suppress(ImportError):
-            from app.recs_routes import install_recommendations
+            from app.api.recs import install_recommendations
 
             install_recommendations(app)  # adds its routes unless mounted already
             app.state.rec_background = True
     if not any(m.cls is MetricsMiddleware for m in app.user_middleware):
-        # Innermost, as app.main would list it: after RequestContextMiddleware (request ids).
+        # Innermost, as app.api.app would list it: after RequestContextMiddleware (request ids).
         app.user_middleware.append(Middleware(MetricsMiddleware))
     app.state.metrics_registry = registry or Registry()
     cfg = metrics_config or MetricsConfig(flush_s=0.2)

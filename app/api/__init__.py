@@ -1,0 +1,2 @@
+"""The HTTP API: the Starlette app, shared request helpers, one routes module per resource,
+static pages."""

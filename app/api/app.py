@@ -1,0 +1,306 @@
+"""The storefront HTTP API (Starlette, served by hypercorn).
+
+Redis calls are blocking (redis-py's sync client, shared connection pool), so handlers hand
+them to the thread pool; request parsing and validation stay on the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
+from typing import Any, TypedDict, TypeVar, cast
+
+import redis
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from app.core.errors import AuthError, EngineError, RedisSetupError, ValidationError
+from app.core.events import EVENT_TYPES, ID_RE, parse_event
+from app.core.keys import Keys
+from app.core.logs import configure_logging
+from app.core.settings import Settings, load_settings
+from app.features import spec as features
+from app.ingest import users
+from app.ingest.ingestor import Ingestor
+from app.ingest.sessions import session_view
+from app.obs.metrics import MetricsMiddleware
+from app.obs.middleware import RequestContextMiddleware
+from app.redis import calls
+from app.redis import embedded as redis_stack
+from app.redis import library as functions
+
+log = logging.getLogger("retail.app")
+MAX_BODY_BYTES = 1_000_000
+MAX_BATCH = 1000
+T = TypeVar("T")
+
+
+class AppState(TypedDict):
+    settings: Settings
+    redis: redis.Redis
+    ingestor: Ingestor
+    library: functions.Library
+    keys: Keys
+
+
+def _state(request: Request) -> AppState:
+    # Starlette copies the lifespan's yielded mapping into each request's state.
+    return cast(AppState, request.state._state)
+
+
+async def _blocking(fn: Callable[..., T], *args: Any) -> T:
+    return await run_in_threadpool(fn, *args)
+
+
+# -- auth and body helpers ---------------------------------------------------------------------
+
+
+def require_write_key(request: Request) -> None:
+    """Public write key (as analytics SDKs use): identifies the source, not a secret."""
+    given = request.headers.get("x-write-key", "")
+    allowed = _state(request)["settings"].write_keys
+    if not allowed:
+        raise AuthError("event ingestion is disabled: set RETAIL_WRITE_KEYS")
+    if not any(hmac.compare_digest(given, key) for key in allowed):
+        raise AuthError("missing or unknown X-Write-Key")
+
+
+def require_admin_key(request: Request) -> None:
+    """Secret API key for server-to-server and admin endpoints (Authorization: Bearer ...)."""
+    secret = _state(request)["settings"].admin_key
+    if secret is None:
+        raise AuthError("this endpoint needs RETAIL_ADMIN_KEY to be configured")
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given, str(secret)):
+        raise AuthError("missing or wrong API key (Authorization: Bearer <RETAIL_ADMIN_KEY>)")
+
+
+async def read_json(request: Request) -> Any:
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise ValidationError("body", f"must be at most {MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValidationError("body", f"is not valid JSON: {exc}") from exc
+
+
+def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    from app.catalog.search import int_param
+
+    return int_param(request.query_params, name, default, lo, hi)
+
+
+# -- endpoints ------------------------------------------------------------------------------------
+
+
+async def health(request: Request) -> Response:
+    st = _state(request)
+
+    def check() -> dict[str, Any]:
+        info = redis_stack.probe(st["redis"])
+        live = functions.loaded_version(st["redis"])
+        return {**info, "library_version": live, "expected_library_version": st["library"].version}
+
+    try:
+        body = await _blocking(check)
+    except (RedisSetupError, redis.RedisError) as exc:
+        return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
+    ok = body["library_version"] == body["expected_library_version"]
+    body["status"] = "ok" if ok else "stale_library"
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+async def post_events(request: Request) -> Response:
+    """One event object, a list, or {"events": [...]}: per-event accepted/duplicate/rejected."""
+    require_write_key(request)
+    body = await read_json(request)
+    single = isinstance(body, dict) and "events" not in body
+    raw_events = [body] if single else body.get("events") if isinstance(body, dict) else body
+    if not isinstance(raw_events, list) or not raw_events:
+        raise ValidationError("events", "must be a non-empty list of event objects")
+    if len(raw_events) > MAX_BATCH:
+        raise ValidationError("events", f"at most {MAX_BATCH} events per request")
+
+    results: list[dict[str, Any]] = [{} for _ in raw_events]
+    valid = []
+    positions = []
+    for i, obj in enumerate(raw_events):
+        try:
+            valid.append(parse_event(obj))
+            positions.append(i)
+        except ValidationError as exc:
+            if single:
+                raise
+            event_id = obj.get("event_id") if isinstance(obj, dict) else None
+            results[i] = {"event_id": event_id, "status": "rejected", "field": exc.field,
+                          "reason": exc.message}  # fmt: skip
+    report = await _blocking(_state(request)["ingestor"].ingest, valid)
+    for pos, ev, status in zip(positions, valid, report.statuses, strict=True):
+        results[pos] = {"event_id": ev.event_id, "status": status}
+    counts = {
+        s: sum(1 for r in results if r["status"] == s)
+        for s in ("accepted", "duplicate", "rejected")
+    }
+    return JSONResponse({**counts, "results": results})
+
+
+async def get_session(request: Request) -> Response:
+    require_admin_key(request)
+    st = _state(request)
+    identity = _identity_param(request)
+    doc = await _blocking(st["redis"].json().get, st["keys"].user(identity, "session"))
+    if doc is None:
+        return JSONResponse(
+            {"error": "not_found", "detail": f"no live session for {identity}"}, 404
+        )
+    assert isinstance(doc, dict)  # the session key holds a JSON object
+    view = session_view(doc, st["settings"].engine)
+    return JSONResponse({"user_id": identity, "session": view})
+
+
+async def get_profile(request: Request) -> Response:
+    require_admin_key(request)
+    st = _state(request)
+    identity = _identity_param(request)
+    top = _int_param(request, "top", 20, 1, 200)
+
+    prof = await _blocking(
+        calls.user_profile, st["redis"], st["settings"].engine, st["keys"], identity, top
+    )
+    if prof.session is None and prof.profile is None and not prof.affinities:
+        return JSONResponse({"error": "not_found", "detail": f"no state for {identity}"}, 404)
+    return JSONResponse({
+        "user_id": identity,
+        "traits": (prof.profile or {}).get("traits", {}),
+        "merged_anonymous_ids": (prof.profile or {}).get("merged", []),
+        "affinities": [{"attribute": a, "score": round(s, 6)} for a, s in prof.affinities],
+        "seen_items_estimate": prof.seen_estimate,
+        "session": session_view(prof.session, st["settings"].engine) if prof.session else None,
+    })  # fmt: skip
+
+
+def _identity_param(request: Request) -> str:
+    identity = request.path_params["user_id"]
+    if not ID_RE.match(identity):
+        raise ValidationError("user_id", "must be 1-64 characters of letters, digits or ._:@/+=-")
+    return str(identity)
+
+
+async def post_identify(request: Request) -> Response:
+    require_write_key(request)
+    user_id, anon, traits = users.parse_identify(await read_json(request))
+    st = _state(request)
+    result = await _blocking(
+        users.identify, st["redis"], st["settings"].engine, user_id, anon, traits
+    )
+    return JSONResponse(asdict(result))
+
+
+async def get_trending(request: Request) -> Response:
+    st = _state(request)
+    event_type = request.query_params.get("type", "view")
+    if event_type not in EVENT_TYPES or event_type == "remove_from_cart":
+        raise ValidationError("type", "must be one of view, click, add_to_cart, purchase, search")
+    k = _int_param(request, "k", 10, 1, 100)
+    watermark, items = await _blocking(
+        calls.trending, st["redis"], st["settings"].engine, st["keys"], event_type, k
+    )
+    hits = [{"item_id": it.item_id, "score": round(it.score, 4), "count": it.count} for it in items]
+    return JSONResponse({"type": event_type, "as_of_ms": watermark, "items": hits})
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+async def engine_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ValidationError):
+        return JSONResponse({"error": "invalid", "field": exc.field, "detail": exc.message}, 422)
+    if isinstance(exc, AuthError):
+        return JSONResponse({"error": "unauthorized", "detail": str(exc)}, 401)
+    if isinstance(exc, RedisSetupError):
+        return JSONResponse({"error": "unavailable", "detail": str(exc)}, 503)
+    log.exception("engine error", exc_info=exc)
+    return JSONResponse({"error": "engine_error", "detail": str(exc)}, 500)
+
+
+async def redis_error(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": "unavailable", "detail": f"Redis: {exc}"}, 503)
+
+
+# -- app --------------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    cfg = settings or load_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[AppState]:
+        if not cfg.redis_url:
+            raise RedisSetupError(
+                "REDIS_URL is not set: use `python -m app.cli serve` (starts the embedded "
+                "Redis Stack) or point REDIS_URL at a Redis Stack / Redis 8 server"
+            )
+        client = redis.Redis.from_url(cfg.redis_url, health_check_interval=30)
+        try:
+            redis_stack.probe(client)
+            library = functions.ensure_current(client, load_if_stale=True)
+            yield AppState(
+                settings=cfg,
+                redis=client,
+                ingestor=Ingestor(
+                    client,
+                    cfg.engine,
+                    phase2_hooks=[features.ingest_hook(features.default_feature_set(), cfg.engine)],
+                ),
+                library=library,
+                keys=Keys(cfg.engine.key_prefix),
+            )
+        finally:
+            client.close()
+
+    routes: list[BaseRoute] = [
+        Route("/health", health),
+        Route("/v1/events", post_events, methods=["POST"]),
+        Route("/v1/identify", post_identify, methods=["POST"]),
+        Route("/v1/users/{user_id}/session", get_session),
+        Route("/v1/users/{user_id}/profile", get_profile),
+        Route("/v1/trending", get_trending),
+    ]
+    from app.api.catalog import catalog_routes  # local: app.api.catalog imports app.api.app
+
+    routes += catalog_routes()
+    from app.api.features import feature_routes  # local: it imports app.api.app
+
+    routes += feature_routes()
+    from app.api.web import web_routes  # local: app.api.web imports app.api.app
+
+    routes += web_routes()
+    from app.api.recs import install_recommendations  # local: it imports app.api.app
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[
+            Middleware(RequestContextMiddleware, json_logs=cfg.log_json),
+            Middleware(MetricsMiddleware),  # inside: sees the request id, times the app
+        ],
+        exception_handlers={EngineError: engine_error, redis.RedisError: redis_error},
+    )
+    install_recommendations(app)  # its routes, a Recommender per app (lifespan), ingestion hook
+    return app
+
+
+def app_factory() -> Starlette:
+    """Entry point for hypercorn: `hypercorn 'app.api.app:app_factory()'`."""
+    settings = load_settings()
+    configure_logging(json_lines=settings.log_json)
+    return create_app(settings)

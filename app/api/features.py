@@ -1,0 +1,103 @@
+"""HTTP routes of the feature store (`app.api.app.create_app` mounts `feature_routes()`).
+
+| method | path                              | auth  | what                                      |
+|--------|-----------------------------------|-------|-------------------------------------------|
+| GET    | /v1/features                      | -     | the definitions (no user data)            |
+| GET    | /v1/features/{entity_type}/{id}   | admin | ?names=a,b&as_of=now|latest|<ms>          |
+| POST   | /v1/features/{entity_type}        | admin | {"ids": [...], "names"?: [...], "as_of"?} |
+
+Feature values are user data (activity, spend, affinities): reading them needs the secret
+admin key (`Authorization: Bearer <RETAIL_ADMIN_KEY>`), like the profile endpoints. Entity
+types: user, item, user_category (id "<user>~<category>"). `as_of` defaults to now (server
+time); values are as of the start of the bucket holding as_of (docs/features.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from app.api import app as _main  # helpers only, looked up at call time (no import cycle)
+from app.core.errors import ValidationError
+from app.features import spec as features
+from app.features.spec import FeatureRow, FeatureSet
+
+MAX_BATCH_IDS = 500
+
+
+def feature_set(request: Request) -> FeatureSet:
+    """`app.state.feature_set` when set (tests), else features/features.yaml ($RETAIL_FEATURES)."""
+    fs = getattr(request.app.state, "feature_set", None)
+    if not isinstance(fs, FeatureSet):
+        fs = features.default_feature_set()
+        request.app.state.feature_set = fs
+    return fs
+
+
+def _names(raw: Any) -> list[str] | None:
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, str):
+        raw = raw.split(",")
+    if not isinstance(raw, list) or not all(isinstance(n, str) and n.strip() for n in raw):
+        raise ValidationError("names", "must be feature names (a list, or a,b,c in the query)")
+    return [n.strip() for n in raw]
+
+
+def _row_json(row: FeatureRow) -> dict[str, Any]:
+    return {"id": row.entity_id, "as_of_ms": row.as_of_ms, "features": row.values}
+
+
+async def list_features(request: Request) -> Response:
+    fs = feature_set(request)
+    return JSONResponse({"version": fs.version, "features": fs.describe()})
+
+
+async def get_entity_features(request: Request) -> Response:
+    _main.require_admin_key(request)
+    st = _main._state(request)
+    fs = feature_set(request)
+    entity = request.path_params["entity_type"]
+    entity_id = features.check_entity_id(entity, request.path_params["entity_id"])
+    names = features.resolve_names(fs, entity, _names(request.query_params.get("names")))
+    as_of = features.parse_as_of(request.query_params.get("as_of"))
+    (row,) = await _main._blocking(
+        features.get_features, st["redis"], fs, st["keys"], entity, [entity_id], names, as_of
+    )
+    return JSONResponse({"entity_type": entity, **_row_json(row), "version": fs.version})
+
+
+async def post_entity_features(request: Request) -> Response:
+    _main.require_admin_key(request)
+    st = _main._state(request)
+    fs = feature_set(request)
+    entity = request.path_params["entity_type"]
+    body = await _main.read_json(request)
+    if not isinstance(body, dict):
+        raise ValidationError("body", 'must be {"ids": [...], "names"?: [...], "as_of"?: ...}')
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise ValidationError("ids", "must be a non-empty list of entity ids")
+    if len(ids) > MAX_BATCH_IDS:
+        raise ValidationError("ids", f"at most {MAX_BATCH_IDS} ids per request")
+    for entity_id in ids:
+        features.check_entity_id(entity, entity_id)
+    names = features.resolve_names(fs, entity, _names(body.get("names")))
+    as_of = features.parse_as_of(body.get("as_of"))
+    rows = await _main._blocking(
+        features.get_features, st["redis"], fs, st["keys"], entity, ids, names, as_of
+    )
+    return JSONResponse(
+        {"entity_type": entity, "version": fs.version, "rows": [_row_json(r) for r in rows]}
+    )
+
+
+def feature_routes() -> list[BaseRoute]:
+    return [
+        Route("/v1/features", list_features),
+        Route("/v1/features/{entity_type}", post_entity_features, methods=["POST"]),
+        Route("/v1/features/{entity_type}/{entity_id:path}", get_entity_features),
+    ]

@@ -1,0 +1,1 @@
+"""The command line (`python -m app.cli`): one module per command group."""

@@ -1,0 +1,241 @@
+"""Command line: `python -m app.cli <command>` (also installed as `retail`).
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+import redis
+from starlette.datastructures import Secret
+
+from app.cli.common import redis_for
+from app.core.errors import EngineError
+from app.core.logs import configure_logging
+from app.core.settings import Settings, load_settings
+from app.ingest.ingestor import Phase2Hook
+from app.redis import embedded as redis_stack
+from app.redis import library as functions
+
+log = logging.getLogger("retail.cli")
+
+
+def _serve(settings: Settings, workers_note: bool = True) -> None:
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config as HyperConfig
+
+    from app.api.app import create_app
+
+    config = HyperConfig()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")  # through our (JSON) handler
+    app = create_app(settings)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+    asyncio.run(run())
+
+
+def cmd_redis(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.redis_url:
+        print("REDIS_URL is set: nothing to start", file=sys.stderr)
+        return 2
+    with redis_for(settings, port=args.port) as url:
+        with redis.Redis.from_url(url) as client:
+            lib = functions.load(client)
+        print(f"Functions library {lib.name} {lib.version} loaded")
+        print(f"connect with: redis-cli -u {url}   (or `python -m app.cli redis-cli -u {url}`)")
+        print("Ctrl-C stops it")
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+    return 0
+
+
+def cmd_functions(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.redis_url:
+        print("set REDIS_URL (the server to load the library into)", file=sys.stderr)
+        return 2
+    with redis.Redis.from_url(settings.redis_url) as client:
+        redis_stack.probe(client)
+        if args.action == "load":
+            lib = functions.load(client)
+            print(f"loaded {lib.name} {lib.version}")
+        else:
+            expected = functions.build_library().version
+            live = functions.loaded_version(client)
+            print(f"live: {live or '(none)'}  expected: {expected}")
+            return 0 if live == expected else 1
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    settings = dataclasses.replace(
+        settings, host=args.host or settings.host, port=args.port or settings.port
+    )
+    with redis_for(settings) as url:
+        _serve(dataclasses.replace(settings, redis_url=url))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from loaders import replay
+
+    with redis_for(settings) as url, redis.Redis.from_url(url) as client:
+        functions.ensure_current(client, load_if_stale=True)
+        report = replay.replay(client, settings.engine, Path(args.file or settings.sample_data),
+                               limit=args.limit, progress=True,
+                               phase2_hooks=_feature_hooks(settings))  # fmt: skip
+    print(report.summary())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from loaders import replay
+
+    write_key = next(iter(settings.write_keys), None) or f"wk_demo_{secrets.token_hex(6)}"
+    admin_key = str(settings.admin_key) if settings.admin_key else secrets.token_urlsafe(24)
+    with redis_for(settings) as url:
+        with redis.Redis.from_url(url) as client:
+            lib = functions.ensure_current(client, load_if_stale=True)
+            print(f"Functions library {lib.version} loaded")
+            _load_catalog(client, settings)
+            print(f"replaying the real Online Retail purchases from {settings.sample_data} ...")
+            report = replay.replay(client, settings.engine, settings.sample_data,
+                                   limit=args.limit, progress=True,
+                                   phase2_hooks=_feature_hooks(settings))  # fmt: skip
+            print(report.summary())
+            from loaders.train import train_online_retail
+
+            print("training the item-item model on the real purchases ...")
+            print(train_online_retail(client, settings.engine, settings.sample_data).summary())
+        settings = dataclasses.replace(
+            settings, redis_url=url, write_keys=frozenset({write_key}), admin_key=Secret(admin_key)
+        )
+        base = f"http://{settings.host}:{settings.port}"
+        print(
+            f"""
+API on {base}  (Ctrl-C stops the app and Redis)
+  public write key : {write_key}
+  secret admin key : {admin_key}   (shown once; set RETAIL_ADMIN_KEY to choose your own)
+
+Try:
+  curl {base}/health
+  curl '{base}/v1/trending?type=purchase&k=5'
+  curl '{base}/v1/search?q=heart+lantern&max_price=5&in_stock=true&k=5'
+  curl '{base}/v1/items/85123A/similar?k=5'
+  curl '{base}/v1/recommendations/c17850?k=5'
+  open {base}/ (storefront demo) and {base}/dashboard (live metrics)
+  curl -X POST {base}/v1/events -H 'X-Write-Key: {write_key}' \\
+       -H 'content-type: application/json' -d '{{"event_id":"demo-1","type":"view",
+       "user_id":"c17850","session_id":"s1","item_id":"85123A"}}'
+  curl {base}/v1/users/c17850/profile -H 'Authorization: Bearer {admin_key}'
+  curl {base}/v1/users/c17850/session -H 'Authorization: Bearer {admin_key}'
+"""
+        )
+        _serve(settings)
+    return 0
+
+
+def _feature_hooks(settings: Settings) -> list[Phase2Hook]:
+    """Phase-2 extensions for replays: the feature store's online path and the recommender's
+    history/popularity keys, so replayed history fills them as live events would."""
+    from app.features import spec as features
+    from app.recs.hook import RecIngestHook
+
+    return [
+        features.ingest_hook(features.default_feature_set(), settings.engine),
+        RecIngestHook(settings.engine),
+    ]
+
+
+def _load_catalog(client: redis.Redis, settings: Settings) -> None:
+    """Search index + the real catalog (idempotent: unchanged products are not rewritten)."""
+    from app.catalog.index import CatalogKeys, create_index, load_catalog_config
+    from app.catalog.vectorizers import get_vectorizer
+    from loaders.catalog import load_online_retail
+
+    cfg = load_catalog_config()
+    ckeys = CatalogKeys(cfg.key_prefix)
+    vectorizer = get_vectorizer(cfg.vectorizer)
+    print(create_index(client, ckeys, vectorizer).summary())
+    print(f"loading the real catalog from {settings.sample_data} ...")
+    report = load_online_retail(client, cfg, ckeys, settings.sample_data, vectorizer, progress=True)
+    print(report.summary())
+
+
+def cmd_redis_cli(args: argparse.Namespace, settings: Settings) -> int:
+    return redis_stack.run_cli(args.rest, settings.data_dir / ".runtime")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="retail", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="embedded Redis Stack + real sample data + API on :8000")
+    p.add_argument("--limit", type=int, default=None, help="replay only the first N events")
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("serve", help="serve the API (embedded Redis unless REDIS_URL is set)")
+    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("redis", help="run the embedded Redis Stack on its own")
+    p.add_argument("--port", type=int, default=6379)
+    p.set_defaults(fn=cmd_redis)
+
+    p = sub.add_parser("functions", help="load or check the Functions library (needs REDIS_URL)")
+    p.add_argument("action", choices=["load", "version"])
+    p.set_defaults(fn=cmd_functions)
+
+    p = sub.add_parser("replay", help="replay the Online Retail purchases as events")
+    p.add_argument("--file", default=None, help="CSV(.gz) in the Online Retail layout")
+    p.add_argument("--limit", type=int, default=None)
+    p.set_defaults(fn=cmd_replay)
+
+    from app.cli.catalog import add_catalog_commands
+
+    add_catalog_commands(sub)
+    from app.cli.features import add_feature_commands
+
+    add_feature_commands(sub)
+    from app.cli.recs import add_recs_commands
+
+    add_recs_commands(sub)
+
+    p = sub.add_parser("redis-cli", help="the bundled redis-cli (with its OpenSSL 1.1 runtime)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_redis_cli)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = load_settings()
+    configure_logging(json_lines=settings.log_json)
+    try:
+        return int(args.fn(args, settings))
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

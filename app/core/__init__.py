@@ -1,0 +1,1 @@
+"""Foundations every layer uses: settings, errors, logging, the event schema, taxonomy, keys."""

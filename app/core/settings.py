@@ -1,0 +1,100 @@
+"""Settings, read once from the environment (and an optional `.env` file) via starlette Config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from starlette.config import Config
+from starlette.datastructures import Secret
+
+DAY_S = 86_400
+HOUR_MS = 3_600_000
+# Forward-decay epoch of the affinity scores (2010-01-01T00:00:00Z): before the sample data.
+# Scores stay finite for ~900 half-lives after it (14 d half-life: until ~2044); see docs/keys.md.
+AFF_EPOCH_MS = 1_262_304_000_000
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Tunables the Functions receive in ARGV. Documented in docs/keys.md (bytes per user/item)."""
+
+    key_prefix: str = "rt:"
+    session_ttl_s: int = 30 * 60  # a session ends after 30 min without events (sliding)
+    user_ttl_s: int = 90 * DAY_S  # affinities and seen-filter live 90 days after the last event
+    profile_ttl_s: int = 365 * DAY_S  # traits live a year after the last identify
+    dedup_window_ms: int = 24 * HOUR_MS  # event ids remembered 24 h (ingest time) ...
+    dedup_cap: int = 10_000  # ... and at most 10,000 per user
+    # Session caps: the session document is decoded and re-encoded by cjson on every write
+    # (~13 us per KB, measured), so it holds what live ranking needs (recommendations read the
+    # 8 newest items; the longer history is u:{id}:hist) and no more.
+    recent_cap: int = 20
+    cart_cap: int = 20
+    searches_cap: int = 10
+    aff_epoch_ms: int = AFF_EPOCH_MS
+    aff_half_life_ms: int = 14 * 24 * HOUR_MS
+    co_window_ms: int = 30 * 60 * 1000
+    co_recent_n: int = 2  # pairs per event: each costs 2 ZINCRBY (bench/ingest.py)
+    bloom_capacity: int = 1000
+    bloom_error: float = 0.01
+    # Affinity weight of one event per type (search carries no item; remove is not interest).
+    weights: tuple[tuple[str, float], ...] = (
+        ("view", 1.0), ("click", 2.0), ("add_to_cart", 4.0), ("purchase", 8.0),
+    )  # fmt: skip
+    log_maxlen: int = 200_000  # ~300 B an entry: ~60 MB at the cap
+    trend_ttl_s: int = 2 * DAY_S
+    trend_window_h: int = 24
+    trend_half_life_ms: int = 2 * HOUR_MS
+    topk: int = 50
+    cms_width: int = 4000
+    item_ttl_s: int = 400 * DAY_S
+    co_cap: int = 100
+    raw_retention_ms: int = 8 * 24 * HOUR_MS
+    hour_retention_ms: int = 400 * 24 * HOUR_MS
+    # Standalone servers take many users per FCALL; a cluster client groups by slot instead.
+    users_per_call: int = 64
+
+    def weights_arg(self) -> str:
+        return ",".join(f"{name}={value:g}" for name, value in self.weights)
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str | None
+    host: str
+    port: int
+    write_keys: frozenset[str]
+    admin_key: Secret | None
+    data_dir: Path
+    sample_data: Path
+    log_json: bool
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_settings(env_file: str | Path | None = ".env") -> Settings:
+    """Read the environment once. Secrets are never defaulted: no admin key, no admin endpoints."""
+    config = Config(env_file if env_file and Path(env_file).exists() else None)
+    write_keys = config("RETAIL_WRITE_KEYS", cast=str, default="")
+    admin = config("RETAIL_ADMIN_KEY", cast=Secret, default=None)
+    return Settings(
+        redis_url=config("REDIS_URL", cast=str, default=None) or None,
+        host=config("RETAIL_HOST", cast=str, default="127.0.0.1"),
+        port=config("RETAIL_PORT", cast=int, default=8000),
+        write_keys=frozenset(k.strip() for k in write_keys.split(",") if k.strip()),
+        admin_key=admin if admin is not None and str(admin) else None,
+        data_dir=Path(config("RETAIL_DATA_DIR", cast=str, default=str(ROOT / "var"))),
+        sample_data=Path(
+            config(
+                "RETAIL_SAMPLE_DATA",
+                cast=str,
+                default=str(
+                    ROOT / "data" / "online-retail" / "online-retail-2010-12_2011-09.csv.gz"
+                ),
+            )
+        ),
+        log_json=config("RETAIL_LOG_JSON", cast=bool, default=False),
+        engine=EngineConfig(key_prefix=config("RETAIL_KEY_PREFIX", cast=str, default="rt:")),
+    )

@@ -1,0 +1,1 @@
+"""The feature store: definitions, online reads and ingest, point-in-time offline computation."""

@@ -1,0 +1,1 @@
+"""Event ingestion: the ingestor (per-slot Function calls), identify/merge, session views."""

@@ -1,0 +1,1 @@
+"""Observability: the metrics registry, its flusher and views, request-context middleware."""

