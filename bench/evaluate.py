@@ -73,9 +73,9 @@ from app.catalog.index import CatalogConfig, CatalogKeys  # noqa: E402
 from app.catalog.vectorizers import get_vectorizer  # noqa: E402
 from app.core.events import Event, parse_event  # noqa: E402
 from app.core.settings import EngineConfig, load_settings  # noqa: E402
+from app.engine import build_engine  # noqa: E402
 from app.ingest.ingestor import Ingestor  # noqa: E402
 from app.recs.experiments import DEFAULT, Assignment  # noqa: E402
-from app.recs.hook import RecIngestHook  # noqa: E402
 from app.recs.keys import RecKeys  # noqa: E402
 from app.recs.model import Interactions, TrainConfig, train  # noqa: E402
 from app.recs.recommender import DEFAULT_WEIGHTS, RecConfig, Recommender, RecRequest  # noqa: E402
@@ -289,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      (p.partition("=") for p in args.rec.split(",") if p.strip())}  # fmt: skip
         cfg = RecConfig(key_prefix=prefix, weights=weights, **overrides)
         rec = Recommender(client, engine, cfg)
-        ingestor = Ingestor(client, engine, phase2_hooks=[RecIngestHook(engine, cfg)])
+        ingestor = build_engine(client, engine, rec_config=cfg,
+                                experiments=rec.experiments).ingestor  # fmt: skip
         t0 = time.monotonic()
         replay = [ev for inv in train_inv for ev in inv.events]
         ingest_in_batches(ingestor, replay, engine.raw_retention_ms // 2)

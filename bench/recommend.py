@@ -63,10 +63,9 @@ from app.catalog.vectorizers import get_vectorizer  # noqa: E402
 from app.core.events import parse_event  # noqa: E402
 from app.core.settings import EngineConfig, load_settings  # noqa: E402
 from app.core.taxonomy import CATEGORIES  # noqa: E402
-from app.ingest.ingestor import Ingestor  # noqa: E402
+from app.engine import build_engine  # noqa: E402
 from app.recs import calls as rec_calls  # noqa: E402
 from app.recs.experiments import DEFAULT  # noqa: E402
-from app.recs.hook import RecIngestHook  # noqa: E402
 from app.recs.keys import RecKeys  # noqa: E402
 from app.recs.model import Interactions, TrainConfig, train  # noqa: E402
 from app.recs.recommender import RecConfig, Recommender, RecRequest  # noqa: E402
@@ -101,7 +100,7 @@ class DataSet:
 
 
 def ingest(client: redis.Redis, engine: EngineConfig, events: Sequence[dict[str, Any]]) -> float:
-    ingestor = Ingestor(client, engine, phase2_hooks=[RecIngestHook(engine)])
+    ingestor = build_engine(client, engine).ingestor  # the API's ingestion, every hook
     now = int(time.time() * 1000) + 60_000
     t0 = time.monotonic()
     batch = []

@@ -7,29 +7,26 @@ them to the thread pool; request parsing and validation stay on the event loop.
 from __future__ import annotations
 
 import contextlib
-import hmac
-import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import asdict
-from typing import Any, TypedDict, TypeVar, cast
+from typing import Any, TypeVar
 
 import redis
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from app.api import deps
+from app.api.deps import AppState
 from app.core.errors import AuthError, EngineError, RedisSetupError, ValidationError
-from app.core.events import EVENT_TYPES, ID_RE, parse_event
-from app.core.keys import Keys
+from app.core.events import EVENT_TYPES, parse_event
 from app.core.logs import configure_logging
 from app.core.settings import Settings, load_settings
-from app.features import spec as features
+from app.engine import build_engine
 from app.ingest import users
-from app.ingest.ingestor import Ingestor
 from app.ingest.sessions import session_view
 from app.obs.metrics import MetricsMiddleware
 from app.obs.middleware import RequestContextMiddleware
@@ -43,67 +40,11 @@ MAX_BATCH = 1000
 T = TypeVar("T")
 
 
-class AppState(TypedDict):
-    settings: Settings
-    redis: redis.Redis
-    ingestor: Ingestor
-    library: functions.Library
-    keys: Keys
-
-
-def _state(request: Request) -> AppState:
-    # Starlette copies the lifespan's yielded mapping into each request's state.
-    return cast(AppState, request.state._state)
-
-
-async def _blocking(fn: Callable[..., T], *args: Any) -> T:
-    return await run_in_threadpool(fn, *args)
-
-
-# -- auth and body helpers ---------------------------------------------------------------------
-
-
-def require_write_key(request: Request) -> None:
-    """Public write key (as analytics SDKs use): identifies the source, not a secret."""
-    given = request.headers.get("x-write-key", "")
-    allowed = _state(request)["settings"].write_keys
-    if not allowed:
-        raise AuthError("event ingestion is disabled: set RETAIL_WRITE_KEYS")
-    if not any(hmac.compare_digest(given, key) for key in allowed):
-        raise AuthError("missing or unknown X-Write-Key")
-
-
-def require_admin_key(request: Request) -> None:
-    """Secret API key for server-to-server and admin endpoints (Authorization: Bearer ...)."""
-    secret = _state(request)["settings"].admin_key
-    if secret is None:
-        raise AuthError("this endpoint needs RETAIL_ADMIN_KEY to be configured")
-    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given, str(secret)):
-        raise AuthError("missing or wrong API key (Authorization: Bearer <RETAIL_ADMIN_KEY>)")
-
-
-async def read_json(request: Request) -> Any:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise ValidationError("body", f"must be at most {MAX_BODY_BYTES} bytes")
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValidationError("body", f"is not valid JSON: {exc}") from exc
-
-
-def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    from app.catalog.search import int_param
-
-    return int_param(request.query_params, name, default, lo, hi)
-
-
 # -- endpoints ------------------------------------------------------------------------------------
 
 
 async def health(request: Request) -> Response:
-    st = _state(request)
+    st = deps.state(request)
 
     def check() -> dict[str, Any]:
         info = redis_stack.probe(st["redis"])
@@ -111,7 +52,7 @@ async def health(request: Request) -> Response:
         return {**info, "library_version": live, "expected_library_version": st["library"].version}
 
     try:
-        body = await _blocking(check)
+        body = await deps.blocking(check)
     except (RedisSetupError, redis.RedisError) as exc:
         return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
     ok = body["library_version"] == body["expected_library_version"]
@@ -121,8 +62,8 @@ async def health(request: Request) -> Response:
 
 async def post_events(request: Request) -> Response:
     """One event object, a list, or {"events": [...]}: per-event accepted/duplicate/rejected."""
-    require_write_key(request)
-    body = await read_json(request)
+    deps.require_write_key(request)
+    body = await deps.read_json(request)
     single = isinstance(body, dict) and "events" not in body
     raw_events = [body] if single else body.get("events") if isinstance(body, dict) else body
     if not isinstance(raw_events, list) or not raw_events:
@@ -143,7 +84,7 @@ async def post_events(request: Request) -> Response:
             event_id = obj.get("event_id") if isinstance(obj, dict) else None
             results[i] = {"event_id": event_id, "status": "rejected", "field": exc.field,
                           "reason": exc.message}  # fmt: skip
-    report = await _blocking(_state(request)["ingestor"].ingest, valid)
+    report = await deps.blocking(deps.state(request)["ingestor"].ingest, valid)
     for pos, ev, status in zip(positions, valid, report.statuses, strict=True):
         results[pos] = {"event_id": ev.event_id, "status": status}
     counts = {
@@ -154,10 +95,10 @@ async def post_events(request: Request) -> Response:
 
 
 async def get_session(request: Request) -> Response:
-    require_admin_key(request)
-    st = _state(request)
-    identity = _identity_param(request)
-    doc = await _blocking(st["redis"].json().get, st["keys"].user(identity, "session"))
+    deps.require_admin_key(request)
+    st = deps.state(request)
+    identity = deps.identity_param(request)
+    doc = await deps.blocking(st["redis"].json().get, st["keys"].user(identity, "session"))
     if doc is None:
         return JSONResponse(
             {"error": "not_found", "detail": f"no live session for {identity}"}, 404
@@ -168,12 +109,12 @@ async def get_session(request: Request) -> Response:
 
 
 async def get_profile(request: Request) -> Response:
-    require_admin_key(request)
-    st = _state(request)
-    identity = _identity_param(request)
-    top = _int_param(request, "top", 20, 1, 200)
+    deps.require_admin_key(request)
+    st = deps.state(request)
+    identity = deps.identity_param(request)
+    top = deps.int_param(request, "top", 20, 1, 200)
 
-    prof = await _blocking(
+    prof = await deps.blocking(
         calls.user_profile, st["redis"], st["settings"].engine, st["keys"], identity, top
     )
     if prof.session is None and prof.profile is None and not prof.affinities:
@@ -188,30 +129,23 @@ async def get_profile(request: Request) -> Response:
     })  # fmt: skip
 
 
-def _identity_param(request: Request) -> str:
-    identity = request.path_params["user_id"]
-    if not ID_RE.match(identity):
-        raise ValidationError("user_id", "must be 1-64 characters of letters, digits or ._:@/+=-")
-    return str(identity)
-
-
 async def post_identify(request: Request) -> Response:
-    require_write_key(request)
-    user_id, anon, traits = users.parse_identify(await read_json(request))
-    st = _state(request)
-    result = await _blocking(
+    deps.require_write_key(request)
+    user_id, anon, traits = users.parse_identify(await deps.read_json(request))
+    st = deps.state(request)
+    result = await deps.blocking(
         users.identify, st["redis"], st["settings"].engine, user_id, anon, traits
     )
     return JSONResponse(asdict(result))
 
 
 async def get_trending(request: Request) -> Response:
-    st = _state(request)
+    st = deps.state(request)
     event_type = request.query_params.get("type", "view")
     if event_type not in EVENT_TYPES or event_type == "remove_from_cart":
         raise ValidationError("type", "must be one of view, click, add_to_cart, purchase, search")
-    k = _int_param(request, "k", 10, 1, 100)
-    watermark, items = await _blocking(
+    k = deps.int_param(request, "k", 10, 1, 100)
+    watermark, items = await deps.blocking(
         calls.trending, st["redis"], st["settings"].engine, st["keys"], event_type, k
     )
     hits = [{"item_id": it.item_id, "score": round(it.score, 4), "count": it.count} for it in items]
@@ -253,16 +187,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             redis_stack.probe(client)
             library = functions.ensure_current(client, load_if_stale=True)
+            # A test or embedding app may set `app.state.rec_config` before start-up.
+            engine = build_engine(
+                client, cfg.engine, rec_config=getattr(app.state, "rec_config", None)
+            )
             yield AppState(
                 settings=cfg,
                 redis=client,
-                ingestor=Ingestor(
-                    client,
-                    cfg.engine,
-                    phase2_hooks=[features.ingest_hook(features.default_feature_set(), cfg.engine)],
-                ),
+                engine=engine,
+                ingestor=engine.ingestor,
                 library=library,
-                keys=Keys(cfg.engine.key_prefix),
+                keys=engine.keys,
             )
         finally:
             client.close()

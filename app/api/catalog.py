@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from app.api import app as _main  # helpers only, looked up at call time (no import cycle)
+from app.api import deps
 from app.catalog import calls as catalog_calls
 from app.catalog.index import CatalogConfig, load_catalog_config
 from app.catalog.search import ProductSearch, SearchResult, parse_search, parse_similar
@@ -32,7 +32,7 @@ from app.core.events import ID_RE
 def catalog_config(request: Request) -> CatalogConfig:
     """`app.state.catalog_config` when set (tests), else the environment; the key prefix
     always follows the app's engine settings."""
-    st = _main._state(request)
+    st = deps.state(request)
     cfg = getattr(request.app.state, "catalog_config", None)
     if not isinstance(cfg, CatalogConfig):
         cfg = load_catalog_config()
@@ -44,7 +44,7 @@ def product_search(request: Request) -> ProductSearch:
     """One ProductSearch per app (created on first use; it holds no connection of its own)."""
     search = getattr(request.app.state, "product_search", None)
     if not isinstance(search, ProductSearch):
-        st = _main._state(request)
+        st = deps.state(request)
         cfg = catalog_config(request)
         search = ProductSearch(
             st["redis"], cfg, get_vectorizer(cfg.vectorizer), st["settings"].engine
@@ -76,7 +76,7 @@ def _result_json(result: SearchResult) -> dict[str, Any]:
 async def search_products(request: Request) -> Response:
     req = parse_search(request.query_params)
     search = product_search(request)
-    result = await _main._blocking(search.search, req)
+    result = await deps.blocking(search.search, req)
     cfg = search.cfg
     body = {
         "q": req.q,
@@ -110,7 +110,7 @@ async def item(request: Request) -> Response:
 async def get_item(request: Request) -> Response:
     item_id = _item_id(request)
     search = product_search(request)
-    view = await _main._blocking(
+    view = await deps.blocking(
         catalog_calls.catalog_item, search.client, search.ckeys, item_id, search.cfg.history_n
     )
     if view is None:
@@ -124,11 +124,11 @@ async def get_item(request: Request) -> Response:
 
 
 async def patch_item(request: Request) -> Response:
-    _main.require_admin_key(request)
+    deps.require_admin_key(request)
     item_id = _item_id(request)
-    change = catalog_calls.parse_change(await _main.read_json(request))
+    change = catalog_calls.parse_change(await deps.read_json(request))
     search = product_search(request)
-    result = await _main._blocking(
+    result = await deps.blocking(
         catalog_calls.catalog_update, search.client, search.cfg, search.ckeys, item_id, change
     )
     if result.status == "not_found":
@@ -141,7 +141,7 @@ async def similar_items(request: Request) -> Response:
     item_id = _item_id(request)
     filters, k = parse_similar(request.query_params)
     search = product_search(request)
-    result = await _main._blocking(search.similar, item_id, filters, k)
+    result = await deps.blocking(search.similar, item_id, filters, k)
     if result is None:
         return _not_found(item_id)
     return JSONResponse(

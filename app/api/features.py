@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from app.api import app as _main  # helpers only, looked up at call time (no import cycle)
+from app.api import deps
 from app.core.errors import ValidationError
 from app.features import spec as features
 from app.features.spec import FeatureRow, FeatureSet
@@ -57,25 +57,25 @@ async def list_features(request: Request) -> Response:
 
 
 async def get_entity_features(request: Request) -> Response:
-    _main.require_admin_key(request)
-    st = _main._state(request)
+    deps.require_admin_key(request)
+    st = deps.state(request)
     fs = feature_set(request)
     entity = request.path_params["entity_type"]
     entity_id = features.check_entity_id(entity, request.path_params["entity_id"])
     names = features.resolve_names(fs, entity, _names(request.query_params.get("names")))
     as_of = features.parse_as_of(request.query_params.get("as_of"))
-    (row,) = await _main._blocking(
+    (row,) = await deps.blocking(
         features.get_features, st["redis"], fs, st["keys"], entity, [entity_id], names, as_of
     )
     return JSONResponse({"entity_type": entity, **_row_json(row), "version": fs.version})
 
 
 async def post_entity_features(request: Request) -> Response:
-    _main.require_admin_key(request)
-    st = _main._state(request)
+    deps.require_admin_key(request)
+    st = deps.state(request)
     fs = feature_set(request)
     entity = request.path_params["entity_type"]
-    body = await _main.read_json(request)
+    body = await deps.read_json(request)
     if not isinstance(body, dict):
         raise ValidationError("body", 'must be {"ids": [...], "names"?: [...], "as_of"?: ...}')
     ids = body.get("ids")
@@ -87,7 +87,7 @@ async def post_entity_features(request: Request) -> Response:
         features.check_entity_id(entity, entity_id)
     names = features.resolve_names(fs, entity, _names(body.get("names")))
     as_of = features.parse_as_of(body.get("as_of"))
-    rows = await _main._blocking(
+    rows = await deps.blocking(
         features.get_features, st["redis"], fs, st["keys"], entity, ids, names, as_of
     )
     return JSONResponse(

@@ -37,7 +37,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from app.api import app as _main  # helpers only, looked up at call time (no import cycle)
+from app.api import deps
 from app.core.errors import ValidationError
 from app.core.events import ID_RE
 from app.core.taxonomy import CATEGORIES
@@ -98,7 +98,7 @@ def _mounted(request: Request, path: str) -> bool:
 def _metrics_of(request: Request) -> tuple[metrics.Registry, metrics.MetricsConfig, Any]:
     """The app's MetricsMiddleware registry/config (set at start-up), else the defaults."""
     mw = getattr(request.app.state, "metrics", None)
-    prefix = _main._state(request)["settings"].engine.key_prefix
+    prefix = deps.state(request)["settings"].engine.key_prefix
     if isinstance(mw, metrics.MetricsMiddleware) and mw.config is not None:
         return mw.registry, mw.config, mw.flusher
     return metrics.DEFAULT, metrics.load_metrics_config(key_prefix=prefix), None
@@ -106,7 +106,7 @@ def _metrics_of(request: Request) -> tuple[metrics.Registry, metrics.MetricsConf
 
 def _check_metrics_access(request: Request, cfg: metrics.MetricsConfig) -> None:
     if not cfg.public:
-        _main.require_admin_key(request)
+        deps.require_admin_key(request)
 
 
 # -- pages --------------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ def web_routes(config: WebConfig | None = None) -> list[BaseRoute]:
     async def demo_config(request: Request) -> Response:
         if not cfg.demo_page:
             return JSONResponse({"error": "not_found", "detail": "the demo page is off"}, 404)
-        settings = _main._state(request)["settings"]
+        settings = deps.state(request)["settings"]
         keys = sorted(settings.write_keys)
         write_key = cfg.demo_write_key if cfg.demo_write_key in settings.write_keys else None
         write_key = write_key or (keys[0] if keys else None)
@@ -184,8 +184,8 @@ async def browse(request: Request) -> Response:
     sort = request.query_params.get("sort") or "popular"
     if sort not in SORTS:
         raise ValidationError("sort", f"must be one of {', '.join(SORTS)}")
-    k = _main._int_param(request, "k", 24, 1, MAX_BROWSE_K)
-    offset = _main._int_param(request, "offset", 0, 0, MAX_OFFSET)
+    k = deps.int_param(request, "k", 24, 1, MAX_BROWSE_K)
+    offset = deps.int_param(request, "offset", 0, 0, MAX_OFFSET)
     search = product_search(request)
 
     def run() -> list[dict[str, Any]]:
@@ -198,7 +198,7 @@ async def browse(request: Request) -> Response:
         return [hit_from(row).as_json() for row in search.index.query(query)]
 
     t0 = time.perf_counter()
-    hits = await _main._blocking(run)
+    hits = await deps.blocking(run)
     return JSONResponse({
         "filters": filters.as_json(), "sort": sort, "k": k, "offset": offset,
         "took_ms": round((time.perf_counter() - t0) * 1000, 3), "hits": hits,
@@ -211,7 +211,7 @@ async def browse(request: Request) -> Response:
 async def prometheus(request: Request) -> Response:
     registry, cfg, flusher = _metrics_of(request)
     _check_metrics_access(request, cfg)
-    client = _main._state(request)["redis"]
+    client = deps.state(request)["redis"]
 
     def build() -> str:
         try:
@@ -228,16 +228,16 @@ async def prometheus(request: Request) -> Response:
                 gauges["retail_metrics_last_flush_timestamp_seconds"] = flusher.last_flush_ms / 1000
         return metrics.render_prometheus(totals, gauges)
 
-    body = await _main._blocking(build)
+    body = await deps.blocking(build)
     return PlainTextResponse(body, media_type=PROM_CONTENT_TYPE)
 
 
 async def stats(request: Request) -> Response:
     registry, cfg, flusher = _metrics_of(request)
     _check_metrics_access(request, cfg)
-    window = _main._int_param(request, "window_s", 60, 10, 7200)
-    client = _main._state(request)["redis"]
-    body = await _main._blocking(lambda: metrics.stats_json(client, registry, cfg, window_s=window))
+    window = deps.int_param(request, "window_s", 60, 10, 7200)
+    client = deps.state(request)["redis"]
+    body = await deps.blocking(lambda: metrics.stats_json(client, registry, cfg, window_s=window))
     if flusher is not None:
         body["flusher"] = {
             "last_flush_ms": flusher.last_flush_ms,
@@ -251,14 +251,14 @@ async def stats(request: Request) -> Response:
 async def stats_series(request: Request) -> Response:
     _registry, cfg, _flusher = _metrics_of(request)
     _check_metrics_access(request, cfg)
-    minutes = _main._int_param(request, "minutes", 60, 1, 7 * 24 * 60)
-    step_s = _main._int_param(request, "step_s", 60, 5, 86_400)
+    minutes = deps.int_param(request, "minutes", 60, 1, 7 * 24 * 60)
+    step_s = deps.int_param(request, "step_s", 60, 5, 86_400)
     if minutes * 60 // step_s > 2000:
         raise ValidationError("step_s", "too small for the window: at most 2000 points")
     if minutes * 60_000 > cfg.raw_retention_ms and step_s % 60:
         raise ValidationError("step_s", "must be a multiple of 60 for windows beyond 2 hours")
-    client = _main._state(request)["redis"]
-    body = await _main._blocking(
+    client = deps.state(request)["redis"]
+    body = await deps.blocking(
         lambda: metrics.series_json(client, cfg, minutes=minutes, step_s=step_s)
     )
     return JSONResponse(body)

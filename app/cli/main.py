@@ -22,7 +22,6 @@ from app.cli.common import redis_for
 from app.core.errors import EngineError
 from app.core.logs import configure_logging
 from app.core.settings import Settings, load_settings
-from app.ingest.ingestor import Phase2Hook
 from app.redis import embedded as redis_stack
 from app.redis import library as functions
 
@@ -98,8 +97,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     with redis_for(settings) as url, redis.Redis.from_url(url) as client:
         functions.ensure_current(client, load_if_stale=True)
         report = replay.replay(client, settings.engine, Path(args.file or settings.sample_data),
-                               limit=args.limit, progress=True,
-                               phase2_hooks=_feature_hooks(settings))  # fmt: skip
+                               limit=args.limit, progress=True)  # fmt: skip
     print(report.summary())
     return 0
 
@@ -116,8 +114,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             _load_catalog(client, settings)
             print(f"replaying the real Online Retail purchases from {settings.sample_data} ...")
             report = replay.replay(client, settings.engine, settings.sample_data,
-                                   limit=args.limit, progress=True,
-                                   phase2_hooks=_feature_hooks(settings))  # fmt: skip
+                                   limit=args.limit, progress=True)  # fmt: skip
             print(report.summary())
             from loaders.train import train_online_retail
 
@@ -149,18 +146,6 @@ Try:
         )
         _serve(settings)
     return 0
-
-
-def _feature_hooks(settings: Settings) -> list[Phase2Hook]:
-    """Phase-2 extensions for replays: the feature store's online path and the recommender's
-    history/popularity keys, so replayed history fills them as live events would."""
-    from app.features import spec as features
-    from app.recs.hook import RecIngestHook
-
-    return [
-        features.ingest_hook(features.default_feature_set(), settings.engine),
-        RecIngestHook(settings.engine),
-    ]
 
 
 def _load_catalog(client: redis.Redis, settings: Settings) -> None:
