@@ -148,7 +148,14 @@ async def get_trending(request: Request) -> Response:
     watermark, items = await deps.blocking(
         calls.trending, st["redis"], st["settings"].engine, st["keys"], event_type, k
     )
-    hits = [{"item_id": it.item_id, "score": round(it.score, 4), "count": it.count} for it in items]
+    # Titles from the recommender's in-process catalog copy (no extra Redis round trip).
+    rec = getattr(request.state, "recommender", None)
+    catalog = getattr(rec, "catalog", None)
+    hits = []
+    for it in items:
+        attr = catalog.get(it.item_id) if catalog is not None else None
+        hits.append({"item_id": it.item_id, "title": attr.title if attr else None,
+                     "score": round(it.score, 4), "count": it.count})  # fmt: skip
     return JSONResponse({"type": event_type, "as_of_ms": watermark, "items": hits})
 
 

@@ -1,12 +1,32 @@
-"""Helpers every command group uses: where Redis is (REDIS_URL, or the embedded server)."""
+"""Helpers every command group uses: where Redis is (REDIS_URL, or the embedded server), and
+the start-up checks that must run before anything is loaded."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import socket
 from collections.abc import Iterator
 
+from app.core.errors import ConfigError
 from app.core.settings import Settings
 from app.redis import embedded
+
+
+def check_port_free(host: str, port: int, what: str = "the API") -> None:
+    """Fail now, in one line, when `host:port` is taken: not after minutes of loading."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # What hypercorn sets too: a port in TIME_WAIT after our own restart is not "busy".
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"port {port} on {host} is already in use, so {what} cannot start there: "
+                    "stop the other server or set RETAIL_PORT (or --port)"
+                ) from None
+            raise ConfigError(f"cannot bind {what} to {host}:{port}: {exc.strerror}") from None
 
 
 @contextlib.contextmanager
@@ -22,5 +42,6 @@ def redis_for(settings: Settings, *, port: int = 0) -> Iterator[str]:
     try:
         yield server.url
     finally:
-        print("stopping Redis ...")
+        print("stopping Redis ...", flush=True)
         server.stop()
+        print(f"Redis stopped; data kept in {server.data_dir}", flush=True)

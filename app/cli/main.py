@@ -10,15 +10,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import secrets
 import signal
 import sys
 from pathlib import Path
 
 import redis
-from starlette.datastructures import Secret
 
-from app.cli.common import redis_for
+from app.cli.common import check_port_free, redis_for
+from app.cli.demo import cmd_demo
 from app.core.errors import EngineError
 from app.core.logs import configure_logging
 from app.core.settings import Settings, load_settings
@@ -28,7 +27,8 @@ from app.redis import library as functions
 log = logging.getLogger("retail.cli")
 
 
-def _serve(settings: Settings, workers_note: bool = True) -> None:
+def serve_api(settings: Settings) -> None:
+    """Serve the API until SIGINT/SIGTERM (the port was checked before anything loaded)."""
     from hypercorn.asyncio import serve
     from hypercorn.config import Config as HyperConfig
 
@@ -54,6 +54,7 @@ def cmd_redis(args: argparse.Namespace, settings: Settings) -> int:
     if settings.redis_url:
         print("REDIS_URL is set: nothing to start", file=sys.stderr)
         return 2
+    check_port_free("127.0.0.1", args.port, "the embedded Redis")
     with redis_for(settings, port=args.port) as url:
         with redis.Redis.from_url(url) as client:
             lib = functions.load(client)
@@ -86,8 +87,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     settings = dataclasses.replace(
         settings, host=args.host or settings.host, port=args.port or settings.port
     )
+    check_port_free(settings.host, settings.port)
     with redis_for(settings) as url:
-        _serve(dataclasses.replace(settings, redis_url=url))
+        serve_api(dataclasses.replace(settings, redis_url=url))
     return 0
 
 
@@ -100,67 +102,6 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
                                limit=args.limit, progress=True)  # fmt: skip
     print(report.summary())
     return 0
-
-
-def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from loaders import replay
-
-    write_key = next(iter(settings.write_keys), None) or f"wk_demo_{secrets.token_hex(6)}"
-    admin_key = str(settings.admin_key) if settings.admin_key else secrets.token_urlsafe(24)
-    with redis_for(settings) as url:
-        with redis.Redis.from_url(url) as client:
-            lib = functions.ensure_current(client, load_if_stale=True)
-            print(f"Functions library {lib.version} loaded")
-            _load_catalog(client, settings)
-            print(f"replaying the real Online Retail purchases from {settings.sample_data} ...")
-            report = replay.replay(client, settings.engine, settings.sample_data,
-                                   limit=args.limit, progress=True)  # fmt: skip
-            print(report.summary())
-            from loaders.train import train_online_retail
-
-            print("training the item-item model on the real purchases ...")
-            print(train_online_retail(client, settings.engine, settings.sample_data).summary())
-        settings = dataclasses.replace(
-            settings, redis_url=url, write_keys=frozenset({write_key}), admin_key=Secret(admin_key)
-        )
-        base = f"http://{settings.host}:{settings.port}"
-        print(
-            f"""
-API on {base}  (Ctrl-C stops the app and Redis)
-  public write key : {write_key}
-  secret admin key : {admin_key}   (shown once; set RETAIL_ADMIN_KEY to choose your own)
-
-Try:
-  curl {base}/health
-  curl '{base}/v1/trending?type=purchase&k=5'
-  curl '{base}/v1/search?q=heart+lantern&max_price=5&in_stock=true&k=5'
-  curl '{base}/v1/items/85123A/similar?k=5'
-  curl '{base}/v1/recommendations/c17850?k=5'
-  open {base}/ (storefront demo) and {base}/dashboard (live metrics)
-  curl -X POST {base}/v1/events -H 'X-Write-Key: {write_key}' \\
-       -H 'content-type: application/json' -d '{{"event_id":"demo-1","type":"view",
-       "user_id":"c17850","session_id":"s1","item_id":"85123A"}}'
-  curl {base}/v1/users/c17850/profile -H 'Authorization: Bearer {admin_key}'
-  curl {base}/v1/users/c17850/session -H 'Authorization: Bearer {admin_key}'
-"""
-        )
-        _serve(settings)
-    return 0
-
-
-def _load_catalog(client: redis.Redis, settings: Settings) -> None:
-    """Search index + the real catalog (idempotent: unchanged products are not rewritten)."""
-    from app.catalog.index import CatalogKeys, create_index, load_catalog_config
-    from app.catalog.vectorizers import get_vectorizer
-    from loaders.catalog import load_online_retail
-
-    cfg = load_catalog_config()
-    ckeys = CatalogKeys(cfg.key_prefix)
-    vectorizer = get_vectorizer(cfg.vectorizer)
-    print(create_index(client, ckeys, vectorizer).summary())
-    print(f"loading the real catalog from {settings.sample_data} ...")
-    report = load_online_retail(client, cfg, ckeys, settings.sample_data, vectorizer, progress=True)
-    print(report.summary())
 
 
 def cmd_redis_cli(args: argparse.Namespace, settings: Settings) -> int:

@@ -953,8 +953,12 @@ class Recommender:
 
     def _fresh(self, lst: RecList, ctx: RecContext, assignment: Assignment, model: str | None,
                now_ms: int) -> bool:  # fmt: skip
+        # Event times alone miss events at the same time as the list's newest one (the sample
+        # has minute resolution: a second invoice in the same minute) or older (late): the
+        # seen-filter's count moves with every new item, so both must match.
         return (
             lst.as_of_ts >= ctx.last_ts
+            and lst.interactions == ctx.interactions
             and now_ms - lst.computed_ms <= self.cfg.cache_max_age_s * 1000
             and lst.variant == assignment.label
             and lst.model == model
@@ -1017,8 +1021,14 @@ class Recommender:
         if resp is None:
             # What the live session already holds (read before the failure, if it was) never
             # comes back from an older list: e.g. the item bought a second ago.
-            done = set(ctx.recent) | set(ctx.cart) if ctx is not None else set()
-            resp = self._fallback(req, cached, reason, assignment, t0, done)
+            # Without repurchase the long-term history is excluded too, as `recommend` does.
+            done: set[str] = set()
+            if ctx is not None:
+                done = set(ctx.recent) | set(ctx.cart)
+                if not self._repurchase(assignment):
+                    done |= set(ctx.hist)
+            check_seen = ctx is not None and reason in ("budget", "error")
+            resp = self._fallback(req, cached, reason, assignment, t0, done, check_seen)
         self.count(f"served.{resp.source}")
         if resp.fallback:
             self.count(f"fallback.{resp.fallback}.{resp.fallback_reason}")
@@ -1055,31 +1065,60 @@ class Recommender:
         assignment: Assignment,
         t0: float,
         exclude: set[str] | None = None,
+        check_seen: bool = False,
     ) -> RecResponse:
+        """Last good list, else the popularity snapshot, minus `exclude`; with `check_seen`
+        (Redis answered but the budget ran out) also minus what the seen-filter holds."""
         skip = (exclude or set()) | {req.item or ""}
         good = cached or self.lru.get(self._lru_key(req))
+        check_seen = check_seen and not self._repurchase(assignment)
+        if check_seen and good is not None:
+            skip |= self._seen_among(req.user, [it.item_id for it in good.items])
         if good is not None and any(it.item_id not in skip for it in good.items):
             kept = [it for it in good.items if it.item_id not in skip]
             lst = replace(good, items=kept)
             return self._response(req, lst, "fallback", "last_good", reason, assignment, t0)
         items: list[RecItem] = []
-        for item, score, why in self.snapshot:
+        chunk = max(4 * req.k, 40)
+        # The snapshot in chunks, each checked against the seen-filter in one call: a heavy
+        # buyer may have bought most of the top hundred.
+        for start in range(0, len(self.snapshot), chunk):
+            part = self.snapshot[start : start + chunk]
+            if check_seen:
+                skip |= self._seen_among(req.user, [item for item, _, _ in part])
+            for item, score, why in part:
+                if len(items) >= req.k:
+                    break
+                if item in skip:
+                    continue
+                attr = self.catalog.get(item)
+                category = attr.category if attr else ""
+                if attr is not None and (
+                    not attr.in_stock or not req.filters.admits(attr.category, attr.price)
+                ):
+                    continue
+                items.append(RecItem(item, score, why, "", category))
             if len(items) >= req.k:
                 break
-            if item in skip:
-                continue
-            attr = self.catalog.get(item)
-            category = attr.category if attr else ""
-            if attr is not None and (
-                not attr.in_stock or not req.filters.admits(attr.category, attr.price)
-            ):
-                continue
-            items.append(RecItem(item, score, why, "", category))
         lst = RecList(items, "cold", 0, 0, int(time.time() * 1000), assignment.label, self.model)
         resp = self._response(req, lst, "fallback", "popular", reason, assignment, t0)
         resp.tier = None
         resp.interactions = None
         return resp
+
+    def _seen_among(self, user: str, items: Sequence[str]) -> set[str]:
+        """The items the user's seen-filter holds (one BF.MEXISTS); empty when it fails."""
+        todo = list(dict.fromkeys(items))
+        if not todo:
+            return set()
+        seen_key = self.keys.rec_context_keys(user)[3]
+        try:
+            flags = self.client.execute_command("BF.MEXISTS", seen_key, *todo)  # type: ignore[no-untyped-call]
+        except redis.ResponseError:  # no filter yet (BF.MEXISTS on a missing key is 0s)
+            return set()
+        except (redis.ConnectionError, redis.TimeoutError):
+            return set()  # the fallback is served anyway; the history set still applies
+        return {item for item, f in zip(todo, flags, strict=True) if int(f) == 1}
 
     # -- presentation ------------------------------------------------------------------------------
     def reason_text(self, it: RecItem) -> str:

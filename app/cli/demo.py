@@ -1,0 +1,156 @@
+"""`python -m app.cli demo`: the embedded Redis Stack, the real sample data, the API.
+
+A re-run on the same data folder is quick and keeps working curls: the catalog load and the
+replay skip what is already there (checkpoint and dedup), the model is reused when it was
+trained from the same data and settings, and the generated keys live in the data folder
+(`<RETAIL_DATA_DIR>/demo-keys.json`, never the repo) and are printed again.
+
+The sample is from 2010-2011: the demo replays it shifted so that it ends now (catalog
+`created_ms` too), so trending, recency and the new-arrival boost behave as they would live.
+The offset is fixed at the first replay into a data folder (see `loaders.replay.shift_to_now`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from starlette.datastructures import Secret
+
+from app.cli.common import check_port_free, redis_for
+from app.core.settings import Settings
+from app.recs.keys import RecKeys
+from app.recs.model import matching_model
+from app.redis import library as functions
+
+KEYS_FILE = "demo-keys.json"
+
+
+@dataclass(frozen=True)
+class DemoKeys:
+    write_key: str
+    admin_key: str
+    origin: str  # where they come from, said when printed
+
+
+def demo_keys(settings: Settings) -> DemoKeys:
+    """The environment's keys when set; else the ones kept in the data folder (created once,
+    mode 0600), so the curls printed by an earlier start still work."""
+    path = settings.data_dir / KEYS_FILE
+    stored: dict[str, str] = {}
+    if path.exists():
+        stored = json.loads(path.read_text())
+    write = next(iter(sorted(settings.write_keys)), None)
+    admin = str(settings.admin_key) if settings.admin_key else None
+    if write and admin:
+        return DemoKeys(write, admin, "from RETAIL_WRITE_KEYS / RETAIL_ADMIN_KEY")
+    new = {
+        "write_key": stored.get("write_key") or f"wk_demo_{secrets.token_hex(6)}",
+        "admin_key": stored.get("admin_key") or secrets.token_urlsafe(24),
+    }
+    if new != stored:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(new, fh)
+    origin = f"kept in {path}" if stored else f"generated, kept in {path}"
+    return DemoKeys(write or new["write_key"], admin or new["admin_key"], origin)
+
+
+def prepare(client: redis.Redis, settings: Settings, limit: int | None = None) -> dict[str, str]:
+    """Library, catalog, shifted replay, model (reused when it matches): what `serve` needs.
+    Returns what was done, by step (the CLI prints it; tests read it)."""
+    from loaders import replay
+    from loaders.train import train_online_retail, training_fingerprint
+
+    done: dict[str, str] = {}
+    lib = functions.ensure_current(client, load_if_stale=True)
+    print(f"Functions library {lib.version} loaded")
+    shift = replay.shift_to_now(client, settings.engine, settings.sample_data)
+    done["shift_ms"] = str(shift)
+    print(f"the sample data (2010-12 .. 2011-09) is replayed shifted by {shift / 86_400_000:,.1f}"
+          " days so that it ends now")  # fmt: skip
+    _load_catalog(client, settings, shift)
+    print(f"replaying the real Online Retail purchases from {settings.sample_data} ...")
+    report = replay.replay(client, settings.engine, settings.sample_data, limit=limit,
+                           progress=True, shift_ms=shift)  # fmt: skip
+    print(report.summary())
+    done["replay"] = f"{report.accepted} accepted"
+    fingerprint = training_fingerprint(settings.sample_data)
+    if limit is not None:
+        fingerprint += f":limit={limit}"
+    reused = matching_model(client, RecKeys(settings.engine.key_prefix), fingerprint)
+    if reused is not None:
+        print(f"model {reused} matches the data and settings: reused (no retraining)")
+        done["model"] = f"reused {reused}"
+        return done
+    print("training the item-item model on the real purchases ...")
+    trained = train_online_retail(
+        client, settings.engine, settings.sample_data, fingerprint=fingerprint
+    )
+    print(trained.summary())
+    done["model"] = f"trained {trained.version}"
+    return done
+
+
+def _load_catalog(client: redis.Redis, settings: Settings, shift_ms: int) -> None:
+    """Search index + the real catalog (idempotent: unchanged products are not rewritten)."""
+    from app.catalog.index import CatalogKeys, create_index, load_catalog_config
+    from app.catalog.vectorizers import get_vectorizer
+    from loaders.catalog import load_online_retail
+
+    cfg = dataclasses.replace(load_catalog_config(), key_prefix=settings.engine.key_prefix)
+    ckeys = CatalogKeys(cfg.key_prefix)
+    vectorizer = get_vectorizer(cfg.vectorizer)
+    print(create_index(client, ckeys, vectorizer).summary())
+    print(f"loading the real catalog from {settings.sample_data} ...")
+    report = load_online_retail(client, cfg, ckeys, settings.sample_data, vectorizer,
+                                shift_ms=shift_ms, progress=True)  # fmt: skip
+    print(report.summary())
+
+
+def banner(base: str, keys: DemoKeys) -> str:
+    w, a = keys.write_key, keys.admin_key
+    return f"""
+API on {base}  (Ctrl-C stops the app and Redis)
+  public write key : {w}
+  secret admin key : {a}
+  ({keys.origin}; set RETAIL_WRITE_KEYS / RETAIL_ADMIN_KEY to choose your own)
+
+Try:
+  curl {base}/health
+  curl '{base}/v1/trending?type=purchase&k=5'
+  curl '{base}/v1/search?q=heart+lantern&max_price=5&in_stock=true&k=5'
+  curl '{base}/v1/items/85123A/similar?k=5'
+  curl '{base}/v1/recommendations/c17850?k=5'
+  open {base}/ (storefront demo) and {base}/dashboard (live metrics)
+  curl -X POST {base}/v1/events -H 'X-Write-Key: {w}' \\
+       -H 'content-type: application/json' -d '{{"event_id":"demo-1","type":"view",
+       "user_id":"c17850","session_id":"s1","item_id":"85123A"}}'
+  curl '{base}/v1/trending?type=view&k=5'
+  curl {base}/v1/users/c17850/profile -H 'Authorization: Bearer {a}'
+  curl {base}/v1/recommender -H 'Authorization: Bearer {a}'
+"""
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from app.cli.main import serve_api
+
+    check_port_free(settings.host, settings.port)  # before anything is started or loaded
+    keys = demo_keys(settings)
+    with redis_for(settings) as url:
+        with redis.Redis.from_url(url) as client:
+            prepare(client, settings, args.limit)
+        settings = dataclasses.replace(
+            settings, redis_url=url, write_keys=frozenset({keys.write_key}),
+            admin_key=Secret(keys.admin_key),
+        )  # fmt: skip
+        print(banner(f"http://{settings.host}:{settings.port}", keys), flush=True)
+        serve_api(settings)
+    return 0
