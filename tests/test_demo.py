@@ -10,7 +10,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
 import redis
 from starlette.datastructures import Secret
 from starlette.testclient import TestClient

@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 
 import redis
 from starlette.datastructures import Secret
