@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import redis
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -173,6 +174,18 @@ async def engine_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": "engine_error", "detail": str(exc)}, 500)
 
 
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (unknown route 404, wrong method 405) as JSON like the others."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    detail = exc.detail
+    if exc.status_code == 404:
+        detail = f"no route {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    return JSONResponse({"error": code, "detail": detail}, exc.status_code, headers=exc.headers)
+
+
 async def redis_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": "unavailable", "detail": f"Redis: {exc}"}, 503)
 
@@ -235,7 +248,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Middleware(RequestContextMiddleware, json_logs=cfg.log_json),
             Middleware(MetricsMiddleware),  # inside: sees the request id, times the app
         ],
-        exception_handlers={EngineError: engine_error, redis.RedisError: redis_error},
+        exception_handlers={
+            EngineError: engine_error,
+            redis.RedisError: redis_error,
+            HTTPException: http_error,
+        },
     )
     install_recommendations(app)  # its routes, a Recommender per app (lifespan), ingestion hook
     return app
