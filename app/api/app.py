@@ -22,6 +22,8 @@ from starlette.routing import BaseRoute, Route
 
 from app.api import deps
 from app.api.deps import AppState
+from app.catalog.facts import catalog_prices, event_items, unknown_items, with_catalog_prices
+from app.catalog.index import CatalogKeys
 from app.core.errors import AuthError, EngineError, RedisSetupError, ValidationError
 from app.core.events import EVENT_TYPES, parse_event
 from app.core.logs import configure_logging
@@ -29,6 +31,7 @@ from app.core.settings import Settings, load_settings
 from app.engine import build_engine
 from app.ingest import users
 from app.ingest.sessions import session_view
+from app.obs import metrics
 from app.obs.metrics import MetricsMiddleware
 from app.obs.middleware import RequestContextMiddleware
 from app.redis import calls
@@ -85,9 +88,23 @@ async def post_events(request: Request) -> Response:
             event_id = obj.get("event_id") if isinstance(obj, dict) else None
             results[i] = {"event_id": event_id, "status": "rejected", "field": exc.field,
                           "reason": exc.message}  # fmt: skip
-    report = await deps.blocking(deps.state(request)["ingestor"].ingest, valid)
+    st = deps.state(request)
+    prices = await deps.blocking(
+        catalog_prices, st["redis"], CatalogKeys(st["keys"].prefix), event_items(valid)
+    )
+    valid = [with_catalog_prices(ev, prices) for ev in valid]
+    report = await deps.blocking(st["ingestor"].ingest, valid)
+    unknown_accepted = 0
     for pos, ev, status in zip(positions, valid, report.statuses, strict=True):
         results[pos] = {"event_id": ev.event_id, "status": status}
+        missing = unknown_items(ev, prices)
+        if missing:  # accepted all the same: catalog feeds lag behind the storefront
+            results[pos] |= {"warning": "unknown_item", "unknown_items": missing[:10]}
+            unknown_accepted += status == "accepted"
+    if unknown_accepted:
+        mw = getattr(request.app.state, "metrics", None)  # the app's registry (MetricsMiddleware)
+        registry = mw.registry if isinstance(mw, MetricsMiddleware) else metrics.DEFAULT
+        registry.inc("events.unknown_item", unknown_accepted)
     counts = {
         s: sum(1 for r in results if r["status"] == s)
         for s in ("accepted", "duplicate", "rejected")

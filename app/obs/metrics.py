@@ -729,8 +729,8 @@ def stats_json(
     other = {
         field_of(n, lab): v
         for (n, lab), v in sorted(totals.counters.items())
-        if n not in ("http.requests", "events.ingested", "recs.served", "recs.fallbacks",
-                     "recs.conversions", "recs.revenue")
+        if n not in ("http.requests", "events.ingested", "events.unknown_item", "recs.served",
+                     "recs.fallbacks", "recs.conversions", "recs.revenue")
     }  # fmt: skip
     return {
         "as_of_ms": now,
@@ -748,6 +748,8 @@ def stats_json(
             "ingested": int(total("events.ingested")),
             "per_s": _rate(in_window("events.ingested"), window_ms),
             "by_type": by_type,
+            # Accepted events naming an item the catalog does not know (POST /v1/events).
+            "unknown_item": int(total("events.unknown_item")),
         },
         "recommendations": {
             "served": served,

@@ -115,6 +115,7 @@
       ['Requests', s.requests.total, `${fmt(s.requests.rate_per_s)} /s now`],
       ['HTTP 5xx', s.requests.errors, ''],
       ['Events ingested', s.events.ingested, `${fmt(s.events.per_s)} /s now`],
+      ['Unknown items', s.events.unknown_item || 0, 'accepted events naming an item the catalog lacks'],
       ['Rec cache hit rate', recs.cache_hit_rate == null ? '–' : fmt(100 * recs.cache_hit_rate, 1) + ' %',
         `${(recs.served || {}).cache || 0} of ${Object.values(recs.served || {}).reduce((a, b) => a + b, 0)}`],
       ['Rec fallbacks', (recs.served || {}).fallback || 0,
