@@ -69,8 +69,8 @@ def test_unknown_items_are_accepted_flagged_and_counted(
     ]  # fmt: skip
     body = api.post("/v1/events", json={"events": events}, headers=WRITE).json()
     assert body["accepted"] == 3
-    assert body["results"][0] == {"event_id": "u1", "status": "accepted",
-                                  "warning": "unknown_item", "unknown_items": ["NOT-IN-CATALOG"]}  # fmt: skip
+    flagged = {"warning": "unknown_item", "unknown_items": ["NOT-IN-CATALOG"]}
+    assert body["results"][0] == {"event_id": "u1", "status": "accepted", **flagged}
     assert "warning" not in body["results"][1]
     assert body["results"][2]["unknown_items"] == ["GHOST"]
     again = api.post("/v1/events", json={"events": events[:1]}, headers=WRITE).json()
