@@ -964,6 +964,19 @@ class Recommender:
             and lst.model == model
         )
 
+    def at_time(self, req: RecRequest) -> RecResponse:
+        """A list computed as of `req.now_ms` (replays and backtests through the API): the
+        same computation as `serve`'s inline step, with no budget, cache, fallback or
+        exposure (a backtest must score what the engine ranks, and must not count as
+        traffic). Raises on Redis errors."""
+        t0 = time.perf_counter()
+        if req.now_ms <= 0:
+            raise ValueError("at_time needs req.now_ms")
+        assignment = self.experiments.assign(req.user, req.surface)
+        lst = self.compute(req, assignment)
+        self.count("served.as_of")
+        return self._response(req, lst, "inline", None, None, assignment, t0)
+
     def serve(self, req: RecRequest) -> RecResponse:
         """Answer a request: cache, inline, last-known-good, popularity. Never raises."""
         t0 = time.perf_counter()
@@ -971,7 +984,10 @@ class Recommender:
         assignment = self.experiments.assign(req.user, req.surface)
         model = assignment.model or self.model
         cacheable = (
-            req.surface in CACHED_SURFACES and req.filters.empty and req.k <= self.cfg.cache_k
+            req.surface in CACHED_SURFACES
+            and req.filters.empty
+            and req.k <= self.cfg.cache_k
+            and not req.now_ms  # a list of another time is not the shopper's current one
         )
         deadline = t0 + self.cfg.budget_ms / 1000
         cached: RecList | None = None
