@@ -93,6 +93,7 @@ def install_recommendations(app: Starlette) -> None:
                 await deps.blocking(rec.start)
             else:
                 await deps.blocking(rec.refresh)
+            await deps.blocking(rec.warm_up)  # the first shopper's request is not a cold one
             # Move what exists now (libraries, caches) out of the cyclic GC's reach: its full
             # collections otherwise scan ~70k library objects and pause requests 20-40 ms.
             gc.freeze()

@@ -964,6 +964,33 @@ class Recommender:
             and lst.model == model
         )
 
+    def warm_up(self, user: str = "warmup:0") -> list[str]:
+        """Run what a first request runs, once per surface, before traffic arrives.
+
+        A first product page otherwise pays for cold connections (two pools), the first
+        Function calls, the search index's first KNN query and Python's first-call costs
+        (lazy imports, caches), and fell back on the 50 ms budget on a busy machine. Read-only:
+        `compute` (FCALL_RO), no cache write, no exposure; `user` has no state, and the
+        context item is the most popular one. Best effort: returns what ran.
+        """
+        done: list[str] = []
+        item = self.snapshot[0][0] if self.snapshot else None
+        requests = [RecRequest(user, "home", None, self.cfg.cache_k)]
+        if item is not None:
+            requests.append(RecRequest(user, "product", item, self.cfg.cache_k))
+            if self.content_knn is not None:
+                self._knn_cache.pop(item, None)
+                done.append(f"content_knn:{len(self._knn(item) or [])}")
+        for req in requests:
+            try:
+                self.compute(req)
+            except (redis.RedisError, EngineError, ValueError) as exc:
+                self._log_error(f"warm-up {req.surface}: {exc}")
+                continue
+            done.append(req.surface)
+        self.count("warmed_up", len(done))
+        return done
+
     def at_time(self, req: RecRequest) -> RecResponse:
         """A list computed as of `req.now_ms` (replays and backtests through the API): the
         same computation as `serve`'s inline step, with no budget, cache, fallback or
