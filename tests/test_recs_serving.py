@@ -303,6 +303,6 @@ def test_start_up_warms_what_the_first_request_needs_without_writing(
     is read-only: no cached list, no session, no exposure for the warm-up identity."""
     body = api.get("/v1/recommender", headers=ADMIN).json()
     assert body["counters"]["warmed_up"] >= 2, body["counters"]
-    assert list(client.scan_iter(match=f"{world.prefix}*warmup*", count=1000)) == []
+    assert list(client.scan_iter(match=f"{world.engine.key_prefix}*warmup*", count=1000)) == []
     assert "served.inline" not in body["counters"]  # not counted as traffic
     assert body["exposures_dropped"] == 0
