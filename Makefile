@@ -35,8 +35,8 @@ browser-deps: ## Chromium for tests/test_browser.py (Debian: apt-get when missin
 	else echo "no chromium and not root: tests/test_browser.py will be skipped"; fi
 
 bench: $(STAMP) ## run the benchmarks (each prints one JSON line last)
-	@for b in bench/ingest.py bench/search.py bench/features.py bench/recommend.py \
-	    bench/evaluate.py bench/memory.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in ingest search features recommend evaluate memory; do \
+	    echo "== bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 
 lint: $(STAMP) ## ruff, ruff format --check, mypy --strict
 	$(PY) -m ruff check .

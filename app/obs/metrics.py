@@ -55,13 +55,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.events import Event
 from app.core.logs import REQUEST_ID
+from app.core.units import DAY_MS, HOUR_MS, MINUTE_MS
 from app.redis import calls
 
 log = logging.getLogger("retail.metrics")
 
-MINUTE_MS = 60_000
-HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
 TAG = "{m}"
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){0,4}$")
 LABEL_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
