@@ -7,7 +7,7 @@ Features are declared once in `features/features.yaml` (see its header and docs/
   `features_get` (lua/70_features.lua) interpret: the online path.
 - the typed `Feature` objects that `app.features.offline` interprets over the event log: the
   offline path. Neither side has a per-feature line of code, so they cannot drift apart; the
-  skew test (tests/test_features_skew.py) checks the two interpreters against each other.
+  skew test (tests/features/test_features_skew.py) checks the two interpreters against each other.
 
 State lives in "slots": one slot per distinct (entity, events, kind, value, bucket) that
 features need; features sharing a slot share its buckets (user_purchases_7d and
