@@ -3,8 +3,11 @@ the start-up checks that must run before anything is loaded."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import logging
+import signal
 import socket
 from collections.abc import Iterator
 
@@ -45,3 +48,26 @@ def redis_for(settings: Settings, *, port: int = 0) -> Iterator[str]:
         print("stopping Redis ...", flush=True)
         server.stop()
         print(f"Redis stopped; data kept in {server.data_dir}", flush=True)
+
+
+def serve_api(settings: Settings) -> None:
+    """Serve the API until SIGINT/SIGTERM (the port was checked before anything loaded)."""
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config as HyperConfig
+
+    from app.api.app import create_app
+
+    config = HyperConfig()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")  # through our (JSON) handler
+    app = create_app(settings)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+    asyncio.run(run())

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import redis
 from starlette.datastructures import Secret
 
-from app.cli.common import check_port_free, redis_for
+from app.cli.common import check_port_free, redis_for, serve_api
 from app.core.settings import Settings
 from app.recs.keys import RecKeys
 from app.recs.model import matching_model
@@ -139,8 +139,6 @@ Try:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from app.cli.main import serve_api
-
     check_port_free(settings.host, settings.port)  # before anything is started or loaded
     keys = demo_keys(settings)
     with redis_for(settings) as url:

@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from app.cli.common import check_port_free, redis_for
+from app.cli.common import check_port_free, redis_for, serve_api
 from app.cli.demo import cmd_demo
 from app.core.errors import EngineError
 from app.core.logs import configure_logging
@@ -25,29 +24,6 @@ from app.redis import embedded as redis_stack
 from app.redis import library as functions
 
 log = logging.getLogger("retail.cli")
-
-
-def serve_api(settings: Settings) -> None:
-    """Serve the API until SIGINT/SIGTERM (the port was checked before anything loaded)."""
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config as HyperConfig
-
-    from app.api.app import create_app
-
-    config = HyperConfig()
-    config.bind = [f"{settings.host}:{settings.port}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")  # through our (JSON) handler
-    app = create_app(settings)
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
-
-    asyncio.run(run())
 
 
 def cmd_redis(args: argparse.Namespace, settings: Settings) -> int:

@@ -14,9 +14,10 @@ from starlette.testclient import TestClient
 from app.catalog.index import CatalogConfig, CatalogKeys
 from app.catalog.vectorizers import get_vectorizer
 from app.core.keys import Keys
-from app.core.settings import EngineConfig
-from app.obs import metrics
-from app.obs.metrics import MetricKeys, MetricsConfig
+from app.core.settings import EngineConfig, load_settings
+from app.obs.registry import MetricsConfig
+from app.obs.series import MetricKeys
+from app.obs.views import read_totals
 from loaders.catalog import load_rows, online_retail_rows
 from tests.web_fixtures import WRITE_KEY, full_app
 
@@ -28,8 +29,7 @@ NOW = int(time.time() * 1000)
 def api(
     redis_url: str, cfg: EngineConfig, tmp_path: Path, client: redis.Redis
 ) -> Iterator[TestClient]:
-    rows, _ = online_retail_rows(Path(__file__).resolve().parents[1] / "data" / "online-retail"
-                                 / "online-retail-2010-12_2011-09.csv.gz")  # fmt: skip
+    rows, _ = online_retail_rows(load_settings(None).sample_data)
     rows = [r for r in rows if r.record is not None and r.record.item_id in ("85123A", "71053")]
     prefix = cfg.key_prefix
     load_rows(client, CatalogConfig(key_prefix=prefix), CatalogKeys(prefix), rows,
@@ -79,7 +79,7 @@ def test_unknown_items_are_accepted_flagged_and_counted(
 
     mw = api.app.state.metrics  # type: ignore[attr-defined]
     assert mw.flusher is not None and mw.flusher.flush() > 0
-    totals = metrics.read_totals(client, MetricKeys(cfg.key_prefix))
+    totals = read_totals(client, MetricKeys(cfg.key_prefix))
     assert totals.counters[("events.unknown_item", ())] == 2
     assert "retail_events_unknown_item_total 2" in api.get("/metrics").text
     assert api.get("/v1/stats").json()["events"]["unknown_item"] == 2

@@ -30,7 +30,7 @@ from app.recs.experiments import DEFAULT
 from app.recs.recommender import RecConfig, Recommender, RecRequest
 from loaders.catalog import load_rows, online_retail_rows
 from loaders.train import train_online_retail
-from tests.test_recs_purchased import SPLIT_MS, invoices_by_user
+from tests.recs.test_recs_purchased import SPLIT_MS, invoices_by_user
 
 SAMPLE = load_settings(None).sample_data
 ADMIN = {"Authorization": "Bearer s3cret-admin"}
