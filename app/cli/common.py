@@ -16,6 +16,16 @@ from app.core.settings import Settings
 from app.redis import embedded
 
 
+def check_can_start(settings: Settings, what: str = "the API") -> None:
+    """Before anything starts or loads: the data folder is free (the embedded server's, when
+    REDIS_URL is unset: its holder is named), then the port."""
+    lock = embedded.DataDirLock(settings.data_dir / "redis")
+    if not settings.redis_url and lock.path.exists():  # no file: nobody can hold it
+        lock.acquire()  # raises naming the holder
+        lock.release()
+    check_port_free(settings.host, settings.port, what)
+
+
 def check_port_free(host: str, port: int, what: str = "the API") -> None:
     """Fail now, in one line, when `host:port` is taken: not after minutes of loading."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import redis
 from starlette.datastructures import Secret
 
-from app.cli.common import check_port_free, redis_for, serve_api
+from app.cli.common import check_can_start, redis_for, serve_api
 from app.core.settings import Settings
 from app.recs.keys import RecKeys
 from app.recs.model import matching_model
@@ -139,7 +139,7 @@ Try:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    check_port_free(settings.host, settings.port)  # before anything is started or loaded
+    check_can_start(settings)  # before anything is started or loaded
     keys = demo_keys(settings)
     with redis_for(settings) as url:
         with redis.Redis.from_url(url) as client:

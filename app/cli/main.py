@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from app.cli.common import check_port_free, redis_for, serve_api
+from app.cli.common import check_can_start, check_port_free, redis_for, serve_api
 from app.cli.demo import cmd_demo
 from app.core.errors import EngineError
 from app.core.logs import configure_logging
@@ -63,7 +63,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     settings = dataclasses.replace(
         settings, host=args.host or settings.host, port=args.port or settings.port
     )
-    check_port_free(settings.host, settings.port)
+    check_can_start(settings)
     with redis_for(settings) as url:
         serve_api(dataclasses.replace(settings, redis_url=url))
     return 0

@@ -101,3 +101,25 @@ def test_shutdown_confirms_that_redis_stopped(
     assert lines[-1] == f"Redis stopped; data kept in {tmp_path / 'redis'}"
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+
+
+def test_a_second_demo_on_a_held_data_folder_names_the_holder_before_the_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first demo holds both the folder and the port: the folder is what to report."""
+    from app.cli.main import main
+
+    server = redis_stack.EmbeddedRedis(tmp_path / "var" / "redis").start()
+    try:
+        with busy_port() as sock:
+            monkeypatch.setenv("RETAIL_PORT", str(sock.getsockname()[1]))
+            monkeypatch.setenv("RETAIL_DATA_DIR", str(tmp_path / "var"))
+            monkeypatch.delenv("REDIS_URL", raising=False)
+            assert main(["demo"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: data folder {tmp_path / 'var' / 'redis'} is in use by pid")
+        assert "\n" not in err
+        with redis.Redis.from_url(server.url) as client:
+            assert client.ping()  # the first one is untouched
+    finally:
+        server.stop()
