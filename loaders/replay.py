@@ -236,6 +236,11 @@ def replay(
     return report
 
 
+def last_event_ms(path: str | Path) -> int:
+    """The newest row time of the file (its products' last appearance)."""
+    return max((p.last_seen_ms for p in online_retail.scan(path).catalog.values()), default=0)
+
+
 def shift_to_now(client: redis.Redis, cfg: EngineConfig, path: str | Path) -> int:
     """The offset (ms) that makes the file's replay end now, fixed at the first replay.
 
@@ -251,7 +256,7 @@ def shift_to_now(client: redis.Redis, cfg: EngineConfig, path: str | Path) -> in
         return int(stored)
     if int(client.hget(checkpoint, "read") or 0) > 0:
         return 0  # an earlier unshifted replay of this file: stay on its timeline
-    last = max((p.last_seen_ms for p in online_retail.scan(path).catalog.values()), default=0)
+    last = last_event_ms(path)
     now_ms = int(time.time() * 1000)
     hour_ms = 3_600_000
     # Whole hours, never past now (parse_event refuses events from the future).

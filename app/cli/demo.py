@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import secrets
+import time
 from dataclasses import dataclass
 
 import redis
@@ -73,8 +74,17 @@ def prepare(client: redis.Redis, settings: Settings, limit: int | None = None) -
     print(f"Functions library {lib.version} loaded")
     shift = replay.shift_to_now(client, settings.engine, settings.sample_data)
     done["shift_ms"] = str(shift)
+    ends = replay.last_event_ms(settings.sample_data) + shift
+    age_h = (time.time() * 1000 - ends) / 3_600_000
     print(f"the sample data (2010-12 .. 2011-09) is replayed shifted by {shift / 86_400_000:,.1f}"
-          " days so that it ends now")  # fmt: skip
+          f" days: it ends {age_h:,.1f} h ago")  # fmt: skip
+    if age_h > settings.engine.trend_window_h:
+        # Fixed at the first load; trending's window (and its buckets' TTL) has passed since.
+        print(
+            f"note: this data folder was loaded {age_h / 24:,.1f} days ago, beyond trending's "
+            f"{settings.engine.trend_window_h} h window: `make clean` (or another "
+            "RETAIL_DATA_DIR) reloads the sample ending now"
+        )
     _load_catalog(client, settings, shift)
     print(f"replaying the real Online Retail purchases from {settings.sample_data} ...")
     report = replay.replay(client, settings.engine, settings.sample_data, limit=limit,
