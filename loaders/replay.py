@@ -237,8 +237,8 @@ def replay(
 
 
 def last_event_ms(path: str | Path) -> int:
-    """The newest row time of the file (its products' last appearance)."""
-    return max((p.last_seen_ms for p in online_retail.scan(path).catalog.values()), default=0)
+    """The newest purchase event time of the file."""
+    return online_retail.scan(path).last_event_ms
 
 
 def shift_to_now(client: redis.Redis, cfg: EngineConfig, path: str | Path) -> int:
