@@ -16,30 +16,40 @@ from app.core.settings import Settings
 from app.redis import embedded
 
 
-def check_can_start(settings: Settings, what: str = "the API") -> None:
+def check_can_start(settings: Settings, what: str = "the API") -> socket.socket:
     """Before anything starts or loads: the data folder is free (the embedded server's, when
-    REDIS_URL is unset: its holder is named), then the port."""
+    REDIS_URL is unset: its holder is named), then the port, which is taken now and handed
+    to the server later (`serve_api`): a second start cannot take it while this one loads."""
     lock = embedded.DataDirLock(settings.data_dir / "redis")
     if not settings.redis_url and lock.path.exists():  # no file: nobody can hold it
         lock.acquire()  # raises naming the holder
         lock.release()
-    check_port_free(settings.host, settings.port, what)
+    return reserve_port(settings.host, settings.port, what)
+
+
+def reserve_port(host: str, port: int, what: str = "the API") -> socket.socket:
+    """A listening socket on `host:port`, or one line saying why not (not after minutes of
+    loading). Connections made before the server starts wait in its backlog."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    # What hypercorn sets too: a port in TIME_WAIT after our own restart is not "busy".
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)  # listening: another SO_REUSEADDR socket can no longer bind it
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is already in use, so {what} cannot start there: "
+                "stop the other server or set RETAIL_PORT (or --port)"
+            ) from None
+        raise ConfigError(f"cannot bind {what} to {host}:{port}: {exc.strerror}") from None
+    return sock
 
 
 def check_port_free(host: str, port: int, what: str = "the API") -> None:
-    """Fail now, in one line, when `host:port` is taken: not after minutes of loading."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        # What hypercorn sets too: a port in TIME_WAIT after our own restart is not "busy".
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise ConfigError(
-                    f"port {port} on {host} is already in use, so {what} cannot start there: "
-                    "stop the other server or set RETAIL_PORT (or --port)"
-                ) from None
-            raise ConfigError(f"cannot bind {what} to {host}:{port}: {exc.strerror}") from None
+    """Fail now, in one line, when `host:port` is taken (the port is not kept)."""
+    reserve_port(host, port, what).close()
 
 
 @contextlib.contextmanager
@@ -60,15 +70,17 @@ def redis_for(settings: Settings, *, port: int = 0) -> Iterator[str]:
         print(f"Redis stopped; data kept in {server.data_dir}", flush=True)
 
 
-def serve_api(settings: Settings) -> None:
-    """Serve the API until SIGINT/SIGTERM (the port was checked before anything loaded)."""
+def serve_api(settings: Settings, listener: socket.socket | None = None) -> None:
+    """Serve the API until SIGINT/SIGTERM, on `listener` (from `check_can_start`, reserved
+    before anything loaded) or else on host:port."""
     from hypercorn.asyncio import serve
     from hypercorn.config import Config as HyperConfig
 
     from app.api.app import create_app
 
     config = HyperConfig()
-    config.bind = [f"{settings.host}:{settings.port}"]
+    # hypercorn takes the descriptor over (fd://) and closes it when it stops.
+    config.bind = [f"fd://{listener.detach()}" if listener else f"{settings.host}:{settings.port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # through our (JSON) handler
     app = create_app(settings)

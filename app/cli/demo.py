@@ -149,7 +149,7 @@ Try:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    check_can_start(settings)  # before anything is started or loaded
+    listener = check_can_start(settings)  # before anything is started or loaded
     keys = demo_keys(settings)
     with redis_for(settings) as url:
         with redis.Redis.from_url(url) as client:
@@ -159,5 +159,5 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             admin_key=Secret(keys.admin_key),
         )  # fmt: skip
         print(banner(f"http://{settings.host}:{settings.port}", keys), flush=True)
-        serve_api(settings)
+        serve_api(settings, listener)
     return 0

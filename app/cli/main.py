@@ -63,9 +63,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     settings = dataclasses.replace(
         settings, host=args.host or settings.host, port=args.port or settings.port
     )
-    check_can_start(settings)
+    listener = check_can_start(settings)
     with redis_for(settings) as url:
-        serve_api(dataclasses.replace(settings, redis_url=url))
+        serve_api(dataclasses.replace(settings, redis_url=url), listener)
     return 0
 
 

@@ -162,7 +162,9 @@ class DataDirLock:
                 f"data folder {self.path.parent} is in use by {holder}; stop it first or set "
                 "RETAIL_DATA_DIR to another folder"
             ) from None
-        cmd = " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))
+        # orig_argv keeps `-m app.cli` (argv[0] would be .../__main__.py).
+        argv = getattr(sys, "orig_argv", sys.argv)
+        cmd = " ".join([Path(argv[0]).name, *argv[1:]])
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} ({cmd})".encode(), 0)
         self._fd = fd

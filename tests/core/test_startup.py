@@ -118,3 +118,18 @@ def test_a_second_demo_on_a_held_data_folder_names_the_holder_before_the_port(
             assert client.ping()  # the first one is untouched
     finally:
         server.stop()
+
+
+def test_the_port_is_held_from_the_check_to_the_server() -> None:
+    """A second start while the first is still loading found the port free, took it, and
+    the first died after loading (`Address already in use`): the check now keeps it."""
+    from app.cli.common import reserve_port
+    from app.core.errors import ConfigError
+
+    held = reserve_port("127.0.0.1", 0)
+    try:
+        port = held.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"port {port} on 127.0.0.1 is already in use"):
+            reserve_port("127.0.0.1", port)
+    finally:
+        held.close()
