@@ -60,14 +60,16 @@ def redis_for(settings: Settings, *, port: int = 0) -> Iterator[str]:
         return
     server = embedded.EmbeddedRedis(settings.data_dir / "redis", port=port)
     print(f"starting embedded Redis Stack 7.4 (data: {server.data_dir}, AOF everysec) ...")
-    server.start()
-    print(f"Redis Stack ready at {server.url}")
+    # start() inside the try: a signal right after it returns must still stop the server.
     try:
+        server.start()
+        print(f"Redis Stack ready at {server.url}")
         yield server.url
     finally:
-        print("stopping Redis ...", flush=True)
-        server.stop()
-        print(f"Redis stopped; data kept in {server.data_dir}", flush=True)
+        if server.proc is not None:
+            print("stopping Redis ...", flush=True)
+            server.stop()
+            print(f"Redis stopped; data kept in {server.data_dir}", flush=True)
 
 
 def serve_api(settings: Settings, listener: socket.socket | None = None) -> None:
@@ -92,4 +94,11 @@ def serve_api(settings: Settings, listener: socket.socket | None = None) -> None
             loop.add_signal_handler(sig, stop.set)
         await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
-    asyncio.run(run())
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        asyncio.run(run())
+    finally:
+        # asyncio resets SIGTERM to the default (exit at once) when its loop closes; the
+        # caller still has Redis to stop.
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

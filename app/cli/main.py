@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import redis
@@ -126,10 +127,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(Exception):
+    """SIGTERM outside the server loop (while Redis starts or data loads)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    # Python's default for SIGTERM ends the process at once: no `finally`, so the embedded
+    # Redis (its own session) kept running, holding the data folder. Unwind instead.
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = load_settings()
     configure_logging(json_lines=settings.log_json)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.fn(args, settings))
     except EngineError as exc:
@@ -137,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Terminated:
+        return 143
 
 
 if __name__ == "__main__":

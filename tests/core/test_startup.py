@@ -133,3 +133,42 @@ def test_the_port_is_held_from_the_check_to_the_server() -> None:
             reserve_port("127.0.0.1", port)
     finally:
         held.close()
+
+
+def test_sigterm_while_starting_stops_the_embedded_redis(tmp_path: Path) -> None:
+    """SIGTERM before the server loop used to end the CLI at once, leaving its embedded Redis
+    running (and holding the data folder)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from app.core.settings import ROOT
+
+    with busy_port() as probe:  # a free port number, released before the CLI binds it
+        port = probe.getsockname()[1]
+    env = {**os.environ, "RETAIL_PORT": str(port), "RETAIL_DATA_DIR": str(tmp_path / "var"),
+           "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    env.pop("REDIS_URL", None)
+    seen = []
+    with subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    ) as proc:  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                seen.append(line)
+                if line.startswith("Redis Stack ready"):
+                    proc.send_signal(signal.SIGTERM)  # the app is not serving yet
+                    break
+            rest = "".join(seen) + proc.stdout.read()
+            code = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert code in (0, 143), (code, rest)
+    assert "Redis stopped; data kept in" in rest, (code, rest)
+    # Nothing holds the folder any more: a new server can start on it.
+    again = redis_stack.EmbeddedRedis(tmp_path / "var" / "redis").start()
+    again.stop()
