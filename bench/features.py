@@ -48,7 +48,8 @@ from _common import emit_json, percentile, redis_target, settle_aof  # noqa: E40
 from app.core.events import Event, parse_event  # noqa: E402
 from app.core.keys import Keys  # noqa: E402
 from app.core.settings import EngineConfig  # noqa: E402
-from app.features.spec import get_features, ingest_hook, load_feature_set  # noqa: E402
+from app.features.online import get_features, ingest_hook  # noqa: E402
+from app.features.spec import load_feature_set  # noqa: E402
 from app.ingest.ingestor import Ingestor  # noqa: E402
 from app.redis.embedded import free_port  # noqa: E402
 from loaders.browsing import synthetic_browsing  # noqa: E402
