@@ -42,6 +42,7 @@ from app.features.spec import (
 )
 from app.ingest.ingestor import Phase2Hook
 from app.redis.calls import Args, fcall_ro, text
+from app.redis.slots import call_groups
 
 STATE_FORMAT = 1  # first element of every packed state (lua/70_features.lua STATE_FORMAT)
 KMV_BYTES = 7  # a packed 52-bit sketch hash
@@ -95,15 +96,10 @@ def ingest_calls(
     routed = route(fs, events)
     if not routed:
         return []
-    items = list(routed.items())
-    if cluster:
-        by_slot: dict[int, list[tuple[EntityRef, list[Touch]]]] = defaultdict(list)
-        for ref, touches in items:
-            by_slot[key_slot(state_key(keys, *ref).encode())].append((ref, touches))
-        batches = list(by_slot.values())
-    else:
-        step = max(1, groups_per_call)
-        batches = [items[i : i + step] for i in range(0, len(items), step)]
+    batches = call_groups(
+        list(routed.items()), lambda group: state_key(keys, *group[0]),
+        cluster=cluster, per_call=groups_per_call,
+    )  # fmt: skip
     return [("features_ingest", features_ingest_args(fs, keys, batch)) for batch in batches]
 
 

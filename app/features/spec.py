@@ -7,7 +7,7 @@ Features are declared once in `features/features.yaml` (see its header and docs/
   `features_get` (lua/70_features.lua) interpret: the online path.
 - the typed `Feature` objects that `app.features.offline` interprets over the event log: the
   offline path. Neither side has a per-feature line of code, so they cannot drift apart; the
-  skew test (tests/test_features_skew.py) checks the two interpreters against each other.
+  skew test (tests/features/test_features_skew.py) checks the two interpreters against each other.
 
 State lives in "slots": one slot per distinct (entity, events, kind, value, bucket) that
 features need; features sharing a slot share its buckets (user_purchases_7d and
@@ -36,15 +36,11 @@ import yaml
 from app.core.errors import ValidationError
 from app.core.events import EVENT_TYPES, ID_RE, Event, Line
 from app.core.settings import ROOT
+from app.core.units import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS, WEEK_MS
 
 DEFAULT_PATH = ROOT / "features" / "features.yaml"
 SPEC_VERSION = 1
 
-SECOND_MS = 1000
-MINUTE_MS = 60 * SECOND_MS
-HOUR_MS = 60 * MINUTE_MS
-DAY_MS = 24 * HOUR_MS
-WEEK_MS = 7 * DAY_MS
 UNIT_MS = {"s": SECOND_MS, "m": MINUTE_MS, "h": HOUR_MS, "d": DAY_MS}
 DURATION_RE = re.compile(r"^([1-9][0-9]{0,6})(s|m|h|d)$")
 # Calendar windows: unit length and the offset that aligns it (1970-01-01 was a Thursday, so
