@@ -14,12 +14,13 @@
 --   i:{item}:fs              item features
 --   u:{user}:fsc:<category>  user x category features
 -- holding a MessagePack array {1, w, slots}: w = the newest event ts the entity has seen (ms),
--- slots = map slot id -> {h, deltas, values}:
+-- slots = map slot id -> {h, ages, values}:
 --   h       horizon ms (0: none): buckets ending at or before it were dropped (reads whose
 --           window starts before it answer null rather than a partial value; for max / last
 --           slots only when no kept bucket at or after it lies in the window)
---   deltas  bucket indices n = floor(ts / bucket_ms), ascending, delta-coded (first absolute)
---   values  one per bucket, by slot kind:
+--   ages    per bucket floor(w / bucket_ms) - n, where n = floor(ts / bucket_ms): ascending
+--           (newest bucket first); small numbers, and a reader bisects them as they are
+--   values  one per bucket, in the same order, by slot kind:
 --             sum   integer: events, units (qty) or revenue (1/10,000 GBP) of the bucket
 --             dec   float: sum of weight * 2^((ts - bucket start) / half_life)
 --             max   integer: newest event ts in the bucket minus the bucket start
@@ -262,10 +263,11 @@ local function bucket_packed(slot, n, value)
   return value
 end
 
--- Packed state (GET reply) -> {w = newest ts or nil, slots = {id -> {h, n = {...}, v = {...}}}}:
--- bucket indices absolute and ascending, values still packed (decoded only where used).
-local function state_decode(raw)
-  local st = {w = nil, slots = {}}
+-- Packed state (GET reply) -> {w = newest ts or nil, slots = {id -> {h, n = {...}, v = {...}}},
+-- dropped}: bucket indices absolute and ascending, values still packed (decoded where used);
+-- slots the spec does not have are left out (`dropped` counts their buckets).
+local function state_decode(spec, raw)
+  local st = {w = nil, slots = {}, dropped = 0}
   if not raw then return st end
   local ok, obj = pcall(cmsgpack.unpack, raw)
   if not ok or type(obj) ~= 'table' or obj[1] ~= STATE_FORMAT or type(obj[3]) ~= 'table' then
@@ -273,12 +275,18 @@ local function state_decode(raw)
   end
   st.w = obj[2]
   for id, s in pairs(obj[3]) do
-    local ns, n = {}, 0
-    for i, d in ipairs(s[2]) do
-      n = n + d
-      ns[i] = n
+    local slot = spec.slots[id]
+    local ages, vals = s[2], s[3]
+    if slot == nil then
+      st.dropped = st.dropped + #ages
+    else
+      local base, ns, vs, m = math.floor(st.w / slot.b), {}, {}, #ages
+      for i = 1, m do
+        ns[i] = base - ages[m + 1 - i]
+        vs[i] = vals[m + 1 - i]
+      end
+      st.slots[id] = {h = s[1], n = ns, v = vs}
     end
-    st.slots[id] = {h = s[1], n = ns, v = s[3]}
   end
   return st
 end
@@ -328,15 +336,15 @@ local function slot_trim(spec, slot, s, w)
   return keep - 1
 end
 
-local function state_encode(st)
+local function state_encode(spec, st)
   local slots = {}
   for id, s in pairs(st.slots) do
-    local deltas, prev = {}, 0
-    for i, n in ipairs(s.n) do
-      deltas[i] = n - prev
-      prev = n
+    local base, ages, vals, m = math.floor(st.w / spec.slots[id].b), {}, {}, #s.n
+    for i = 1, m do
+      ages[i] = base - s.n[m + 1 - i]
+      vals[i] = s.v[m + 1 - i]
     end
-    slots[id] = {s.h, deltas, s.v}
+    slots[id] = {s.h, ages, vals}
   end
   return cmsgpack.pack({STATE_FORMAT, st.w, slots})
 end
@@ -397,13 +405,13 @@ end
 local function features_apply(spec, key, ent_name, events, st)
   local ent = spec.ent[ent_name]
   if #events == 0 then return 0, 0 end
-  st = st or state_decode(redis.call('GET', key))
+  st = st or state_decode(spec, redis.call('GET', key))
   local w = st.w
   for _, ev in ipairs(events) do
     if w == nil or ev.ts > w then w = ev.ts end
   end
   st.w = w
-  local touched, written, trimmed = {}, 0, 0
+  local touched, written, trimmed = {}, 0, st.dropped
   for _, ev in ipairs(events) do
     for _, slot in ipairs(ent.by_type[ev.type] or {}) do
       local s = st.slots[slot.id]
@@ -428,8 +436,8 @@ local function features_apply(spec, key, ent_name, events, st)
   end
   for id, s in pairs(st.slots) do
     local slot = spec.slots[id]
-    if slot == nil or slot.ent ~= ent_name then
-      trimmed = trimmed + #s.n  -- a slot the spec no longer has
+    if slot.ent ~= ent_name then
+      trimmed = trimmed + #s.n  -- another entity type's slot: not this key's
       st.slots[id] = nil
     else
       slot_arrays(slot, s)
@@ -437,9 +445,9 @@ local function features_apply(spec, key, ent_name, events, st)
     end
   end
   if ent.ttl > 0 then
-    redis.call('SET', key, state_encode(st), 'EX', ent.ttl)
+    redis.call('SET', key, state_encode(spec, st), 'EX', ent.ttl)
   else
-    redis.call('SET', key, state_encode(st))
+    redis.call('SET', key, state_encode(spec, st))
   end
   return written, trimmed
 end
@@ -490,7 +498,7 @@ local function features_ingest(keys, argv)
   if argv[pos] ~= nil then fail('ERR_BADARG', 'unexpected arguments after the last group') end
   for _, grp in ipairs(groups) do
     -- Read (and check) every state first: a foreign value fails here, before any write.
-    if #grp.events > 0 then grp.st = state_decode(redis.call('GET', grp.key)) end
+    if #grp.events > 0 then grp.st = state_decode(spec, redis.call('GET', grp.key)) end
   end
 
   local written, trimmed = 0, 0
@@ -605,7 +613,7 @@ local function features_get(keys, argv)
   end
   local reply = {}
   for _, key in ipairs(keys) do
-    local st = state_decode(redis.call('GET', key))
+    local st = state_decode(spec, redis.call('GET', key))
     local t = fixed
     if t == nil then
       if st.w == nil then t = now_ms() else t = st.w + 1 end

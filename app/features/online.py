@@ -15,7 +15,6 @@ import bisect
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import accumulate
 from typing import Any
 
 import msgpack
@@ -227,42 +226,76 @@ def get_features_fcall(
 # -- the fast read: packed states in pipelined slices, the arithmetic here ---------------------
 
 
+# What a feature's read does with its slots' buckets (FeaturePlan.op).
+COUNT, SCALED_SUM, MEAN, RATIO, DECAYED, DISTINCT, LAST, RECENCY = range(8)
+_OPS = {"count": COUNT, "mean": MEAN, "ratio": RATIO, "decayed_sum": DECAYED,
+        "distinct_approx": DISTINCT, "last": LAST, "recency": RECENCY}  # fmt: skip
+_NO_SLOT: list[Any] = [0, [], []]
+
+
 @dataclass(frozen=True, slots=True)
 class FeaturePlan:
-    """What reading one feature needs from a packed state (compiled once per feature set)."""
+    """What reading one feature needs from a packed state (flat, for the per-entity loop)."""
 
-    feature: Feature
+    name: str
+    op: int
     slots: tuple[bytes, ...]  # slot ids as stored (role 1, then a mean's / ratio's count)
-    kind: str  # the first slot's kind
+    bucket_ms: int
+    window_ms: int
+    calendar_offset_ms: int | None  # calendar windows: the alignment offset; rolling: None
+    scale: int
     half_life_ms: int
     k: int
 
 
-_PLANS: dict[tuple[int, str], FeaturePlan] = {}
+_PLANS: dict[tuple[int, tuple[str, ...]], tuple[FeatureSet, list[FeaturePlan]]] = {}
 
 
-def feature_plan(fs: FeatureSet, name: str) -> FeaturePlan:
-    key = (id(fs), name)
-    plan = _PLANS.get(key)
-    if plan is None or plan.feature is not fs.features[name]:
+def feature_plans(fs: FeatureSet, names: Sequence[str]) -> list[FeaturePlan]:
+    key = (id(fs), tuple(names))
+    cached = _PLANS.get(key)
+    if cached is not None and cached[0] is fs:
+        return cached[1]
+    plans = []
+    for name in names:
         f = fs.features[name]
         ids = fs.feature_slots[name]
         first = fs.slots[ids[0]]
-        plan = FeaturePlan(f, tuple(i.encode() for i in ids), first.kind, first.half_life_ms,
-                           first.k)  # fmt: skip
-        _PLANS[key] = plan
-    return plan
+        op = SCALED_SUM if f.agg == "sum" and f.scale != 1 else _OPS.get(f.agg, COUNT)
+        calendar = f.window.offset_ms if f.window.kind == "calendar" else None
+        sids = tuple(i.encode() for i in ids)
+        plans.append(FeaturePlan(name, op, sids, f.bucket_ms, f.window.ms, calendar, f.scale,
+                                 first.half_life_ms, first.k))  # fmt: skip
+    if len(_PLANS) > 256:  # name lists are few in practice; bound the cache anyway
+        _PLANS.clear()
+    _PLANS[key] = (fs, plans)
+    return plans
+
+
+Window = tuple[FeaturePlan, int, int, int]  # plan, start ms, first bucket, end bucket
+
+
+def windows(plans: Sequence[FeaturePlan], t: int) -> list[Window]:
+    """Each feature's window as of t (`Feature.window_bounds`), as bucket indices [lo, hi)."""
+    out = []
+    for p in plans:
+        end = t - t % p.bucket_ms
+        if p.calendar_offset_ms is None:
+            start = end - p.window_ms
+        else:
+            start = t - (t + p.calendar_offset_ms) % p.window_ms
+        out.append((p, start, start // p.bucket_ms, end // p.bucket_ms))
+    return out
 
 
 class PackedState:
-    """One entity's packed state, decoded lazily: a slot's bucket indices are rebuilt from
-    their deltas only when a feature reads it."""
+    """One entity's packed state as stored: the newest event ts and per slot [horizon ms,
+    bucket ages (floor(newest / bucket) - index, ascending: newest first), packed values]."""
 
-    __slots__ = ("_raw", "_slots", "newest")
+    __slots__ = ("newest", "slots")
 
     def __init__(self, blob: bytes | None) -> None:
-        self._slots: dict[bytes, tuple[int, list[int], list[Any]]] = {}
-        self._raw: dict[bytes, list[Any]] = {}
+        self.slots: dict[bytes, list[Any]] = {}
         self.newest: int | None = None
         if blob is None:
             return
@@ -273,110 +306,68 @@ class PackedState:
         if not isinstance(obj, list) or len(obj) != 3 or obj[0] != STATE_FORMAT:
             raise ValidationError("state", f"feature state is not format {STATE_FORMAT}")
         self.newest = int(obj[1])
-        self._raw = obj[2] if isinstance(obj[2], dict) else {}
+        if isinstance(obj[2], dict):
+            self.slots = obj[2]
 
     def bucket_count(self) -> int:
-        return sum(len(raw[1]) for raw in self._raw.values())
-
-    def slot(self, sid: bytes) -> tuple[int, list[int], list[Any]] | None:
-        """(horizon ms, ascending bucket indices, packed values) or None."""
-        got = self._slots.get(sid)
-        if got is None:
-            raw = self._raw.get(sid)
-            if raw is None:
-                return None
-            got = (int(raw[0]), list(accumulate(raw[1])), raw[2])
-            self._slots[sid] = got
-        return got
+        return sum(len(ages) for _h, ages, _vs in self.slots.values())
 
 
-def _sums(plan: FeaturePlan, st: PackedState, lo: int, hi: int) -> tuple[int, int, int]:
-    """Sums of the role-1 and role-2 slots over buckets [lo, hi), and the highest horizon."""
-    out = [0, 0]
-    h_max = 0
-    for role, sid in enumerate(plan.slots):
-        got = st.slot(sid)
-        if got is None:
+def state_values(st: PackedState, wins: Sequence[Window], t: int) -> dict[str, Value]:
+    """The features of one entity as of t: the arithmetic of lua/70_features.lua
+    `feature_value`, operation for operation (integer and float results are identical; the
+    tests compare both). A value needing dropped buckets (window start before the horizon) is
+    null; for last / recency only when no newer kept bucket lies in the window. Buckets are
+    found by age: index n in [lo, hi) <=> age in [base - hi + 1, base - lo + 1)."""
+    out: dict[str, Value] = {}
+    slot, bl = st.slots.get, bisect.bisect_left
+    newest = st.newest or 0
+    for p, start, lo, hi in wins:
+        op = p.op
+        h, ages, vs = slot(p.slots[0], _NO_SLOT)
+        base = newest // p.bucket_ms
+        i, j = bl(ages, base - hi + 1), bl(ages, base - lo + 1)
+        if op >= LAST:  # the window's newest bucket (first in age order) holds the answer
+            if i == j or (start < h and (base - ages[i]) * p.bucket_ms < h):
+                out[p.name] = None
+            elif op == RECENCY:
+                out[p.name] = (t - ((base - ages[i]) * p.bucket_ms + vs[i])) / 1000
+            else:
+                v = vs[i][1]
+                out[p.name] = v if p.scale == 1 else v / p.scale
             continue
-        h, ns, vs = got
-        h_max = max(h_max, h)
-        out[role] = sum(vs[bisect.bisect_left(ns, lo) : bisect.bisect_left(ns, hi)])
-    return out[0], out[1], h_max
+        if op in (MEAN, RATIO):
+            h2, ages2, vs2 = slot(p.slots[1], _NO_SLOT)
+            h = max(h, h2)
+        if start < h:
+            out[p.name] = None
+        elif op == COUNT:
+            out[p.name] = sum(vs[i:j])
+        elif op == SCALED_SUM:
+            out[p.name] = sum(vs[i:j]) / p.scale
+        elif op in (MEAN, RATIO):
+            y = sum(vs2[bl(ages2, base - hi + 1) : bl(ages2, base - lo + 1)])
+            x = sum(vs[i:j])
+            out[p.name] = None if y == 0 else x / y if op == RATIO else x / y / p.scale
+        elif op == DECAYED:
+            # Oldest bucket first, as the Lua sum runs (float addition is not associative).
+            b, hl, total = p.bucket_ms, p.half_life_ms, 0.0
+            for k in range(j - 1, i - 1, -1):
+                total += vs[k] * 2.0 ** (-(t - (base - ages[k]) * b) / hl)
+            out[p.name] = total
+        else:
+            out[p.name] = _distinct(vs[i:j], p.k)
+    return out
 
 
-def _newest_in(plan: FeaturePlan, st: PackedState, lo: int, hi: int, start: int, t: int) -> Value:
-    """last / recency: the newest bucket of the window holds the answer (within a bucket the
-    packed value already is the newest event's). Dropped buckets are older than any kept one,
-    so the value is known when the window starts after the horizon or holds a newer bucket."""
-    f = plan.feature
-    got = st.slot(plan.slots[0])
-    h, ns, vs = got if got is not None else (0, [], [])
-    j = bisect.bisect_left(ns, hi)
-    found = j > 0 and ns[j - 1] >= lo
-    if start < h and not (found and ns[j - 1] * f.bucket_ms >= h):
-        return None
-    if not found:
-        return None
-    n, packed = ns[j - 1], vs[j - 1]
-    if f.agg == "recency":
-        return (t - (n * f.bucket_ms + int(packed))) / 1000
-    value = int(packed[1])
-    return value if f.scale == 1 else value / f.scale
-
-
-def _distinct(plan: FeaturePlan, st: PackedState, lo: int, hi: int) -> float:
-    got = st.slot(plan.slots[0])
-    if got is None:
-        return 0.0
-    _, ns, vs = got
+def _distinct(packed_buckets: list[bytes], k: int) -> float:
     seen: set[bytes] = set()
-    for packed in vs[bisect.bisect_left(ns, lo) : bisect.bisect_left(ns, hi)]:
+    for packed in packed_buckets:
         seen.update(packed[i : i + KMV_BYTES] for i in range(0, len(packed), KMV_BYTES))
-    k = plan.k
     if len(seen) < k:
         return float(len(seen))
     kth = sorted(seen)[k - 1]  # fixed-width big-endian: byte order is numeric order
     return (k - 1) * KMV_SPACE / (int.from_bytes(kth, "big") + 1)
-
-
-def _decayed(plan: FeaturePlan, st: PackedState, lo: int, hi: int, t: int) -> float:
-    got = st.slot(plan.slots[0])
-    if got is None:
-        return 0.0
-    _, ns, vs = got
-    b, hl = plan.feature.bucket_ms, plan.half_life_ms
-    i, j = bisect.bisect_left(ns, lo), bisect.bisect_left(ns, hi)
-    total = 0.0
-    for n, v in zip(ns[i:j], vs[i:j], strict=True):
-        total += v * 2.0 ** (-(t - n * b) / hl)
-    return total
-
-
-def feature_value(plan: FeaturePlan, st: PackedState, t: int) -> Value:
-    """One feature as of t from a packed state: the arithmetic of lua/70_features.lua
-    `feature_value`, operation for operation (so integer and float results are identical)."""
-    f = plan.feature
-    b = f.bucket_ms
-    start, end = f.window_bounds(t)
-    lo, hi = start // b, end // b
-    agg = f.agg
-    if agg in ("last", "recency"):
-        return _newest_in(plan, st, lo, hi, start, t)
-    h_max = max((got[0] for sid in plan.slots if (got := st.slot(sid)) is not None), default=0)
-    if start < h_max:
-        return None
-    if agg == "decayed_sum":
-        return _decayed(plan, st, lo, hi, t)
-    if agg == "distinct_approx":
-        return _distinct(plan, st, lo, hi)
-    x, y, _ = _sums(plan, st, lo, hi)
-    if agg == "count" or (agg == "sum" and f.scale == 1):
-        return x
-    if agg == "sum":
-        return x / f.scale
-    if y == 0:
-        return None
-    return x / y if agg == "ratio" else x / y / f.scale
 
 
 def _blob(raw: Any) -> bytes | None:
@@ -448,17 +439,18 @@ def get_features(
     key_list = [state_key(keys, entity, check_entity_id(entity, i)) for i in ids]
     blobs, now = _fetch_states(client, key_list, need_time=not isinstance(as_of, int),
                                cluster=cluster)  # fmt: skip
-    plans = [feature_plan(fs, n) for n in wanted]
+    plans = feature_plans(fs, wanted)
+    shared_t = as_of if isinstance(as_of, int) else now
+    shared = windows(plans, shared_t) if shared_t is not None else []
     by_id: dict[str, FeatureRow] = {}
     for entity_id, blob in zip(ids, blobs, strict=True):
         st = PackedState(blob)
-        if isinstance(as_of, int):
-            t = as_of
-        elif as_of == "latest" and st.newest is not None:
+        if as_of == "latest" and st.newest is not None:
             t = st.newest + 1
+            values = state_values(st, windows(plans, t), t)
         else:
-            assert now is not None
-            t = now
-        values = {p.feature.name: feature_value(p, st, t) for p in plans}
+            assert shared_t is not None
+            t = shared_t
+            values = state_values(st, shared, t)
         by_id[entity_id] = FeatureRow(entity, entity_id, t, values)
     return [by_id[i] for i in entity_ids]

@@ -64,18 +64,15 @@ def ingest(client: redis.Redis, fs: FeatureSet, keys: Keys, events: Sequence[Eve
     return [fcall(client, name, args) for name, args in ingest_calls(fs, keys, events)]
 
 
-def buckets(client: redis.Redis, key: str) -> dict[str, tuple[int, list[int]]]:
-    """The packed state's slots: slot id -> (horizon, absolute bucket indices)."""
-    fmt, _newest, slots = msgpack.unpackb(client.get(key), raw=True, strict_map_key=False)
+def buckets(client: redis.Redis, fs: FeatureSet, key: str) -> dict[str, tuple[int, list[int]]]:
+    """The packed state's slots: slot id -> (horizon, bucket indices, ascending)."""
+    fmt, newest, slots = msgpack.unpackb(client.get(key), raw=True, strict_map_key=False)
     assert fmt == 1
     out = {}
-    for sid, (h, deltas, _values) in (slots or {}).items():
-        sid = sid.decode()
-        idx, n = [], 0
-        for d in deltas:
-            n += d
-            idx.append(n)
-        out[sid] = (h, idx)
+    for sid, (h, ages, _values) in (slots or {}).items():
+        assert ages == sorted(ages)
+        base = newest // fs.slots[sid.decode()].bucket_ms
+        out[sid.decode()] = (h, sorted(base - a for a in ages))
     return out
 
 
@@ -211,7 +208,7 @@ def test_trimming_keeps_memory_bounded_and_old_reads_null(
     for start in range(0, len(events), 400):
         ingest(client, fs, keys, events[start : start + 400])
     key = state_key(keys, "user", "u1")
-    held = buckets(client, key)
+    held = buckets(client, fs, key)
     for sid, (_h, idx) in held.items():
         slot = fs.slots[sid]
         assert len(idx) <= slot.retention_ms // slot.bucket_ms + 1, sid
@@ -235,9 +232,9 @@ def test_late_event_older_than_retention_is_not_kept(
 ) -> None:
     ingest(client, fs, keys, [ev("v1", "view", T0 + 30 * DAY_MS)])
     key = state_key(keys, "user", "u1")
-    before = buckets(client, key)
+    before = buckets(client, fs, key)
     ingest(client, fs, keys, [ev("late", "view", T0)])  # 30 days late
-    after = buckets(client, key)
+    after = buckets(client, fs, key)
     view_slots = {
         s.id for s in fs.slots.values() if s.entity == "user" and "view" in dict(s.events)
     }
@@ -274,7 +271,7 @@ def test_spec_change_starts_new_state_and_drops_the_old(client: redis.Redis, key
     ingest(client, old, keys, [ev("a", "view", T0)])
     assert value(client, new, keys, "n", "u1", T0 + HOUR_MS) == 0  # new slot: no old buckets
     ingest(client, new, keys, [ev("b", "view", T0 + 3 * HOUR_MS)])  # trims: old slot unknown
-    assert set(buckets(client, state_key(keys, "user", "u1"))) == set(new.slots)
+    assert set(buckets(client, new, state_key(keys, "user", "u1"))) == set(new.slots)
 
 
 def test_duplicates_count_once_through_the_ingestor(
@@ -410,7 +407,7 @@ def test_newest_only_slots_keep_few_buckets(
     events = [ev(f"p{i}", "purchase", T0 + i * 7 * HOUR_MS) for i in range(200)]  # 58 days
     for start in range(0, len(events), 20):
         ingest(client, fs, keys, events[start : start + 20])
-    held = buckets(client, state_key(keys, "user", "u1"))
+    held = buckets(client, fs, state_key(keys, "user", "u1"))
     for name in ("user_purchase_recency_s", "user_last_basket_value"):
         (sid,) = fs.feature_slots[name]
         assert len(held[sid][1]) <= 2, name
