@@ -291,24 +291,48 @@ local function state_decode(spec, raw)
   return st
 end
 
--- The slot's buckets as a map n -> working value (built once, on the first update).
-local function slot_map(slot, s)
-  if s.map == nil then
-    s.map = {}
-    for i, n in ipairs(s.n) do s.map[n] = bucket_value(slot, n, s.v[i]) end
+-- The working value of bucket n (nil: empty), to update in place through slot_set. Only
+-- the buckets an event touches are unpacked (a sketch bucket costs a decode and a re-sort).
+local function slot_get(slot, s, n)
+  if s.work == nil then
+    s.work, s.pos = {}, {}
+    for i, m in ipairs(s.n) do s.pos[m] = i end
   end
-  return s.map
+  local cur = s.work[n]
+  if cur == nil and s.pos[n] ~= nil then
+    cur = bucket_value(slot, n, s.v[s.pos[n]])
+    s.work[n] = cur
+  end
+  return cur
 end
 
--- Back from the map to ascending packed arrays.
+local function slot_set(s, n, value)
+  s.work[n] = value
+end
+
+-- Pack the touched buckets back into the ascending arrays.
 local function slot_arrays(slot, s)
-  if s.map == nil then return end
-  local ns = {}
-  for n, _ in pairs(s.map) do ns[#ns + 1] = n end
-  table.sort(ns)
-  local vs = {}
-  for i, n in ipairs(ns) do vs[i] = bucket_packed(slot, n, s.map[n]) end
-  s.n, s.v, s.map = ns, vs, nil
+  if s.work == nil then return end
+  local added = false
+  for n, value in pairs(s.work) do
+    local i = s.pos[n]
+    if i == nil then
+      i = #s.n + 1
+      if i > 1 and s.n[i - 1] > n then added = true end  -- out of order: sort below
+      s.n[i] = n
+      s.pos[n] = i
+    end
+    s.v[i] = bucket_packed(slot, n, value)
+  end
+  if added then
+    local order = {}
+    for i = 1, #s.n do order[i] = i end
+    table.sort(order, function(a, b) return s.n[a] < s.n[b] end)
+    local ns, vs = {}, {}
+    for i, k in ipairs(order) do ns[i], vs[i] = s.n[k], s.v[k] end
+    s.n, s.v = ns, vs
+  end
+  s.work, s.pos = nil, nil
 end
 
 -- Drop the buckets no read as of (newest - history) or later can use, raising the horizon:
@@ -349,25 +373,26 @@ local function state_encode(spec, st)
   return cmsgpack.pack({STATE_FORMAT, st.w, slots})
 end
 
--- Fold one event into the bucket n of a slot (working form, see slot_map).
-local function slot_update(slot, map, n, ev)
+-- Fold one event into the bucket n of a slot (working form, see bucket_value).
+local function slot_update(slot, s, n, ev)
   local kind = slot.kind
+  local cur = slot_get(slot, s, n)
   if kind == 'sum' then
     local v = event_value(slot.val, ev)
-    if v ~= 0 then map[n] = (map[n] or 0) + v end
+    if v ~= 0 then slot_set(s, n, (cur or 0) + v) end
   elseif kind == 'dec' then
-    map[n] = (map[n] or 0) + slot.ev[ev.type] * 2 ^ ((ev.ts - n * slot.b) / slot.hl)
+    slot_set(s, n, (cur or 0) + slot.ev[ev.type] * 2 ^ ((ev.ts - n * slot.b) / slot.hl))
   elseif kind == 'max' then
-    if map[n] == nil or ev.ts > map[n] then map[n] = ev.ts end
+    if cur == nil or ev.ts > cur then slot_set(s, n, ev.ts) end
   elseif kind == 'last' then
-    local v, cur = event_value(slot.val, ev), map[n]
-    if cur == nil or last_better(ev.ts, v, cur[1], cur[2]) then map[n] = {ev.ts, v} end
+    local v = event_value(slot.val, ev)
+    if cur == nil or last_better(ev.ts, v, cur[1], cur[2]) then slot_set(s, n, {ev.ts, v}) end
   else
     local members = event_members(slot.of, ev)
     if #members > 0 then
-      local nums = map[n] or {}
+      local nums = cur or {}
       for _, m in ipairs(members) do nums[#nums + 1] = kmv_hash(m) end
-      map[n] = nums
+      slot_set(s, n, nums)
     end
   end
 end
@@ -425,12 +450,11 @@ local function features_apply(spec, key, ent_name, events, st)
         -- (memory stays bounded); the horizon makes older reads answer null instead.
         s.h = math.max(s.h, (n + 1) * slot.b)
       else
-        local map = slot_map(slot, s)
         if not touched[slot.id .. ':' .. n] then
           touched[slot.id .. ':' .. n] = true
           written = written + 1
         end
-        slot_update(slot, map, n, ev)
+        slot_update(slot, s, n, ev)
       end
     end
   end

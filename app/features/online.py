@@ -27,6 +27,7 @@ from app.core.keys import Keys
 from app.core.settings import EngineConfig
 from app.features.spec import (
     ENTITY_TYPES,
+    KMV_BYTES,
     MAX_IDS,
     AsOf,
     EntityRef,
@@ -44,7 +45,6 @@ from app.redis.calls import Args, fcall_ro, text
 from app.redis.slots import call_groups
 
 STATE_FORMAT = 1  # first element of every packed state (lua/70_features.lua STATE_FORMAT)
-KMV_BYTES = 7  # a packed 52-bit sketch hash
 KMV_SPACE = 1 << 52
 READ_SLICE = 100  # keys per MGET: ~1 KB each, a few us of Redis time per key
 
@@ -82,34 +82,65 @@ def features_ingest_args(
     return key_list, argv
 
 
+# Work per features_ingest call, so that no call holds Redis long: each entity costs its state's
+# decode and re-encode (ENTITY_COST) and each of its events one unit. Measured on the replay
+# (bench/features.py): see docs/features.md, "Write path".
+ENTITY_COST = 4
+WORK_PER_CALL = 32
+
+
+def budget_batches(
+    groups: Sequence[tuple[EntityRef, Sequence[Touch]]], budget: int
+) -> list[list[tuple[EntityRef, Sequence[Touch]]]]:
+    """Groups cut into calls of at most `budget` work; an entity with more events than one
+    call takes is split across consecutive calls (applied in order: the same state)."""
+    out: list[list[tuple[EntityRef, Sequence[Touch]]]] = [[]]
+    used = 0
+    per_entity = max(1, budget - ENTITY_COST)
+    for ref, touches in groups:
+        for i in range(0, len(touches), per_entity):
+            part = touches[i : i + per_entity]
+            cost = ENTITY_COST + len(part)
+            if out[-1] and used + cost > budget:
+                out.append([])
+                used = 0
+            out[-1].append((ref, part))
+            used += cost
+    return out
+
+
 def ingest_calls(
     fs: FeatureSet,
     keys: Keys,
     events: Sequence[Event],
     *,
     cluster: bool = False,
-    groups_per_call: int = 64,
+    work_per_call: int = WORK_PER_CALL,
 ) -> list[tuple[str, Args]]:
-    """The `features_ingest` calls for accepted events: on a standalone server up to
-    `groups_per_call` entities per call; with `cluster=True` one call per hash slot."""
+    """The `features_ingest` calls for accepted events, each of at most `work_per_call` work
+    (see ENTITY_COST); with `cluster=True` each call's keys in one hash slot."""
     routed = route(fs, events)
     if not routed:
         return []
-    batches = call_groups(
+    by_slot = call_groups(
         list(routed.items()), lambda group: state_key(keys, *group[0]),
-        cluster=cluster, per_call=groups_per_call,
+        cluster=cluster, per_call=len(routed),
     )  # fmt: skip
-    return [("features_ingest", features_ingest_args(fs, keys, batch)) for batch in batches]
+    return [
+        ("features_ingest", features_ingest_args(fs, keys, batch))
+        for groups in by_slot
+        for batch in budget_batches(groups, work_per_call)
+    ]
 
 
 def ingest_hook(
-    fs: FeatureSet, cfg: EngineConfig, *, cluster: bool = False, groups_per_call: int = 64
+    fs: FeatureSet, cfg: EngineConfig, *, cluster: bool = False, work_per_call: int = WORK_PER_CALL
 ) -> Phase2Hook:
     """The `Ingestor(phase2_hooks=[...])` extension that keeps the online features current."""
     keys = Keys(cfg.key_prefix)
 
     def hook(events: Sequence[Event]) -> list[tuple[str, Args]]:
-        return ingest_calls(fs, keys, events, cluster=cluster, groups_per_call=groups_per_call)
+        return ingest_calls(fs, keys, events, cluster=cluster, work_per_call=work_per_call)
 
     return hook
 

@@ -58,6 +58,7 @@ REVENUE_UNITS = 10_000  # revenue state: integer 1/10,000 GBP, so sums are exact
 MAX_WINDOW_BUCKETS = 10_080  # e.g. 7 d at 1 min; a read touches at most this many per slot
 MIN_BUCKET_MS = SECOND_MS
 KMV_K = (2, 1024)
+KMV_BYTES = 7  # a packed 52-bit sketch hash in the online state
 CATEGORY_SEP = "~"  # user_category ids: "<user>~<category>" (ids never contain '~')
 MAX_IDS = 1000  # entities per read call
 
@@ -170,6 +171,19 @@ class FeatureSet:
         retention (every write drops older ones; docs/features.md, "Memory")."""
         slots = [s for s in self.slots.values() if s.entity == entity]
         return sum(s.retention_ms // s.bucket_ms + 1 for s in slots)
+
+    def max_state_bytes(self, entity: str) -> int:
+        """The most bytes one entity's packed state (MessagePack, lua/70_features.lua) can take:
+        every slot full (max_buckets) with each value at its widest encoding. A bound, not a
+        typical size (docs/features.md, "Memory")."""
+        total = 16  # array header, format, newest ts (uint64), map header
+        for s in self.slots.values():
+            if s.entity != entity:
+                continue
+            value = {"sum": 9, "dec": 9, "max": 5, "last": 15}.get(s.kind, 3 + KMV_BYTES * s.k)
+            # slot id key, [h, ages, values] headers, h; per bucket an age (uint16) and a value
+            total += 29 + (s.retention_ms // s.bucket_ms + 1) * (3 + value)
+        return total
 
     def entities(self) -> list[str]:
         return [e for e in ENTITY_TYPES if self.names(e)]
