@@ -496,8 +496,8 @@ end
 --     (the lines routed to this entity: all of them for a user, the item's lines for an
 --     item, the category's lines for a user x category)
 -- Reply: {groups, buckets_written, buckets_trimmed}
--- Errors: ERR_BADARG (bad spec, entity, event, number or state format), ERR_KEYS (bad KEYS
---   index); raised before the first write.
+-- Errors: ERR_BADARG (bad spec, entity, event, number or state format, one key in two
+--   groups), ERR_KEYS (bad KEYS index); raised before the first write.
 -- Writes (each state string): SET of the whole packed state with EX = the entity type's ttl
 --   (spec: the longest ttl of its features, >= window + bucket + history, so it never cuts a
 --   window). Every write drops buckets older than newest - retention (event time) and
@@ -507,11 +507,14 @@ end
 local function features_ingest(keys, argv)
   local spec = feature_spec(argv[1])
   local n_groups = int(argv[2], 'n_groups')
-  local groups = {}
+  local groups, seen = {}, {}
   local pos = 3
   for g = 1, n_groups do
     local key = key_at(keys, argv[pos], 'k_state')
     if key == nil then fail('ERR_KEYS', 'k_state must not be 0') end
+    -- Each state is read once before the writes: a second group of one key would lose updates.
+    if seen[key] then fail('ERR_BADARG', 'an entity appears twice in one call') end
+    seen[key] = true
     local ent_name = argv[pos + 1]
     if spec.ent[ent_name or ''] == nil then fail('ERR_BADARG', 'unknown entity ' .. tostring(ent_name)) end
     local n_events = int(argv[pos + 2], 'n_events')

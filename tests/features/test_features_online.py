@@ -18,6 +18,7 @@ from app.core.keys import Keys
 from app.core.settings import EngineConfig
 from app.features.offline import OfflineStore, compare_rows
 from app.features.online import (
+    ENTITY_COST,
     features_get_args,
     get_features,
     get_features_fcall,
@@ -312,6 +313,8 @@ def test_bad_calls_write_nothing(client: redis.Redis, keys: Keys, fs: FeatureSet
         [fs.spec, 1, 1, "user", 1, "browse", T0, "u1", "s", 0],
         ["{}", 1, 1, "user", 1, "view", T0, "u1", "s", 0],
         [fs.spec, 1, 1, "user", 1, "view", T0, "u1", "s", 0, "extra"],
+        [fs.spec, 2, 1, "user", 1, "view", T0 + 1, "u1", "s", 0, 1, "user", 1, "view", T0 + 2,
+         "u1", "s", 0],  # one key in two groups
     ]  # fmt: skip
     for argv in bad_argvs:
         with pytest.raises(redis.ResponseError, match="ERR_BADARG"):
@@ -423,3 +426,36 @@ def test_newest_only_slots_keep_few_buckets(
                 assert got == want, (name, t)
             else:
                 assert got is None or got == want, (name, t)
+
+
+def test_calls_are_cut_by_work_and_split_entities_keep_their_values(
+    client: redis.Redis, keys: Keys, fs: FeatureSet
+) -> None:
+    """Each features_ingest call carries at most the work budget; a shopper with more events
+    spans consecutive calls, never twice in one call, and ends with the same values as one
+    call taking everything."""
+    events = [ev(f"v{i}", "view", T0 + i * MINUTE_MS, user="big", item=f"I{i % 7}")
+              for i in range(100)]  # fmt: skip
+    events += [ev(f"s{i}", "view", T0 + i, user=f"small{i}") for i in range(10)]
+    calls = ingest_calls(fs, keys, events, work_per_call=32)
+    for _name, (key_list, argv) in calls:
+        assert len(key_list) == len(set(key_list))
+        n_groups, pos, work = argv[1], 2, 0
+        for _ in range(n_groups):
+            n_events = argv[pos + 2]
+            work += ENTITY_COST + n_events
+            pos += 3
+            for _ in range(n_events):
+                pos += 5 + 4 * argv[pos + 4]
+        assert work <= 32 and pos == len(argv)
+    assert len(calls) > 4
+    for name, args in calls:
+        fcall(client, name, args)
+    other = Keys(keys.prefix + "one:")
+    for name, args in ingest_calls(fs, other, events, work_per_call=10_000):
+        fcall(client, name, args)
+    t = T0 + 2 * HOUR_MS
+    for entity, eid in (("user", "big"), ("user", "small3"), ("item", "I3")):
+        assert get_features(client, fs, keys, entity, [eid], as_of=t) == get_features(
+            client, fs, other, entity, [eid], as_of=t
+        ), eid
