@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -38,6 +38,10 @@ class Totals:
     counters: dict[SeriesId, float]
     hists: dict[SeriesId, Histogram]
     source: str  # redis | local
+
+    def total(self, name: str, **match: str) -> float:
+        """Sum of the counter `name` over the label sets that carry every `match` label."""
+        return sum(v for (n, lab), v in self.counters.items() if n == name and _has(lab, match))
 
 
 def read_totals(client: redis.Redis, keys: MetricKeys) -> Totals:
@@ -179,69 +183,130 @@ def _rate(samples_sum: float, window_ms: int) -> float:
     return round(samples_sum / (window_ms / 1000), 4)
 
 
+@dataclass
+class Recent:
+    """The raw series of the last window: counter sums and the worst latency quantiles."""
+
+    counters: dict[SeriesId, float] = field(default_factory=dict)
+    latency: dict[tuple[Labels, str], float] = field(default_factory=dict)
+
+    def total(self, name: str, **match: str) -> float:
+        return sum(v for (n, lab), v in self.counters.items() if n == name and _has(lab, match))
+
+
+def read_recent(client: redis.Redis, prefix: str, now: int, window_ms: int) -> Recent:
+    recent = Recent()
+    for labels, samples in mrange(client, prefix, now - window_ms, now, kind="counter", res="raw"):
+        sid = _sid_from_labels(labels)
+        recent.counters[sid] = recent.counters.get(sid, 0.0) + sum(v for _, v in samples)
+    for labels, samples in mrange(client, prefix, now - window_ms, now, kind="latency", res="raw"):
+        if samples:
+            lab = _sid_from_labels(labels)[1]
+            recent.latency[(lab, labels.get("stat", ""))] = max(v for _, v in samples)
+    return recent
+
+
 def stats_json(
     client: redis.Redis | None, registry: Registry, cfg: MetricsConfig, *, window_s: int = 60
 ) -> dict[str, Any]:
     """Totals across workers (Redis; this process's own when Redis fails), recent rates and
     latency quantiles over the last `window_s` seconds (raw series)."""
-    keys = MetricKeys(cfg.key_prefix)
     now = int(time.time() * 1000)
     window_ms = window_s * 1000
-    recent: dict[SeriesId, float] = {}
-    recent_lat: dict[tuple[Labels, str], float] = {}
+    recent = Recent()
     error: str | None = None
     totals: Totals | None = None
     if client is not None:
         try:
-            totals = read_totals(client, keys)
-            for labels, samples in mrange(
-                client, cfg.key_prefix, now - window_ms, now, kind="counter", res="raw"
-            ):
-                sid = _sid_from_labels(labels)
-                recent[sid] = recent.get(sid, 0.0) + sum(v for _, v in samples)
-            for labels, samples in mrange(
-                client, cfg.key_prefix, now - window_ms, now, kind="latency", res="raw"
-            ):
-                if samples:
-                    lab = _sid_from_labels(labels)[1]
-                    recent_lat[(lab, labels.get("stat", ""))] = max(v for _, v in samples)
+            totals = read_totals(client, MetricKeys(cfg.key_prefix))
+            recent = read_recent(client, cfg.key_prefix, now, window_ms)
         except redis.RedisError as exc:
             error = str(exc)
-            totals = None
+            totals, recent = None, Recent()
     if totals is None:
         totals = local_totals(registry)
+    return {
+        "as_of_ms": now,
+        "source": totals.source,
+        "redis_error": error,
+        "window_s": window_s,
+        "flush_interval_s": cfg.flush_s,
+        "endpoints": _endpoints(totals, recent, window_ms),
+        "requests": {
+            "total": int(totals.total("http.requests")),
+            "errors": int(totals.total("http.requests", status="5xx")),
+            "rate_per_s": _rate(recent.total("http.requests"), window_ms),
+        },
+        "events": {
+            "ingested": int(totals.total("events.ingested")),
+            "per_s": _rate(recent.total("events.ingested"), window_ms),
+            "by_type": _by_label(totals, "events.ingested", "type"),
+        },
+        "recommendations": _recommendations(totals),
+        "variants": _variants(totals),
+        "counters": {
+            field_of(n, lab): v
+            for (n, lab), v in sorted(totals.counters.items())
+            if n not in SHOWN_COUNTERS
+        },
+        "series_dropped": registry.dropped,
+    }
 
-    def total(name: str, **match: str) -> float:
-        return sum(v for (n, lab), v in totals.counters.items() if n == name and _has(lab, match))
 
-    def in_window(name: str, **match: str) -> float:
-        return sum(v for (n, lab), v in recent.items() if n == name and _has(lab, match))
+# Counters `stats_json` shows in their own sections (the rest go under "counters").
+SHOWN_COUNTERS = frozenset({
+    "http.requests", "events.ingested", "recs.served", "recs.fallbacks", "recs.conversions",
+    "recs.revenue",
+})  # fmt: skip
 
-    endpoints = []
+
+def _endpoints(totals: Totals, recent: Recent, window_ms: int) -> list[dict[str, Any]]:
+    out = []
     routes = sorted({
         (dict(lab)["method"], dict(lab)["route"])
         for (n, lab) in totals.counters if n == "http.requests"
     })  # fmt: skip
     for method, route in routes:
         m = {"method": method, "route": route}
-        hist = totals.hists.get(("http.latency_ms", (("method", method), ("route", route))))
         lab = (("method", method), ("route", route))
-        endpoints.append({
+        hist = totals.hists.get(("http.latency_ms", lab))
+        out.append({
             "method": method, "route": route,
-            "requests": int(total("http.requests", **m)),
-            "errors": int(total("http.requests", status="5xx", **m)),
-            "client_errors": int(total("http.requests", status="4xx", **m)),
-            "rate_per_s": _rate(in_window("http.requests", **m), window_ms),
+            "requests": int(totals.total("http.requests", **m)),
+            "errors": int(totals.total("http.requests", status="5xx", **m)),
+            "client_errors": int(totals.total("http.requests", status="4xx", **m)),
+            "rate_per_s": _rate(recent.total("http.requests", **m), window_ms),
             "latency_ms": {s: _round(hist.quantile(q)) for s, q in QUANTILES} if hist else {},
-            "latency_ms_recent": {s: _round(recent_lat.get((lab, s))) for s, _ in QUANTILES},
+            "latency_ms_recent": {s: _round(recent.latency.get((lab, s))) for s, _ in QUANTILES},
         })  # fmt: skip
-    served = {src: int(total("recs.served", source=src)) for src in ("cache", "inline", "fallback")}
+    return out
+
+
+def _by_label(totals: Totals, name: str, label: str) -> dict[str, int]:
+    return {
+        dict(lab).get(label, "?"): int(v) for (n, lab), v in totals.counters.items() if n == name
+    }
+
+
+def _recommendations(totals: Totals) -> dict[str, Any]:
+    served = {
+        src: int(totals.total("recs.served", source=src)) for src in ("cache", "inline", "fallback")
+    }
     n_served = sum(served.values())
-    fallbacks: dict[str, int] = {}
-    for (n, lab), v in totals.counters.items():
-        if n == "recs.fallbacks":
-            d = dict(lab)
-            fallbacks[f"{d.get('kind', '?')}:{d.get('reason', '?')}"] = int(v)
+    fallbacks = {
+        f"{dict(lab).get('kind', '?')}:{dict(lab).get('reason', '?')}": int(v)
+        for (n, lab), v in totals.counters.items()
+        if n == "recs.fallbacks"
+    }
+    return {
+        "served": served,
+        "cache_hit_rate": round(served["cache"] / n_served, 4) if n_served else None,
+        "fallbacks": fallbacks,
+        "fallback_rate": round(served["fallback"] / n_served, 4) if n_served else None,
+    }
+
+
+def _variants(totals: Totals) -> dict[str, dict[str, float]]:
     variants: dict[str, dict[str, float]] = {}
     for (n, lab), v in totals.counters.items():
         d = dict(lab)
@@ -249,44 +314,7 @@ def stats_json(
             variants.setdefault(d.get("variant", "?"), {})[d.get("type", "?")] = int(v)
         elif n == "recs.revenue":
             variants.setdefault(d.get("variant", "?"), {})["revenue"] = round(v, 2)
-    by_type = {
-        dict(lab).get("type", "?"): int(v)
-        for (n, lab), v in totals.counters.items()
-        if n == "events.ingested"
-    }
-    other = {
-        field_of(n, lab): v
-        for (n, lab), v in sorted(totals.counters.items())
-        if n not in ("http.requests", "events.ingested", "recs.served", "recs.fallbacks",
-                     "recs.conversions", "recs.revenue")
-    }  # fmt: skip
-    return {
-        "as_of_ms": now,
-        "source": totals.source,
-        "redis_error": error,
-        "window_s": window_s,
-        "flush_interval_s": cfg.flush_s,
-        "endpoints": endpoints,
-        "requests": {
-            "total": int(total("http.requests")),
-            "errors": int(total("http.requests", status="5xx")),
-            "rate_per_s": _rate(in_window("http.requests"), window_ms),
-        },
-        "events": {
-            "ingested": int(total("events.ingested")),
-            "per_s": _rate(in_window("events.ingested"), window_ms),
-            "by_type": by_type,
-        },
-        "recommendations": {
-            "served": served,
-            "cache_hit_rate": round(served["cache"] / n_served, 4) if n_served else None,
-            "fallbacks": fallbacks,
-            "fallback_rate": round(served["fallback"] / n_served, 4) if n_served else None,
-        },
-        "variants": variants,
-        "counters": other,
-        "series_dropped": registry.dropped,
-    }
+    return variants
 
 
 def _round(value: float | None) -> float | None:
