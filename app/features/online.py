@@ -306,19 +306,25 @@ def feature_plans(fs: FeatureSet, names: Sequence[str]) -> list[FeaturePlan]:
     return plans
 
 
-Window = tuple[FeaturePlan, int, int, int]  # plan, start ms, first bucket, end bucket
+# What state_values needs of one feature as of t, flat (unpacked in the loop header): name,
+# op, slot id, second slot id (mean / ratio, else b""), bucket ms, window start ms, first and
+# end bucket index [lo, hi), scale, half-life ms, sketch k.
+Window = tuple[str, int, bytes, bytes, int, int, int, int, int, int, int]
 
 
 def windows(plans: Sequence[FeaturePlan], t: int) -> list[Window]:
     """Each feature's window as of t (`Feature.window_bounds`), as bucket indices [lo, hi)."""
     out = []
     for p in plans:
-        end = t - t % p.bucket_ms
+        b = p.bucket_ms
+        end = t - t % b
         if p.calendar_offset_ms is None:
             start = end - p.window_ms
         else:
             start = t - (t + p.calendar_offset_ms) % p.window_ms
-        out.append((p, start, start // p.bucket_ms, end // p.bucket_ms))
+        second = p.slots[1] if len(p.slots) > 1 else b""
+        out.append((p.name, p.op, p.slots[0], second, b, start, start // b, end // b, p.scale,
+                    p.half_life_ms, p.k))  # fmt: skip
     return out
 
 
@@ -356,41 +362,40 @@ def state_values(st: PackedState, wins: Sequence[Window], t: int) -> dict[str, V
     out: dict[str, Value] = {}
     slot, bl = st.slots.get, bisect.bisect_left
     newest = st.newest or 0
-    for p, start, lo, hi in wins:
-        op = p.op
-        h, ages, vs = slot(p.slots[0], _NO_SLOT)
-        base = newest // p.bucket_ms
+    for name, op, sid, sid2, b, start, lo, hi, scale, hl, k in wins:
+        h, ages, vs = slot(sid, _NO_SLOT)
+        base = newest // b
         i, j = bl(ages, base - hi + 1), bl(ages, base - lo + 1)
         if op >= LAST:  # the window's newest bucket (first in age order) holds the answer
-            if i == j or (start < h and (base - ages[i]) * p.bucket_ms < h):
-                out[p.name] = None
+            if i == j or (start < h and (base - ages[i]) * b < h):
+                out[name] = None
             elif op == RECENCY:
-                out[p.name] = (t - ((base - ages[i]) * p.bucket_ms + vs[i])) / 1000
+                out[name] = (t - ((base - ages[i]) * b + vs[i])) / 1000
             else:
                 v = vs[i][1]
-                out[p.name] = v if p.scale == 1 else v / p.scale
+                out[name] = v if scale == 1 else v / scale
             continue
-        if op in (MEAN, RATIO):
-            h2, ages2, vs2 = slot(p.slots[1], _NO_SLOT)
+        if sid2:
+            h2, ages2, vs2 = slot(sid2, _NO_SLOT)
             h = max(h, h2)
         if start < h:
-            out[p.name] = None
+            out[name] = None
         elif op == COUNT:
-            out[p.name] = sum(vs[i:j])
+            out[name] = sum(vs[i:j])
         elif op == SCALED_SUM:
-            out[p.name] = sum(vs[i:j]) / p.scale
+            out[name] = sum(vs[i:j]) / scale
         elif op in (MEAN, RATIO):
             y = sum(vs2[bl(ages2, base - hi + 1) : bl(ages2, base - lo + 1)])
             x = sum(vs[i:j])
-            out[p.name] = None if y == 0 else x / y if op == RATIO else x / y / p.scale
+            out[name] = None if y == 0 else x / y if op == RATIO else x / y / scale
         elif op == DECAYED:
             # Oldest bucket first, as the Lua sum runs (float addition is not associative).
-            b, hl, total = p.bucket_ms, p.half_life_ms, 0.0
-            for k in range(j - 1, i - 1, -1):
-                total += vs[k] * 2.0 ** (-(t - (base - ages[k]) * b) / hl)
-            out[p.name] = total
+            total = 0.0
+            for n in range(j - 1, i - 1, -1):
+                total += vs[n] * 2.0 ** (-(t - (base - ages[n]) * b) / hl)
+            out[name] = total
         else:
-            out[p.name] = _distinct(vs[i:j], p.k)
+            out[name] = _distinct(vs[i:j], k)
     return out
 
 
