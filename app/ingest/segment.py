@@ -275,7 +275,9 @@ def translate(
     base = {"message_id": message_id, "type": mtype, "name": name, "ts": ts, "stored": stored}
 
     if mtype == "identify":
-        traits, dropped = flat_traits(_object(msg, "traits"))
+        # RudderStack's SDKs send identify traits in context.traits; Segment's at the top.
+        context_traits = _object(_object(msg, "context"), "traits")
+        traits, dropped = flat_traits({**context_traits, **_object(msg, "traits")})
         if user_id is None:  # traits of an anonymous visitor: nothing to attach them to
             return Action(**base)
         _check_user(user_id, "userId")
