@@ -198,7 +198,7 @@ def test_storefront_in_chromium(
             page.goto(f"{base}/dashboard")
             page.wait_for_function("document.body.dataset.loaded === '1'")
             page.wait_for_selector("#endpoints td")
-            assert "/v1/events" in page.inner_text("#endpoints")
+            assert "/v1/track" in page.inner_text("#endpoints")
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         finally:
             ctx.close()
