@@ -41,7 +41,7 @@ from app.ingest.segment import (
     translate,
 )
 from app.ingest.tracking import Outcome, TrackingSink
-from app.obs import metrics
+from app.obs import registry as metrics
 
 log = logging.getLogger("retail.tracking")
 

@@ -21,7 +21,7 @@ from app.core.errors import ValidationError
 from app.core.keys import Keys
 from app.core.settings import EngineConfig, Settings
 from app.ingest.segment import TrackingConfig, event_time, translate
-from app.obs import metrics
+from app.obs import registry as metrics
 
 BASIC = {"Authorization": "Basic " + base64.b64encode(b"wk_test:").decode()}
 ADMIN = {"Authorization": "Bearer s3cret-admin"}
