@@ -62,6 +62,17 @@ def cmd_profiles_load(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def load_sample_profiles(client: redis.Redis, settings: Settings) -> None:
+    """The demo's warehouse sync: the sample profiles (tier, country, price band, ...) as
+    identify calls; a re-run finds them all duplicates."""
+    engine = build_engine(client, settings.engine)
+    sink = TrackingSink(client, settings.engine, engine.ingestor, load_tracking_config())
+    print(f"syncing warehouse profiles from {profiles.SAMPLE.relative_to(profiles.ROOT)} ...")
+    report = profiles.sync(profiles.SAMPLE, profiles.Mapping_(), profiles.sink_sender(sink.apply),
+                           batch_size=1000, progress=True)  # fmt: skip
+    print(report.summary())
+
+
 def add_profile_commands(sub: Any) -> None:
     p = sub.add_parser("profiles", help="warehouse profile sync: CSV / JSONL rows -> identify")
     psub = p.add_subparsers(dest="profiles_command", required=True)

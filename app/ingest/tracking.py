@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 import redis
 
-from app.core.errors import FunctionError
+from app.core.errors import FunctionError, from_redis_error
 from app.core.events import Event
 from app.core.keys import Keys
 from app.core.settings import EngineConfig
 from app.ingest import users
 from app.ingest.ingestor import Ingestor
-from app.ingest.segment import Action, TrackingConfig
+from app.ingest.segment import Action, Identify, TrackingConfig
+from app.redis import calls
 
 
 @dataclass(frozen=True)
@@ -44,42 +45,68 @@ class TrackingSink:
         outcomes: list[Outcome | None] = [None] * len(actions)
         others = [i for i, a in enumerate(actions) if a.event is None]
         seen = self._seen([actions[i].message_id for i in others])
-        pending: list[tuple[int, Event]] = []
+        events: list[tuple[int, Event]] = []
+        traits_only: list[tuple[int, Identify]] = []  # identify without a merge: pipelined
 
         def flush() -> None:
-            if pending:
-                report = self.ingestor.ingest([ev for _, ev in pending])
-                for (i, _), status in zip(pending, report.statuses, strict=True):
+            if events:
+                report = self.ingestor.ingest([ev for _, ev in events])
+                for (i, _), status in zip(events, report.statuses, strict=True):
                     outcomes[i] = Outcome(status)
-                pending.clear()
+                events.clear()
+            if traits_only:
+                for (i, _), outcome in zip(traits_only, self._traits(traits_only), strict=True):
+                    outcomes[i] = outcome
+                traits_only.clear()
 
-        done: list[int] = []
         for i, action in enumerate(actions):
+            ident = action.identify
             if action.event is not None:
-                pending.append((i, action.event))
+                if traits_only:
+                    flush()  # keep the order of writes per user
+                events.append((i, action.event))
             elif action.message_id in seen:
                 outcomes[i] = Outcome("duplicate")
-            elif action.identify is not None:
-                flush()
-                outcomes[i] = self._identify(action)
-                if outcomes[i] == Outcome("accepted"):
-                    done.append(i)
+            elif ident is not None and ident.anonymous_id is None:
+                if events:
+                    flush()
+                traits_only.append((i, ident))
+            elif ident is not None:
+                flush()  # a merge takes what came before it
+                outcomes[i] = self._merge(ident)
             else:
                 outcomes[i] = Outcome("accepted")
-                done.append(i)
         flush()
-        self._remember([actions[i] for i in done])
+        handled = [a for a, o in zip(actions, outcomes, strict=True)
+                   if a.event is None and o == Outcome("accepted")]  # fmt: skip
+        self._remember(handled)
         return [o or Outcome("rejected", "not processed") for o in outcomes]
 
-    def _identify(self, action: Action) -> Outcome:
-        ident = action.identify
-        assert ident is not None
+    def _merge(self, ident: Identify) -> Outcome:
         try:
             users.identify(self.client, self.engine, ident.user_id, ident.anonymous_id,
                            ident.traits)  # fmt: skip
         except FunctionError as exc:  # the Function refused this input (nothing written)
             return Outcome("rejected", str(exc))
         return Outcome("accepted")
+
+    def _traits(self, batch: Sequence[tuple[int, Identify]]) -> list[Outcome]:
+        """Traits-only identifies in one pipeline round trip (profile sync sends thousands)."""
+        pipe = self.client.pipeline(transaction=False)
+        for _, ident in batch:
+            args = calls.identify_user_args(self.engine, self.keys, ident.user_id, "",
+                                            ident.traits, None)  # fmt: skip
+            calls.fcall(pipe, "identify_user", args)
+        replies = pipe.execute(raise_on_error=False)
+        out = []
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                out.append(Outcome("rejected", str(from_redis_error(reply))))
+            elif isinstance(reply, Exception):
+                raise reply  # not the input's fault (connection, ...): the caller retries
+            else:
+                out.append(Outcome("accepted"))
+        return out
 
     def _seen(self, message_ids: Sequence[str]) -> set[str]:
         if not message_ids:
