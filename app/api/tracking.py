@@ -163,9 +163,10 @@ async def _apply(
         except ValidationError as exc:
             actions.append(None)
             mid = msg.get("messageId") if isinstance(msg, Mapping) else None
-            errors.append({"index": i, "messageId": mid if isinstance(mid, str) else None,
-                           "field": exc.field, "reason": exc.message})  # fmt: skip
-            log.warning("tracking: rejected message %s (%s): %s: %s", i, mid, exc.field,
+            mid = mid if isinstance(mid, str) else None
+            errors.append({"index": i, "messageId": mid, "field": exc.field,
+                           "reason": exc.message})  # fmt: skip
+            log.warning("tracking: rejected message %s (%r): %s: %s", i, mid, exc.field,
                         exc.message)  # fmt: skip
     valid = [a for a in actions if a is not None]
     applied = iter(await deps.blocking(_sink(request).apply, valid))

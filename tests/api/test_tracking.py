@@ -20,7 +20,9 @@ from app.api.app import create_app
 from app.core.errors import ValidationError
 from app.core.keys import Keys
 from app.core.settings import EngineConfig, Settings
+from app.engine import build_engine
 from app.ingest.segment import TrackingConfig, event_time, translate
+from app.ingest.tracking import TrackingSink
 from app.obs import registry as metrics
 
 BASIC = {"Authorization": "Basic " + base64.b64encode(b"wk_test:").decode()}
@@ -232,3 +234,18 @@ def test_tracking_messages_are_counted(api: TestClient) -> None:
              headers=BASIC)  # fmt: skip
     assert (count("accepted", "track"), count("rejected", "invalid")) == (
         before[0] + 1, before[1] + 1)  # fmt: skip
+
+
+def test_tracking_keys_are_bounded(client: redis.Redis, cfg: EngineConfig) -> None:
+    """The tracking log is capped (MAXLEN ~) and every remembered messageId expires."""
+    tcfg = TrackingConfig(log_maxlen=200, seen_ttl_s=600)
+    sink = TrackingSink(client, cfg, build_engine(client, cfg).ingestor, tcfg)
+    for start in range(0, 1500, 300):
+        msgs = [{"type": "page", "messageId": f"p{i}", "anonymousId": f"v{i % 7}", "name": "Home"}
+                for i in range(start, start + 300)]  # fmt: skip
+        sink.apply([translate(m, received_ms=NOW) for m in msgs])
+    keys = Keys(cfg.key_prefix)
+    assert client.xlen(keys.tracking_log) <= tcfg.log_maxlen + 100  # one stream node of slack
+    seen = list(client.scan_iter(match=f"{cfg.key_prefix}trk:*", count=1000))
+    assert len(seen) == 1500
+    assert all(0 < client.ttl(k) <= 600 for k in seen)
