@@ -114,7 +114,8 @@ async def health(request: Request) -> Response:
     request={"oneOf": [EVENT, arr(EVENT, min_items=1, max_items=MAX_BATCH),
                        obj({"events": arr(EVENT, min_items=1, max_items=MAX_BATCH)},
                            required=["events"])]},
-    responses={200: ("per-event status", EVENTS_REPLY), 422: ("a single invalid event", ERROR)},
+    responses={200: ("per-event status", EVENTS_REPLY), 422: ("a single invalid event", ERROR),
+               413: ("body over 1 MB (uncompressed; Content-Encoding: gzip accepted)", ERROR)},
 ))  # fmt: skip
 async def post_events(request: Request) -> Response:
     """One event object, a list, or {"events": [...]}: per-event accepted/duplicate/rejected."""

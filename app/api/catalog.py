@@ -51,7 +51,9 @@ from app.core.events import ID_RE
 
 HIT = obj({"item_id": string(), "score": number()})
 SEARCH_REPLY = obj({"hits": arr(HIT), "took_ms": number(), "index": string(),
-                    "vectorizer": string()}, required=["hits"])  # fmt: skip
+                    "vectorizer": string(), "personalized": BOOL,
+                    "personal_signals": arr(string("affinities, or trait:price_band=<band>"))},
+                   required=["hits"])  # fmt: skip
 
 
 def catalog_config(request: Request) -> CatalogConfig:
