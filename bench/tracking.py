@@ -14,6 +14,8 @@ rotates from round to round, so neither order nor a slow spell of the machine fa
 Figures: events/s per phase (min / median / max over rounds) and
 `segment_vs_engine` = median Segment events/s / median engine events/s (1.0: no overhead).
 Profile sync: the shipped sample (3.6k rows) straight to Redis, then again (all duplicates).
+CPU alone (no I/O, stable on a noisy machine): microseconds per message of `translate` (which
+ends in `parse_event`) against `parse_event` on the engine form, best of 5 passes.
 The last line printed is one JSON object.
 """
 
@@ -25,6 +27,7 @@ import contextlib
 import gzip
 import http.client
 import json
+import math
 import random
 import socket
 import statistics
@@ -40,9 +43,10 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Secret
 
 from app.api.app import create_app
+from app.core.events import parse_event
 from app.core.settings import EngineConfig, Settings
 from app.engine import build_engine
-from app.ingest.segment import TrackingConfig
+from app.ingest.segment import TrackingConfig, translate
 from app.ingest.tracking import TrackingSink
 from bench._common import emit_json, redis_target
 from loaders import profiles
@@ -158,6 +162,25 @@ def post_all(url: str, path: str, bodies: list[bytes], headers: dict[str, str]) 
     return elapsed
 
 
+def parse_cost(args: argparse.Namespace) -> dict[str, float]:
+    """Microseconds per message of the translation alone (no I/O): `translate` on the
+    Segment form against `parse_event` on the engine form of the same events, best of 5."""
+    events = workload(args.events, args.users, args.items, "cpu", 7)
+    messages = [as_segment(e) for e in events]
+    now = int(time.time() * 1000) + len(events)
+    best = {"engine": math.inf, "segment": math.inf}
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for e in events:
+            parse_event(e, now_ms=now)
+        best["engine"] = min(best["engine"], time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for m in messages:
+            translate(m, received_ms=now)
+        best["segment"] = min(best["segment"], time.perf_counter() - t0)
+    return {k: round(v / len(events) * 1e6, 2) for k, v in best.items()}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     rates: dict[str, list[float]] = {"engine": [], "segment": [], "segment_gzip": []}
     auth = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
@@ -205,8 +228,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return {"min": round(min(xs)), "median": round(statistics.median(xs)),
                 "max": round(max(xs))}  # fmt: skip
 
+    cpu = parse_cost(args)
+    print(f"translate {cpu['segment']} us/message, parse_event {cpu['engine']} us/event",
+          file=sys.stderr)  # fmt: skip
     return {
         "bench": "tracking",
+        "parse_us_per_event": cpu["engine"],
+        "translate_us_per_message": cpu["segment"],
         "events_per_round": args.events,
         "batch": args.batch,
         "rounds": args.rounds,

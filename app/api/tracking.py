@@ -10,6 +10,7 @@ and `message`, the fields the SDKs read.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -115,14 +116,18 @@ def _sink(request: Request) -> TrackingSink:
     return sink
 
 
-async def _read(request: Request, max_bytes: int) -> Any:
-    """Body -> JSON; auth errors, size and syntax as SDK-readable error responses (raised)."""
+async def _read(request: Request, max_bytes: int) -> tuple[Any, int]:
+    """Body -> (JSON, uncompressed size); size and syntax errors as SDK-readable responses."""
     try:
-        return await deps.read_json(request, max_bytes)
+        raw = await deps.read_body(request, max_bytes)
     except TooLargeError as exc:
         raise _Reply(tracking_error(413, "too_large", exc.message)) from None
     except ValidationError as exc:
         raise _Reply(tracking_error(400, "invalid", f"{exc.field}: {exc.message}")) from None
+    try:
+        return json.loads(raw), len(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _Reply(tracking_error(400, "invalid", f"body is not valid JSON: {exc}")) from None
 
 
 class _Reply(Exception):
@@ -150,7 +155,11 @@ def _count(actions: Sequence[Action | None], types: Sequence[str], outcomes: Seq
 
 
 async def _apply(
-    request: Request, messages: Sequence[Any], sent_at: Any, default_type: str | None
+    request: Request,
+    messages: Sequence[Any],
+    sent_at: Any,
+    default_type: str | None,
+    body_bytes: int,
 ) -> tuple[list[Action | None], list[Outcome], list[dict[str, Any]]]:
     received = int(time.time() * 1000)
     tcfg = _sink(request).cfg
@@ -159,7 +168,8 @@ async def _apply(
     for i, msg in enumerate(messages):
         try:
             actions.append(translate(msg, received_ms=received, batch_sent_at=sent_at,
-                                     default_type=default_type, cfg=tcfg))  # fmt: skip
+                                     default_type=default_type, cfg=tcfg,
+                                     small_body=body_bytes <= MAX_MESSAGE_BYTES))  # fmt: skip
         except ValidationError as exc:
             actions.append(None)
             mid = msg.get("messageId") if isinstance(msg, Mapping) else None
@@ -200,12 +210,12 @@ async def _apply(
 )
 async def post_batch(request: Request) -> Response:
     try:
-        body = await _read(request, MAX_BATCH_BYTES)
+        body, size = await _read(request, MAX_BATCH_BYTES)
         _authorise(request, body)
         batch = body.get("batch") if isinstance(body, Mapping) else None
         if not isinstance(batch, list):
             return tracking_error(400, "invalid", 'body must be {"batch": [messages...]}')
-        _actions, outcomes, errors = await _apply(request, batch, body.get("sentAt"), None)
+        _actions, outcomes, errors = await _apply(request, batch, body.get("sentAt"), None, size)
     except _Reply as reply:
         return reply.response
     counts = {s: sum(1 for o in outcomes if o.status == s)
@@ -215,11 +225,11 @@ async def post_batch(request: Request) -> Response:
 
 async def _single(request: Request, mtype: str) -> Response:
     try:
-        body = await _read(request, MAX_MESSAGE_BYTES)
+        body, size = await _read(request, MAX_MESSAGE_BYTES)
         _authorise(request, body)
         if not isinstance(body, Mapping):
             return tracking_error(400, "invalid", "body must be one message object")
-        actions, outcomes, errors = await _apply(request, [body], body.get("sentAt"), mtype)
+        actions, outcomes, errors = await _apply(request, [body], body.get("sentAt"), mtype, size)
     except _Reply as reply:
         return reply.response
     if errors:
@@ -260,7 +270,7 @@ LEGACY_IDENTIFY_REPLY = obj({"user_id": string(), "status": string(), "merged_it
 )
 async def post_identify(request: Request) -> Response:
     try:
-        body = await _read(request, MAX_MESSAGE_BYTES)  # Starlette keeps it for _single
+        body, _size = await _read(request, MAX_MESSAGE_BYTES)  # Starlette keeps it for _single
     except _Reply as reply:
         return reply.response
     if isinstance(body, Mapping) and not SEGMENT_FIELDS.intersection(body):

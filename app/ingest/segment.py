@@ -247,13 +247,17 @@ def translate(
     batch_sent_at: Any = None,
     default_type: str | None = None,
     cfg: TrackingConfig = TrackingConfig(),
+    small_body: bool = False,
 ) -> Action:
-    """One Segment message -> its Action, or ValidationError naming the Segment field."""
+    """One Segment message -> its Action, or ValidationError naming the Segment field.
+    `small_body`: the whole request was at most 32 KB, so no message can be over the limit
+    (skips re-encoding each message to measure it)."""
     if not isinstance(msg, Mapping):
         raise ValidationError("message", "must be a JSON object")
-    size = len(json.dumps(msg, separators=(",", ":"), default=str).encode())
-    if size > MAX_MESSAGE_BYTES:
-        raise ValidationError("message", f"is {size} bytes: at most {MAX_MESSAGE_BYTES} (32 KB)")
+    if not small_body:
+        size = len(json.dumps(msg, separators=(",", ":"), default=str).encode())
+        if size > MAX_MESSAGE_BYTES:
+            raise ValidationError("message", f"is {size} bytes: at most 32 KB")
     mtype = msg.get("type", default_type)
     if default_type is not None and mtype != default_type:
         raise ValidationError("type", f"must be {default_type!r} on this endpoint")
@@ -271,15 +275,14 @@ def translate(
     if mtype == "track" and (not isinstance(name, str) or not name.strip()):
         raise ValidationError("event", "a track call needs the event name")
     name = name.strip() if isinstance(name, str) else ""
-    stored = _stored(msg, str(mtype), name, ts)
-    base = {"message_id": message_id, "type": mtype, "name": name, "ts": ts, "stored": stored}
+    base = {"message_id": message_id, "type": mtype, "name": name, "ts": ts}
 
     if mtype == "identify":
         # RudderStack's SDKs send identify traits in context.traits; Segment's at the top.
         context_traits = _object(_object(msg, "context"), "traits")
         traits, dropped = flat_traits({**context_traits, **_object(msg, "traits")})
         if user_id is None:  # traits of an anonymous visitor: nothing to attach them to
-            return Action(**base)
+            return Action(**base, stored=_stored(msg, mtype, name, ts))
         _check_user(user_id, "userId")
         traits = validate_traits(traits)
         return Action(**base, identify=Identify(user_id, anonymous_id, traits, dropped))
@@ -290,13 +293,14 @@ def translate(
         _check_user(user_id, "userId")
         return Action(**base, identify=Identify(user_id, previous, {}))
     if mtype != "track":
-        return Action(**base)  # page, screen, group: stored and counted
+        return Action(**base, stored=_stored(msg, mtype, name, ts))  # page, screen, group
 
     props = _object(msg, "properties")
     etype = TRACK_EVENTS.get(name)
     if etype is None:
         variant = props.get("variant") if name in IMPRESSION_EVENTS else None
-        return Action(**base, impression_variant=variant if isinstance(variant, str) else "")
+        return Action(**base, impression_variant=variant if isinstance(variant, str) else "",
+                      stored=_stored(msg, mtype, name, ts))  # fmt: skip
     raw = _engine_event(msg, props, etype, message_id, user_id, anonymous_id, ts, cfg)
     try:
         event = parse_event(raw, now_ms=received_ms)
