@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -31,7 +32,7 @@ from app.api.openapi import (
     operation,
     string,
 )
-from app.core.errors import AuthError, TooLargeError, ValidationError
+from app.core.errors import AuthError, RedisSetupError, TooLargeError, ValidationError
 from app.ingest import users
 from app.ingest.segment import (
     MAX_BATCH_BYTES,
@@ -96,6 +97,7 @@ TRACKING_ERROR = obj(
 _ERRORS: dict[int, tuple[str, Any]] = {
     400: ("unreadable body or an invalid message (the SDKs do not retry it)", TRACKING_ERROR),
     413: ("body over the size limit", TRACKING_ERROR),
+    503: ("Redis unavailable: retry (messageId makes it safe)", TRACKING_ERROR),
 }
 
 
@@ -131,6 +133,8 @@ async def _read(request: Request, max_bytes: int) -> tuple[Any, int]:
 
 
 class _Reply(Exception):
+    """A finished response carried out of a helper (auth, body) to the endpoint."""
+
     def __init__(self, response: Response) -> None:
         self.response = response
 
@@ -179,7 +183,11 @@ async def _apply(
             log.warning("tracking: rejected message %s (%r): %s: %s", i, mid, exc.field,
                         exc.message)  # fmt: skip
     valid = [a for a in actions if a is not None]
-    applied = iter(await deps.blocking(_sink(request).apply, valid))
+    try:
+        applied = iter(await deps.blocking(_sink(request).apply, valid))
+    except (redis.RedisError, RedisSetupError) as exc:
+        # Retryable for the SDKs; messageId dedup makes the retry safe.
+        raise _Reply(tracking_error(503, "unavailable", f"Redis: {exc}")) from exc
     reasons = {e["index"]: e["reason"] for e in errors}
     outcomes = [next(applied) if a is not None else Outcome("rejected", reasons[i])
                 for i, a in enumerate(actions)]  # fmt: skip

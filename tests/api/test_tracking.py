@@ -249,3 +249,17 @@ def test_tracking_keys_are_bounded(client: redis.Redis, cfg: EngineConfig) -> No
     seen = list(client.scan_iter(match=f"{cfg.key_prefix}trk:*", count=1000))
     assert len(seen) == 1500
     assert all(0 < client.ttl(k) <= 600 for k in seen)
+
+
+def test_redis_failure_is_a_retryable_503_in_the_sdk_shape(
+    api: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def down(actions: object) -> None:
+        raise redis.ConnectionError("connection refused")
+
+    assert api.post("/v1/track", json=track("w1", "Cart Viewed"), headers=BASIC).status_code == 200
+    sink = api.app.state.tracking_sink  # type: ignore[attr-defined]
+    monkeypatch.setattr(sink, "apply", down)
+    resp = api.post("/v1/batch", json={"batch": [track("w2", "Cart Viewed")]}, headers=BASIC)
+    assert resp.status_code == 503
+    assert resp.json()["code"] == "unavailable" and resp.json()["success"] is False
