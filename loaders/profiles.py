@@ -63,14 +63,14 @@ MAX_REJECTIONS_SHOWN = 20
 
 
 @dataclass(frozen=True)
-class Mapping_:
+class ColumnMap:
     """Which column is the user id, and trait name -> column (None: every other column)."""
 
     id_column: str = "user_id"
     traits: Mapping[str, str] | None = None
 
 
-def load_mapping(path: Path) -> Mapping_:
+def load_mapping(path: Path) -> ColumnMap:
     """`id_column: customer_id` and `traits: {tier: membership_tier, country: country}`."""
     raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, dict) or not isinstance(raw.get("id_column", "user_id"), str):
@@ -81,7 +81,7 @@ def load_mapping(path: Path) -> Mapping_:
         or not all(isinstance(k, str) and isinstance(v, str) for k, v in traits.items())
     ):
         raise ValidationError("mapping.traits", "must map trait names to column names")
-    return Mapping_(raw.get("id_column", "user_id"), traits)
+    return ColumnMap(raw.get("id_column", "user_id"), traits)
 
 
 def _open(path: Path) -> io.TextIOWrapper:
@@ -136,7 +136,7 @@ def typed(value: Any) -> Any:
     return text
 
 
-def row_message(row: Any, mapping: Mapping_, now_iso: str) -> dict[str, Any]:
+def row_message(row: Any, mapping: ColumnMap, now_iso: str) -> dict[str, Any]:
     if not isinstance(row, Mapping):
         raise ValidationError("row", row if isinstance(row, str) else "must be an object")
     user = typed(row.get(mapping.id_column))
@@ -250,7 +250,7 @@ def http_sender(url: str, write_key: str, timeout_s: float = 30.0) -> Sender:
 
 def sync(
     path: Path,
-    mapping: Mapping_,
+    mapping: ColumnMap,
     send: Sender | None,
     *,
     fmt: str | None = None,

@@ -25,7 +25,7 @@ from app.redis import library as functions
 from loaders import profiles
 
 
-def _mapping(args: argparse.Namespace) -> profiles.Mapping_:
+def _mapping(args: argparse.Namespace) -> profiles.ColumnMap:
     if args.mapping and args.traits:
         raise ValidationError("--traits", "give either --traits or --mapping, not both")
     if args.mapping:
@@ -34,7 +34,7 @@ def _mapping(args: argparse.Namespace) -> profiles.Mapping_:
     if args.traits:
         names = [t.strip() for t in args.traits.split(",") if t.strip()]
         traits = {name: name for name in names}
-    return profiles.Mapping_(args.id_column, traits)
+    return profiles.ColumnMap(args.id_column, traits)
 
 
 def cmd_profiles_load(args: argparse.Namespace, settings: Settings) -> int:
@@ -68,7 +68,7 @@ def load_sample_profiles(client: redis.Redis, settings: Settings) -> None:
     engine = build_engine(client, settings.engine)
     sink = TrackingSink(client, settings.engine, engine.ingestor, load_tracking_config())
     print(f"syncing warehouse profiles from {profiles.SAMPLE.relative_to(profiles.ROOT)} ...")
-    report = profiles.sync(profiles.SAMPLE, profiles.Mapping_(), profiles.sink_sender(sink.apply),
+    report = profiles.sync(profiles.SAMPLE, profiles.ColumnMap(), profiles.sink_sender(sink.apply),
                            batch_size=1000, progress=True)  # fmt: skip
     print(report.summary())
 

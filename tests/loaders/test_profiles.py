@@ -53,7 +53,7 @@ def test_the_sample_is_derived_from_the_shipped_data(tmp_path: Path) -> None:
 def test_sync_sample_then_rerun_is_all_duplicates(
     client: redis.Redis, cfg: EngineConfig, sender: profiles.Sender
 ) -> None:
-    mapping = profiles.Mapping_("user_id", {"tier": "tier", "country": "country",
+    mapping = profiles.ColumnMap("user_id", {"tier": "tier", "country": "country",
                                             "price_band": "price_band"})  # fmt: skip
     first = profiles.sync(profiles.SAMPLE, mapping, sender, batch_size=1000)
     assert first.read > 3000 and first.accepted == first.read and not first.rejected
@@ -74,7 +74,7 @@ def test_bad_rows_are_listed_and_dry_run_sends_nothing(
     ]
     path = tmp_path / "p.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n")
-    mapping = profiles.Mapping_("id", None)
+    mapping = profiles.ColumnMap("id", None)
     dry = profiles.sync(path, mapping, None)
     assert (dry.read, dry.accepted) == (5, 1) and dry.dry_run
     assert traits_of(client, cfg, "u-1") == {}  # nothing sent
@@ -112,11 +112,11 @@ def test_http_sender_against_a_live_server(
     path = tmp_path / "p.csv"
     path.write_text("user_id,tier,orders\nh-1,gold,3\nh-2,silver,\n")
     with serving(create_app(settings)) as url:
-        report = profiles.sync(path, profiles.Mapping_(), profiles.http_sender(url, "wk_test"))
+        report = profiles.sync(path, profiles.ColumnMap(), profiles.http_sender(url, "wk_test"))
         assert (report.accepted, report.rejected) == (2, [])
-        again = profiles.sync(path, profiles.Mapping_(), profiles.http_sender(url, "wk_test"))
+        again = profiles.sync(path, profiles.ColumnMap(), profiles.http_sender(url, "wk_test"))
         assert again.duplicates == 2
         with pytest.raises(Exception, match="401"):
-            profiles.sync(path, profiles.Mapping_(), profiles.http_sender(url, "wrong"))
+            profiles.sync(path, profiles.ColumnMap(), profiles.http_sender(url, "wrong"))
     assert traits_of(client, cfg, "h-1") == {"tier": "gold", "orders": 3}
     assert traits_of(client, cfg, "h-2") == {"tier": "silver"}
