@@ -29,6 +29,7 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import statistics
 import sys
 import time
@@ -130,9 +131,11 @@ def typed(value: Any) -> Any:
         return text.lower() == "true"
     for cast in (int, float):
         try:
-            return cast(text)
+            number = cast(text)
         except ValueError:
             continue
+        # "nan" / "inf" read as floats but are words in a table; keep them as text.
+        return number if math.isfinite(number) else text
     return text
 
 

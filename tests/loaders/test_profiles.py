@@ -95,6 +95,7 @@ def test_mapping_yaml_and_csv_types(tmp_path: Path) -> None:
     assert msg["userId"] == "c1" and msg["traits"] == {"membership": "gold"}
     assert profiles.typed("12") == 12 and profiles.typed("2.5") == 2.5
     assert profiles.typed("TRUE") is True and profiles.typed("") is None
+    assert profiles.typed("NaN") == "NaN" and profiles.typed("c17850") == "c17850"
     same = profiles.row_message({"customer": "c1", "tier": "gold"}, mapping, "later")
     assert same["messageId"] == msg["messageId"]  # content hash: same row, same id
     with pytest.raises(Exception, match="Parquet"):
