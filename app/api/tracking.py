@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -46,6 +46,7 @@ from app.ingest.tracking import Outcome, TrackingSink
 from app.obs import registry as metrics
 
 log = logging.getLogger("retail.tracking")
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 # -- schemas (OpenAPI) ---------------------------------------------------------------------------
 
@@ -204,18 +205,18 @@ async def _apply(
 # -- endpoints -----------------------------------------------------------------------------------
 
 
-@operation(
-    Operation(
-        "Segment / RudderStack batch of messages (what the server SDKs send)",
-        "tracking",
-        auth="write_key",
-        request=BATCH,
-        responses={
-            200: ("per-message outcome; invalid messages are listed, not retried", BATCH_REPLY),
-            **_ERRORS,
-        },
-    )
+BATCH_OP = Operation(
+    "Segment / RudderStack batch of messages (what the server SDKs send)",
+    "tracking",
+    auth="write_key",
+    request=BATCH,
+    responses={
+        200: ("per-message outcome; invalid messages are listed, not retried", BATCH_REPLY),
+        **_ERRORS,
+    },
 )
+
+
 async def post_batch(request: Request) -> Response:
     try:
         body, size = await _read(request, MAX_BATCH_BYTES)
@@ -247,14 +248,41 @@ async def _single(request: Request, mtype: str) -> Response:
     return JSONResponse({"success": True, "status": outcomes[0].status, "effect": action.effect})
 
 
-def _single_route(mtype: str, summary: str) -> Route:
+def _single_endpoint(mtype: str) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         return await _single(request, mtype)
 
     endpoint.__name__ = f"post_{mtype}"
-    op = Operation(summary, "tracking", auth="write_key", request=MESSAGE,
-                   responses={200: ("handled", SINGLE_REPLY), **_ERRORS})  # fmt: skip
-    return Route(f"/v1/{mtype}", operation(op)(endpoint), methods=["POST"])
+    return endpoint
+
+
+# Browsers: analytics.js posts `text/plain` with the write key in the body (no preflight), or
+# sends a preflight for an Authorization header. The write key is public (it names a source,
+# like Segment's), so any origin may send; no cookies are read.
+CORS_HEADERS = {
+    "access-control-allow-origin": "*",
+    "access-control-allow-methods": "POST, OPTIONS",
+    "access-control-allow-headers": "authorization, content-type, content-encoding, x-write-key",
+    "access-control-max-age": "86400",
+}
+PREFLIGHT = Operation("CORS preflight (browsers)", "tracking",
+                      responses={204: ("allowed: POST from any origin", None)})  # fmt: skip
+
+
+def _route(path: str, endpoint: Endpoint, op: Operation) -> Route:
+    """POST `endpoint` (+ the CORS header on every answer) and OPTIONS (preflight)."""
+
+    async def with_cors(request: Request) -> Response:
+        if request.method == "OPTIONS":
+            return Response(status_code=204, headers=CORS_HEADERS)
+        response = await endpoint(request)
+        response.headers["access-control-allow-origin"] = "*"
+        return response
+
+    with_cors.__name__ = endpoint.__name__
+    operation(PREFLIGHT, method="OPTIONS")(with_cors)
+    operation(op, method="POST")(with_cors)
+    return Route(path, with_cors, methods=["POST", "OPTIONS"])
 
 
 # A body with none of these is the engine's original identify form.
@@ -265,17 +293,17 @@ LEGACY_IDENTIFY = obj(
 LEGACY_IDENTIFY_REPLY = obj({"user_id": string(), "status": string(), "merged_items": integer()})
 
 
-@operation(
-    Operation(
-        "Identify: traits into the profile; with anonymousId, merge it into the user",
-        "tracking",
-        auth="write_key",
-        request={"oneOf": [MESSAGE, LEGACY_IDENTIFY]},
-        description="A Segment identify message, or the engine's original form "
-        '{"user_id", "anonymous_id"?, "traits"?} (answered in its original shape).',
-        responses={200: ("handled", {"oneOf": [SINGLE_REPLY, LEGACY_IDENTIFY_REPLY]}), **_ERRORS},
-    )
+IDENTIFY_OP = Operation(
+    "Identify: traits into the profile; with anonymousId, merge it into the user",
+    "tracking",
+    auth="write_key",
+    request={"oneOf": [MESSAGE, LEGACY_IDENTIFY]},
+    description="A Segment identify message, or the engine's original form "
+    '{"user_id", "anonymous_id"?, "traits"?} (answered in its original shape).',
+    responses={200: ("handled", {"oneOf": [SINGLE_REPLY, LEGACY_IDENTIFY_REPLY]}), **_ERRORS},
 )
+
+
 async def post_identify(request: Request) -> Response:
     try:
         body, _size = await _read(request, MAX_MESSAGE_BYTES)  # Starlette keeps it for _single
@@ -293,13 +321,29 @@ async def post_identify(request: Request) -> Response:
     return await _single(request, "identify")
 
 
+SINGLE = {
+    "track": "Track one event (e-commerce spec v2 names become engine events)",
+    "page": "A page view (stored in the tracking log and counted)",
+    "screen": "A mobile screen view (stored and counted)",
+    "alias": "Alias previousId to userId: merges the earlier identity",
+    "group": "Group membership (stored and counted)",
+}
+
+
+def _single_op(summary: str) -> Operation:
+    return Operation(summary, "tracking", auth="write_key", request=MESSAGE,
+                     responses={200: ("handled", SINGLE_REPLY), **_ERRORS})  # fmt: skip
+
+
 def tracking_routes() -> list[BaseRoute]:
-    return [
-        Route("/v1/batch", post_batch, methods=["POST"]),
-        Route("/v1/identify", post_identify, methods=["POST"]),
-        _single_route("track", "Track one event (e-commerce spec v2 names become engine events)"),
-        _single_route("page", "A page view (stored in the tracking log and counted)"),
-        _single_route("screen", "A mobile screen view (stored and counted)"),
-        _single_route("alias", "Alias previousId to userId: merges the earlier identity"),
-        _single_route("group", "Group membership (stored and counted)"),
-    ]
+    """Segment's paths, plus the one-letter ones analytics.js (analytics-next) posts to when
+    its API host points here: /v1/t, /v1/i, /v1/p, /v1/s, /v1/a, /v1/g and /v1/b (batching)."""
+    routes: list[BaseRoute] = []
+    for path in ("/v1/batch", "/v1/b"):
+        routes.append(_route(path, post_batch, BATCH_OP))
+    for path in ("/v1/identify", "/v1/i"):
+        routes.append(_route(path, post_identify, IDENTIFY_OP))
+    for mtype, summary in SINGLE.items():
+        for path in (f"/v1/{mtype}", f"/v1/{mtype[0]}"):
+            routes.append(_route(path, _single_endpoint(mtype), _single_op(summary)))
+    return routes

@@ -263,3 +263,27 @@ def test_redis_failure_is_a_retryable_503_in_the_sdk_shape(
     resp = api.post("/v1/batch", json={"batch": [track("w2", "Cart Viewed")]}, headers=BASIC)
     assert resp.status_code == 503
     assert resp.json()["code"] == "unavailable" and resp.json()["success"] is False
+
+
+def test_analytics_js_paths_and_cors(api: TestClient) -> None:
+    """analytics.js (analytics-next) posts text/plain to <apiHost>/t|i|p|a|g|s and /b with the
+    write key in the body; cross-origin pages need the CORS answers."""
+    origin = {"Origin": "https://shop.example"}
+    msg = {**track("js1", "Product Viewed", product_id="A"), "writeKey": "wk_test"}
+    resp = api.post("/v1/t", content=json.dumps(msg),
+                    headers={**origin, "Content-Type": "text/plain"})  # fmt: skip
+    assert resp.status_code == 200 and resp.json()["effect"] == "event:view"
+    assert resp.headers["access-control-allow-origin"] == "*"
+    batch = {"writeKey": "wk_test", "sentAt": iso(NOW),
+             "batch": [track("js2", "Product Clicked", product_id="A")]}  # fmt: skip
+    resp = api.post("/v1/b", content=json.dumps(batch), headers={"Content-Type": "text/plain"})
+    assert resp.json()["accepted"] == 1
+    ident = {"messageId": "js3", "userId": "u1", "traits": {"tier": "gold"}, "writeKey": "wk_test"}
+    assert api.post("/v1/i", json=ident).json()["effect"] == "identify"
+    asks = {"Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization"}  # fmt: skip
+    preflight = api.options("/v1/batch", headers={**origin, **asks})
+    assert preflight.status_code == 204
+    assert "authorization" in preflight.headers["access-control-allow-headers"]
+    denied = api.post("/v1/t", json=track("js4", "X"), headers=origin)
+    assert denied.status_code == 401 and denied.headers["access-control-allow-origin"] == "*"
