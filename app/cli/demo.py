@@ -98,13 +98,16 @@ def prepare(client: redis.Redis, settings: Settings, limit: int | None = None) -
     if reused is not None:
         print(f"model {reused} matches the data and settings: reused (no retraining)")
         done["model"] = f"reused {reused}"
-        return done
-    print("training the item-item model on the real purchases ...")
-    trained = train_online_retail(
-        client, settings.engine, settings.sample_data, fingerprint=fingerprint
-    )
-    print(trained.summary())
-    done["model"] = f"trained {trained.version}"
+    else:
+        print("training the item-item model on the real purchases ...")
+        trained = train_online_retail(
+            client, settings.engine, settings.sample_data, fingerprint=fingerprint
+        )
+        print(trained.summary())
+        done["model"] = f"trained {trained.version}"
+    from app.cli.profiles import load_sample_profiles
+
+    load_sample_profiles(client, settings)
     return done
 
 
@@ -143,8 +146,14 @@ Try:
        -H 'content-type: application/json' -d '{{"event_id":"demo-1","type":"view",
        "user_id":"c17850","session_id":"s1","item_id":"85123A"}}'
   curl '{base}/v1/trending?type=view&k=5'
-  curl {base}/v1/users/c17850/profile -H 'Authorization: Bearer {a}'
+  curl {base}/v1/users/c17850/profile -H 'Authorization: Bearer {a}'   (synced traits)
+  curl {base}/v1/users/c17850/session -H 'Authorization: Bearer {a}'
   curl {base}/v1/recommender -H 'Authorization: Bearer {a}'
+  Segment / RudderStack SDKs: host (data plane URL) {base}, write key {w}
+  curl -X POST {base}/v1/track -u '{w}:' -H 'content-type: application/json' \\
+       -d '{{"messageId":"demo-2","userId":"c17850","event":"Product Viewed",
+       "properties":{{"product_id":"85123A"}}}}'
+  API contract: {base}/openapi.json, readable at {base}/docs
 """
 
 

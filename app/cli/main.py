@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     from app.cli.recs import add_recs_commands
 
     add_recs_commands(sub)
+    from app.cli.profiles import add_profile_commands
+
+    add_profile_commands(sub)
 
     p = sub.add_parser("redis-cli", help="the bundled redis-cli (with its OpenSSL 1.1 runtime)")
     p.add_argument("rest", nargs=argparse.REMAINDER)

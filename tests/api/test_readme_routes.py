@@ -3,7 +3,7 @@ listed, every listed route exists, and the auth column is what the route enforce
 
 Generic on purpose: a new route (any module) fails here until the README lists it, and any
 auth value other than `-` (admin, `X-Write-Key`, a shopper token, ...) means "401 without
-credentials".
+credentials". A row may list several paths with the same methods and auth.
 """
 
 from __future__ import annotations
@@ -39,12 +39,13 @@ def readme_rows() -> dict[tuple[str, str], str]:
         if len(cells) != 4 or cells[0] in ("method", "---"):
             continue
         methods, path_cell, auth = cells[0], cells[1], cells[2].strip("`")
-        paths = re.findall(r"`([^`]+)`", path_cell)
-        assert len(paths) == 1, f"one path per README row: {line}"
+        paths = re.findall(r"`(/[^`]*)`", path_cell)
+        assert paths, f"no path in README row: {line}"
         for method in (m.strip() for m in methods.split(",")):
-            key = (method, shape(paths[0].replace("\\|", "|")))
-            assert key not in rows, f"listed twice: {key}"
-            rows[key] = auth
+            for path in paths:
+                key = (method, shape(path.replace("\\|", "|")))
+                assert key not in rows, f"listed twice: {key}"
+                rows[key] = auth
     return rows
 
 
@@ -67,7 +68,7 @@ def app_routes(api: TestClient) -> dict[tuple[str, str], str]:
             continue  # the /static mount: files, not API
         url = PARAM_RE.sub(lambda m: SAMPLE_PARAMS[m.group(0)[1:-1].split(":")[0]], route.path)
         for method in sorted(route.methods or {"GET"}):
-            if method != "HEAD":
+            if method not in ("HEAD", "OPTIONS"):  # OPTIONS: CORS preflights, no credentials
                 out[(method, shape(route.path))] = url
     return out
 
