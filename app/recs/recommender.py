@@ -23,6 +23,7 @@ process, so it works while Redis is unreachable). Every fallback is counted.
 from __future__ import annotations
 
 import contextlib
+import copy
 import heapq
 import json
 import logging
@@ -84,6 +85,7 @@ REASONS = {
     "popular": "popular right now",
 }
 KNN_TTL_S = 600.0
+PATIENT_TIMEOUT_S = 10.0  # socket timeout of `at_time`'s clients (backtests, no budget)
 TIER_NAMES = {"cold": "cold_start", "content": "content_based", "collab": "collaborative"}
 
 
@@ -373,9 +375,9 @@ def flat_pairs(raw: Any) -> Any:
     return zip(it, it, strict=True)
 
 
-def resp2_twin(client: redis.Redis) -> redis.Redis:
-    """A client with the same connection settings speaking RESP2 (flat replies); a cluster
-    client is returned as it is."""
+def resp2_twin(client: redis.Redis, **overrides: Any) -> redis.Redis:
+    """A client with the same connection settings speaking RESP2 (flat replies), or with
+    `overrides` (e.g. `protocol`, `socket_timeout`); a cluster client is returned as it is."""
     if isinstance(client, redis.RedisCluster):
         return client
     # redis-py adds internal RESP3-only settings (maintenance notifications, their originals)
@@ -387,6 +389,7 @@ def resp2_twin(client: redis.Redis) -> redis.Redis:
         if not k.startswith(internal)
     }
     kwargs["protocol"] = 2
+    kwargs.update(overrides)
     pool = redis.ConnectionPool(
         connection_class=client.connection_pool.connection_class,
         max_connections=client.connection_pool.max_connections,
@@ -449,6 +452,7 @@ class Recommender:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error_log = 0.0
+        self._patient_view: Recommender | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -477,6 +481,10 @@ class Recommender:
             self._flush_stats()
         if self._lists_client is not self.client:
             self._lists_client.close()
+        view, self._patient_view = self._patient_view, None
+        if view is not None and view.client is not self.client:
+            view.client.close()
+            view._lists_client.close()
 
     # -- counters -----------------------------------------------------------------------------
     def count(self, name: str, n: int = 1) -> None:
@@ -991,6 +999,29 @@ class Recommender:
         self.count("warmed_up", len(done))
         return done
 
+    def _patient(self) -> Recommender:
+        """This recommender (same catalog, model, lists, caches) on clients without the
+        serving budget's socket timeout: a backtest on a busy machine must not turn a slow
+        call into an error. Made once."""
+        with self._lock:
+            view = self._patient_view
+        if view is None:
+            view = copy.copy(self)
+            protocol = self.client.connection_pool.connection_kwargs.get("protocol") or 2
+            view.client = resp2_twin(
+                self.client, protocol=protocol, socket_timeout=PATIENT_TIMEOUT_S
+            )
+            view._lists_client = resp2_twin(view.client)
+            view._patient_view = view
+            with self._lock:
+                if self._patient_view is None:
+                    self._patient_view = view
+                else:  # another thread made one first
+                    view.client.close()
+                    view._lists_client.close()
+                view = self._patient_view
+        return view
+
     def at_time(self, req: RecRequest) -> RecResponse:
         """A list computed as of `req.now_ms` (replays and backtests through the API): the
         same computation as `serve`'s inline step, with no budget, cache, fallback or
@@ -1000,7 +1031,7 @@ class Recommender:
         if req.now_ms <= 0:
             raise ValueError("at_time needs req.now_ms")
         assignment = self.experiments.assign(req.user, req.surface)
-        lst = self.compute(req, assignment)
+        lst = self._patient().compute(req, assignment)
         self.count("served.as_of")
         return self._response(req, lst, "inline", None, None, assignment, t0)
 
