@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any, TypeVar
@@ -18,10 +19,19 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api import deps
+from app.api import auth, deps
 from app.api.deps import AppState
-from app.core.errors import AuthError, EngineError, RedisSetupError, ValidationError
+from app.core.errors import (
+    AuthError,
+    EngineError,
+    ForbiddenError,
+    PayloadTooLargeError,
+    RateLimitedError,
+    RedisSetupError,
+    ValidationError,
+)
 from app.core.events import EVENT_TYPES, parse_event
 from app.core.logs import configure_logging
 from app.core.settings import Settings, load_settings
@@ -33,10 +43,12 @@ from app.obs.middleware import RequestContextMiddleware
 from app.redis import calls
 from app.redis import embedded as redis_stack
 from app.redis import library as functions
+from app.redis.health import RedisHealth
 
 log = logging.getLogger("retail.app")
-MAX_BODY_BYTES = 1_000_000
 MAX_BATCH = 1000
+RETRY_AFTER_S = 1.0
+OOM_RETRY_AFTER_S = 30.0
 T = TypeVar("T")
 
 
@@ -61,8 +73,9 @@ async def health(request: Request) -> Response:
 
 
 async def post_events(request: Request) -> Response:
-    """One event object, a list, or {"events": [...]}: per-event accepted/duplicate/rejected."""
-    deps.require_write_key(request)
+    """One event object, a list, or {"events": [...]}: per-event accepted/duplicate/rejected.
+    A message the key may not send (app/api/auth.py) is rejected alone, never applied."""
+    who = deps.require_write_key(request)
     body = await deps.read_json(request)
     single = isinstance(body, dict) and "events" not in body
     raw_events = [body] if single else body.get("events") if isinstance(body, dict) else body
@@ -74,19 +87,28 @@ async def post_events(request: Request) -> Response:
     results: list[dict[str, Any]] = [{} for _ in raw_events]
     valid = []
     positions = []
-    for i, obj in enumerate(raw_events):
+    problems = auth.authorize_write(request, who, raw_events)
+    for i, (obj, problem) in enumerate(zip(raw_events, problems, strict=True)):
+        event_id = obj.get("event_id") if isinstance(obj, dict) else None
+        if problem is not None:
+            if single:
+                raise ForbiddenError(problem)
+            results[i] = {"event_id": event_id, "status": "rejected", "error": "forbidden",
+                          "field": "context.shopper_token", "reason": problem}  # fmt: skip
+            continue
         try:
             valid.append(parse_event(obj))
             positions.append(i)
         except ValidationError as exc:
             if single:
                 raise
-            event_id = obj.get("event_id") if isinstance(obj, dict) else None
             results[i] = {"event_id": event_id, "status": "rejected", "field": exc.field,
                           "reason": exc.message}  # fmt: skip
-    report = await deps.blocking(deps.state(request)["ingestor"].ingest, valid)
-    for pos, ev, status in zip(positions, valid, report.statuses, strict=True):
-        results[pos] = {"event_id": ev.event_id, "status": status}
+    if valid:
+        deps.redis_available(request)
+        report = await deps.blocking(deps.state(request)["ingestor"].ingest, valid)
+        for pos, ev, status in zip(positions, valid, report.statuses, strict=True):
+            results[pos] = {"event_id": ev.event_id, "status": status}
     counts = {
         s: sum(1 for r in results if r["status"] == s)
         for s in ("accepted", "duplicate", "rejected")
@@ -95,9 +117,9 @@ async def post_events(request: Request) -> Response:
 
 
 async def get_session(request: Request) -> Response:
-    deps.require_admin_key(request)
     st = deps.state(request)
     identity = deps.identity_param(request)
+    auth.authorize_read(request, identity)
     doc = await deps.blocking(st["redis"].json().get, st["keys"].user(identity, "session"))
     if doc is None:
         return JSONResponse(
@@ -109,9 +131,9 @@ async def get_session(request: Request) -> Response:
 
 
 async def get_profile(request: Request) -> Response:
-    deps.require_admin_key(request)
     st = deps.state(request)
     identity = deps.identity_param(request)
+    auth.authorize_read(request, identity)
     top = deps.int_param(request, "top", 20, 1, 200)
 
     prof = await deps.blocking(
@@ -130,8 +152,13 @@ async def get_profile(request: Request) -> Response:
 
 
 async def post_identify(request: Request) -> Response:
-    deps.require_write_key(request)
-    user_id, anon, traits = users.parse_identify(await deps.read_json(request))
+    who = deps.require_write_key(request)
+    body = await deps.read_json(request)
+    user_id, anon, traits = users.parse_identify(body)
+    (problem,) = auth.authorize_write(request, who, [body])
+    if problem is not None:
+        raise ForbiddenError(problem)
+    deps.redis_available(request)
     st = deps.state(request)
     result = await deps.blocking(
         users.identify, st["redis"], st["settings"].engine, user_id, anon, traits
@@ -155,19 +182,59 @@ async def get_trending(request: Request) -> Response:
 # -- errors -----------------------------------------------------------------------------------
 
 
+def _error(error: str, detail: str, status: int, retry_after_s: float | None = None) -> Response:
+    headers = {"retry-after": str(max(1, math.ceil(retry_after_s)))} if retry_after_s else None
+    return JSONResponse({"error": error, "detail": detail}, status, headers=headers)
+
+
 async def engine_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, PayloadTooLargeError):
+        return JSONResponse({"error": "too_large", "field": exc.field, "detail": exc.message}, 413)
     if isinstance(exc, ValidationError):
         return JSONResponse({"error": "invalid", "field": exc.field, "detail": exc.message}, 422)
     if isinstance(exc, AuthError):
-        return JSONResponse({"error": "unauthorized", "detail": str(exc)}, 401)
+        return _error("unauthorized", str(exc), 401)
+    if isinstance(exc, ForbiddenError):
+        return _error("forbidden", str(exc), 403)
+    if isinstance(exc, RateLimitedError):
+        return _error("rate_limited", str(exc), 429, exc.retry_after_s)
     if isinstance(exc, RedisSetupError):
-        return JSONResponse({"error": "unavailable", "detail": str(exc)}, 503)
+        return _error("unavailable", str(exc), 503, RETRY_AFTER_S)
     log.exception("engine error", exc_info=exc)
-    return JSONResponse({"error": "engine_error", "detail": str(exc)}, 500)
+    return _error("engine_error", str(exc), 500)
 
 
 async def redis_error(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"error": "unavailable", "detail": f"Redis: {exc}"}, 503)
+    """A truthful status per Redis failure: 503 (with Retry-After) only when Redis cannot
+    serve now; a refused command is our bug or our configuration (500)."""
+    text = str(exc)
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError):
+        health = getattr(request.app.state, "redis_health", None)
+        if isinstance(health, RedisHealth) and not isinstance(exc, redis.BusyLoadingError):
+            health.trip(f"{type(exc).__name__}: {exc}")
+        return _error("unavailable", f"Redis: {text}", 503, RETRY_AFTER_S)
+    if isinstance(exc, redis.ReadOnlyError):
+        return _error(
+            "unavailable", f"Redis is a read-only replica now: {text}", 503, RETRY_AFTER_S
+        )
+    if text.startswith("OOM") or " OOM " in text:
+        log.error("ALERT Redis is out of memory (maxmemory, noeviction): writes are refused")
+        auth_metric(request, "redis.oom")
+        detail = "Redis is full (maxmemory reached): this write was refused, nothing was evicted"
+        return _error("redis_out_of_memory", detail, 503, OOM_RETRY_AFTER_S)
+    if text.startswith("NOPERM"):
+        log.error("Redis refused a command for the app's ACL user: %s", text)
+        return _error("redis_permission", "the app's Redis user may not do this; see "
+                      "docs/security.md (ACL users)", 500)  # fmt: skip
+    log.error("Redis error reply: %s", text)
+    return _error("redis_error", "Redis refused the command", 500)
+
+
+def auth_metric(request: Request, name: str) -> None:
+    mw = getattr(request.app.state, "metrics", None)
+    registry = getattr(mw, "registry", None)
+    if registry is not None:
+        registry.inc(name)
 
 
 # -- app --------------------------------------------------------------------------------------
@@ -175,6 +242,7 @@ async def redis_error(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     cfg = settings or load_settings()
+    auth.check_verification_setting(cfg)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[AppState]:
@@ -183,7 +251,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 "REDIS_URL is not set: use `python -m app.cli serve` (starts the embedded "
                 "Redis Stack) or point REDIS_URL at a Redis Stack / Redis 8 server"
             )
-        client = redis.Redis.from_url(cfg.redis_url, health_check_interval=30)
+        client = redis.Redis.from_url(
+            cfg.redis_url, health_check_interval=30, socket_timeout=cfg.redis_timeout_s,
+            socket_connect_timeout=cfg.redis_timeout_s,
+        )  # fmt: skip
+        health = RedisHealth(cfg.redis_url)
+        app.state.redis_health = health
         try:
             redis_stack.probe(client)
             library = functions.ensure_current(client, load_if_stale=True)
@@ -191,6 +264,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             engine = build_engine(
                 client, cfg.engine, rec_config=getattr(app.state, "rec_config", None)
             )
+            health.start()
             yield AppState(
                 settings=cfg,
                 redis=client,
@@ -200,6 +274,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 keys=engine.keys,
             )
         finally:
+            health.close()
             client.close()
 
     routes: list[BaseRoute] = [
@@ -227,11 +302,35 @@ def create_app(settings: Settings | None = None) -> Starlette:
         middleware=[
             Middleware(RequestContextMiddleware, json_logs=cfg.log_json),
             Middleware(MetricsMiddleware),  # inside: sees the request id, times the app
+            Middleware(AddressLimitMiddleware),
         ],
         exception_handlers={EngineError: engine_error, redis.RedisError: redis_error},
     )
     install_recommendations(app)  # its routes, a Recommender per app (lifespan), ingestion hook
+    app.state.guard = auth.Guard(cfg.limits)
     return app
+
+
+class AddressLimitMiddleware:
+    """429 (Retry-After) for a client address over its rate, on every /v1 route, before any
+    body is read."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            guard = getattr(scope["app"].state, "guard", None)
+            client = scope.get("client")
+            if isinstance(guard, auth.Guard):
+                wait = guard.per_address.take(client[0] if client else "unknown")
+                if wait:
+                    guard.count_rejection("rate_address")
+                    response = _error("rate_limited", "too many requests from this address",
+                                      429, wait)  # fmt: skip
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 def app_factory() -> Starlette:

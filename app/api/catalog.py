@@ -20,13 +20,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from app.api import deps
+from app.api import auth, deps
 from app.catalog import calls as catalog_calls
 from app.catalog.index import CatalogConfig, load_catalog_config
 from app.catalog.search import ProductSearch, SearchResult, parse_search, parse_similar
 from app.catalog.vectorizers import get_vectorizer
 from app.core.errors import ValidationError
-from app.core.events import ID_RE
+from app.core.events import ID_RE, ID_RULE
 
 
 def catalog_config(request: Request) -> CatalogConfig:
@@ -56,7 +56,7 @@ def product_search(request: Request) -> ProductSearch:
 def _item_id(request: Request) -> str:
     item = request.path_params["item_id"]
     if not ID_RE.match(item):
-        raise ValidationError("item_id", "must be 1-64 characters of letters, digits or ._:@/+=-")
+        raise ValidationError("item_id", ID_RULE)
     return str(item)
 
 
@@ -75,6 +75,8 @@ def _result_json(result: SearchResult) -> dict[str, Any]:
 
 async def search_products(request: Request) -> Response:
     req = parse_search(request.query_params)
+    if req.user is not None:
+        auth.authorize_read(request, req.user)  # personalised: the shopper's affinities
     search = product_search(request)
     result = await deps.blocking(search.search, req)
     cfg = search.cfg

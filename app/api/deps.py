@@ -7,26 +7,34 @@ import circle.
 
 from __future__ import annotations
 
-import hmac
+import asyncio
+import functools
 import json
+import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypedDict, TypeVar, cast
 
 import redis
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from app.api import auth
 from app.catalog.search import int_param as parse_int_param
-from app.core.errors import AuthError, ValidationError
-from app.core.events import ID_RE
+from app.core.errors import PayloadTooLargeError, ValidationError
+from app.core.events import ID_RULE, IDENTITY_RE
 from app.core.keys import Keys
-from app.core.settings import Settings
+from app.core.settings import Limits, Settings
 from app.engine import Engine
 from app.ingest.ingestor import Ingestor
 from app.redis import library as functions
+from app.redis.health import RedisHealth
 
-MAX_BODY_BYTES = 1_000_000
 T = TypeVar("T")
+# Recommendation reads run on their own threads (a bulkhead): writes waiting on a hung Redis
+# hold the shared thread pool (40 threads) and would otherwise queue every read behind them.
+READ_THREADS = 16
+_read_pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="recs-read")
 
 
 class AppState(TypedDict):
@@ -47,37 +55,97 @@ async def blocking(fn: Callable[..., T], *args: Any) -> T:
     return await run_in_threadpool(fn, *args)
 
 
-# -- auth and body helpers ---------------------------------------------------------------------
+async def blocking_read(fn: Callable[..., T], *args: Any) -> T:
+    """Like `blocking`, on the recommendation reads' own pool."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_read_pool, functools.partial(fn, *args))
 
 
-def require_write_key(request: Request) -> None:
-    """Public write key (as analytics SDKs use): identifies the source, not a secret."""
-    given = request.headers.get("x-write-key", "")
-    allowed = state(request)["settings"].write_keys
-    if not allowed:
-        raise AuthError("event ingestion is disabled: set RETAIL_WRITE_KEYS")
-    if not any(hmac.compare_digest(given, key) for key in allowed):
-        raise AuthError("missing or unknown X-Write-Key")
+# -- auth, limits and body helpers ---------------------------------------------------------------
 
 
-def require_admin_key(request: Request) -> None:
-    """Secret API key for server-to-server and admin endpoints (Authorization: Bearer ...)."""
-    secret = state(request)["settings"].admin_key
-    if secret is None:
-        raise AuthError("this endpoint needs RETAIL_ADMIN_KEY to be configured")
-    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given, str(secret)):
-        raise AuthError("missing or wrong API key (Authorization: Bearer <RETAIL_ADMIN_KEY>)")
+def require_write_key(request: Request) -> auth.Caller:
+    """A client, server or admin key (app/api/auth.py decides per message what it may send)."""
+    return auth.require_writer(request)
+
+
+def require_admin_key(request: Request) -> auth.Caller:
+    """The operators' secret key (Authorization: Bearer ...); repeated failures slow down."""
+    return auth.require_admin(request)
+
+
+def redis_available(request: Request) -> None:
+    """503 at once (Retry-After) while the health probe sees Redis hung or down, instead of
+    waiting a socket timeout per request."""
+    health = getattr(request.app.state, "redis_health", None)
+    if isinstance(health, RedisHealth):
+        health.check()
+
+
+async def read_body(request: Request, limit: int | None = None) -> bytes:
+    """The body, read while streaming: 413 as soon as it passes the limit (a declared
+    Content-Length over the limit is refused before reading anything)."""
+    limit = limit or state(request)["settings"].limits.body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared[:20]) > limit):
+        raise PayloadTooLargeError("body", f"must be at most {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError("body", f"must be at most {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def read_json(request: Request) -> Any:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise ValidationError("body", f"must be at most {MAX_BODY_BYTES} bytes")
+    limits = state(request)["settings"].limits
+    return parse_json(await read_body(request, limits.body_bytes), limits)
+
+
+def parse_json(body: bytes, limits: Limits) -> Any:
+    """json.loads with bounded numbers (digits), no NaN/Infinity, and bounded nesting."""
+
+    def whole(text: str) -> int:
+        if len(text.lstrip("-")) > limits.number_digits:
+            raise ValidationError(
+                "body", f"integers must have at most {limits.number_digits} digits"
+            )
+        return int(text)
+
+    def fraction(text: str) -> float:
+        value = float(text) if len(text) <= 2 * limits.number_digits else math.inf
+        if not math.isfinite(value):
+            raise ValidationError("body", "numbers must be finite, at most 40 characters")
+        return value
+
+    def constant(text: str) -> Any:
+        raise ValidationError("body", f"{text} is not valid JSON")
+
     try:
-        return json.loads(body)
+        value = json.loads(body, parse_int=whole, parse_float=fraction, parse_constant=constant)
+    except RecursionError:
+        raise ValidationError("body", f"is nested deeper than {limits.json_depth} levels") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValidationError("body", f"is not valid JSON: {exc}") from exc
+    if _depth(value) > limits.json_depth:
+        raise ValidationError("body", f"is nested deeper than {limits.json_depth} levels")
+    return value
+
+
+def _depth(value: Any) -> int:
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in node)
+    return deepest
 
 
 def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -86,6 +154,6 @@ def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> in
 
 def identity_param(request: Request) -> str:
     identity = request.path_params["user_id"]
-    if not ID_RE.match(identity):
-        raise ValidationError("user_id", "must be 1-64 characters of letters, digits or ._:@/+=-")
+    if not IDENTITY_RE.match(identity):
+        raise ValidationError("user_id", ID_RULE)
     return str(identity)

@@ -36,7 +36,28 @@ class ValidationError(EngineError):
 
 
 class AuthError(EngineError):
-    """Missing or wrong API key."""
+    """Missing or wrong API key (HTTP 401)."""
+
+
+class ForbiddenError(EngineError):
+    """A valid key, but no proof for the shopper the request is about (HTTP 403: the Segment
+    SDKs do not retry a 4xx other than 429)."""
+
+
+class PayloadTooLargeError(ValidationError):
+    """The request body is over the limit (HTTP 413, answered before reading the rest)."""
+
+
+class RateLimitedError(EngineError):
+    """Too many requests from one key or address (HTTP 429 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RedisUnavailableError(RedisSetupError):
+    """Redis does not answer (the health probe saw it hang or refuse): HTTP 503, Retry-After."""
 
 
 class FunctionError(EngineError):

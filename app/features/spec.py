@@ -35,7 +35,7 @@ import yaml
 from redis.crc import key_slot
 
 from app.core.errors import ValidationError
-from app.core.events import EVENT_TYPES, ID_RE, Event, Line
+from app.core.events import EVENT_TYPES, ID_RE, ID_RULE, IDENTITY_RE, Event, Line
 from app.core.keys import Keys
 from app.core.settings import ROOT, EngineConfig
 from app.ingest.ingestor import Phase2Hook
@@ -504,8 +504,8 @@ def check_entity_id(entity: str, entity_id: str) -> str:
         main, category = split_user_category(entity_id)
         if len(category) > 64 or not category.isprintable():
             raise ValidationError("id", "the category must be 1-64 printable characters")
-    if not ID_RE.match(main):
-        raise ValidationError("id", "must be 1-64 characters of letters, digits or ._:@/+=-")
+    if not (IDENTITY_RE if entity != "item" else ID_RE).match(main):
+        raise ValidationError("id", ID_RULE)
     return entity_id
 
 
