@@ -24,8 +24,9 @@ NOW = int(time.time() * 1000)
 @pytest.fixture
 def api(redis_url: str, cfg: EngineConfig, tmp_path: Path) -> Iterator[TestClient]:
     settings = Settings(
-        redis_url=redis_url, host="127.0.0.1", port=0, server_keys=frozenset({"wk_test"}), write_keys=frozenset(),
-        admin_key=Secret("s3cret-admin"), data_dir=tmp_path, sample_data=tmp_path / "none",
+        redis_url=redis_url, host="127.0.0.1", port=0, server_keys=frozenset({"wk_test"}),
+        write_keys=frozenset(), admin_key=Secret("s3cret-admin"),
+        data_dir=tmp_path, sample_data=tmp_path / "none",
         log_json=True, engine=cfg,
     )  # fmt: skip
     with TestClient(create_app(settings)) as client:

@@ -29,8 +29,11 @@ from app.core.errors import (
     ForbiddenError,
     PayloadTooLargeError,
     RateLimitedError,
+    RedisOutOfMemoryError,
+    RedisPermissionError,
     RedisSetupError,
     ValidationError,
+    from_redis_error,
 )
 from app.core.events import EVENT_TYPES, parse_event
 from app.core.logs import configure_logging
@@ -198,6 +201,15 @@ async def engine_error(request: Request, exc: Exception) -> Response:
         return _error("forbidden", str(exc), 403)
     if isinstance(exc, RateLimitedError):
         return _error("rate_limited", str(exc), 429, exc.retry_after_s)
+    if isinstance(exc, RedisOutOfMemoryError):
+        log.error("ALERT Redis is out of memory (maxmemory, noeviction): writes are refused")
+        auth_metric(request, "redis.oom")
+        detail = "Redis is full (maxmemory reached): this write was refused, nothing was evicted"
+        return _error("redis_out_of_memory", detail, 503, OOM_RETRY_AFTER_S)
+    if isinstance(exc, RedisPermissionError):
+        log.error("%s", exc)
+        detail = "the app's Redis user may not do this: see docs/security.md (ACL users)"
+        return _error("redis_permission", detail, 500)
     if isinstance(exc, RedisSetupError):
         return _error("unavailable", str(exc), 503, RETRY_AFTER_S)
     log.exception("engine error", exc_info=exc)
@@ -207,26 +219,16 @@ async def engine_error(request: Request, exc: Exception) -> Response:
 async def redis_error(request: Request, exc: Exception) -> Response:
     """A truthful status per Redis failure: 503 (with Retry-After) only when Redis cannot
     serve now; a refused command is our bug or our configuration (500)."""
-    text = str(exc)
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError):
         health = getattr(request.app.state, "redis_health", None)
         if isinstance(health, RedisHealth) and not isinstance(exc, redis.BusyLoadingError):
             health.trip(f"{type(exc).__name__}: {exc}")
-        return _error("unavailable", f"Redis: {text}", 503, RETRY_AFTER_S)
+        return _error("unavailable", f"Redis: {exc}", 503, RETRY_AFTER_S)
     if isinstance(exc, redis.ReadOnlyError):
-        return _error(
-            "unavailable", f"Redis is a read-only replica now: {text}", 503, RETRY_AFTER_S
-        )
-    if text.startswith("OOM") or " OOM " in text:
-        log.error("ALERT Redis is out of memory (maxmemory, noeviction): writes are refused")
-        auth_metric(request, "redis.oom")
-        detail = "Redis is full (maxmemory reached): this write was refused, nothing was evicted"
-        return _error("redis_out_of_memory", detail, 503, OOM_RETRY_AFTER_S)
-    if text.startswith("NOPERM"):
-        log.error("Redis refused a command for the app's ACL user: %s", text)
-        return _error("redis_permission", "the app's Redis user may not do this; see "
-                      "docs/security.md (ACL users)", 500)  # fmt: skip
-    log.error("Redis error reply: %s", text)
+        return _error("unavailable", f"Redis is a read-only replica now: {exc}", 503, RETRY_AFTER_S)
+    if isinstance(exc, redis.ResponseError):
+        return await engine_error(request, from_redis_error(exc))
+    log.error("Redis error: %r", exc)
     return _error("redis_error", "Redis refused the command", 500)
 
 

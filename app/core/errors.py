@@ -87,8 +87,21 @@ LUA_ERROR_CODES: dict[str, type[FunctionError]] = {
 }
 
 
+class RedisOutOfMemoryError(EngineError):
+    """Redis is at maxmemory (policy noeviction): the write was refused, nothing was evicted
+    (HTTP 503 with Retry-After, and an alert in the log)."""
+
+
+class RedisPermissionError(EngineError):
+    """The ACL user may not run this command or touch this key: a deployment error (HTTP 500)."""
+
+
 def from_redis_error(exc: redis.ResponseError) -> EngineError:
     """Turn a Function's error reply into its typed Python error (others pass as FunctionError)."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return RedisOutOfMemoryError(f"Redis is out of memory: {exc}")
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return RedisPermissionError(f"Redis refused (ACL): {exc}")
     text = str(exc)
     code = text.split(" ", 1)[0]
     cls = LUA_ERROR_CODES.get(code)
