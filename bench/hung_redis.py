@@ -39,7 +39,9 @@ SERVER = {"X-Write-Key": "wk_test"}
 USERS = [f"bench{i}" for i in range(50)]
 
 
-def one_run(kill: bool, writers: int, before_s: float, hang_s: float) -> HangFigures:
+def one_run(
+    kill: bool, writers: int, before_s: float, hang_s: float, eager_retry_s: float
+) -> HangFigures:
     server = redis_stack.temporary().start()
     try:
         with redis.Redis.from_url(server.url) as client:
@@ -54,7 +56,8 @@ def one_run(kill: bool, writers: int, before_s: float, hang_s: float) -> HangFig
             health = app.state.redis_health
             assert isinstance(health, RedisHealth)
             return hang_run(base, fault, lambda: not health.up, SERVER, USERS,
-                            writers=writers, before_s=before_s, hang_s=hang_s)  # fmt: skip
+                            writers=writers, before_s=before_s, hang_s=hang_s,
+                            eager_retry_s=eager_retry_s)  # fmt: skip
     finally:
         server.stop()
 
@@ -67,11 +70,14 @@ def main() -> None:
     parser.add_argument("--before", type=float, default=2.0)
     parser.add_argument("--hang", type=float, default=10.0)
     parser.add_argument("--kill", action="store_true", help="SIGKILL instead of SIGSTOP")
+    parser.add_argument("--eager-retry", type=float, default=0.0,
+                        help="writers retry a 503 after this many seconds instead of its "
+                        "Retry-After (0: Retry-After, as the SDKs do)")  # fmt: skip
     args = parser.parse_args()
     runs, hang = (1, 3.0) if args.quick else (args.runs, args.hang)
     results = []
     for i in range(runs):
-        figures = one_run(args.kill, args.writers, args.before, hang).summary()
+        figures = one_run(args.kill, args.writers, args.before, hang, args.eager_retry).summary()
         hung = figures["recs_hung"]
         print(f"run {i + 1}: recs during the fault p50 {hung['p50_ms']} ms, p99 "
               f"{hung['p99_ms']} ms, max {hung['max_ms']} ms, answered "
@@ -81,7 +87,7 @@ def main() -> None:
     p99s = [r["recs_hung"]["p99_ms"] for r in results]
     emit_json({
         "bench": "hung_redis", "fault": "kill" if args.kill else "sigstop", "runs": runs,
-        "writers": args.writers, "hang_s": hang,
+        "writers": args.writers, "hang_s": hang, "eager_retry_s": args.eager_retry,
         "recs_hung_p99_ms_range": [min(p99s), max(p99s)],
         "recs_hung_p99_ms_median": statistics.median(p99s),
         "recs_answered_share_min": min(r["recs_answered_share"] for r in results),

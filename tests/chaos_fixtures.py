@@ -68,12 +68,14 @@ class HangFigures:
 def _request(
     conn: http.client.HTTPConnection, method: str, path: str, headers: dict[str, str],
     body: bytes | None = None,
-) -> tuple[int, bytes, float]:  # fmt: skip
+) -> tuple[int, bytes, float, float]:  # fmt: skip
+    """(status, body, ms, Retry-After in seconds or 0)."""
     t0 = time.perf_counter()
     conn.request(method, path, body=body, headers=headers)
     resp = conn.getresponse()
     data = resp.read()
-    return resp.status, data, (time.perf_counter() - t0) * 1000
+    retry = resp.getheader("retry-after") or "0"
+    return resp.status, data, (time.perf_counter() - t0) * 1000, float(retry)
 
 
 def pause(pid: int) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -96,6 +98,7 @@ def hang_run(
     writers: int = 60,
     before_s: float = 1.0,
     hang_s: float = 3.0,
+    eager_retry_s: float = 0.0,
 ) -> HangFigures:
     host, port = base.removeprefix("http://").split(":")
     stop = threading.Event()
@@ -112,19 +115,21 @@ def hang_run(
                   "user_id": f"writer{n}", "item_id": "K1",
                   "ts": int(time.time() * 1000)}  # fmt: skip
             try:
-                status, _, ms = _request(conn, "POST", "/v1/events",
+                status, _, ms, retry_s = _request(conn, "POST", "/v1/events",
                                          {**headers, "content-type": "application/json"},
                                          json.dumps(ev).encode())  # fmt: skip
             except (OSError, http.client.HTTPException):
                 conn.close()
                 conn = http.client.HTTPConnection(host, int(port), timeout=30)
-                status, ms = 0, 0.0
+                status, ms, retry_s = 0, 0.0, 1.0
             if hung.is_set():
                 with lock:
                     writes.latencies_ms.append(ms)
                     writes.statuses[status] += 1
             if status != 200:
-                time.sleep(0.1)  # an eager client: retries sooner than Retry-After says
+                # A client following the protocol waits Retry-After (SDKs back off further);
+                # `retry_s` > 0 makes an eager one that retries sooner.
+                stop.wait(min(retry_s, eager_retry_s) if eager_retry_s else retry_s)
         conn.close()
 
     def read_phase(seconds: float) -> Phase:
@@ -136,7 +141,9 @@ def hang_run(
             user = users[i % len(users)]
             i += 1
             try:
-                status, data, ms = _request(conn, "GET", f"/v1/recommendations/{user}?k=5", headers)
+                status, data, ms, _ = _request(
+                    conn, "GET", f"/v1/recommendations/{user}?k=5", headers
+                )
                 source = json.loads(data).get("fallback") or json.loads(data).get("source")
             except (OSError, http.client.HTTPException, ValueError):
                 conn.close()
