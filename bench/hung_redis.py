@@ -1,6 +1,6 @@
 """Recommendations while Redis hangs (SIGSTOP) or dies under 60 concurrent event writers.
 
-Run from the repo root: `.venv/bin/python bench/hung_redis.py [--quick] [--runs N]`. Each run
+Run from the repo root: `.venv/bin/python -m bench.hung_redis [--quick] [--runs N]`. Each run
 starts its own embedded Redis Stack (never another process's server), a small trained world
 (tests/recs_fixtures.py), the real app under hypercorn on a free port, 60 writer threads posting
 events and one reader asking for recommendations; after `--before` seconds Redis is SIGSTOPped
@@ -15,25 +15,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import redis
 
-import redis  # noqa: E402
-from _common import emit_json  # noqa: E402
-
-from app.api import auth  # noqa: E402
-from app.core.settings import Limits  # noqa: E402
-from app.redis import embedded as redis_stack  # noqa: E402
-from app.redis import library as functions  # noqa: E402
-from app.redis.health import RedisHealth  # noqa: E402
-from tests.chaos_fixtures import HangFigures, hang_run, pause  # noqa: E402
-from tests.recs_fixtures import build_world, recs_app  # noqa: E402
-from tests.web_fixtures import serving  # noqa: E402
+from app.api import auth
+from app.core.settings import Limits
+from app.redis import embedded as redis_stack
+from app.redis import library as functions
+from app.redis.health import RedisHealth
+from bench._common import emit_json
+from tests.chaos_fixtures import HangFigures, hang_run, pause
+from tests.recs_fixtures import build_world, recs_app
+from tests.web_fixtures import serving
 
 SERVER = {"X-Write-Key": "wk_test"}
 USERS = [f"bench{i}" for i in range(50)]

@@ -317,11 +317,20 @@ def message_token(message: Mapping[str, Any], request: Request) -> str | None:
 
 def message_identities(message: Mapping[str, Any]) -> list[str]:
     """The shoppers a message acts for: its user id and/or 'anon:<anonymous id>' (snake or
-    camel case). Malformed ids are left to the message's own validation."""
+    camel case, and an alias's previous id). Malformed ids are left to the message's own
+    validation."""
     found = []
-    for names, prefix in ((("user_id", "userId"), ""), (("anonymous_id", "anonymousId"), "anon:")):
+    # An alias's previous id is treated as an anonymous (bearer) id: from a client key it must
+    # be random; a known user's id can only be aliased by a backend (server key).
+    for names, prefix in (
+        (("user_id", "userId"), ""),
+        (("anonymous_id", "anonymousId"), "anon:"),
+        (("previous_id", "previousId"), "anon:"),
+    ):
         for name in names:
             value = message.get(name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)  # events accept numeric ids (app/core/events.py)
             if isinstance(value, str) and ID_RE.match(value):
                 found.append(prefix + value)
                 break

@@ -132,6 +132,13 @@ def test_events_and_identify_naming_a_user_need_its_token(
     assert ident.status_code == expected, (case, ident.text)
 
 
+def test_a_numeric_user_id_needs_its_token_too(api: TestClient) -> None:
+    event = {**view("num1"), "user_id": 17850}
+    assert api.post("/v1/events", json=event, headers={"X-Write-Key": PUBLIC}).status_code == 403
+    event["context"] = {"shopper_token": token("17850")}
+    assert api.post("/v1/events", json=event, headers={"X-Write-Key": PUBLIC}).status_code == 200
+
+
 def test_the_token_may_travel_in_the_header_for_events(api: TestClient) -> None:
     headers = {"X-Write-Key": PUBLIC, "X-Shopper-Token": token("c1")}
     assert api.post("/v1/events", json=view("h1"), headers=headers).json()["accepted"] == 1
