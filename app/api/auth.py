@@ -284,7 +284,10 @@ def identity_problem(request: Request, who: Caller, identity: str, token: str | 
     if secret is None:
         return "shopper tokens are not configured (RETAIL_IDENTITY_SECRET): use a server key"
     if not token:
-        return f"a shopper token for {identity} is required with a client key"
+        return (
+            f"{identity}'s shopper token (X-Shopper-Token, or context.shopper_token in a "
+            "message) or a server key is required"
+        )
     try:
         tokens.verify(str(secret), identity, token)
     except tokens.TokenError as exc:

@@ -146,7 +146,8 @@ Try:
   open {base}/ (storefront demo) and {base}/dashboard (live metrics)
   curl -X POST {base}/v1/events -H 'X-Write-Key: {write_key}' \\
        -H 'content-type: application/json' -d '{{"event_id":"demo-1","type":"view",
-       "user_id":"c17850","session_id":"s1","item_id":"85123A"}}'
+       "user_id":"c17850","session_id":"s1","item_id":"85123A",
+       "context":{{"shopper_token":"{example_token}"}}}}'
   curl {base}/v1/users/c17850/profile -H 'Authorization: Bearer {admin_key}'
   (the token above is c17850's for 24 h, minted with the session's RETAIL_IDENTITY_SECRET;
    the storefront gets tokens for its shoppers from /v1/demo/token, as a retailer backend

@@ -158,6 +158,7 @@ def test_a_rejected_message_is_rejected_alone_and_never_applied(
     assert (body["accepted"], body["rejected"]) == (2, 1)
     assert body["results"][1]["error"] == "forbidden" and "token" in body["results"][1]["reason"]
     assert client.exists(*keys.user_all("victim1")) == 0
+    assert api.app.state.guard.rejected["write"] == 1  # counted (also the auth.rejected metric)
 
 
 def test_the_identify_takeover_from_the_report_is_refused(
