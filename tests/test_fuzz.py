@@ -127,6 +127,47 @@ raw_bodies = st.one_of(
 )
 
 
+# A valid event of each shape with one field (maybe nested) replaced by a hostile value: the
+# validation of every single field is reached, not only the first check.
+NOW_MS = 1_750_000_000_000
+BASES: list[dict[str, Any]] = [
+    {"type": "view", "user_id": "c1", "session_id": "s1", "item_id": "A1", "ts": NOW_MS,
+     "props": {"category": "home", "price": 1.5, "surface": "home", "rec_id": "r1",
+               "variant": "x:a"}},
+    {"type": "purchase", "anonymous_id": "web-0123456789abcdef", "session_id": "s2",
+     "ts": NOW_MS, "items": [{"item_id": "A1", "qty": 2, "price": 3.0, "category": "home"}]},
+    {"type": "search", "user_id": "c2", "ts": NOW_MS, "props": {"query": "heart lantern"}},
+]  # fmt: skip
+FIELDS: list[tuple[str | int, ...]] = [
+    ("event_id",), ("type",), ("user_id",), ("anonymous_id",), ("session_id",), ("item_id",),
+    ("qty",), ("ts",), ("props",), ("props", "category"), ("props", "price"),
+    ("props", "query"), ("props", "surface"), ("props", "rec_id"), ("props", "variant"),
+    ("items",), ("items", 0), ("items", 0, "item_id"), ("items", 0, "qty"),
+    ("items", 0, "price"), ("items", 0, "category"), ("context",), ("context", "shopper_token"),
+]  # fmt: skip
+
+
+def mutate(base: dict[str, Any], path: tuple[str | int, ...], value: Any, uid: str) -> Any:
+    event = json.loads(json.dumps(base)) | {"event_id": f"m-{uid}"}
+    node: Any = event
+    for step in path[:-1]:
+        if isinstance(step, str):
+            node = node.setdefault(step, {}) if isinstance(node, dict) else node
+        elif isinstance(node, list) and node:
+            node = node[step]
+    if (isinstance(node, dict) and isinstance(path[-1], str)) or (
+        isinstance(node, list) and node and isinstance(path[-1], int)
+    ):
+        node[path[-1]] = value
+    return event
+
+
+mutated_events = st.builds(
+    mutate, st.sampled_from(BASES), st.sampled_from(FIELDS),
+    st.one_of(ids, numbers, json_values), st.uuids().map(lambda u: u.hex),
+)  # fmt: skip
+
+
 def ok(resp: Any, what: object) -> None:
     assert resp.status_code < 500, (what, resp.status_code, resp.text[:300])
 
@@ -146,6 +187,46 @@ def test_events_never_5xx(api: TestClient, batch: Any, hdrs: dict[str, Any]) -> 
     "traits": json_values, "context": json_values}), hdrs=headers)  # fmt: skip
 def test_identify_never_5xx(api: TestClient, body: Any, hdrs: dict[str, Any]) -> None:
     ok(api.post("/v1/identify", content=json.dumps(body), headers=hdrs), body)
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(batch=st.lists(mutated_events, min_size=1, max_size=4), single=st.booleans(),
+       key=st.sampled_from([SERVER_KEY, PUBLIC]))  # fmt: skip
+def test_events_with_one_hostile_field_never_5xx(
+    api: TestClient, batch: list[Any], single: bool, key: str
+) -> None:
+    body = batch[0] if single else {"events": batch}
+    resp = api.post("/v1/events", content=json.dumps(body), headers={"X-Write-Key": key})
+    ok(resp, body)
+    if not single:
+        assert resp.status_code in (200, 422, 403), resp.text  # per-event results
+
+
+NASTY_VALUES: list[Any] = [*NASTY, 10**40, -(10**40), -1, 0, 1.5, 1e308, -0.0, True, None, [],
+                          {}, [[[]]], {"a": {"b": {}}}, "x" * 5000]  # fmt: skip
+
+
+@pytest.mark.parametrize("base", range(len(BASES)))
+def test_every_field_with_every_hostile_value_never_5xx(api: TestClient, base: int) -> None:
+    """Exhaustive, next to the random search above: each field of each event shape with each
+    hostile value, alone and inside a batch next to a valid event."""
+    w = {"X-Write-Key": SERVER_KEY}
+    for f, path in enumerate(FIELDS):
+        for v, value in enumerate(NASTY_VALUES):
+            event = mutate(BASES[base], path, value, f"x{base}-{f}-{v}")
+            ok(api.post("/v1/events", content=json.dumps(event), headers=w), event)
+            good = mutate(BASES[base], ("ts",), NOW_MS, f"g{base}-{f}-{v}")
+            batch = api.post("/v1/events", content=json.dumps([good, event]), headers=w)
+            ok(batch, event)
+            if batch.status_code == 200:  # the bad event is rejected alone
+                assert batch.json()["results"][0]["status"] in ("accepted", "duplicate"), batch.text
+            else:  # a body-level limit (number size, nesting) refuses the whole body
+                assert (batch.status_code, batch.json()["field"]) == (422, "body"), batch.text
 
 
 JSON_ROUTES = [("POST", "/v1/events"), ("POST", "/v1/identify"), ("PUT", "/v1/experiments/fz1"),

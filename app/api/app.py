@@ -40,6 +40,7 @@ from app.api.openapi import (
 )
 from app.core.errors import (
     AuthError,
+    BadArgumentError,
     EngineError,
     ForbiddenError,
     PayloadTooLargeError,
@@ -276,6 +277,9 @@ async def engine_error(request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": "too_large", "field": exc.field, "detail": exc.message}, 413)
     if isinstance(exc, ValidationError):
         return JSONResponse({"error": "invalid", "field": exc.field, "detail": exc.message}, 422)
+    if isinstance(exc, BadArgumentError):  # a Function refused input Python let through
+        log.warning("a Function refused input the API accepted: %s", exc)
+        return _error("invalid", str(exc), 422)
     if isinstance(exc, AuthError):
         return _error("unauthorized", str(exc), 401)
     if isinstance(exc, ForbiddenError):

@@ -151,8 +151,9 @@ def parse_event(obj: Any, *, now_ms: int | None = None) -> Event:
         raise ValidationError("type", f"must be one of {', '.join(EVENT_TYPES)}")
     identity = identity_for(_id(obj, "user_id", False), _id(obj, "anonymous_id", False))
     session_id = obj.get("session_id", "") or ""
-    if not isinstance(session_id, str) or len(session_id) > 128:
-        raise ValidationError("session_id", "must be a string of at most 128 characters")
+    # Written into the session document by the Lua side without escaping: the id alphabet.
+    if not isinstance(session_id, str) or (session_id and not ID_RE.match(session_id)):
+        raise ValidationError("session_id", ID_RULE)
 
     ts = obj.get("ts", now)
     if isinstance(ts, bool) or not isinstance(ts, int):
