@@ -229,6 +229,18 @@ def test_every_field_with_every_hostile_value_never_5xx(api: TestClient, base: i
                 assert (batch.status_code, batch.json()["field"]) == (422, "body"), batch.text
 
 
+def test_identify_with_each_hostile_value_never_5xx(api: TestClient) -> None:
+    w = {"X-Write-Key": SERVER_KEY}
+    for v, value in enumerate(NASTY_VALUES):
+        base = {"user_id": f"c{v}", "anonymous_id": f"web-0123456789abcde{v}",
+                "traits": {"email": "a@b.c", "age": 3}}  # fmt: skip
+        bodies = [base | {"user_id": value}, base | {"anonymous_id": value},
+                  base | {"traits": value}, base | {"traits": {"email": value}},
+                  base | {"traits": {str(value)[:80]: 1}}]  # fmt: skip
+        for body in bodies:
+            ok(api.post("/v1/identify", content=json.dumps(body), headers=w), body)
+
+
 JSON_ROUTES = [("POST", "/v1/events"), ("POST", "/v1/identify"), ("PUT", "/v1/experiments/fz1"),
                ("PATCH", "/v1/items/A1"), ("POST", "/v1/features/user"),
                ("POST", "/v1/demo/token")]  # fmt: skip
