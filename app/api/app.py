@@ -43,11 +43,11 @@ from app.core.errors import (
     BadArgumentError,
     EngineError,
     ForbiddenError,
-    PayloadTooLargeError,
     RateLimitedError,
     RedisOutOfMemoryError,
     RedisPermissionError,
     RedisSetupError,
+    TooLargeError,
     ValidationError,
     from_redis_error,
 )
@@ -273,7 +273,7 @@ def _error(error: str, detail: str, status: int, retry_after_s: float | None = N
 
 
 async def engine_error(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, PayloadTooLargeError):
+    if isinstance(exc, TooLargeError):
         return JSONResponse({"error": "too_large", "field": exc.field, "detail": exc.message}, 413)
     if isinstance(exc, ValidationError):
         return JSONResponse({"error": "invalid", "field": exc.field, "detail": exc.message}, 422)

@@ -171,7 +171,7 @@ def _ascii(value: str, what: str) -> str:
     return value
 
 
-def presented_key(request: Request) -> str | None:
+def presented_key(request: Request, body_key: Any = None) -> str | None:
     """The key the request carries: `Authorization: Bearer <key>` or HTTP Basic (key as user
     name, what the Segment SDKs send), else X-Write-Key. A malformed Authorization header is a
     401, never ignored."""
@@ -188,7 +188,9 @@ def presented_key(request: Request) -> str | None:
             return _ascii(decoded.partition(":")[0], "the Basic user name")
         raise AuthError("Authorization must be 'Bearer <key>' or 'Basic <base64 key:>'")
     write_key = request.headers.get("x-write-key")
-    return _ascii(write_key, "X-Write-Key") if write_key else None
+    if write_key:
+        return _ascii(write_key, "X-Write-Key")
+    return _ascii(body_key, "writeKey") if isinstance(body_key, str) and body_key else None
 
 
 def _matches(given: str, candidates: frozenset[str]) -> bool:
@@ -199,10 +201,10 @@ def _matches(given: str, candidates: frozenset[str]) -> bool:
     return found
 
 
-def caller(request: Request) -> Caller:
+def caller(request: Request, body_key: Any = None) -> Caller:
     """Who is calling: the kind of the presented key; no key is `none`; an unknown key is 401
     (and counts towards the address's failed-key lockout)."""
-    given = presented_key(request)
+    given = presented_key(request, body_key)
     if given is None:
         return Caller("none")
     settings = _settings(request)
@@ -233,12 +235,13 @@ def require_admin(request: Request) -> Caller:
     return who
 
 
-def require_writer(request: Request) -> Caller:
-    """A client, server or admin key; rate limited per key."""
+def require_writer(request: Request, body_key: Any = None) -> Caller:
+    """A client, server or admin key (`body_key`: a `writeKey` in the body, the last resort);
+    rate limited per key."""
     settings = _settings(request)
     if not (settings.write_keys or settings.server_keys or settings.admin_key):
         raise AuthError("writes are disabled: set RETAIL_WRITE_KEYS or RETAIL_SERVER_KEYS")
-    who = caller(request)
+    who = caller(request, body_key)
     if who.kind == "none":
         raise AuthError("missing write key (X-Write-Key, or Authorization: Bearer/Basic)")
     wait = guard(request).per_key.take(who.key)

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import json
 import math
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypedDict, TypeVar, cast
@@ -21,7 +22,7 @@ from starlette.requests import Request
 
 from app.api import auth
 from app.catalog.search import int_param as parse_int_param
-from app.core.errors import PayloadTooLargeError, ValidationError
+from app.core.errors import TooLargeError, ValidationError
 from app.core.events import ID_RULE, IDENTITY_RE
 from app.core.keys import Keys
 from app.core.settings import Limits, Settings
@@ -64,9 +65,10 @@ async def blocking_read(fn: Callable[..., T], *args: Any) -> T:
 # -- auth, limits and body helpers ---------------------------------------------------------------
 
 
-def require_write_key(request: Request) -> auth.Caller:
-    """A client, server or admin key (app/api/auth.py decides per message what it may send)."""
-    return auth.require_writer(request)
+def require_write_key(request: Request, body_key: Any = None) -> auth.Caller:
+    """A client, server or admin key (app/api/auth.py decides per message what it may send);
+    `body_key`: a `writeKey` field of the body (analytics.js's beacon cannot set headers)."""
+    return auth.require_writer(request, body_key)
 
 
 def require_admin_key(request: Request) -> auth.Caller:
@@ -82,30 +84,47 @@ def redis_available(request: Request) -> None:
         health.check()
 
 
-async def read_body(request: Request, limit: int | None = None) -> bytes:
+async def read_body(request: Request, max_bytes: int | None = None) -> bytes:
     """The body, read while streaming: 413 as soon as it passes the limit (a declared
-    Content-Length over the limit is refused before reading anything)."""
-    limit = limit or state(request)["settings"].limits.body_bytes
+    Content-Length over the limit is refused before reading anything). Gunzipped when
+    `Content-Encoding: gzip` (the SDKs compress batches), at most the limit uncompressed too:
+    the decompression stops there, so a small gzip bomb cannot expand in memory."""
+    limit = max_bytes or state(request)["settings"].limits.body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared[:20]) > limit):
-        raise PayloadTooLargeError("body", f"must be at most {limit} bytes")
+        raise TooLargeError("body", f"must be at most {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLargeError("body", f"must be at most {limit} bytes")
+            raise TooLargeError("body", f"must be at most {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding != "gzip":
+        raise ValidationError("content-encoding", "must be gzip or identity")
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        raw = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ValidationError("body", f"is not valid gzip: {exc}") from exc
+    if len(raw) > limit or inflater.unconsumed_tail:
+        raise TooLargeError("body", f"must be at most {limit} bytes uncompressed")
+    return raw
 
 
-async def read_json(request: Request) -> Any:
+async def read_json(request: Request, max_bytes: int | None = None) -> Any:
     limits = state(request)["settings"].limits
-    return parse_json(await read_body(request, limits.body_bytes), limits)
+    return parse_json(await read_body(request, max_bytes or limits.body_bytes), limits)
 
 
-def parse_json(body: bytes, limits: Limits) -> Any:
-    """json.loads with bounded numbers (digits), no NaN/Infinity, and bounded nesting."""
+def parse_json(body: bytes, limits: Limits | None = None) -> Any:
+    """json.loads with bounded numbers (digits), no NaN/Infinity, and bounded nesting: what
+    every route parsing a body uses (a plain json.loads fails with a 5xx on 100k nested `[`)."""
+    limits = limits or Limits()
 
     def whole(text: str) -> int:
         if len(text.lstrip("-")) > limits.number_digits:

@@ -44,8 +44,8 @@ class ForbiddenError(EngineError):
     SDKs do not retry a 4xx other than 429)."""
 
 
-class PayloadTooLargeError(ValidationError):
-    """The request body is over the limit (HTTP 413, answered before reading the rest)."""
+class TooLargeError(ValidationError):
+    """A body or message over its size limit (HTTP 413, answered before reading the rest)."""
 
 
 class RateLimitedError(EngineError):

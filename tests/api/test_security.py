@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import time
 import uuid
@@ -356,3 +357,20 @@ def test_each_redis_failure_gets_a_truthful_status(
     assert resp.status_code == status
     assert error in bytes(resp.body).decode()
     assert ("retry-after" in resp.headers) is retry
+
+
+def test_gzip_bodies_are_limited_uncompressed_too(
+    redis_url: str, cfg: EngineConfig, tmp_path: Path
+) -> None:
+    import gzip
+
+    app = create_app(settings(redis_url, cfg, tmp_path, limits=Limits(body_bytes=50_000)))
+    app.state.rec_background = False
+    w = {"X-Write-Key": SERVER_KEY, "Content-Encoding": "gzip"}
+    with TestClient(app) as tc:
+        small = gzip.compress(json.dumps(view("gz1")).encode())
+        assert tc.post("/v1/events", content=small, headers=w).json()["accepted"] == 1
+        bomb = gzip.compress(b"[" + b" " * 10_000_000 + b"]")  # ~10 KB compressed
+        resp = tc.post("/v1/events", content=bomb, headers=w)
+        assert resp.status_code == 413 and "uncompressed" in resp.json()["detail"]
+        assert tc.post("/v1/events", content=b"nope", headers=w).status_code == 422
