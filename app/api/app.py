@@ -188,6 +188,7 @@ async def get_session(request: Request) -> Response:
     st = deps.state(request)
     identity = deps.identity_param(request)
     auth.authorize_read(request, identity)
+    deps.redis_available(request)
     doc = await deps.blocking(st["redis"].json().get, st["keys"].user(identity, "session"))
     if doc is None:
         return JSONResponse(
@@ -208,6 +209,7 @@ async def get_profile(request: Request) -> Response:
     identity = deps.identity_param(request)
     auth.authorize_read(request, identity)
     top = deps.int_param(request, "top", 20, 1, 200)
+    deps.redis_available(request)
 
     prof = await deps.blocking(
         calls.user_profile, st["redis"], st["settings"].engine, st["keys"], identity, top
@@ -257,6 +259,7 @@ async def get_trending(request: Request) -> Response:
     if event_type not in EVENT_TYPES or event_type == "remove_from_cart":
         raise ValidationError("type", "must be one of view, click, add_to_cart, purchase, search")
     k = deps.int_param(request, "k", 10, 1, 100)
+    deps.redis_available(request)
     watermark, items = await deps.blocking(
         calls.trending, st["redis"], st["settings"].engine, st["keys"], event_type, k
     )

@@ -105,6 +105,7 @@ async def search_products(request: Request) -> Response:
     req = parse_search(request.query_params)
     if req.user is not None:
         auth.authorize_read(request, req.user)  # personalised: the shopper's affinities
+    deps.redis_available(request)
     search = product_search(request)
     result = await deps.blocking(search.search, req)
     cfg = search.cfg

@@ -374,3 +374,21 @@ def test_gzip_bodies_are_limited_uncompressed_too(
         resp = tc.post("/v1/events", content=bomb, headers=w)
         assert resp.status_code == 413 and "uncompressed" in resp.json()["detail"]
         assert tc.post("/v1/events", content=b"nope", headers=w).status_code == 422
+
+
+def test_while_the_breaker_is_open_redis_work_is_refused_at_once(api: TestClient) -> None:
+    health = api.app.state.redis_health  # type: ignore[attr-defined]
+    health.close()  # no probe closes it again during this test
+    health.trip("test: Redis hangs")
+    w = {"X-Write-Key": SERVER_KEY}
+    for method, path, body in [
+        ("POST", "/v1/events", view("br1")),
+        ("POST", "/v1/identify", {"user_id": "c1"}),
+        ("GET", "/v1/users/c1/profile", None),
+        ("GET", "/v1/trending", None),
+    ]:
+        # Redis itself answers: a 503 here can only come from the open breaker.
+        resp = api.request(method, path, json=body, headers=w)
+        assert resp.status_code == 503 and resp.headers["retry-after"] == "1", (path, resp.text)
+    rec = api.get("/v1/recommendations/c1", headers=w)
+    assert rec.status_code == 200 and rec.json()["fallback"] == "popular"
