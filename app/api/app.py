@@ -10,7 +10,6 @@ import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator
-from dataclasses import asdict
 from typing import Any, TypeVar
 
 import redis
@@ -38,6 +37,7 @@ from app.api.openapi import (
     operation,
     string,
 )
+from app.api.tracking import tracking_routes
 from app.core.errors import (
     AuthError,
     BadArgumentError,
@@ -55,7 +55,6 @@ from app.core.events import EVENT_TYPES, parse_event
 from app.core.logs import configure_logging
 from app.core.settings import Settings, load_settings
 from app.engine import build_engine
-from app.ingest import users
 from app.ingest.sessions import session_view
 from app.obs.middleware import MetricsMiddleware, RequestContextMiddleware
 from app.redis import calls
@@ -89,14 +88,6 @@ EVENTS_REPLY = obj({
                         "status": string(enum=["accepted", "duplicate", "rejected"]),
                         "field": string(), "reason": string()})),
 })  # fmt: skip
-IDENTIFY = obj({"user_id": ID, "anonymous_id": ID, "traits": ANY_OBJECT}, required=["user_id"])
-IDENTIFY_REPLY = obj(
-    {
-        "user_id": string(),
-        "merged_items": integer(),
-        "status": string(enum=["merged", "already_merged", "traits_only"]),
-    }
-)
 PROFILE = obj({
     "user_id": string(), "traits": ANY_OBJECT, "merged_anonymous_ids": arr(string()),
     "affinities": arr(obj({"attribute": string(), "score": number()})),
@@ -134,7 +125,8 @@ async def health(request: Request) -> Response:
     request={"oneOf": [EVENT, arr(EVENT, min_items=1, max_items=MAX_BATCH),
                        obj({"events": arr(EVENT, min_items=1, max_items=MAX_BATCH)},
                            required=["events"])]},
-    responses={200: ("per-event status", EVENTS_REPLY), 422: ("a single invalid event", ERROR)},
+    responses={200: ("per-event status", EVENTS_REPLY), 422: ("a single invalid event", ERROR),
+               413: ("body over 1 MB (uncompressed; Content-Encoding: gzip accepted)", ERROR)},
 ))  # fmt: skip
 async def post_events(request: Request) -> Response:
     """One event object, a list, or {"events": [...]}: per-event accepted/duplicate/rejected.
@@ -224,25 +216,6 @@ async def get_profile(request: Request) -> Response:
         "seen_items_estimate": prof.seen_estimate,
         "session": session_view(prof.session, st["settings"].engine) if prof.session else None,
     })  # fmt: skip
-
-
-@operation(Operation(
-    "Attach traits to a user and merge an anonymous id into it", "events", auth="write_key",
-    request=IDENTIFY, responses={200: ("identify result", IDENTIFY_REPLY),
-                                 422: ("invalid input", ERROR)}))  # fmt: skip
-async def post_identify(request: Request) -> Response:
-    who = deps.require_write_key(request)
-    body = await deps.read_json(request)
-    user_id, anon, traits = users.parse_identify(body)
-    (problem,) = auth.authorize_write(request, who, [body])
-    if problem is not None:
-        raise ForbiddenError(problem)
-    deps.redis_available(request)
-    st = deps.state(request)
-    result = await deps.blocking(
-        users.identify, st["redis"], st["settings"].engine, user_id, anon, traits
-    )
-    return JSONResponse(asdict(result))
 
 
 @operation(Operation("Trending items now (hourly Top-K, 2 h half-life)", "recommendations",
@@ -370,7 +343,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes: list[BaseRoute] = [
         Route("/health", health),
         Route("/v1/events", post_events, methods=["POST"]),
-        Route("/v1/identify", post_identify, methods=["POST"]),
         Route("/v1/users/{user_id}/session", get_session),
         Route("/v1/users/{user_id}/profile", get_profile),
         Route("/v1/trending", get_trending),
@@ -384,6 +356,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     from app.api.web import web_routes  # local: app.api.web imports app.api.app
 
     routes += web_routes()
+    routes += tracking_routes()
     from app.api.recs import install_recommendations  # local: it imports app.api.app
 
     app = Starlette(

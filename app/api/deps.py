@@ -90,6 +90,16 @@ async def read_body(request: Request, max_bytes: int | None = None) -> bytes:
     `Content-Encoding: gzip` (the SDKs compress batches), at most the limit uncompressed too:
     the decompression stops there, so a small gzip bomb cannot expand in memory."""
     limit = max_bytes or state(request)["settings"].limits.body_bytes
+    body = getattr(request.state, "raw_body", None)  # a handler may read it twice
+    if not isinstance(body, bytes):
+        body = await _stream_body(request, limit)
+        request.state.raw_body = body
+    elif len(body) > limit:
+        raise TooLargeError("body", f"must be at most {limit} bytes")
+    return _decoded(request, body, limit)
+
+
+async def _stream_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared[:20]) > limit):
         raise TooLargeError("body", f"must be at most {limit} bytes")
@@ -100,7 +110,10 @@ async def read_body(request: Request, max_bytes: int | None = None) -> bytes:
         if size > limit:
             raise TooLargeError("body", f"must be at most {limit} bytes")
         chunks.append(chunk)
-    body = b"".join(chunks)
+    return b"".join(chunks)
+
+
+def _decoded(request: Request, body: bytes, limit: int) -> bytes:
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding in ("", "identity"):
         return body

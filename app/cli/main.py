@@ -126,6 +126,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
             print("training the item-item model on the real purchases ...")
             print(train_online_retail(client, settings.engine, settings.sample_data).summary())
+            from app.cli.profiles import load_sample_profiles
+
+            load_sample_profiles(client, settings)
         settings = dataclasses.replace(
             settings, redis_url=urls.app, write_keys=frozenset({write_key}),
             admin_key=Secret(admin_key), identity_secret=Secret(identity_secret),
@@ -148,11 +151,16 @@ Try:
        -H 'content-type: application/json' -d '{{"event_id":"demo-1","type":"view",
        "user_id":"c17850","session_id":"s1","item_id":"85123A",
        "context":{{"shopper_token":"{example_token}"}}}}'
-  curl {base}/v1/users/c17850/profile -H 'Authorization: Bearer {admin_key}'
+  curl {base}/v1/users/c17850/profile -H 'Authorization: Bearer {admin_key}'   (synced traits)
   (the token above is c17850's for 24 h, minted with the session's RETAIL_IDENTITY_SECRET;
    the storefront gets tokens for its shoppers from /v1/demo/token, as a retailer backend
    would hand them to its logged-in shoppers; events for a user id need one: docs/security.md)
   curl {base}/v1/users/c17850/session -H 'Authorization: Bearer {admin_key}'
+  Segment / RudderStack SDKs: host (data plane URL) {base}, write key {write_key}
+  curl -X POST {base}/v1/track -u '{write_key}:' -H 'content-type: application/json' \\
+       -d '{{"messageId":"demo-2","userId":"c17850","event":"Product Viewed",
+       "properties":{{"product_id":"85123A"}}}}'
+  API contract: {base}/openapi.json, readable at {base}/docs
 """
         )
         _serve(settings)
@@ -226,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     from app.cli.recs import add_recs_commands
 
     add_recs_commands(sub)
+    from app.cli.profiles import add_profile_commands
+
+    add_profile_commands(sub)
 
     p = sub.add_parser("token", help="mint a shopper token (needs RETAIL_IDENTITY_SECRET)")
     p.add_argument("user_id")
