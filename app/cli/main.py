@@ -108,6 +108,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from loaders import replay
 
     write_key = next(iter(settings.write_keys), None) or f"wk_demo_{secrets.token_hex(6)}"
+    server_key = next(iter(settings.server_keys), None) or f"sk_demo_{secrets.token_urlsafe(18)}"
     admin_key = str(settings.admin_key) if settings.admin_key else secrets.token_urlsafe(24)
     identity_secret = (
         str(settings.identity_secret) if settings.identity_secret else secrets.token_urlsafe(32)
@@ -131,13 +132,23 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             load_sample_profiles(client, settings)
         settings = dataclasses.replace(
             settings, redis_url=urls.app, write_keys=frozenset({write_key}),
-            admin_key=Secret(admin_key), identity_secret=Secret(identity_secret),
+            server_keys=frozenset({server_key}), admin_key=Secret(admin_key),
+            identity_secret=Secret(identity_secret),
         )  # fmt: skip
-        base = f"http://{settings.host}:{settings.port}"
-        print(
-            f"""
+        print(_demo_banner(settings, server_key, example_token))
+        _serve(settings)
+    return 0
+
+
+def _demo_banner(settings: Settings, server_key: str, example_token: str) -> str:
+    """What `make demo` prints once the API is up: the session's keys and what to try."""
+    base = f"http://{settings.host}:{settings.port}"
+    write_key = next(iter(settings.write_keys))
+    admin_key = str(settings.admin_key)
+    return f"""
 API on {base}  (Ctrl-C stops the app and Redis)
-  public write key : {write_key}
+  public write key : {write_key}   (browsers: events for a user id carry its shopper token)
+  secret server key: {server_key}   (backends, server SDKs: any shopper)
   secret admin key : {admin_key}   (shown once; set RETAIL_ADMIN_KEY to choose your own)
 
 Try:
@@ -156,15 +167,12 @@ Try:
    the storefront gets tokens for its shoppers from /v1/demo/token, as a retailer backend
    would hand them to its logged-in shoppers; events for a user id need one: docs/security.md)
   curl {base}/v1/users/c17850/session -H 'Authorization: Bearer {admin_key}'
-  Segment / RudderStack SDKs: host (data plane URL) {base}, write key {write_key}
+  Segment / RudderStack server SDKs: host (data plane URL) {base}, write key {server_key}
   curl -X POST {base}/v1/track -u '{write_key}:' -H 'content-type: application/json' \\
        -d '{{"messageId":"demo-2","userId":"c17850","event":"Product Viewed",
-       "properties":{{"product_id":"85123A"}}}}'
+       "properties":{{"product_id":"85123A"}},"context":{{"shopper_token":"{example_token}"}}}}'
   API contract: {base}/openapi.json, readable at {base}/docs
 """
-        )
-        _serve(settings)
-    return 0
 
 
 def _load_catalog(client: redis.Redis, settings: Settings) -> None:
