@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import redis
 from starlette.datastructures import Secret
 
-from app.cli.common import check_can_start, redis_for, serve_api
+from app.cli.common import check_can_start, redis_servers, serve_api
+from app.core import tokens
 from app.core.settings import Settings
 from app.recs.keys import RecKeys
 from app.recs.model import matching_model
@@ -35,32 +36,41 @@ KEYS_FILE = "demo-keys.json"
 @dataclass(frozen=True)
 class DemoKeys:
     write_key: str
+    server_key: str
     admin_key: str
+    identity_secret: str
     origin: str  # where they come from, said when printed
 
 
 def demo_keys(settings: Settings) -> DemoKeys:
-    """The environment's keys when set; else the ones kept in the data folder (created once,
+    """The environment's keys where set; the others kept in the data folder (created once,
     mode 0600), so the curls printed by an earlier start still work."""
     path = settings.data_dir / KEYS_FILE
     stored: dict[str, str] = {}
     if path.exists():
         stored = json.loads(path.read_text())
-    write = next(iter(sorted(settings.write_keys)), None)
-    admin = str(settings.admin_key) if settings.admin_key else None
-    if write and admin:
-        return DemoKeys(write, admin, "from RETAIL_WRITE_KEYS / RETAIL_ADMIN_KEY")
-    new = {
+    generated = {
         "write_key": stored.get("write_key") or f"wk_demo_{secrets.token_hex(6)}",
+        "server_key": stored.get("server_key") or f"sk_demo_{secrets.token_urlsafe(18)}",
         "admin_key": stored.get("admin_key") or secrets.token_urlsafe(24),
+        "identity_secret": stored.get("identity_secret") or secrets.token_urlsafe(32),
     }
-    if new != stored:
+    if generated != stored:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            json.dump(new, fh)
+            json.dump(generated, fh)
+    env = {
+        "write_key": next(iter(sorted(settings.write_keys)), None),
+        "server_key": next(iter(sorted(settings.server_keys)), None),
+        "admin_key": str(settings.admin_key) if settings.admin_key else None,
+        "identity_secret": str(settings.identity_secret) if settings.identity_secret else None,
+    }
+    chosen = {k: env[k] or v for k, v in generated.items()}
     origin = f"kept in {path}" if stored else f"generated, kept in {path}"
-    return DemoKeys(write or new["write_key"], admin or new["admin_key"], origin)
+    if all(env.values()):
+        origin = "from the environment"
+    return DemoKeys(origin=origin, **chosen)
 
 
 def prepare(client: redis.Redis, settings: Settings, limit: int | None = None) -> dict[str, str]:
@@ -127,32 +137,39 @@ def _load_catalog(client: redis.Redis, settings: Settings, shift_ms: int) -> Non
     print(report.summary())
 
 
-def banner(base: str, keys: DemoKeys) -> str:
-    w, a = keys.write_key, keys.admin_key
+def banner(base: str, keys: DemoKeys, example_token: str) -> str:
+    """What `make demo` prints once the API is up: the keys and what to try."""
+    w, a, sk = keys.write_key, keys.admin_key, keys.server_key
     return f"""
 API on {base}  (Ctrl-C stops the app and Redis)
-  public write key : {w}
+  public write key : {w}   (browsers: events for a user id carry its shopper token)
+  secret server key: {sk}   (backends, server SDKs: any shopper)
   secret admin key : {a}
-  ({keys.origin}; set RETAIL_WRITE_KEYS / RETAIL_ADMIN_KEY to choose your own)
+  ({keys.origin}; set RETAIL_WRITE_KEYS / RETAIL_SERVER_KEYS / RETAIL_ADMIN_KEY /
+   RETAIL_IDENTITY_SECRET to choose your own)
 
 Try:
   curl {base}/health
   curl '{base}/v1/trending?type=purchase&k=5'
   curl '{base}/v1/search?q=heart+lantern&max_price=5&in_stock=true&k=5'
   curl '{base}/v1/items/85123A/similar?k=5'
-  curl '{base}/v1/recommendations/c17850?k=5'
+  curl '{base}/v1/recommendations/c17850?k=5' -H 'X-Shopper-Token: {example_token}'
   open {base}/ (storefront demo) and {base}/dashboard (live metrics)
   curl -X POST {base}/v1/events -H 'X-Write-Key: {w}' \\
        -H 'content-type: application/json' -d '{{"event_id":"demo-1","type":"view",
-       "user_id":"c17850","session_id":"s1","item_id":"85123A"}}'
+       "user_id":"c17850","session_id":"s1","item_id":"85123A",
+       "context":{{"shopper_token":"{example_token}"}}}}'
   curl '{base}/v1/trending?type=view&k=5'
   curl {base}/v1/users/c17850/profile -H 'Authorization: Bearer {a}'   (synced traits)
+  (the token above is c17850's for 24 h, minted with the RETAIL_IDENTITY_SECRET above;
+   the storefront gets tokens for its shoppers from /v1/demo/token, as a retailer backend
+   would hand them to its logged-in shoppers; events for a user id need one: docs/security.md)
   curl {base}/v1/users/c17850/session -H 'Authorization: Bearer {a}'
   curl {base}/v1/recommender -H 'Authorization: Bearer {a}'
-  Segment / RudderStack SDKs: host (data plane URL) {base}, write key {w}
+  Segment / RudderStack server SDKs: host (data plane URL) {base}, write key {sk}
   curl -X POST {base}/v1/track -u '{w}:' -H 'content-type: application/json' \\
        -d '{{"messageId":"demo-2","userId":"c17850","event":"Product Viewed",
-       "properties":{{"product_id":"85123A"}}}}'
+       "properties":{{"product_id":"85123A"}},"context":{{"shopper_token":"{example_token}"}}}}'
   API contract: {base}/openapi.json, readable at {base}/docs
 """
 
@@ -160,13 +177,16 @@ Try:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     listener = check_can_start(settings)  # before anything is started or loaded
     keys = demo_keys(settings)
-    with redis_for(settings) as url:
-        with redis.Redis.from_url(url) as client:
+    example_token = tokens.mint(keys.identity_secret, "c17850", ttl_s=24 * 3600)
+    with redis_servers(settings) as urls:
+        with redis.Redis.from_url(urls.worker) as client:
             prepare(client, settings, args.limit)
         settings = dataclasses.replace(
-            settings, redis_url=url, write_keys=frozenset({keys.write_key}),
-            admin_key=Secret(keys.admin_key),
+            settings, redis_url=urls.app, write_keys=frozenset({keys.write_key}),
+            server_keys=frozenset({keys.server_key}), admin_key=Secret(keys.admin_key),
+            identity_secret=Secret(keys.identity_secret),
         )  # fmt: skip
-        print(banner(f"http://{settings.host}:{settings.port}", keys), flush=True)
+        base = f"http://{settings.host}:{settings.port}"
+        print(banner(base, keys, example_token), flush=True)
         serve_api(settings, listener)
     return 0

@@ -18,7 +18,9 @@ import redis
 
 from app.cli.common import check_can_start, check_port_free, redis_for, serve_api
 from app.cli.demo import cmd_demo
+from app.core import tokens
 from app.core.errors import EngineError
+from app.core.events import ID_RULE, IDENTITY_RE
 from app.core.logs import configure_logging
 from app.core.settings import Settings, load_settings
 from app.redis import embedded as redis_stack
@@ -32,7 +34,7 @@ def cmd_redis(args: argparse.Namespace, settings: Settings) -> int:
         print("REDIS_URL is set: nothing to start", file=sys.stderr)
         return 2
     check_port_free("127.0.0.1", args.port, "the embedded Redis")
-    with redis_for(settings, port=args.port) as url:
+    with redis_for(settings, port=args.port, user="admin") as url:
         with redis.Redis.from_url(url) as client:
             lib = functions.load(client)
         print(f"Functions library {lib.name} {lib.version} loaded")
@@ -65,7 +67,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         settings, host=args.host or settings.host, port=args.port or settings.port
     )
     listener = check_can_start(settings)
-    with redis_for(settings) as url:
+    with redis_for(settings, user="app") as url:
         serve_api(dataclasses.replace(settings, redis_url=url), listener)
     return 0
 
@@ -78,6 +80,19 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         report = replay.replay(client, settings.engine, Path(args.file or settings.sample_data),
                                limit=args.limit, progress=True)  # fmt: skip
     print(report.summary())
+    return 0
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    """Mint a shopper token (what a retailer's backend does; docs/security.md)."""
+    if settings.identity_secret is None:
+        print("set RETAIL_IDENTITY_SECRET (the secret shopper tokens are signed with)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if not IDENTITY_RE.match(args.user_id) or args.user_id.startswith("anon:"):
+        print(f"user id {args.user_id!r}: {ID_RULE}", file=sys.stderr)
+        return 2
+    print(tokens.mint(str(settings.identity_secret), args.user_id, ttl_s=args.ttl))
     return 0
 
 
@@ -123,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     from app.cli.profiles import add_profile_commands
 
     add_profile_commands(sub)
+
+    p = sub.add_parser("token", help="mint a shopper token (needs RETAIL_IDENTITY_SECRET)")
+    p.add_argument("user_id")
+    p.add_argument("--ttl", type=int, default=tokens.DEFAULT_TTL_S, help="seconds (3600)")
+    p.set_defaults(fn=cmd_token)
 
     p = sub.add_parser("redis-cli", help="the bundled redis-cli (with its OpenSSL 1.1 runtime)")
     p.add_argument("rest", nargs=argparse.REMAINDER)

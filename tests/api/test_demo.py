@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 
 from app.api.app import create_app
 from app.cli import demo
+from app.core import tokens
 from app.core.settings import EngineConfig, Settings, load_settings
 
 SAMPLE = load_settings(None).sample_data
@@ -43,8 +44,9 @@ def test_demo_keys_are_kept_in_the_data_folder_and_reused(
     chosen = replace(settings, write_keys=frozenset({"wk_mine"}), admin_key=Secret("mine"))
     own = demo.demo_keys(chosen)
     assert (own.write_key, own.admin_key) == ("wk_mine", "mine")
+    assert (own.server_key, own.identity_secret) == (first.server_key, first.identity_secret)
     # The banner's curls carry the keys that will be served.
-    text = demo.banner("http://127.0.0.1:8000", again)
+    text = demo.banner("http://127.0.0.1:8000", again, "tok")
     assert f"X-Write-Key: {again.write_key}" in text and f"Bearer {again.admin_key}" in text
 
 
@@ -71,7 +73,9 @@ def test_demo_restart_reuses_the_model_and_trending_follows_live_events(
 
     keys = demo.demo_keys(settings)
     served = replace(settings, write_keys=frozenset({keys.write_key}),
-                     admin_key=Secret(keys.admin_key))  # fmt: skip
+                     server_keys=frozenset({keys.server_key}), admin_key=Secret(keys.admin_key),
+                     identity_secret=Secret(keys.identity_secret))  # fmt: skip
+    token = tokens.mint(keys.identity_secret, "c17850", ttl_s=3600)
     now = int(time.time() * 1000)
     with TestClient(create_app(served)) as api:
         body = api.get("/v1/trending", params={"type": "purchase", "k": 5}).json()
@@ -80,7 +84,8 @@ def test_demo_restart_reuses_the_model_and_trending_follows_live_events(
         assert all(it["title"] for it in body["items"])  # trending items carry titles
         live = {"event_id": "demo-live-1", "type": "purchase", "user_id": "c17850",
                 "session_id": "s1", "items": [{"item_id": body["items"][0]["item_id"],
-                                               "qty": 1, "price": 2.55}]}  # fmt: skip
+                                               "qty": 1, "price": 2.55}],
+                "context": {"shopper_token": token}}  # fmt: skip
         posted = api.post("/v1/events", json=live, headers={"X-Write-Key": keys.write_key})
         assert posted.json()["accepted"] == 1
         after = api.get("/v1/trending", params={"type": "purchase", "k": 5}).json()
