@@ -19,9 +19,8 @@ from app.obs.registry import MetricsConfig
 from app.obs.series import MetricKeys
 from app.obs.views import read_totals
 from loaders.catalog import load_rows, online_retail_rows
-from tests.web_fixtures import WRITE_KEY, full_app
+from tests.web_fixtures import WRITE, full_app
 
-WRITE = {"X-Write-Key": WRITE_KEY}
 NOW = int(time.time() * 1000)
 
 

@@ -25,7 +25,8 @@ WRITE = {"X-Write-Key": "wk_test"}
 @pytest.fixture
 def api(redis_url: str, cfg: EngineConfig, tmp_path: Path) -> Iterator[TestClient]:
     settings = Settings(
-        redis_url=redis_url, host="127.0.0.1", port=0, write_keys=frozenset({"wk_test"}),
+        redis_url=redis_url, host="127.0.0.1", port=0, write_keys=frozenset(),
+        server_keys=frozenset({"wk_test"}),
         admin_key=Secret("s3cret-admin"), data_dir=tmp_path, sample_data=tmp_path / "none",
         log_json=False, engine=cfg,
     )  # fmt: skip

@@ -67,7 +67,8 @@ def test_api_replay_with_as_of_reproduces_the_offline_evaluation(
     offline.refresh()
 
     settings = Settings(
-        redis_url=redis_url, host="127.0.0.1", port=0, write_keys=frozenset({"wk_test"}),
+        redis_url=redis_url, host="127.0.0.1", port=0, write_keys=frozenset(),
+        server_keys=frozenset({"wk_test"}),
         admin_key=Secret("s3cret-admin"), data_dir=tmp_path, sample_data=SAMPLE,
         log_json=False, engine=cfg,
     )  # fmt: skip
@@ -82,7 +83,10 @@ def test_api_replay_with_as_of_reproduces_the_offline_evaluation(
     same = 0
     with TestClient(app) as api:
         url = f"/v1/recommendations/{invoices[0][0]['user_id']}"
-        assert api.get(url, params={"as_of": SPLIT_MS}).status_code == 401  # admin only
+        # Admin only: without credentials (403: a personal read) and with a server key (401).
+        assert api.get(url, params={"as_of": SPLIT_MS}).status_code == 403
+        server = {"Authorization": "Bearer wk_test"}
+        assert api.get(url, params={"as_of": SPLIT_MS}, headers=server).status_code == 401
         assert api.get(url, params={"as_of": "soon"}, headers=ADMIN).status_code == 422
         for inv in (i for i in invoices if i[0]["ts"] >= SPLIT_MS):
             user, ts = inv[0]["user_id"], inv[0]["ts"]
