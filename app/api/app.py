@@ -33,6 +33,7 @@ from app.obs.middleware import RequestContextMiddleware
 from app.redis import calls
 from app.redis import embedded as redis_stack
 from app.redis import library as functions
+from app.redis.connect import catalog_connection, connect, is_cluster
 
 log = logging.getLogger("retail.app")
 MAX_BODY_BYTES = 1_000_000
@@ -49,13 +50,26 @@ async def health(request: Request) -> Response:
     def check() -> dict[str, Any]:
         info = redis_stack.probe(st["redis"])
         live = functions.loaded_version(st["redis"])
-        return {**info, "library_version": live, "expected_library_version": st["library"].version}
+        body = {**info, "library_version": live,
+                "expected_library_version": st["library"].version}  # fmt: skip
+        if is_cluster(st["redis"]):
+            nodes = functions.node_versions(st["redis"])
+            body["cluster_primaries"] = [{"node": n, "library_version": v}
+                                         for n, v in nodes.items()]  # fmt: skip
+        if st["catalog_redis"] is not st["redis"]:
+            redis_stack.probe(st["catalog_redis"])
+            catalog_live = functions.loaded_version(st["catalog_redis"])
+            body["catalog_library_version"] = catalog_live
+        return body
 
     try:
         body = await deps.blocking(check)
     except (RedisSetupError, redis.RedisError) as exc:
         return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
-    ok = body["library_version"] == body["expected_library_version"]
+    # ok only when every primary and the catalog node run this code's library
+    expected = body["expected_library_version"]
+    ok = body["library_version"] == expected and body.get("catalog_library_version",
+                                                          expected) == expected  # fmt: skip
     body["status"] = "ok" if ok else "stale_library"
     return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -183,10 +197,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 "REDIS_URL is not set: use `python -m app.cli serve` (starts the embedded "
                 "Redis Stack) or point REDIS_URL at a Redis Stack / Redis 8 server"
             )
-        client = redis.Redis.from_url(cfg.redis_url, health_check_interval=30)
+        client = connect(cfg.redis_url, health_check_interval=30)
+        catalog_client = catalog_connection(cfg, client)
         try:
             redis_stack.probe(client)
+            if catalog_client is not client:
+                redis_stack.probe(catalog_client)
             library = functions.ensure_current(client, load_if_stale=True)
+            if catalog_client is not client:  # the catalog Functions run on the search node
+                functions.ensure_current(catalog_client, load_if_stale=True)
             # A test or embedding app may set `app.state.rec_config` before start-up.
             engine = build_engine(
                 client, cfg.engine, rec_config=getattr(app.state, "rec_config", None)
@@ -194,6 +213,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield AppState(
                 settings=cfg,
                 redis=client,
+                catalog_redis=catalog_client,
                 engine=engine,
                 ingestor=engine.ingestor,
                 library=library,
@@ -201,6 +221,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             )
         finally:
             client.close()
+            if catalog_client is not client:
+                catalog_client.close()
 
     routes: list[BaseRoute] = [
         Route("/health", health),

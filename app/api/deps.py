@@ -31,7 +31,8 @@ T = TypeVar("T")
 
 class AppState(TypedDict):
     settings: Settings
-    redis: redis.Redis
+    redis: redis.Redis  # the engine's server or cluster
+    catalog_redis: redis.Redis  # products and their index (the search node on a cluster)
     engine: Engine
     ingestor: Ingestor
     library: functions.Library

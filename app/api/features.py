@@ -24,6 +24,7 @@ from app.api import deps
 from app.core.errors import ValidationError
 from app.features import spec as features
 from app.features.spec import FeatureRow, FeatureSet
+from app.redis.connect import is_cluster
 
 MAX_BATCH_IDS = 500
 
@@ -65,8 +66,9 @@ async def get_entity_features(request: Request) -> Response:
     names = features.resolve_names(fs, entity, _names(request.query_params.get("names")))
     as_of = features.parse_as_of(request.query_params.get("as_of"))
     (row,) = await deps.blocking(
-        features.get_features, st["redis"], fs, st["keys"], entity, [entity_id], names, as_of
-    )
+        lambda: features.get_features(st["redis"], fs, st["keys"], entity, [entity_id], names,
+                                      as_of, cluster=is_cluster(st["redis"]))
+    )  # fmt: skip
     return JSONResponse({"entity_type": entity, **_row_json(row), "version": fs.version})
 
 
@@ -88,8 +90,9 @@ async def post_entity_features(request: Request) -> Response:
     names = features.resolve_names(fs, entity, _names(body.get("names")))
     as_of = features.parse_as_of(body.get("as_of"))
     rows = await deps.blocking(
-        features.get_features, st["redis"], fs, st["keys"], entity, ids, names, as_of
-    )
+        lambda: features.get_features(st["redis"], fs, st["keys"], entity, ids, names, as_of,
+                                      cluster=is_cluster(st["redis"]))
+    )  # fmt: skip
     return JSONResponse(
         {"entity_type": entity, "version": fs.version, "rows": [_row_json(r) for r in rows]}
     )

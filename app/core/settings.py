@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from starlette.config import Config
 from starlette.datastructures import Secret
@@ -58,8 +59,28 @@ class EngineConfig:
         return ",".join(f"{name}={value:g}" for name, value in self.weights)
 
 
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def cluster_url(url: str) -> str:
+    """`redis://h:p/0` -> `redis+cluster://h:p` (a cluster has only database 0)."""
+    parts = urlsplit(url)
+    if parts.scheme in CLUSTER_SCHEMES:
+        return url
+    scheme = {"redis": "redis+cluster", "rediss": "rediss+cluster"}.get(parts.scheme)
+    if scheme is None:
+        raise ValueError(f"REDIS_CLUSTER needs a redis:// or rediss:// URL, got {url!r}")
+    return urlunsplit((scheme, parts.netloc, "", parts.query, ""))
+
+
+def is_cluster_url(url: str) -> bool:
+    return urlsplit(url).scheme in CLUSTER_SCHEMES
+
+
 @dataclass(frozen=True)
 class Settings:
+    # `redis+cluster://...` selects Redis Cluster (app/redis/connect.py); REDIS_CLUSTER=1 turns
+    # a redis:// URL into that form here, so every entry point sees one setting.
     redis_url: str | None
     host: str
     port: int
@@ -69,6 +90,14 @@ class Settings:
     sample_data: Path
     log_json: bool
     engine: EngineConfig = field(default_factory=EngineConfig)
+    # The catalog and its search index (CATALOG_REDIS_URL): on a cluster, a non-clustered Redis
+    # Stack; None = the same server as REDIS_URL (single server).
+    catalog_redis_url: str | None = None
+
+    @property
+    def catalog_url(self) -> str | None:
+        """Where products live: CATALOG_REDIS_URL, else REDIS_URL (a cluster needs the former)."""
+        return self.catalog_redis_url or self.redis_url
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,8 +108,11 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
     config = Config(env_file if env_file and Path(env_file).exists() else None)
     write_keys = config("RETAIL_WRITE_KEYS", cast=str, default="")
     admin = config("RETAIL_ADMIN_KEY", cast=Secret, default=None)
+    redis_url = config("REDIS_URL", cast=str, default=None) or None
+    if redis_url and config("REDIS_CLUSTER", cast=bool, default=False):
+        redis_url = cluster_url(redis_url)
     return Settings(
-        redis_url=config("REDIS_URL", cast=str, default=None) or None,
+        redis_url=redis_url,
         host=config("RETAIL_HOST", cast=str, default="127.0.0.1"),
         port=config("RETAIL_PORT", cast=int, default=8000),
         write_keys=frozenset(k.strip() for k in write_keys.split(",") if k.strip()),
@@ -97,4 +129,5 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         ),
         log_json=config("RETAIL_LOG_JSON", cast=bool, default=False),
         engine=EngineConfig(key_prefix=config("RETAIL_KEY_PREFIX", cast=str, default="rt:")),
+        catalog_redis_url=config("CATALOG_REDIS_URL", cast=str, default=None) or None,
     )

@@ -56,6 +56,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core.events import Event
 from app.core.logs import REQUEST_ID
 from app.redis import calls
+from app.redis.connect import connect, node_of
 
 log = logging.getLogger("retail.metrics")
 
@@ -573,7 +574,8 @@ def mrange(
     if agg:
         args += ["AGGREGATION", agg, bucket_ms]
     args += ["FILTER", f"prefix={prefix}", f"kind={kind}", f"res={res}", *extra_filters]
-    return parse_mrange(_cmd(client, *args))
+    # TS.MRANGE names no key: on a cluster it must go to the node of the `{m}` slot.
+    return parse_mrange(_cmd(node_of(client, MetricKeys(prefix).totals), *args))
 
 
 # -- Prometheus text format ---------------------------------------------------------------------
@@ -1022,7 +1024,7 @@ class MetricsMiddleware:
         self.registry.add_collector(self._collector)
         url = getattr(settings, "redis_url", None)
         if cfg.enabled and url:
-            client = redis.Redis.from_url(
+            client = connect(
                 url, socket_timeout=cfg.socket_timeout_s,
                 socket_connect_timeout=cfg.socket_timeout_s, max_connections=4,
             )  # fmt: skip

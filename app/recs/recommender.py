@@ -47,6 +47,7 @@ from app.recs.experiments import DEFAULT, Assignment, ExperimentStore
 from app.recs.items import ItemCatalog, new_arrival
 from app.recs.keys import CACHED_SURFACES, NAME_RE, RecKeys
 from app.redis import calls
+from app.redis.connect import connect, is_cluster
 
 log = logging.getLogger("retail.recommend")
 
@@ -376,7 +377,7 @@ def flat_pairs(raw: Any) -> Any:
 def resp2_twin(client: redis.Redis) -> redis.Redis:
     """A client with the same connection settings speaking RESP2 (flat replies); a cluster
     client is returned as it is."""
-    if isinstance(client, redis.RedisCluster):
+    if is_cluster(client):
         return client
     # redis-py adds internal RESP3-only settings (maintenance notifications, their originals)
     # to the pool's kwargs; the twin takes the connection settings only.
@@ -420,16 +421,20 @@ class Recommender:
         cfg: RecConfig | None = None,
         *,
         catalog: ItemCatalog | None = None,
+        catalog_client: redis.Redis | None = None,
         experiments: ExperimentStore | None = None,
         content_knn: ContentKnn | None = None,
     ) -> None:
+        """`catalog_client`: where products live (the search node on a cluster); default
+        `client`."""
         self.client = client
         self._lists_client = resp2_twin(client)
         self.engine = engine
         self.cfg = cfg or RecConfig(key_prefix=engine.key_prefix)
         self.keys = RecKeys(engine.key_prefix)
         self.catalog = catalog or ItemCatalog(
-            client, engine.key_prefix, restricted_categories=self.cfg.restricted_categories,
+            catalog_client or client, engine.key_prefix,
+            restricted_categories=self.cfg.restricted_categories,
             restricted_tags=self.cfg.restricted_tags,
         )  # fmt: skip
         self.experiments = experiments or ExperimentStore(client, self.keys)
@@ -1124,6 +1129,6 @@ class Recommender:
 def timeout_client(url: str, timeout_s: float) -> redis.Redis:
     """A client with short socket timeouts and no retries: a slow or stopped Redis fails
     fast, and `serve` falls back instead of hanging the request."""
-    return redis.Redis.from_url(
+    return connect(
         url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, max_connections=64
     )

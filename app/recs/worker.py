@@ -38,6 +38,7 @@ from app.recs.keys import RecKeys
 from app.recs.recommender import Recommender, load_rec_config
 from app.redis import embedded as redis_stack
 from app.redis import library as functions
+from app.redis.connect import connect
 
 log = logging.getLogger("retail.worker")
 GROUP = "recs"
@@ -225,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: set REDIS_URL or pass --redis-url", file=sys.stderr)
         return 2
     engine: EngineConfig = settings.engine
-    client = redis.Redis.from_url(url)
+    client = connect(url)
     try:
         redis_stack.probe(client)
         functions.ensure_current(client, load_if_stale=False)

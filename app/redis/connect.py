@@ -1,0 +1,92 @@
+"""Connecting to Redis: one standalone server or a Redis Cluster, chosen by one setting.
+
+`REDIS_URL=redis+cluster://host:port` (or `REDIS_CLUSTER=1` with a `redis://` URL, which
+`load_settings` turns into the same) selects redis-py's `RedisCluster`: it discovers the slot
+map from that one node and routes every command by its keys' slot (and follows MOVED/ASK and
+failovers). Nothing in the engine routes slots by hand; Function calls are built so each one
+touches a single slot (app/core/keys.py).
+
+`RedisCluster` is not a subclass of `redis.Redis`, but it carries the same command methods
+(FCALL, pipelines, JSON, TS, ...) that the engine uses. The code base is typed against
+`redis.Redis`, so `connect` hands the cluster client out under that type; the few places that
+need the difference (loading Functions on every primary, per-slot grouping) ask `is_cluster`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.cluster import RedisCluster
+
+from app.core.errors import RedisSetupError
+from app.core.settings import CLUSTER_SCHEMES, Settings, cluster_url, is_cluster_url
+
+__all__ = [
+    "cluster_url",
+    "connect",
+    "is_cluster",
+    "is_cluster_url",
+    "node_name",
+    "node_of",
+    "primaries",
+]
+
+
+def connect(url: str, **kwargs: Any) -> redis.Redis:
+    """A client for `url`: `RedisCluster` for `redis+cluster://`, else `redis.Redis`."""
+    parts = urlsplit(url)
+    if parts.scheme not in CLUSTER_SCHEMES:
+        return redis.Redis.from_url(url, **kwargs)
+    plain = urlunsplit((CLUSTER_SCHEMES[parts.scheme], parts.netloc, "", parts.query, ""))
+    kwargs.pop("health_check_interval", None)  # per-connection option; the cluster pings itself
+    # Typed as redis.Redis on purpose: see the module docstring.
+    return cast(redis.Redis, RedisCluster.from_url(plain, **kwargs))
+
+
+def is_cluster(client: redis.Redis) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+def primaries(client: redis.Redis) -> list[redis.Redis]:
+    """One plain client per primary (cluster), or the client itself (standalone).
+
+    For what must run on every primary (FUNCTION LOAD, the library version check, INFO)."""
+    if not isinstance(client, RedisCluster):
+        return [client]
+    cluster = cast(Any, client)
+    nodes = sorted(cluster.get_primaries(), key=lambda n: (n.host, n.port))
+    return [cluster.get_redis_connection(node) for node in nodes]
+
+
+def node_name(client: redis.Redis) -> str:
+    kw = client.connection_pool.connection_kwargs
+    return f"{kw.get('host', '?')}:{kw.get('port', '?')}"
+
+
+def node_of(client: redis.Redis, key: str) -> redis.Redis:
+    """A plain client of the node serving `key`'s slot (cluster), else `client`: for keyless
+    commands that read one slot's keys (TS.MRANGE over a hash-tagged family)."""
+    if not isinstance(client, RedisCluster):
+        return client
+    cluster = cast(Any, client)
+    return cast(redis.Redis, cluster.get_redis_connection(cluster.get_node_from_key(key)))
+
+
+def catalog_connection(cfg: Settings, client: redis.Redis) -> redis.Redis:
+    """The catalog's server: CATALOG_REDIS_URL, else the engine's own (single server only)."""
+    if cfg.catalog_redis_url is None:
+        if is_cluster(client):
+            raise RedisSetupError(
+                "REDIS_URL is a cluster but CATALOG_REDIS_URL is not set: the catalog and its "
+                "search index live on one non-clustered Redis Stack (the search node; "
+                "`python -m app.cli redis --cluster 3` starts one); see docs/cluster.md"
+            )
+        return client
+    if is_cluster_url(cfg.catalog_redis_url):
+        raise RedisSetupError(
+            "CATALOG_REDIS_URL must name one non-clustered Redis Stack (RediSearch 2.10 "
+            "without a coordinator indexes only its own shard's documents)"
+        )
+    return connect(cfg.catalog_redis_url, health_check_interval=30)
