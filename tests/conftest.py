@@ -16,8 +16,8 @@ import redis
 
 from app.core.keys import Keys
 from app.core.settings import EngineConfig
-from app.redis import embedded as redis_stack
 from app.redis import cluster
+from app.redis import embedded as redis_stack
 from app.redis import library as functions
 from app.redis.cluster import LocalCluster
 from app.redis.connect import connect

@@ -21,10 +21,10 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from app.cli.main import main as cli_main
-from app.core.errors import LibraryVersionError, RedisSetupError
 from app.catalog.index import CatalogKeys, create_index
 from app.catalog.vectorizers import get_vectorizer
+from app.cli.main import main as cli_main
+from app.core.errors import LibraryVersionError, RedisSetupError
 from app.redis import library as functions
 from app.redis.cluster import LocalCluster
 from app.redis.connect import connect, primaries
@@ -124,7 +124,7 @@ def test_a_cluster_without_a_catalog_url_is_refused_with_the_fix(
         pass
 
 
-# -- ingestion, identify, trending, features --------------------------------------------------------
+# -- ingestion, identify, trending, features -------------------------------------------------
 
 
 def views(n_users: int, per_user: int, tag: str) -> list[dict[str, Any]]:
@@ -218,7 +218,7 @@ def test_recommendations_and_an_experiment_on_the_cluster(api: TestClient, world
         assert api.delete("/v1/experiments/cl-ab", headers=ADMIN).status_code == 200
 
 
-# -- catalog, search, items on the search node --------------------------------------------------------
+# -- catalog, search, items on the search node ----------------------------------------------
 
 
 def test_catalog_search_and_items_live_on_the_search_node(
