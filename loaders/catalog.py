@@ -420,7 +420,7 @@ def load_rows(
     t0 = time.monotonic()
     for chunk in _chunks(rows, batch):
         report.read += len(chunk)
-        todo: list[tuple[ProductRecord, dict[str, Any], str]] = []
+        todo: list[Pending] = []
         deletes: list[str] = []
         for row in chunk:
             if row.item_id:
@@ -433,43 +433,9 @@ def load_rows(
                 content = content_of(row.record)
                 digest = content_hash(content, row.record, vectorizer.model)
                 todo.append((row.record, content, digest))
-        if todo:
-            pipe = client.pipeline(transaction=False)
-            for rec, _, _ in todo:
-                redis_cmd(pipe, "JSON.GET", ckeys.doc(rec.item_id), "$.content_hash")
-            stored = pipe.execute()
-            changed = []
-            for (rec, content, digest), raw in zip(todo, stored, strict=True):
-                if raw is not None and json_reply(raw) == [digest]:
-                    report.unchanged += 1
-                else:
-                    changed.append((rec, content, digest))
-            if changed:
-                vectors = embed_texts(vectorizer, [embedding_text(c) for _, c, _ in changed])
-                pipe = client.pipeline(transaction=False)
-                for (rec, content, digest), vec in zip(changed, vectors, strict=True):
-                    args = catalog_calls.catalog_upsert_args(
-                        cfg, ckeys, rec, content_json(content, slug, vec), digest
-                    )
-                    pipe.fcall("catalog_upsert", len(args[0]), *args[0], *args[1])
-                replies = pipe.execute(raise_on_error=False)
-                for (rec, _, _), reply in zip(changed, replies, strict=True):
-                    if isinstance(reply, Exception):
-                        report.reject(rec.line_no, f"{rec.item_id}: {reply}")
-                        continue
-                    result = catalog_calls.parse_upsert(reply)
-                    if result.status == "created":
-                        report.created += 1
-                    elif result.status == "updated":
-                        report.updated += 1
-                    else:
-                        report.unchanged += 1
-                    if result.price_status.startswith("refused:"):
-                        reason = result.price_status.split(":", 1)[1]
-                        report.price_refused[reason] += 1
-                        ex = report.price_refused_examples.setdefault(reason, [])
-                        if len(ex) < 5:
-                            ex.append(rec.item_id)
+        changed = _changed(client, ckeys, todo, report) if todo else []
+        if changed:
+            _upsert(client, cfg, ckeys, changed, vectorizer, slug, report)
         if deletes:
             report.deleted += delete_items(client, ckeys, deletes)
         bar.update(report.read)
@@ -478,6 +444,63 @@ def load_rows(
     report.seconds = time.monotonic() - t0
     bar.update(report.read, final=True)
     return report
+
+
+Pending = tuple[ProductRecord, dict[str, Any], str]  # record, content, content hash
+
+
+def _changed(
+    client: redis.Redis, ckeys: CatalogKeys, todo: list[Pending], report: LoadReport
+) -> list[Pending]:
+    """The products whose stored content hash differs (one JSON.GET each, pipelined): the
+    others cost no embedding and no write."""
+    pipe = client.pipeline(transaction=False)
+    for rec, _, _ in todo:
+        redis_cmd(pipe, "JSON.GET", ckeys.doc(rec.item_id), "$.content_hash")
+    changed = []
+    for (rec, content, digest), raw in zip(todo, pipe.execute(), strict=True):
+        if raw is not None and json_reply(raw) == [digest]:
+            report.unchanged += 1
+        else:
+            changed.append((rec, content, digest))
+    return changed
+
+
+def _upsert(
+    client: redis.Redis,
+    cfg: CatalogConfig,
+    ckeys: CatalogKeys,
+    changed: list[Pending],
+    vectorizer: TextVectorizer,
+    slug: str,
+    report: LoadReport,
+) -> None:
+    """Embed and send `catalog_upsert` calls in one pipeline; count each outcome."""
+    vectors = embed_texts(vectorizer, [embedding_text(c) for _, c, _ in changed])
+    pipe = client.pipeline(transaction=False)
+    for (rec, content, digest), vec in zip(changed, vectors, strict=True):
+        args = catalog_calls.catalog_upsert_args(
+            cfg, ckeys, rec, content_json(content, slug, vec), digest
+        )
+        pipe.fcall("catalog_upsert", len(args[0]), *args[0], *args[1])
+    replies = pipe.execute(raise_on_error=False)
+    for (rec, _, _), reply in zip(changed, replies, strict=True):
+        if isinstance(reply, Exception):
+            report.reject(rec.line_no, f"{rec.item_id}: {reply}")
+            continue
+        result = catalog_calls.parse_upsert(reply)
+        if result.status == "created":
+            report.created += 1
+        elif result.status == "updated":
+            report.updated += 1
+        else:
+            report.unchanged += 1
+        if result.price_status.startswith("refused:"):
+            reason = result.price_status.split(":", 1)[1]
+            report.price_refused[reason] += 1
+            ex = report.price_refused_examples.setdefault(reason, [])
+            if len(ex) < 5:
+                ex.append(rec.item_id)
 
 
 def _delete_missing(

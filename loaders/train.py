@@ -127,7 +127,7 @@ def train_online_retail(
     )  # fmt: skip
 
 
-def _date_ms(text: str) -> int:
+def date_ms(text: str) -> int:
     dt = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)
 
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: set REDIS_URL or pass --redis-url", file=sys.stderr)
         return 2
     cfg = TrainConfig(neighbours=args.neighbours, method=args.method, shrink=args.shrink)
-    until = _date_ms(args.until) if args.until else None
+    until = date_ms(args.until) if args.until else None
     with connect(url) as client:
         try:
             redis_stack.probe(client)

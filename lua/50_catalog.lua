@@ -4,7 +4,7 @@
 --   p:{item}        JSON  the product document, indexed by RediSearch under the `p:` prefix
 --   i:{item}:guard  HASH  price guard settings: floor, ceiling, locked, lock_reason, updated_ms
 --   i:{item}:price  TS    every accepted price (GBP) at server time ms (strictly increasing)
--- The client builds all names (app/catalog.py CatalogKeys); the doc shape is in docs/search.md.
+-- The client builds all names (app/catalog/index.py CatalogKeys); the doc shape is in docs/search.md.
 --
 -- Guardrails (one rule set for the HTTP PATCH, automation and feed loads; docs/search.md):
 --   lock     a manual lock pins the price: only source 'manual' may change it
@@ -172,7 +172,7 @@ end
 -- KEYS[3] i:{item}:price  TS    price history
 -- ARGV[1] content_json       str  JSON object: every document field except content_hash,
 --                                 price, stock, in_stock, created_ms, updated_ms (added here)
--- ARGV[2] content_hash       str  lowercase hex digest of the content (app/catalog.py)
+-- ARGV[2] content_hash       str  lowercase hex digest of the content (app/catalog/index.py)
 -- ARGV[3] price              num  feed price, GBP, > 0
 -- ARGV[4] stock              int  feed stock level, >= 0
 -- ARGV[5] stock_mode         str  'set' (the feed manages stock: applied on every change) |

@@ -28,8 +28,7 @@ from app.core.settings import Settings, load_settings
 from app.engine import build_engine
 from app.ingest import users
 from app.ingest.sessions import session_view
-from app.obs.metrics import MetricsMiddleware
-from app.obs.middleware import RequestContextMiddleware
+from app.obs.middleware import MetricsMiddleware, RequestContextMiddleware
 from app.redis import calls
 from app.redis import embedded as redis_stack
 from app.redis import library as functions

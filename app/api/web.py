@@ -41,7 +41,10 @@ from app.api import deps
 from app.core.errors import ValidationError
 from app.core.events import ID_RE
 from app.core.taxonomy import CATEGORIES
-from app.obs import metrics
+from app.obs.middleware import MetricsMiddleware
+from app.obs.registry import DEFAULT, MetricsConfig, Registry, load_metrics_config
+from app.obs.series import MetricKeys
+from app.obs.views import local_totals, read_totals, render_prometheus, series_json, stats_json
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -95,16 +98,16 @@ def _mounted(request: Request, path: str) -> bool:
     return any(getattr(r, "path", None) == path for r in request.app.routes)
 
 
-def _metrics_of(request: Request) -> tuple[metrics.Registry, metrics.MetricsConfig, Any]:
+def _metrics_of(request: Request) -> tuple[Registry, MetricsConfig, Any]:
     """The app's MetricsMiddleware registry/config (set at start-up), else the defaults."""
     mw = getattr(request.app.state, "metrics", None)
     prefix = deps.state(request)["settings"].engine.key_prefix
-    if isinstance(mw, metrics.MetricsMiddleware) and mw.config is not None:
+    if isinstance(mw, MetricsMiddleware) and mw.config is not None:
         return mw.registry, mw.config, mw.flusher
-    return metrics.DEFAULT, metrics.load_metrics_config(key_prefix=prefix), None
+    return DEFAULT, load_metrics_config(key_prefix=prefix), None
 
 
-def _check_metrics_access(request: Request, cfg: metrics.MetricsConfig) -> None:
+def _check_metrics_access(request: Request, cfg: MetricsConfig) -> None:
     if not cfg.public:
         deps.require_admin_key(request)
 
@@ -215,9 +218,9 @@ async def prometheus(request: Request) -> Response:
 
     def build() -> str:
         try:
-            totals = metrics.read_totals(client, metrics.MetricKeys(cfg.key_prefix))
+            totals = read_totals(client, MetricKeys(cfg.key_prefix))
         except redis.RedisError:
-            totals = metrics.local_totals(registry)
+            totals = local_totals(registry)
         gauges: dict[str, float] = {
             "retail_metrics_source_redis": 1.0 if totals.source == "redis" else 0.0,
             "retail_metrics_series_dropped": float(registry.dropped),
@@ -226,7 +229,7 @@ async def prometheus(request: Request) -> Response:
             gauges["retail_metrics_flush_failures"] = float(flusher.failures)
             if flusher.last_flush_ms:
                 gauges["retail_metrics_last_flush_timestamp_seconds"] = flusher.last_flush_ms / 1000
-        return metrics.render_prometheus(totals, gauges)
+        return render_prometheus(totals, gauges)
 
     body = await deps.blocking(build)
     return PlainTextResponse(body, media_type=PROM_CONTENT_TYPE)
@@ -237,7 +240,7 @@ async def stats(request: Request) -> Response:
     _check_metrics_access(request, cfg)
     window = deps.int_param(request, "window_s", 60, 10, 7200)
     client = deps.state(request)["redis"]
-    body = await deps.blocking(lambda: metrics.stats_json(client, registry, cfg, window_s=window))
+    body = await deps.blocking(lambda: stats_json(client, registry, cfg, window_s=window))
     if flusher is not None:
         body["flusher"] = {
             "last_flush_ms": flusher.last_flush_ms,
@@ -258,7 +261,5 @@ async def stats_series(request: Request) -> Response:
     if minutes * 60_000 > cfg.raw_retention_ms and step_s % 60:
         raise ValidationError("step_s", "must be a multiple of 60 for windows beyond 2 hours")
     client = deps.state(request)["redis"]
-    body = await deps.blocking(
-        lambda: metrics.series_json(client, cfg, minutes=minutes, step_s=step_s)
-    )
+    body = await deps.blocking(lambda: series_json(client, cfg, minutes=minutes, step_s=step_s))
     return JSONResponse(body)

@@ -44,11 +44,11 @@ from app.catalog.vectorizers import (
 )
 from app.core.errors import SearchIndexError, ValidationError
 from app.core.events import ID_RE
-from app.core.keys import Keys, _tag
+from app.core.keys import Keys, tag
 from app.core.settings import ROOT
 from app.core.taxonomy import SLUG_RE, category_for
+from app.core.units import DAY_MS
 
-DAY_MS = 86_400_000
 SCHEMA_PATH = ROOT / "indexes" / "products.yaml"
 
 
@@ -100,7 +100,7 @@ class CatalogKeys:
         return f"{self.prefix}p:"
 
     def doc(self, item: str) -> str:
-        return f"{self.doc_prefix}{_tag(item)}"
+        return f"{self.doc_prefix}{tag(item)}"
 
     def price(self, item: str) -> str:
         return Keys(self.prefix).item(item, "price")
@@ -368,13 +368,18 @@ def schema_hash(resolved: dict[str, Any]) -> str:
 # -- RediSearch helpers ---------------------------------------------------------------------------
 
 
+def is_missing_index(exc: BaseException) -> bool:
+    """A RediSearch reply error that says the index (or its alias) does not exist."""
+    text = str(exc).lower()
+    return "unknown index" in text or "no such index" in text or "not found" in text
+
+
 def ft_info(client: redis.Redis, name: str) -> dict[str, Any] | None:
     """FT.INFO as a str-keyed dict (RESP2 or RESP3), None when there is no such index."""
     try:
         raw = redis_cmd(client, "FT.INFO", name)
     except redis.ResponseError as exc:
-        text = str(exc).lower()
-        if "unknown index" in text or "no such index" in text or "not found" in text:
+        if is_missing_index(exc):
             return None
         raise
     value = _decode(raw)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-HOUR_MS = 3_600_000
+from app.core.units import HOUR_MS
 
 
-def _tag(value: str) -> str:
+def tag(value: str) -> str:
     # A '{' or '}' inside an id would change which part Redis hashes: ids are validated
     # against that (app/core/events.py), this is the last line of defence.
     if "{" in value or "}" in value:
@@ -25,7 +25,7 @@ class Keys:
 
     # -- users ---------------------------------------------------------------
     def user(self, user: str, part: str) -> str:
-        return f"{self.prefix}u:{_tag(user)}:{part}"
+        return f"{self.prefix}u:{tag(user)}:{part}"
 
     def user_group(self, user: str) -> list[str]:
         """The four keys `ingest_user` takes per user, in its KEYS order."""
@@ -57,7 +57,7 @@ class Keys:
 
     # -- items ---------------------------------------------------------------
     def item(self, item: str, part: str) -> str:
-        return f"{self.prefix}i:{_tag(item)}:{part}"
+        return f"{self.prefix}i:{tag(item)}:{part}"
 
     def item_series(self, item: str, event_type: str) -> tuple[str, str]:
         raw = self.item(item, f"ts:{event_type}")
