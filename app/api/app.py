@@ -33,6 +33,7 @@ from app.redis import calls
 from app.redis import embedded as redis_stack
 from app.redis import library as functions
 from app.redis.connect import catalog_connection, connect, is_cluster
+from app.redis.replication import wait_replicated
 
 log = logging.getLogger("retail.app")
 MAX_BODY_BYTES = 1_000_000
@@ -104,7 +105,27 @@ async def post_events(request: Request) -> Response:
         s: sum(1 for r in results if r["status"] == s)
         for s in ("accepted", "duplicate", "rejected")
     }
+    st = deps.state(request)
+    if st["settings"].ack_replicas and valid:
+        return await replicated_reply(st, {**counts, "results": results})
     return JSONResponse({**counts, "results": results})
+
+
+async def replicated_reply(st: deps.AppState, body: dict[str, Any]) -> Response:
+    """RETAIL_ACK_REPLICAS: 200 once every primary's replicas hold the batch; else 503 with the
+    per-event results (a retry is safe: the events already written answer `duplicate`)."""
+    cfg = st["settings"]
+    done = await deps.blocking(
+        lambda: wait_replicated(st["redis"], cfg.engine.key_prefix,
+                                replicas=cfg.ack_replicas, timeout_ms=cfg.ack_timeout_ms)
+    )  # fmt: skip
+    if done.ok:
+        return JSONResponse({**body, "replicated": True})
+    return JSONResponse(
+        {**body, "error": "not_replicated", "replicated": False, "lagging": list(done.lagging),
+         "detail": f"not on {cfg.ack_replicas} replica(s) within {cfg.ack_timeout_ms} ms: retry"},
+        status_code=503,
+    )  # fmt: skip
 
 
 async def get_session(request: Request) -> Response:

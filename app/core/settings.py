@@ -93,6 +93,10 @@ class Settings:
     # The catalog and its search index (CATALOG_REDIS_URL): on a cluster, a non-clustered Redis
     # Stack; None = the same server as REDIS_URL (single server).
     catalog_redis_url: str | None = None
+    # RETAIL_ACK_REPLICAS > 0: POST /v1/events answers 200 only once that many replicas of every
+    # primary hold the batch (WAIT; app/redis/replication.py), else 503 so the sender retries.
+    ack_replicas: int = 0
+    ack_timeout_ms: int = 100
 
     @property
     def catalog_url(self) -> str | None:
@@ -130,4 +134,6 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         log_json=config("RETAIL_LOG_JSON", cast=bool, default=False),
         engine=EngineConfig(key_prefix=config("RETAIL_KEY_PREFIX", cast=str, default="rt:")),
         catalog_redis_url=config("CATALOG_REDIS_URL", cast=str, default=None) or None,
+        ack_replicas=config("RETAIL_ACK_REPLICAS", cast=int, default=0),
+        ack_timeout_ms=config("RETAIL_ACK_TIMEOUT_MS", cast=int, default=100),
     )

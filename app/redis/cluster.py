@@ -43,8 +43,10 @@ class LocalCluster:
 
     @property
     def url(self) -> str:
-        """The cluster URL the engine takes (`REDIS_URL`): any one node is enough."""
-        return f"redis+cluster://{self.host}:{self.nodes[0].port}"
+        """The cluster URL the engine takes (`REDIS_URL`): every master as a seed node (one
+        reachable seed is enough to start)."""
+        seeds = ",".join(f"{self.host}:{n.port}" for n in self.nodes[: self.masters])
+        return f"redis+cluster://{seeds}"
 
     @property
     def catalog_url(self) -> str:
@@ -166,7 +168,21 @@ class LocalCluster:
             return f"{node.port}: {fields.get('cluster_state')}"
         if int(fields.get("cluster_known_nodes", 0)) < self.size:
             return f"{node.port}: knows {fields.get('cluster_known_nodes')} nodes"
-        return "ok"
+        return self._replication_state(node)
+
+    def _replication_state(self, node: embedded.EmbeddedRedis) -> str:
+        """A master is ready once its replicas finished their initial sync (online)."""
+        if not self.replicas:
+            return "ok"
+        with redis.Redis(host=self.host, port=node.port, socket_timeout=2) as c:
+            info = c.info("replication")
+        if info.get("role") != "master":
+            return "ok"
+        online = sum(
+            1 for i in range(int(info.get("connected_slaves", 0)))
+            if isinstance(info.get(f"slave{i}"), dict) and info[f"slave{i}"].get("state") == "online"
+        )  # fmt: skip
+        return "ok" if online >= self.replicas else f"{node.port}: {online} replicas online"
 
     # -- inspect / break ------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 
 from app.core.errors import RedisSetupError
 from app.core.settings import CLUSTER_SCHEMES, Settings, cluster_url, is_cluster_url
@@ -35,14 +35,29 @@ __all__ = [
 
 
 def connect(url: str, **kwargs: Any) -> redis.Redis:
-    """A client for `url`: `RedisCluster` for `redis+cluster://`, else `redis.Redis`."""
+    """A client for `url`: `RedisCluster` for `redis+cluster://`, else `redis.Redis`.
+
+    A cluster URL may list several seed nodes, `redis+cluster://h1:p1,h2:p2`: the client
+    needs one of them reachable at start-up (a single seed that is down stops a restart)."""
     parts = urlsplit(url)
     if parts.scheme not in CLUSTER_SCHEMES:
         return redis.Redis.from_url(url, **kwargs)
-    plain = urlunsplit((CLUSTER_SCHEMES[parts.scheme], parts.netloc, "", parts.query, ""))
     kwargs.pop("health_check_interval", None)  # per-connection option; the cluster pings itself
+    auth, _, hosts = parts.netloc.rpartition("@")
+    first, *more = hosts.split(",")
+    netloc = f"{auth}@{first}" if auth else first
+    plain = urlunsplit((CLUSTER_SCHEMES[parts.scheme], netloc, "", parts.query, ""))
+    if more:
+        kwargs["startup_nodes"] = [ClusterNode(*_host_port(h)) for h in (first, *more)]
     # Typed as redis.Redis on purpose: see the module docstring.
     return cast(redis.Redis, RedisCluster.from_url(plain, **kwargs))
+
+
+def _host_port(hostport: str) -> tuple[str, int]:
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"cluster seed nodes are host:port, got {hostport!r}")
+    return host, int(port)
 
 
 def is_cluster(client: redis.Redis) -> bool:
