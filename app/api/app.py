@@ -223,9 +223,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             redis_stack.probe(client)
             if catalog_client is not client:
                 redis_stack.probe(catalog_client)
-            library = functions.ensure_current(client, load_if_stale=True)
-            if catalog_client is not client:  # the catalog Functions run on the search node
-                functions.ensure_current(catalog_client, load_if_stale=True)
+            library = functions.ensure_everywhere(client, catalog_client, load_if_stale=True)
             # A test or embedding app may set `app.state.rec_config` before start-up.
             engine = build_engine(
                 client, cfg.engine, rec_config=getattr(app.state, "rec_config", None)

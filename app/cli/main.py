@@ -69,9 +69,9 @@ def cmd_redis(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_cluster(settings: Settings, masters: int, replicas: int) -> int:
-    with cluster_for(settings, masters, replicas) as found, clients(found) as (client, _):
-        lib = functions.ensure_current(client, load_if_stale=True)
-        print(f"Functions library {lib.name} {lib.version} on every primary")
+    with cluster_for(settings, masters, replicas) as found, clients(found) as (client, catalog):
+        lib = functions.ensure_everywhere(client, catalog, load_if_stale=True)
+        print(f"Functions library {lib.name} {lib.version} on every primary and the search node")
         print(f"use it with:\n  export REDIS_URL={found.redis_url}\n"
               f"  export CATALOG_REDIS_URL={found.catalog_redis_url}")  # fmt: skip
         print("Ctrl-C stops every node")
@@ -126,7 +126,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     admin_key = str(settings.admin_key) if settings.admin_key else secrets.token_urlsafe(24)
     with servers_for(settings, cluster=args.cluster, replicas=args.replicas) as found:
         with clients(found) as (client, catalog):
-            lib = functions.ensure_current(client, load_if_stale=True)
+            lib = functions.ensure_everywhere(client, catalog, load_if_stale=True)
             print(f"Functions library {lib.version} loaded")
             _load_catalog(catalog, settings)
             print(f"replaying the real Online Retail purchases from {settings.sample_data} ...")

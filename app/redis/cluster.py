@@ -178,10 +178,10 @@ class LocalCluster:
             info = c.info("replication")
         if info.get("role") != "master":
             return "ok"
+        links = [info.get(f"slave{i}") for i in range(int(info.get("connected_slaves", 0)))]
         online = sum(
-            1 for i in range(int(info.get("connected_slaves", 0)))
-            if isinstance(info.get(f"slave{i}"), dict) and info[f"slave{i}"].get("state") == "online"
-        )  # fmt: skip
+            1 for link in links if isinstance(link, dict) and link.get("state") == "online"
+        )
         return "ok" if online >= self.replicas else f"{node.port}: {online} replicas online"
 
     # -- inspect / break ------------------------------------------------------------------

@@ -48,7 +48,8 @@ def connect(url: str, **kwargs: Any) -> redis.Redis:
     netloc = f"{auth}@{first}" if auth else first
     plain = urlunsplit((CLUSTER_SCHEMES[parts.scheme], netloc, "", parts.query, ""))
     if more:
-        kwargs["startup_nodes"] = [ClusterNode(*_host_port(h)) for h in (first, *more)]
+        seeds = [_host_port(h) for h in (first, *more)]
+        kwargs["startup_nodes"] = [ClusterNode(h, p) for h, p in seeds]  # type: ignore[no-untyped-call]
     # Typed as redis.Redis on purpose: see the module docstring.
     return cast(redis.Redis, RedisCluster.from_url(plain, **kwargs))
 

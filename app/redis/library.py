@@ -102,3 +102,12 @@ def ensure_current(client: redis.Redis, *, load_if_stale: bool) -> Library:
         f"Redis node(s) {', '.join(stale)} lack Functions library version {lib.version}: "
         "run `python -m app.cli functions load` (or start with RETAIL_LOAD_FUNCTIONS=1)"
     )
+
+
+def ensure_everywhere(client: redis.Redis, catalog: redis.Redis, *, load_if_stale: bool) -> Library:
+    """`ensure_current` on the engine's server(s) and, when it is another server, on the
+    catalog node (the catalog Functions run there)."""
+    lib = ensure_current(client, load_if_stale=load_if_stale)
+    if catalog is not client:
+        ensure_current(catalog, load_if_stale=load_if_stale)
+    return lib
