@@ -25,10 +25,11 @@ from app.catalog.index import CatalogKeys, create_index
 from app.catalog.vectorizers import get_vectorizer
 from app.cli.main import main as cli_main
 from app.core.errors import LibraryVersionError, RedisSetupError
+from app.recs.keys import hot_shard_of
 from app.redis import library as functions
 from app.redis.cluster import LocalCluster
 from app.redis.connect import connect, primaries
-from tests.recs_fixtures import World, build_world, delete_prefix, event, recs_app
+from tests.recs_fixtures import PRODUCTS, World, build_world, delete_prefix, event, recs_app
 from tests.web_fixtures import settings_for
 
 pytestmark = pytest.mark.cluster
@@ -242,3 +243,22 @@ def test_metrics_and_stats_answer_on_the_cluster(api: TestClient) -> None:
     assert api.get("/health").status_code == 200
     assert api.get("/metrics").status_code == 200
     assert api.get("/v1/stats").status_code == 200
+
+
+def test_real_time_popularity_is_split_over_every_master_and_merged_on_read(
+    api: TestClient, ccl: redis.Redis, world: World
+) -> None:
+    items = [p[0] for p in PRODUCTS]
+    batch = [event(f"hot-{i}", "purchase", f"hot{i}", items[i % len(items)], NOW)
+             for i in range(64)] + [event(f"hot-x{i}", "purchase", f"hotx{i}", "L4", NOW)
+                                    for i in range(12)]  # fmt: skip
+    assert api.post("/v1/events", json={"events": batch}, headers=WRITE).json()["accepted"] == 76
+    parts = keys_per_primary(ccl, f"{world.engine.key_prefix}g:{{g*}}:rec:hot")
+    touched = {hot_shard_of(i, world.cfg.hot_shards) for i in items}
+    assert min(parts) >= 1 and sum(parts) == len(touched), parts
+    assert ccl.exists(world.keys.hot) == 0  # no single global key on a cluster
+    rec = world.recommender()
+    try:
+        assert rec.hot[0][0] == "L4" and {i for i, _ in rec.hot} == set(items)
+    finally:
+        rec.close()

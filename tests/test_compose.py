@@ -140,7 +140,7 @@ def test_cluster_profile_runs_the_engine_on_three_masters_and_a_search_node() ->
     cluster = {n for n, s in SERVICES.items() if s.get("profiles") == ["cluster"]}
     nodes = {"redis-c1", "redis-c2", "redis-c3"}
     assert nodes | {"redis-search", "cluster-init", "app-cluster", "worker-cluster"} <= cluster
-    assert CLUSTER_JOBS <= cluster
+    assert cluster >= CLUSTER_JOBS
     for node in nodes:
         args = SERVICES[node]["environment"]["REDIS_ARGS"]
         assert "--cluster-enabled yes" in args and "--appendonly yes" in args, node

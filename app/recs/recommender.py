@@ -178,6 +178,10 @@ class RecConfig:
     # affinities (same epoch: scores stay finite until ~2044, see docs/keys.md)
     hot_half_life_ms: int = 14 * 86_400_000
     hot_cap: int = 5000
+    # On a cluster the real-time popularity is split this many ways by item hash (each part
+    # capped at 2 * hot_cap / hot_shards: the top few hundred read back are exact), so no one
+    # master takes every batch's write. A standalone server keeps one key.
+    hot_shards: int = 12
     hot_weights: tuple[tuple[str, float], ...] = (
         ("view", 0.05), ("click", 0.1), ("add_to_cart", 0.3), ("purchase", 1.0),
     )  # fmt: skip
@@ -587,8 +591,13 @@ class Recommender:
 
     def refresh_hot(self) -> None:
         n = max(self.cfg.n_popular, self.cfg.snapshot_size)
-        raw: Any = self.client.zrevrange(self.keys.hot, 0, n - 1, withscores=True)
-        self.hot = _normalised(raw)
+        parts = self.keys.hot_shards(self.cfg.hot_shards if is_cluster(self.client) else 1)
+        pipe = self.client.pipeline(transaction=False)
+        for key in parts:
+            pipe.zrevrange(key, 0, n - 1, withscores=True)
+        merged = [pair for raw in pipe.execute() for pair in pairs(raw)]
+        merged.sort(key=lambda p: -p[1])
+        self.hot = _normalised(merged[:n])
 
     def popular(self, model: str | None) -> list[tuple[str, float]]:
         """'pop' candidates: real-time popularity, next to the model's (weighted by
