@@ -6,7 +6,8 @@ per entity keeps each Function call in one cluster slot:
   user        `u:{<user>}:hist`, `u:{<user>}:recs:<surface>`, `u:{<user>}:peers:<model>`
   item        `i:{<item>}:nn:<model>`, `i:{<item>}:cn:<model>`         (with the item's keys)
   global      `g:{g}:rec:*`, `g:{g}:exp:defs`                          (with the global keys)
-  split       `g:{g<i>}:rec:hot` (cluster: real-time popularity in `hot_shards` parts by item hash)
+  split       `g:{g<i>.<k>}:rec:hot` (cluster: real-time popularity in `hot_shards` parts by item
+              hash; tags from app/core/tags.py spread the parts evenly over the masters)
   experiment  `x:{<experiment>}:n`, `x:{<experiment>}:log`, `x:{<experiment>}:ts:<variant>:<metric>`
 
 See docs/recommendations.md for types, bounds and TTLs.
@@ -19,6 +20,7 @@ import zlib
 from dataclasses import dataclass
 
 from app.core.keys import Keys, tag
+from app.core.tags import spread_tag
 
 # Model versions and variant/metric names appear in key names outside any hash tag.
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,48}$")
@@ -102,7 +104,7 @@ class RecKeys(Keys):
         cluster the per-batch writes spread over the masters; n <= 1: the one global key."""
         if n <= 1:
             return [self.hot]
-        return [f"{self.prefix}g:{{g{i}}}:rec:hot" for i in range(n)]
+        return [f"{self.prefix}g:{tag(spread_tag('g', i, n))}:rec:hot" for i in range(n)]
 
     @property
     def rec_stats(self) -> str:
