@@ -62,6 +62,7 @@ from app.catalog.index import (
     validate_record,
 )
 from app.catalog.vectorizers import TextVectorizer, embed_texts, get_vectorizer, vector_slug
+from app.core.batching import batched
 from app.core.errors import EngineError, ValidationError
 from app.core.settings import load_settings
 from app.redis import library as functions
@@ -375,17 +376,6 @@ class Progress:
         self.stream.flush()
 
 
-def _chunks(rows: Iterable[FeedRow], size: int) -> Iterator[list[FeedRow]]:
-    chunk: list[FeedRow] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def load_rows(
     client: redis.Redis,
     cfg: CatalogConfig,
@@ -418,7 +408,7 @@ def load_rows(
     bar = Progress(total, stream if stream is not None else sys.stderr, progress)
     seen_ids: set[str] = set()
     t0 = time.monotonic()
-    for chunk in _chunks(rows, batch):
+    for chunk in batched(rows, batch):
         report.read += len(chunk)
         todo: list[Pending] = []
         deletes: list[str] = []
@@ -514,7 +504,7 @@ def _delete_missing(
     """Delete this source's products that the feed no longer lists (rows with errors still
     count as listed). Refused when it would delete more than `max_fraction` of them."""
     existing: list[str] = []
-    for keys in _key_batches(scan_docs(client, ckeys), 1000):
+    for keys in batched(scan_docs(client, ckeys), 1000):
         pipe = client.pipeline(transaction=False)
         for key in keys:
             redis_cmd(pipe, "JSON.GET", key, "$.source")
@@ -532,17 +522,6 @@ def _delete_missing(
         )
         return
     report.deleted += delete_items(client, ckeys, missing)
-
-
-def _key_batches(keys: Iterator[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for key in keys:
-        batch.append(key)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def load_online_retail(

@@ -38,6 +38,18 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from app.api import deps
+from app.api.openapi import (
+    ANY_OBJECT,
+    ERROR,
+    Operation,
+    Param,
+    arr,
+    integer,
+    number,
+    obj,
+    operation,
+    string,
+)
 from app.core.errors import ValidationError
 from app.core.events import ID_RE
 from app.core.taxonomy import CATEGORIES
@@ -127,14 +139,37 @@ def web_routes(config: WebConfig | None = None) -> list[BaseRoute]:
     cfg = config or load_web_config()
     catalog_available = _catalog_importable()
 
+    @operation(
+        Operation(
+            "The storefront demo page",
+            "pages",
+            content_type="text/html",
+            responses={200: ("HTML", None), 404: ("the demo page is off", ERROR)},
+        )
+    )
     async def storefront(request: Request) -> Response:
         if not cfg.demo_page:
             return JSONResponse({"error": "not_found", "detail": "the demo page is off"}, 404)
         return FileResponse(STATIC_DIR / "index.html", headers=NO_CACHE)
 
+    @operation(
+        Operation(
+            "The live metrics dashboard",
+            "pages",
+            content_type="text/html",
+            responses={200: ("HTML", None)},
+        )
+    )
     async def dashboard(request: Request) -> Response:
         return FileResponse(STATIC_DIR / "dashboard.html", headers=NO_CACHE)
 
+    @operation(
+        Operation(
+            "The demo page's configuration (public write key, shoppers)",
+            "pages",
+            responses={200: ("config", ANY_OBJECT), 404: ("the demo page is off", ERROR)},
+        )
+    )
     async def demo_config(request: Request) -> Response:
         if not cfg.demo_page:
             return JSONResponse({"error": "not_found", "detail": "the demo page is off"}, 404)
@@ -174,6 +209,15 @@ def web_routes(config: WebConfig | None = None) -> list[BaseRoute]:
 # -- catalog listing ------------------------------------------------------------------------------
 
 
+@operation(Operation("Products without a query, filtered and sorted", "catalog", params=(
+    Param("category"), Param("min_price", schema=number(minimum=0)),
+    Param("max_price", schema=number(minimum=0)),
+    Param("in_stock", schema=string(enum=["true", "false", "1", "0"])),
+    Param("sort", schema=string(enum=list(SORTS))),
+    Param("k", schema=integer(minimum=1, maximum=MAX_BROWSE_K, default=24)),
+    Param("offset", schema=integer(minimum=0, maximum=MAX_OFFSET, default=0)),
+), responses={200: ("products", obj({"hits": arr(ANY_OBJECT), "took_ms": number()})),
+              422: ("invalid parameter", ERROR)}))  # fmt: skip
 async def browse(request: Request) -> Response:
     """Products without a query, filtered inside RediSearch, sorted by a sortable field."""
     try:
@@ -211,6 +255,8 @@ async def browse(request: Request) -> Response:
 # -- metrics -------------------------------------------------------------------------------------
 
 
+@operation(Operation("Metrics in the Prometheus text format", "ops", content_type="text/plain",
+    responses={200: ("Prometheus exposition text", None)}))  # fmt: skip
 async def prometheus(request: Request) -> Response:
     registry, cfg, flusher = _metrics_of(request)
     _check_metrics_access(request, cfg)
@@ -235,6 +281,9 @@ async def prometheus(request: Request) -> Response:
     return PlainTextResponse(body, media_type=PROM_CONTENT_TYPE)
 
 
+@operation(Operation("The metrics as JSON", "ops",
+    params=(Param("window_s", schema=integer(minimum=10, maximum=7200, default=60)),),
+    responses={200: ("stats", ANY_OBJECT), 422: ("invalid parameter", ERROR)}))  # fmt: skip
 async def stats(request: Request) -> Response:
     registry, cfg, flusher = _metrics_of(request)
     _check_metrics_access(request, cfg)
@@ -251,6 +300,10 @@ async def stats(request: Request) -> Response:
     return JSONResponse(body)
 
 
+@operation(Operation("Metric time series for the dashboard", "ops", params=(
+    Param("minutes", schema=integer(minimum=1, maximum=7 * 24 * 60, default=60)),
+    Param("step_s", schema=integer(minimum=5, maximum=86_400, default=60))),
+    responses={200: ("series", ANY_OBJECT), 422: ("invalid parameter", ERROR)}))  # fmt: skip
 async def stats_series(request: Request) -> Response:
     _registry, cfg, _flusher = _metrics_of(request)
     _check_metrics_access(request, cfg)

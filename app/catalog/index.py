@@ -42,6 +42,7 @@ from app.catalog.vectorizers import (
     get_vectorizer,
     vector_slug,
 )
+from app.core.batching import batched
 from app.core.errors import SearchIndexError, ValidationError
 from app.core.events import ID_RE
 from app.core.keys import Keys, tag
@@ -574,17 +575,6 @@ def scan_docs(client: redis.Redis, ckeys: CatalogKeys, count: int = 1000) -> Ite
         yield _s(key)
 
 
-def _batches(it: Iterator[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for x in it:
-        batch.append(x)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def backfill_vectors(
     client: redis.Redis, ckeys: CatalogKeys, vectorizer: TextVectorizer, *, batch: int = 500
 ) -> int:
@@ -592,7 +582,7 @@ def backfill_vectors(
     slug = vector_slug(vectorizer.model)
     paths = ("$.title", "$.description", "$.brand", "$.category", "$.tags")
     n = 0
-    for keys in _batches(scan_docs(client, ckeys), batch):
+    for keys in batched(scan_docs(client, ckeys), batch):
         pipe = client.pipeline(transaction=False)
         for key in keys:
             redis_cmd(pipe, "JSON.GET", key, *paths)
@@ -615,7 +605,7 @@ def backfill_vectors(
 
 def remove_vectors(client: redis.Redis, ckeys: CatalogKeys, path: str, *, batch: int = 500) -> int:
     n = 0
-    for keys in _batches(scan_docs(client, ckeys), batch):
+    for keys in batched(scan_docs(client, ckeys), batch):
         pipe = client.pipeline(transaction=False)
         for key in keys:
             redis_cmd(pipe, "JSON.DEL", key, path)
@@ -655,7 +645,7 @@ def drop_catalog(client: redis.Redis, ckeys: CatalogKeys, *, delete_docs: bool =
         redis_cmd(client, "FT.DROPINDEX", name)
     client.delete(ckeys.meta)
     if delete_docs:
-        for keys in _batches(scan_docs(client, ckeys), 500):
+        for keys in batched(scan_docs(client, ckeys), 500):
             pipe = client.pipeline(transaction=False)
             for key in keys:
                 pipe.unlink(*ckeys.item_keys(ckeys.item_of(key)))
