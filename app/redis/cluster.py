@@ -125,7 +125,7 @@ class LocalCluster:
                 self._create()
             self.wait_ok(timeout)
         except BaseException:
-            self._stop_nodes()
+            self.stop()  # every node started so far (and a temporary folder)
             raise
         return self
 
