@@ -63,7 +63,8 @@ def families(node: redis.Redis) -> Counter[str]:
     out: Counter[str] = Counter()
     for key in node.scan_iter(match=PREFIX + "*", count=2000):
         name = key.decode()[len(PREFIX) :]
-        fam = TAG_RE.sub("{*}", name) if not name.startswith("g:") else name
+        # `{g}` is the one global tag; any other tag is one of many (shopper, item, part)
+        fam = TAG_RE.sub(lambda m: m.group(0) if m.group(0) == "{g}" else "{*}", name)
         fam = re.sub(r":\d{10,}", ":<t>", fam)  # hour buckets
         fam = re.sub(r":v\d{8,}(:[a-z_]+)?", ":<model>", fam)  # model versions (+ category)
         out[fam] += 1
