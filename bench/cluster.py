@@ -12,6 +12,8 @@ Run from the repo root: `.venv/bin/python -m bench.cluster [--quick] [--events N
    replay) and INFO memory (used_memory minus the empty node's), as shares of the total; the key
    families each master holds (`u:{*}:session`, `g:{g}:log`, ...).
 4. `Recommender.serve` for random replayed shoppers (--requests, default 2,000): p50/p99 ms.
+5. Baseline, same run: the same replay on one embedded server (events/s, server usec per
+   event); `cluster_cost_ratio` = cluster usec per event (all masters) / single-server usec.
 
 The last line is one JSON object. Goal (issue 15): every master's share of time and memory
 within 1/3 +- 5 points, and no master holding a key family the others lack. On this 2-core
@@ -36,7 +38,7 @@ from app.catalog.index import CatalogKeys, create_index, load_catalog_config
 from app.catalog.vectorizers import get_vectorizer
 from app.core.settings import ROOT, EngineConfig
 from app.recs.recommender import Recommender, RecRequest, load_rec_config
-from app.redis import cluster
+from app.redis import cluster, embedded
 from app.redis import library as functions
 from app.redis.connect import connect, node_name, primaries
 from bench._common import emit_json, percentile
@@ -94,6 +96,25 @@ def measure_recommend(client: redis.Redis, catalog: redis.Redis, users: list[str
     return {"recommend_p50_ms": round(percentile(took, 50), 3),
             "recommend_p99_ms": round(percentile(took, 99), 3),
             "recommend_fallbacks": fallbacks, "recommend_requests": n}  # fmt: skip
+
+
+def single_server(n_events: int) -> dict[str, float]:
+    """The same replay on one embedded server: the baseline of the per-event cost."""
+    server = embedded.temporary().start()
+    try:
+        with redis.Redis.from_url(server.url) as client:
+            functions.load(client)
+            client.config_resetstat()
+            t0 = time.perf_counter()
+            report = replay(client, EngineConfig(key_prefix=PREFIX), DATA, limit=n_events,
+                            progress=False)  # fmt: skip
+            took = time.perf_counter() - t0 - report.scan_seconds
+            usec = server_usec(client)
+        per_event = usec / max(report.accepted, 1)
+        return {"single_events_per_s": round(report.accepted / took, 1),
+                "single_server_usec_per_event": round(per_event, 2)}  # fmt: skip
+    finally:
+        server.stop()
 
 
 def run(n_events: int, n_requests: int) -> dict[str, Any]:
@@ -171,6 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_events = args.events or (15_000 if args.quick else 60_000)
     n_requests = args.requests or (500 if args.quick else 2_000)
     result = run(n_events, n_requests)
+    base = single_server(n_events)
+    result.update(base)
+    result["cluster_cost_ratio"] = round(
+        result["server_usec_per_event"] / base["single_server_usec_per_event"], 3
+    )
     emit_json(result)
     return 0
 
