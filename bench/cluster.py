@@ -12,8 +12,8 @@ Run from the repo root: `.venv/bin/python -m bench.cluster [--quick] [--events N
    replay) and INFO memory (used_memory minus the empty node's), as shares of the total; the key
    families each master holds (`u:{*}:session`, `g:{g}:log`, ...).
 4. `Recommender.serve` for random replayed shoppers (--requests, default 2,000): p50/p99 ms.
-5. Baseline, same run: the same replay on one embedded server (events/s, server usec per
-   event); `cluster_cost_ratio` = cluster usec per event (all masters) / single-server usec.
+5. Baseline, same run: the same catalog, replay, training and requests on one embedded server
+   (`single_*`); `cluster_cost_ratio` = cluster usec per event (all masters) / single-server.
 
 The last line is one JSON object. Goal (issue 15): every master's share of time and memory
 within 1/3 +- 5 points, and no master holding a key family the others lack. On this 2-core
@@ -98,21 +98,34 @@ def measure_recommend(client: redis.Redis, catalog: redis.Redis, users: list[str
             "recommend_fallbacks": fallbacks, "recommend_requests": n}  # fmt: skip
 
 
-def single_server(n_events: int) -> dict[str, float]:
-    """The same replay on one embedded server: the baseline of the per-event cost."""
+def load_catalog(catalog: redis.Redis) -> None:
+    ccfg = load_catalog_config()
+    ckeys = CatalogKeys(PREFIX)
+    vectorizer = get_vectorizer(ccfg.vectorizer)
+    create_index(catalog, ckeys, vectorizer)
+    load_online_retail(catalog, ccfg.__class__(key_prefix=PREFIX), ckeys, DATA, vectorizer,
+                       progress=False)  # fmt: skip
+
+
+def single_server(n_events: int, n_requests: int, users: list[str]) -> dict[str, float]:
+    """The same replay, training and requests on one embedded server: the baseline."""
     server = embedded.temporary().start()
     try:
         with redis.Redis.from_url(server.url) as client:
             functions.load(client)
+            load_catalog(client)
             client.config_resetstat()
+            engine = EngineConfig(key_prefix=PREFIX)
             t0 = time.perf_counter()
-            report = replay(client, EngineConfig(key_prefix=PREFIX), DATA, limit=n_events,
-                            progress=False)  # fmt: skip
+            report = replay(client, engine, DATA, limit=n_events, progress=False)
             took = time.perf_counter() - t0 - report.scan_seconds
             usec = server_usec(client)
+            train_online_retail(client, engine, DATA, content=False)
+            recs = measure_recommend(client, client, users, n_requests) if users else {}
         per_event = usec / max(report.accepted, 1)
         return {"single_events_per_s": round(report.accepted / took, 1),
-                "single_server_usec_per_event": round(per_event, 2)}  # fmt: skip
+                "single_server_usec_per_event": round(per_event, 2),
+                **{f"single_{k}": v for k, v in recs.items()}}  # fmt: skip
     finally:
         server.stop()
 
@@ -128,13 +141,7 @@ def run(n_events: int, n_requests: int) -> dict[str, Any]:
         names = [node_name(n) for n in nodes]
         empty_mem = [used_memory(n) for n in nodes]
 
-        ccfg = load_catalog_config()
-        ckeys = CatalogKeys(PREFIX)
-        vectorizer = get_vectorizer(ccfg.vectorizer)
-        create_index(catalog, ckeys, vectorizer)
-        load_online_retail(catalog, ccfg.__class__(key_prefix=PREFIX), ckeys, DATA, vectorizer,
-                           progress=False)  # fmt: skip
-
+        load_catalog(catalog)
         for node in nodes:
             node.config_resetstat()
         engine = EngineConfig(key_prefix=PREFIX)
@@ -163,7 +170,7 @@ def run(n_events: int, n_requests: int) -> dict[str, Any]:
             "families_not_on_every_master": {
                 f: [names[i] for i, fam in enumerate(fams) if f in fam] for f in only_some
             },
-            **recs,
+            **recs, "users": users,
         }  # fmt: skip
     finally:
         cl.stop()
@@ -192,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_events = args.events or (15_000 if args.quick else 60_000)
     n_requests = args.requests or (500 if args.quick else 2_000)
     result = run(n_events, n_requests)
-    base = single_server(n_events)
+    base = single_server(n_events, n_requests, result.pop("users"))
     result.update(base)
     result["cluster_cost_ratio"] = round(
         result["server_usec_per_event"] / base["single_server_usec_per_event"], 3
