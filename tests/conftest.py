@@ -54,13 +54,13 @@ def local_cluster() -> Iterator[LocalCluster]:
 
 @pytest.fixture(scope="session")
 def _library(redis_url: str) -> functions.Library:
-    with redis.Redis.from_url(redis_url) as client:
+    with connect(redis_url) as client:  # every primary when REDIS_URL is a cluster
         return functions.load(client)
 
 
 @pytest.fixture
 def client(redis_url: str, _library: functions.Library) -> Iterator[redis.Redis]:
-    with redis.Redis.from_url(redis_url) as conn:
+    with connect(redis_url) as conn:
         yield conn
 
 
