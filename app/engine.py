@@ -15,7 +15,8 @@ import redis
 
 from app.core.keys import Keys
 from app.core.settings import EngineConfig
-from app.features.spec import FeatureSet, default_feature_set, ingest_hook
+from app.features.online import ingest_hook
+from app.features.spec import FeatureSet, default_feature_set
 from app.ingest.ingestor import Ingestor, Phase2Hook
 from app.recs.experiments import ExperimentStore
 from app.recs.hook import RecIngestHook
