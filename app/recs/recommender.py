@@ -47,7 +47,7 @@ from app.recs.experiments import DEFAULT, Assignment, ExperimentStore
 from app.recs.items import ItemCatalog, new_arrival
 from app.recs.keys import CACHED_SURFACES, NAME_RE, RecKeys
 from app.redis import calls
-from app.redis.connect import connect, is_cluster
+from app.redis.connect import connect, is_cluster, resp2_cluster_twin
 
 log = logging.getLogger("retail.recommend")
 
@@ -379,10 +379,10 @@ def flat_pairs(raw: Any) -> Any:
 
 
 def resp2_twin(client: redis.Redis) -> redis.Redis:
-    """A client with the same connection settings speaking RESP2 (flat replies); a cluster
-    client is returned as it is."""
+    """A client with the same connection settings speaking RESP2 (flat replies); for a cluster
+    client, a cluster twin (redis-py speaks RESP3 by default, also on a cluster)."""
     if is_cluster(client):
-        return client
+        return resp2_cluster_twin(client)
     # redis-py adds internal RESP3-only settings (maintenance notifications, their originals)
     # to the pool's kwargs; the twin takes the connection settings only.
     internal = ("maint_notifications", "orig_", "himport_registry")

@@ -31,6 +31,7 @@ __all__ = [
     "node_name",
     "node_of",
     "primaries",
+    "resp2_cluster_twin",
 ]
 
 
@@ -106,3 +107,24 @@ def catalog_connection(cfg: Settings, client: redis.Redis) -> redis.Redis:
             "without a coordinator indexes only its own shard's documents)"
         )
     return connect(cfg.catalog_redis_url, health_check_interval=30)
+
+
+def resp2_cluster_twin(client: redis.Redis) -> redis.Redis:
+    """A second cluster client on the same nodes and socket settings speaking RESP2 (flat
+    replies; see app/recs/recommender.py `read_lists` for why)."""
+    cluster = cast(Any, client)
+    kept = (
+        "socket_timeout",
+        "socket_connect_timeout",
+        "max_connections",
+        "username",
+        "password",
+        "ssl",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_certfile",
+        "ssl_keyfile",
+    )
+    kwargs = {k: v for k, v in cluster.nodes_manager.connection_kwargs.items() if k in kept}
+    seeds = [ClusterNode(n.host, n.port) for n in cluster.get_primaries()]  # type: ignore[no-untyped-call]
+    return cast(redis.Redis, RedisCluster(startup_nodes=seeds, protocol=2, **kwargs))
