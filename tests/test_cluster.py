@@ -3,7 +3,7 @@
 The cluster pass of the behaviour suite: what a shopper, a loader and an operator do, end to end
 through the HTTP app built by `create_app` with `REDIS_URL=redis+cluster://...` and
 `CATALOG_REDIS_URL=<search node>`: ingestion with retries, identify-merge across slots,
-trending, features, recommendations, experiments, catalog, search, item pages, live price
+trending, features, recommendations, experiments, the tracking API, catalog, search, item pages, live price
 changes, metrics, the Functions library on every primary. What is not repeated here (it does
 not depend on where keys live): the Lua unit tests (lupa), input validation, the taxonomy,
 vectorizers, the offline evaluation, the browser test and the per-family memory bounds; they
@@ -262,3 +262,24 @@ def test_real_time_popularity_is_split_over_every_master_and_merged_on_read(
         assert rec.hot[0][0] == "L4" and {i for i, _ in rec.hot} == set(items)
     finally:
         rec.close()
+
+
+def test_segment_batch_and_identify_on_the_cluster(api: TestClient) -> None:
+    """The tracking API (Segment / RudderStack) lands on the shoppers' masters too."""
+    batch = [
+        {
+            "type": "track",
+            "messageId": f"sg{i}",
+            "userId": f"seg{i}",
+            "event": "Product Viewed",
+            "properties": {"product_id": "K1", "price": 12.75},
+            "timestamp": "2026-12-04T10:00:00Z",
+        }
+        for i in range(9)
+    ] + [{"type": "identify", "messageId": "sgi", "userId": "seg0", "traits": {"tier": "vip"}}]
+    body = api.post("/v1/batch", json={"batch": batch}, headers=WRITE).json()
+    assert body["accepted"] == 10 and body["rejected"] == 0, body
+    profile = api.get("/v1/users/seg0/profile", headers=ADMIN).json()
+    assert profile["traits"] == {"tier": "vip"}
+    again = api.post("/v1/batch", json={"batch": batch}, headers=WRITE).json()
+    assert again["duplicate"] == 10, again

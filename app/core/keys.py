@@ -6,6 +6,7 @@ user keys `u:{<user>}:...`, item keys `i:{<item>}:...`, global aggregates `g:{g}
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from app.core.units import HOUR_MS
@@ -54,6 +55,16 @@ class Keys:
 
     def cms(self, event_type: str) -> str:
         return self.glob(f"cms:{event_type}")
+
+    # -- tracking API (Segment / RudderStack messages with no engine event) ---
+    @property
+    def tracking_log(self) -> str:
+        return self.glob("tracking")
+
+    def tracking_seen(self, message_id: str) -> str:
+        """A handled messageId (dedup of identify/alias/page/...); hashed: ids may hold braces."""
+        digest = hashlib.sha1(message_id.encode()).hexdigest()[:20]
+        return f"{self.prefix}trk:{{{digest}}}"
 
     # -- items ---------------------------------------------------------------
     def item(self, item: str, part: str) -> str:
