@@ -115,6 +115,8 @@ class LocalCluster:
                 host=self.host,
                 appendfsync=self.appendfsync,
             )
+        # The OpenSSL 1.1 links every node's environment shares, made once before the threads.
+        embedded.server_env(self.base_dir / ".runtime")
         try:
             # In parallel: each server spends most of its start-up loading the modules.
             with ThreadPoolExecutor(max_workers=len(self.nodes) + 1) as pool:

@@ -81,7 +81,8 @@ def openssl11_dir(cache_dir: Path) -> Path | None:
             if link.resolve() == found[0].resolve():
                 continue
             link.unlink()
-        link.symlink_to(found[0])
+        with contextlib.suppress(FileExistsError):  # another server starting at the same time
+            link.symlink_to(found[0])
     return target
 
 
