@@ -34,9 +34,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
+from redis.crc import key_slot
 from starlette.config import Config
 
 from app.core.errors import EngineError
@@ -400,6 +401,27 @@ def resp2_twin(client: redis.Redis) -> redis.Redis:
     return redis.Redis(connection_pool=pool)
 
 
+def by_node_pipelines(client: redis.Redis, specs: Sequence[tuple[str, int]]) -> list[Any]:
+    """`read_lists` on a cluster: one plain pipeline per node, each key's node taken from
+    redis-py's own slot map. redis-py's cluster pipeline works out every command's node from its
+    arguments in Python (~9 ms for the ~145 reads of an inline request, profiled); the slot of
+    a key alone is a fraction of that."""
+    cluster = cast(Any, client)
+    groups: dict[str, tuple[Any, list[int]]] = {}
+    for i, (key, _n) in enumerate(specs):
+        node = cluster.nodes_manager.get_node_from_slot(key_slot(key.encode()))
+        groups.setdefault(node.name, (node, []))[1].append(i)
+    out: list[Any] = [None] * len(specs)
+    for node, members in groups.values():
+        pipe = cluster.get_redis_connection(node).pipeline(transaction=False)
+        for i in members:
+            key, n = specs[i]
+            pipe.execute_command("ZRANGE", key, 0, n - 1, "REV", "WITHSCORES")
+        for i, reply in zip(members, pipe.execute(), strict=True):
+            out[i] = reply
+    return out
+
+
 def _normalised(pairs: Sequence[tuple[Any, Any]]) -> list[tuple[str, float]]:
     out = [(rec_calls.text(m), float(s)) for m, s in pairs]
     top = max((s for _, s in out), default=0.0)
@@ -679,6 +701,9 @@ class Recommender:
         replies: see `pairs` and `flat_pairs`."""
         if not specs:
             return []
+        if is_cluster(self._lists_client):
+            with contextlib.suppress(redis.ResponseError):  # MOVED mid-reshard: the slow path
+                return by_node_pipelines(self._lists_client, specs)
         pipe = self._lists_client.pipeline(transaction=False)
         for key, n in specs:
             pipe.execute_command("ZRANGE", key, 0, n - 1, "REV", "WITHSCORES")  # type: ignore[no-untyped-call]

@@ -3,8 +3,8 @@
 `REDIS_URL=redis+cluster://host:port` (or `REDIS_CLUSTER=1` with a `redis://` URL, which
 `load_settings` turns into the same) selects redis-py's `RedisCluster`: it discovers the slot
 map from a seed node (`redis+cluster://h1:p1,h2:p2` lists several) and routes every command by
-its keys' slot (and follows MOVED/ASK and failovers). Nothing in the engine routes slots by hand; Function calls are built so each one
-touches a single slot (app/core/keys.py).
+its keys' slot (and follows MOVED/ASK and failovers). Nothing in the engine routes slots by
+hand; Function calls are built so each one touches a single slot (app/core/keys.py).
 
 `RedisCluster` is not a subclass of `redis.Redis`, but it carries the same command methods
 (FCALL, pipelines, JSON, TS, ...) that the engine uses. The code base is typed against
