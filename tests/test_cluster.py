@@ -3,11 +3,11 @@
 The cluster pass of the behaviour suite: what a shopper, a loader and an operator do, end to end
 through the HTTP app built by `create_app` with `REDIS_URL=redis+cluster://...` and
 `CATALOG_REDIS_URL=<search node>`: ingestion with retries, identify-merge across slots,
-trending, features, recommendations, experiments, the tracking API, catalog, search, item pages, live price
-changes, metrics, the Functions library on every primary. What is not repeated here (it does
-not depend on where keys live): the Lua unit tests (lupa), input validation, the taxonomy,
-vectorizers, the offline evaluation, the browser test and the per-family memory bounds; they
-run once on the single server.
+trending, features, recommendations, experiments, the tracking API, catalog, search, item
+pages, live price changes, metrics, the Functions library on every primary. What is not
+repeated here (it does not depend on where keys live): the Lua unit tests (lupa), input
+validation, the taxonomy, vectorizers, the offline evaluation, the browser test and the
+per-family memory bounds; they run once on the single server.
 """
 
 from __future__ import annotations
@@ -283,3 +283,25 @@ def test_segment_batch_and_identify_on_the_cluster(api: TestClient) -> None:
     assert profile["traits"] == {"tier": "vip"}
     again = api.post("/v1/batch", json={"batch": batch}, headers=WRITE).json()
     assert again["duplicate"] == 10, again
+
+
+def test_list_reads_by_node_keep_the_order_of_the_specs(ccl: redis.Redis, world: World) -> None:
+    from app.recs.recommender import by_node_pipelines, resp2_twin
+
+    keys = [f"{world.engine.key_prefix}i:{{bn{i}}}:nn:x" for i in range(24)]
+    for i, key in enumerate(keys):
+        ccl.zadd(key, {f"m{i}": float(i), f"n{i}": float(i) / 2})
+    twin = resp2_twin(ccl)
+    try:
+        specs = [(key, 2) for key in reversed(keys)]
+        pipe = twin.pipeline(transaction=False)  # the cluster pipeline: the reference
+        for key, n in specs:
+            pipe.execute_command("ZRANGE", key, 0, n - 1, "REV", "WITHSCORES")
+        assert by_node_pipelines(twin, specs) == pipe.execute()
+        assert by_node_pipelines(twin, specs)[0][0] == b"m23"
+        assert len({ccl.cluster_keyslot(k) for k in keys}) > 3  # several nodes were asked
+    finally:
+        twin.close()
+        ccl.delete(*keys[:1])
+        for key in keys[1:]:
+            ccl.delete(key)
