@@ -46,7 +46,8 @@ def replicated() -> Iterator[cluster.LocalCluster]:
 
 def settings(cl: cluster.LocalCluster, tmp_path: Path, ack: int) -> Settings:
     return Settings(
-        redis_url=cl.url, host="127.0.0.1", port=0, write_keys=frozenset({"wk_test"}),
+        redis_url=cl.url, host="127.0.0.1", port=0, write_keys=frozenset(),
+        server_keys=frozenset({"wk_test"}),
         admin_key=Secret("s3cret-admin"), data_dir=tmp_path, sample_data=tmp_path / "none",
         log_json=False, engine=EngineConfig(key_prefix="fo:"), catalog_redis_url=cl.catalog_url,
         ack_replicas=ack, ack_timeout_ms=500,

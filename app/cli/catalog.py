@@ -40,7 +40,7 @@ def cmd_catalog_index(args: argparse.Namespace, settings: Settings) -> int:
         print("catalog index drop removes the search index (and with --delete-docs the products):")
         print("add --yes to confirm")
         return 2
-    with servers_for(settings) as found, clients(found) as (_, client):
+    with servers_for(settings) as (found, _app), clients(found) as (_, client):
         if args.action == "info":
             print(json.dumps(index_info(client, ckeys), indent=2, default=str))
             return 0
@@ -64,7 +64,7 @@ def cmd_catalog_load(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.redis_url:
         return catalog_loader.run(args, args.redis_url)
-    with servers_for(settings) as found:
+    with servers_for(settings) as (found, _app):
         assert found.catalog_url is not None
         return catalog_loader.run(args, found.catalog_url)
 

@@ -36,7 +36,7 @@ def cmd_features_get(args: argparse.Namespace, settings: Settings) -> int:
 
     fs = default_feature_set()
     names = args.names.split(",") if args.names else None
-    with servers_for(settings) as found, clients(found) as (client, _):
+    with servers_for(settings) as (found, _app), clients(found) as (client, _):
         functions.ensure_current(client, load_if_stale=True)
         rows = get_features(
             client, fs, Keys(settings.engine.key_prefix), args.entity, args.ids, names,

@@ -34,7 +34,7 @@ def cmd_recs(args: argparse.Namespace, settings: Settings) -> int:
 
     engine = settings.engine
     keys = RecKeys(engine.key_prefix)
-    with servers_for(settings) as found, clients(found) as (client, catalog):
+    with servers_for(settings) as (found, _app), clients(found) as (client, catalog):
         functions.ensure_current(client, load_if_stale=True)
         action = args.recs_command
         if action == "train":

@@ -26,6 +26,7 @@ from app.core.settings import CLUSTER_SCHEMES, Settings, cluster_url, is_cluster
 __all__ = [
     "cluster_url",
     "connect",
+    "disconnect",
     "is_cluster",
     "is_cluster_url",
     "node_name",
@@ -60,6 +61,14 @@ def _host_port(hostport: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise ValueError(f"cluster seed nodes are host:port, got {hostport!r}")
     return host, int(port)
+
+
+def disconnect(client: redis.Redis) -> None:
+    """Drop every pooled connection (a hung server keeps half-read ones), cluster or not."""
+    if isinstance(client, RedisCluster):
+        cast(Any, client).disconnect_connection_pools()
+    else:
+        client.connection_pool.disconnect()
 
 
 def is_cluster(client: redis.Redis) -> bool:
