@@ -22,6 +22,7 @@ from app.recs.experiments import ExperimentStore
 from app.recs.hook import RecIngestHook
 from app.recs.keys import RecKeys
 from app.recs.recommender import RecConfig, load_rec_config
+from app.redis.connect import is_cluster
 
 
 @dataclass
@@ -64,10 +65,14 @@ def build_engine(
     rec_config: RecConfig | None = None,
     experiments: ExperimentStore | None = None,
     extra_hooks: Sequence[Phase2Hook] = (),
-    cluster: bool = False,
+    cluster: bool | None = None,
 ) -> Engine:
     """The engine on `client`. `rec_config` defaults to the environment's (RETAIL_REC_*) with
-    this config's key prefix; `extra_hooks` run after the engine's own (e.g. a test's probe)."""
+    this config's key prefix; `extra_hooks` run after the engine's own (e.g. a test's probe).
+    `cluster` (one Function call per hash slot) defaults to whether `client` is a
+    `RedisCluster` (REDIS_URL=redis+cluster://...)."""
+    if cluster is None:
+        cluster = is_cluster(client)
     fs = features or default_feature_set()
     rcfg = replace(
         rec_config or load_rec_config(key_prefix=config.key_prefix),

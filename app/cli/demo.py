@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import redis
 from starlette.datastructures import Secret
 
-from app.cli.common import check_can_start, redis_servers, serve_api
+from app.cli.common import check_can_start, clients, serve_api, servers_for
 from app.core import tokens
 from app.core.settings import Settings
 from app.recs.keys import RecKeys
@@ -73,14 +73,20 @@ def demo_keys(settings: Settings) -> DemoKeys:
     return DemoKeys(origin=origin, **chosen)
 
 
-def prepare(client: redis.Redis, settings: Settings, limit: int | None = None) -> dict[str, str]:
+def prepare(
+    client: redis.Redis,
+    settings: Settings,
+    limit: int | None = None,
+    catalog: redis.Redis | None = None,
+) -> dict[str, str]:
     """Library, catalog, shifted replay, model (reused when it matches): what `serve` needs.
     Returns what was done, by step (the CLI prints it; tests read it)."""
     from loaders import replay
     from loaders.train import train_online_retail, training_fingerprint
 
     done: dict[str, str] = {}
-    lib = functions.ensure_current(client, load_if_stale=True)
+    products = catalog or client  # the search node of a cluster holds the catalog
+    lib = functions.ensure_everywhere(client, products, load_if_stale=True)
     print(f"Functions library {lib.version} loaded")
     shift = replay.shift_to_now(client, settings.engine, settings.sample_data)
     done["shift_ms"] = str(shift)
@@ -95,7 +101,7 @@ def prepare(client: redis.Redis, settings: Settings, limit: int | None = None) -
             f"{settings.engine.trend_window_h} h window: `make clean` (or another "
             "RETAIL_DATA_DIR) reloads the sample ending now"
         )
-    _load_catalog(client, settings, shift)
+    _load_catalog(products, settings, shift)
     print(f"replaying the real Online Retail purchases from {settings.sample_data} ...")
     report = replay.replay(client, settings.engine, settings.sample_data, limit=limit,
                            progress=True, shift_ms=shift)  # fmt: skip
@@ -111,8 +117,9 @@ def prepare(client: redis.Redis, settings: Settings, limit: int | None = None) -
     else:
         print("training the item-item model on the real purchases ...")
         trained = train_online_retail(
-            client, settings.engine, settings.sample_data, fingerprint=fingerprint
-        )
+            client, settings.engine, settings.sample_data, fingerprint=fingerprint,
+            catalog_client=products,
+        )  # fmt: skip
         print(trained.summary())
         done["model"] = f"trained {trained.version}"
     from app.cli.profiles import load_sample_profiles
@@ -178,11 +185,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     listener = check_can_start(settings)  # before anything is started or loaded
     keys = demo_keys(settings)
     example_token = tokens.mint(keys.identity_secret, "c17850", ttl_s=24 * 3600)
-    with redis_servers(settings) as urls:
-        with redis.Redis.from_url(urls.worker) as client:
-            prepare(client, settings, args.limit)
+    with servers_for(settings, cluster=args.cluster, replicas=args.replicas) as (found, app_s):
+        with clients(found) as (client, catalog):
+            prepare(client, settings, args.limit, catalog)
         settings = dataclasses.replace(
-            settings, redis_url=urls.app, write_keys=frozenset({keys.write_key}),
+            app_s, write_keys=frozenset({keys.write_key}),
             server_keys=frozenset({keys.server_key}), admin_key=Secret(keys.admin_key),
             identity_secret=Secret(keys.identity_secret),
         )  # fmt: skip

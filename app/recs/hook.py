@@ -5,7 +5,8 @@ pipeline:
 - `rec_track` calls: each shopper's long-term item history `u:{<user>}:hist` (the 'hist'
   anchors of `recommend`); standalone: up to `users_per_call` users per call, cluster: one
   call per user slot;
-- one `rec_hot` call (global slot): real-time popularity `g:{g}:rec:hot`, forward-decayed;
+- `rec_hot` calls: real-time popularity `g:{g}:rec:hot`, forward-decayed (cluster: split by
+  item hash into `hot_shards` parts `g:{g<i>}:rec:hot`, one call per part, merged on read);
 - `exp_track` calls: clicks, carts, purchases and revenue attributed to the experiment variant
   named in the event's `props.variant` (app/recs/experiments.py).
 
@@ -23,7 +24,7 @@ from app.core.events import Event
 from app.core.settings import EngineConfig
 from app.recs import calls as rec_calls
 from app.recs.experiments import ExperimentStore
-from app.recs.keys import RecKeys
+from app.recs.keys import RecKeys, hot_shard_of
 from app.recs.recommender import RecConfig
 from app.redis.slots import call_groups
 
@@ -86,11 +87,20 @@ class RecIngestHook:
         if not entries:
             return []
         c = self.cfg
-        args = rec_calls.rec_hot_args(
-            self.keys, entries, epoch_ms=self.engine.aff_epoch_ms,
-            half_life_ms=c.hot_half_life_ms, cap=c.hot_cap, ttl_s=self.engine.user_ttl_s,
-        )  # fmt: skip
-        return [("rec_hot", args)]
+        n = c.hot_shards if self.cluster else 1
+        keys = self.keys.hot_shards(n)
+        parts: dict[int, list[tuple[str, float, int]]] = defaultdict(list)
+        for entry in entries:
+            parts[hot_shard_of(entry[0], n)].append(entry)
+        cap = c.hot_cap if n == 1 else max(1, -(-2 * c.hot_cap // n))
+        return [
+            ("rec_hot", rec_calls.rec_hot_args(
+                self.keys, part, epoch_ms=self.engine.aff_epoch_ms,
+                half_life_ms=c.hot_half_life_ms, cap=cap, ttl_s=self.engine.user_ttl_s,
+                key=keys[i],
+            ))
+            for i, part in sorted(parts.items())
+        ]  # fmt: skip
 
     def __call__(self, events: Sequence[Event]) -> list[tuple[str, rec_calls.Args]]:
         out: list[tuple[str, rec_calls.Args]] = []
