@@ -89,8 +89,9 @@ class Engine:
         stop = threading.Event()
         workers = [self.worker(i, n, freshness=freshness) for i in range(n)]
         threads = [
-            threading.Thread(target=w.run, args=(stop,), kwargs={"idle_s": idle_s},
-                             name=f"agg-worker-{i}", daemon=True)  # fmt: skip
+            threading.Thread(
+                target=w.run, args=(stop,), kwargs={"idle_s": idle_s}, name=f"agg-{i}", daemon=True
+            )
             for i, w in enumerate(workers)
         ]
         for t in threads:

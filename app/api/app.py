@@ -27,6 +27,7 @@ from app.core.logs import configure_logging
 from app.core.settings import Settings, load_settings
 from app.engine import build_engine
 from app.ingest import users
+from app.ingest.aggregates import ingest_status
 from app.ingest.sessions import session_view
 from app.obs.metrics import MetricsMiddleware
 from app.obs.middleware import RequestContextMiddleware
@@ -49,7 +50,16 @@ async def health(request: Request) -> Response:
     def check() -> dict[str, Any]:
         info = redis_stack.probe(st["redis"])
         live = functions.loaded_version(st["redis"])
-        return {**info, "library_version": live, "expected_library_version": st["library"].version}
+        ingest = ingest_status(st["redis"], st["settings"].engine)
+        return {
+            **info, "library_version": live, "expected_library_version": st["library"].version,
+            "ingest": {
+                "freshness_p50_ms": ingest.freshness_p50_ms,
+                "freshness_p99_ms": ingest.freshness_p99_ms,
+                "log_lag_max": ingest.lag.max_lag, "log_lag_total": ingest.lag.total_lag,
+                "log_lag_limit": ingest.lag_limit, "alerts": ingest.alerts,
+            },
+        }  # fmt: skip
 
     try:
         body = await deps.blocking(check)
@@ -184,6 +194,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 "Redis Stack) or point REDIS_URL at a Redis Stack / Redis 8 server"
             )
         client = redis.Redis.from_url(cfg.redis_url, health_check_interval=30)
+        stack = contextlib.ExitStack()
         try:
             redis_stack.probe(client)
             library = functions.ensure_current(client, load_if_stale=True)
@@ -191,6 +202,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             engine = build_engine(
                 client, cfg.engine, rec_config=getattr(app.state, "rec_config", None)
             )
+            # The aggregate workers run in this process unless RETAIL_AGG_WORKERS=0 (then
+            # `python -m app.cli workers` runs them elsewhere).
+            threads = engine.start_workers(cfg.agg_workers) if cfg.agg_workers > 0 else None
+            stack.callback(lambda: threads.stop() if threads is not None else None)
             yield AppState(
                 settings=cfg,
                 redis=client,
@@ -200,6 +215,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 keys=engine.keys,
             )
         finally:
+            stack.close()
             client.close()
 
     routes: list[BaseRoute] = [

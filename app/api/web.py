@@ -41,6 +41,7 @@ from app.api import deps
 from app.core.errors import ValidationError
 from app.core.events import ID_RE
 from app.core.taxonomy import CATEGORIES
+from app.ingest.aggregates import ingest_status
 from app.obs import metrics
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -222,6 +223,15 @@ async def prometheus(request: Request) -> Response:
             "retail_metrics_source_redis": 1.0 if totals.source == "redis" else 0.0,
             "retail_metrics_series_dropped": float(registry.dropped),
         }
+        try:
+            ingest = ingest_status(client, deps.state(request)["settings"].engine)
+            gauges["retail_ingest_log_lag_max"] = float(ingest.lag.max_lag)
+            gauges["retail_ingest_log_lag_total"] = float(ingest.lag.total_lag)
+            if ingest.freshness_p50_ms is not None and ingest.freshness_p99_ms is not None:
+                gauges["retail_ingest_freshness_p50_ms"] = ingest.freshness_p50_ms
+                gauges["retail_ingest_freshness_p99_ms"] = ingest.freshness_p99_ms
+        except redis.RedisError:
+            pass
         if flusher is not None:
             gauges["retail_metrics_flush_failures"] = float(flusher.failures)
             if flusher.last_flush_ms:

@@ -72,8 +72,7 @@ class DataLayoutError(RedisSetupError):
 
 # The Lua side raises exactly these codes (see lua/00_common.lua: `fail(code, msg)`).
 LUA_ERROR_CODES: dict[str, type[FunctionError]] = {
-    cls.code: cls
-    for cls in (BadArgumentError, KeyLayoutError, WrongTypeError, BlockOverlapError)
+    cls.code: cls for cls in (BadArgumentError, KeyLayoutError, WrongTypeError, BlockOverlapError)
 }
 
 

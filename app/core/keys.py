@@ -133,6 +133,11 @@ class Keys:
         """HASH: layout version, partitions, shards (written when a deployment is created)."""
         return f"{self.prefix}meta:{{meta}}:layout"
 
+    @property
+    def agg_status(self) -> str:
+        """HASH: each aggregate worker's published freshness (p50/p99 ms, time), 1 day TTL."""
+        return f"{self.prefix}meta:{{meta}}:agg"
+
     def old_layout_keys(self) -> list[str]:
         """Keys only a layout-1 deployment (one `{g}` log, per-user tags) ever wrote."""
         return [self.glob("log"), self.glob("wm")]

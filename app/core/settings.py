@@ -81,6 +81,7 @@ class Settings:
     sample_data: Path
     log_json: bool
     engine: EngineConfig = field(default_factory=EngineConfig)
+    agg_workers: int = 1  # aggregate worker threads inside the app process (0: none)
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,6 +109,7 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
             )
         ),
         log_json=config("RETAIL_LOG_JSON", cast=bool, default=False),
+        agg_workers=config("RETAIL_AGG_WORKERS", cast=int, default=1),
         engine=EngineConfig(
             key_prefix=config("RETAIL_KEY_PREFIX", cast=str, default="rt:"),
             partitions=config("RETAIL_PARTITIONS", cast=int, default=DEFAULT_PARTITIONS),

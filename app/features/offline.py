@@ -35,7 +35,6 @@ import redis
 
 from app.core.events import EVENT_TYPES, Event, Line, event_from_payload, parse_event
 from app.core.keys import Keys
-from app.ingest.log import merged_log
 from app.features.spec import (
     REVENUE_UNITS,
     Feature,
@@ -46,6 +45,7 @@ from app.features.spec import (
     resolve_names,
     route,
 )
+from app.ingest.log import merged_log
 from app.redis.calls import text
 
 FLOAT_RTOL = 1e-9  # decayed_sum: online vs offline (summation order differs)

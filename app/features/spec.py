@@ -37,7 +37,7 @@ from redis.crc import key_slot
 from app.core.errors import ValidationError
 from app.core.events import EVENT_TYPES, ID_RE, Event, Line
 from app.core.keys import Keys
-from app.core.settings import ROOT, EngineConfig
+from app.core.settings import ROOT
 from app.ingest.aggregates import BlockHook, LogBlock
 from app.redis.calls import Args, Block, BlockCall, KeyTable, fcall_ro, text
 

@@ -23,11 +23,15 @@ recorded per event in the metrics registry.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import socket
 import threading
 import time
-from collections import defaultdict
+import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +42,7 @@ from app.core.errors import from_redis_error
 from app.core.events import Event, event_from_payload
 from app.core.keys import HOUR_MS, Keys, hour_start
 from app.core.settings import EngineConfig
-from app.ingest.log import Pair, id_tuple, parse_pairs
+from app.ingest.log import GroupLag, Pair, group_lag, id_tuple, parse_pairs
 from app.redis import calls
 
 log = logging.getLogger("retail.ingest.aggregates")
@@ -46,6 +50,8 @@ GROUP = "agg"
 COUNTED_TYPES = frozenset({"view", "click", "add_to_cart", "purchase"})
 TRENDING_TYPES = ("view", "click", "add_to_cart", "purchase", "search")
 MAX_BUCKETS_DROPPED = 240
+STATUS_TTL_S = 86_400
+STATUS_FRESH_MS = 60_000  # a worker's published freshness counts for this long
 
 
 @dataclass(frozen=True)
@@ -154,9 +160,39 @@ def parse_entries(partition: int, entries: Sequence[Any]) -> LogBlock | None:
     if not ids:
         return None
     first, last = ids[0], ids[-1]
-    return LogBlock(
-        partition, calls.text(first), calls.text(last), events, pairs, ack_ms, ids
-    )
+    return LogBlock(partition, calls.text(first), calls.text(last), events, pairs, ack_ms, ids)
+
+
+class FreshnessWindow:
+    """The newest `size` freshness samples (ms from acknowledgement to applied) of a worker,
+    published to Redis at most every `every_s` so /metrics, /health and the dashboard of
+    any process can read them (`ingest_status`)."""
+
+    def __init__(self, size: int = 10_000, every_s: float = 1.0) -> None:
+        self.samples: deque[float] = deque(maxlen=size)
+        self.every_s = every_s
+        self._published = 0.0
+
+    def __call__(self, values: Sequence[float]) -> None:
+        self.samples.extend(values)
+
+    def quantile(self, q: float) -> float | None:
+        if not self.samples:
+            return None
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def publish(self, client: redis.Redis, keys: Keys, name: str, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.samples or (not force and now - self._published < self.every_s):
+            return
+        self._published = now
+        p50, p99 = self.quantile(0.5), self.quantile(0.99)
+        client.hset(keys.agg_status, mapping={
+            f"{name}:p50_ms": f"{p50:.1f}", f"{name}:p99_ms": f"{p99:.1f}",
+            f"{name}:at_ms": int(time.time() * 1000), f"{name}:samples": len(self.samples),
+        })  # fmt: skip
+        client.expire(keys.agg_status, STATUS_TTL_S)
 
 
 @dataclass
@@ -180,6 +216,7 @@ class AggregateWorker:
         count: int = 2000,
         group: str = GROUP,
         freshness: FreshnessSink | None = None,
+        lease_ms: int = 3000,
     ) -> None:
         if not 0 <= worker < of:
             raise ValueError("worker must be in [0, of)")
@@ -187,19 +224,58 @@ class AggregateWorker:
         self.cfg = cfg
         self.keys = cfg.keys()
         self.hooks = list(hooks)
-        self.partitions = [p for p in range(self.keys.partitions) if p % of == worker]
+        self.assigned = [p for p in range(self.keys.partitions) if p % of == worker]
+        self.partitions: list[int] = []  # the assigned partitions whose lease this process holds
+        self.lease_ms = lease_ms
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._lease_at = 0.0
         self.count = count
         self.group = group
         self.consumer = f"{group}-{worker}-of-{of}"
         self.freshness = freshness
+        self.window = FreshnessWindow()
         self.stats = WorkerStats()
         self._pending_done = False
         self._groups_ready = False
 
+    def renew_leases(self) -> None:
+        """Hold a lease on each assigned partition (SET NX PX, renewed at a third of its
+        life): one reader per partition log at a time, whatever runs next to this process
+        (a second worker with the same assignment, a loader's drain). A killed worker's
+        partitions are free again after `lease_ms`."""
+        now = time.monotonic()
+        if self.partitions and now - self._lease_at < self.lease_ms / 3000:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for p in self.assigned:
+            pipe.set(self.keys.part(p, "agg_lease"), self.token, nx=True, px=self.lease_ms)
+            pipe.get(self.keys.part(p, "agg_lease"))
+        replies = pipe.execute()
+        held = [
+            p
+            for i, p in enumerate(self.assigned)
+            if replies[2 * i + 1] is not None and calls.text(replies[2 * i + 1]) == self.token
+        ]
+        pipe = self.client.pipeline(transaction=False)
+        for p in held:
+            pipe.pexpire(self.keys.part(p, "agg_lease"), self.lease_ms)
+        pipe.execute()
+        if set(held) != set(self.partitions):
+            self._pending_done = False  # newly held partitions: their pending entries first
+        self.partitions = held
+        self._lease_at = now
+
+    def release_leases(self) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for p in self.partitions:
+            pipe.delete(self.keys.part(p, "agg_lease"))
+        pipe.execute()
+        self.partitions = []
+
     def ensure_groups(self) -> None:
         """The consumer group on every owned log, from the log's start (idempotent)."""
         pipe = self.client.pipeline(transaction=False)
-        for p in self.partitions:
+        for p in self.assigned:
             pipe.xgroup_create(self.keys.log_of(p), self.group, id="0", mkstream=True)
         for reply in pipe.execute(raise_on_error=False):
             if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
@@ -210,6 +286,10 @@ class AggregateWorker:
         """Pending entries first (once, after a restart), then new ones."""
         if not self._groups_ready:
             self.ensure_groups()
+        self.renew_leases()
+        if not self.partitions:
+            self._pending_done = True
+            return []
         start = "0" if not self._pending_done else ">"
         pipe = self.client.pipeline(transaction=False)
         for p in self.partitions:
@@ -248,8 +328,11 @@ class AggregateWorker:
         pipe.execute()
         now = time.time() * 1000
         fresh = [now - ms for block in blocks for ms in block.ack_ms]
-        if self.freshness is not None and fresh:
-            self.freshness(fresh)
+        if fresh:
+            self.window(fresh)
+            self.window.publish(self.client, self.keys, self.consumer)
+            if self.freshness is not None:
+                self.freshness(fresh)
         self.stats.calls += len(planned)
         self.stats.entries += sum(len(b.ids) for b in blocks)
         return sum(len(b.ids) for b in blocks)
@@ -307,6 +390,42 @@ class AggregateWorker:
                 log.error("aggregate step failed (retrying): %s", exc)
                 self._pending_done = False
                 stop.wait(1.0)
+        with contextlib.suppress(redis.RedisError, OSError):
+            self.release_leases()
+
+
+@dataclass(frozen=True)
+class IngestStatus:
+    freshness_p50_ms: float | None  # worst published by a live worker (last minute)
+    freshness_p99_ms: float | None
+    lag: GroupLag
+    lag_limit: int  # an alert when a partition's lag passes it (half the log cap)
+    alerts: list[str]
+
+
+def ingest_status(client: redis.Redis, cfg: EngineConfig) -> IngestStatus:
+    """Workers' freshness and lag, for /health, /metrics and the dashboard."""
+    keys = cfg.keys()
+    raw = {calls.text(k): calls.text(v) for k, v in client.hgetall(keys.agg_status).items()}
+    now = time.time() * 1000
+    p50s: list[float] = []
+    p99s: list[float] = []
+    for name, value in raw.items():
+        if name.endswith(":at_ms") and now - int(value) <= STATUS_FRESH_MS:
+            worker = name[: -len(":at_ms")]
+            p50s.append(float(raw.get(f"{worker}:p50_ms", "nan")))
+            p99s.append(float(raw.get(f"{worker}:p99_ms", "nan")))
+    lag = group_lag(client, keys, GROUP)
+    limit = max(1, cfg.log_maxlen // 2)
+    alerts = []
+    if lag.max_lag > limit:
+        alerts.append(
+            f"aggregate workers trail a partition log by {lag.max_lag:,} entries (limit "
+            f"{limit:,}, log cap {cfg.log_maxlen:,}): start more workers "
+            "(`python -m app.cli workers`) before entries are trimmed unread"
+        )
+    return IngestStatus(max(p50s) if p50s else None, max(p99s) if p99s else None, lag, limit,
+                        alerts)  # fmt: skip
 
 
 def _entries(reply: Any) -> list[Any]:

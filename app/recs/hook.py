@@ -123,4 +123,3 @@ class RecBlockHook:
         except (ValueError, TypeError) as exc:
             log.error("experiment attribution skipped for this step: %s", exc)
         return out
-

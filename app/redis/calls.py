@@ -260,9 +260,7 @@ def trending(
     items: list[TrendingItem] = []
     for reply in pipe.execute():
         items += [
-            TrendingItem(
-                text(reply[i]), float(text(reply[i + 1])), int(float(text(reply[i + 2])))
-            )
+            TrendingItem(text(reply[i]), float(text(reply[i + 1])), int(float(text(reply[i + 2]))))
             for i in range(0, len(reply), 3)
         ]
     items.sort(key=lambda it: (-it.score, it.item_id))
