@@ -369,14 +369,18 @@ class AggregateWorker:
         return self.apply(blocks)
 
     def drain(self, max_steps: int = 100_000) -> int:
-        """Apply everything logged so far (tests, loaders, benchmarks)."""
+        """Apply everything logged so far (tests, loaders, benchmarks), then give the
+        partitions' leases back so a worker elsewhere can take them at once."""
         total = 0
-        for _ in range(max_steps):
-            reading_new = self._pending_done
-            n = self.step()
-            total += n
-            if n == 0 and reading_new:
-                return total
+        try:
+            for _ in range(max_steps):
+                reading_new = self._pending_done
+                n = self.step()
+                total += n
+                if n == 0 and reading_new:
+                    break
+        finally:
+            self.release_leases()
         return total
 
     def run(self, stop: threading.Event, *, idle_s: float = 0.05) -> None:
