@@ -14,6 +14,7 @@ from app.core.errors import BadArgumentError, KeyLayoutError
 from app.core.events import Event, parse_event
 from app.core.keys import Keys
 from app.core.settings import EngineConfig
+from app.engine import build_engine
 from app.features.offline import OfflineStore, compare_rows
 from app.features.spec import (
     DAY_MS,
@@ -24,11 +25,9 @@ from app.features.spec import (
     features_get_args,
     get_features,
     ingest_calls,
-    ingest_hook,
     load_feature_set,
     state_key,
 )
-from app.ingest.ingestor import Ingestor
 from app.redis.calls import fcall, fcall_ro
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % DAY_MS  # 2023-11-14 00:00 UTC
@@ -252,10 +251,12 @@ def test_spec_change_starts_new_state_and_drops_the_old(client: redis.Redis, key
 def test_duplicates_count_once_through_the_ingestor(
     client: redis.Redis, cfg: EngineConfig, keys: Keys, fs: FeatureSet
 ) -> None:
-    ingestor = Ingestor(client, cfg, phase2_hooks=[ingest_hook(fs, cfg)])
+    engine = build_engine(client, cfg, features=fs)
     batch = [ev("v1", "view", T0), ev("v2", "view", T0 + 1000)]
-    assert ingestor.ingest(batch).accepted == 2
-    assert ingestor.ingest(batch).duplicates == 2
+    assert engine.ingestor.ingest(batch).accepted == 2
+    assert engine.ingestor.ingest(batch).duplicates == 2
+    engine.drain()
+    engine.drain()
     assert value(client, fs, keys, "user_views_1h", "u1", T0 + 5 * MINUTE_MS) == 2
     assert value(client, fs, keys, "item_views_1h", "A", T0 + 5 * MINUTE_MS) == 2
 

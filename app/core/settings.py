@@ -81,7 +81,8 @@ class Settings:
     sample_data: Path
     log_json: bool
     engine: EngineConfig = field(default_factory=EngineConfig)
-    agg_workers: int = 1  # aggregate worker threads inside the app process (0: none)
+    # Aggregate worker threads inside the app process (0: none; load_settings defaults to 1).
+    agg_workers: int = 0
 
 
 ROOT = Path(__file__).resolve().parents[2]
