@@ -46,9 +46,14 @@ import redis  # noqa: E402
 from _common import emit_json, percentile, redis_target, settle_aof  # noqa: E402
 
 from app.core.events import Event, parse_event  # noqa: E402
-from app.core.keys import Keys  # noqa: E402
 from app.core.settings import EngineConfig  # noqa: E402
-from app.features.spec import get_features, ingest_hook, load_feature_set  # noqa: E402
+from app.features.spec import (  # noqa: E402
+    ack_features,
+    get_features,
+    item_feature_hook,
+    load_feature_set,
+)
+from app.ingest.aggregates import AggregateWorker  # noqa: E402
 from app.ingest.ingestor import Ingestor  # noqa: E402
 from app.redis.embedded import free_port  # noqa: E402
 from loaders.browsing import synthetic_browsing  # noqa: E402
@@ -85,14 +90,18 @@ def load_events(mod: int) -> list[Event]:
     return events
 
 
-def ingest_pair(plain: Ingestor, featured: Ingestor, events: list[Event]) -> tuple[float, float]:
-    """Seconds for the same batches without and with the feature hook, interleaved batch by
-    batch so both see the same machine load (the machine is shared)."""
+Pipeline = tuple[Ingestor, AggregateWorker]
+
+
+def ingest_pair(plain: Pipeline, featured: Pipeline, events: list[Event]) -> tuple[float, float]:
+    """Seconds for the same batches without and with the features (acknowledged path + the
+    aggregate worker's drain), interleaved batch by batch so both see the same machine load."""
     spent = [0.0, 0.0]
     for i in range(0, len(events), BATCH):
-        for j, ingestor in enumerate((plain, featured)):
+        for j, (ingestor, worker) in enumerate((plain, featured)):
             t0 = time.perf_counter()
             ingestor.ingest(events[i : i + BATCH])
+            worker.drain()
             spent[j] += time.perf_counter() - t0
     return spent[0], spent[1]
 
@@ -168,9 +177,13 @@ def main() -> None:
         plain_cfg = replace(EngineConfig(), key_prefix=target.prefix + "plain:")
         cfg = replace(EngineConfig(), key_prefix=target.prefix + "feat:")
         settle_aof(client)
+        keys = cfg.keys()
         plain_s, feat_s = ingest_pair(
-            Ingestor(client, plain_cfg),
-            Ingestor(client, cfg, phase2_hooks=[ingest_hook(fs, cfg)]),
+            (Ingestor(client, plain_cfg), AggregateWorker(client, plain_cfg)),
+            (
+                Ingestor(client, cfg, ack_features=ack_features(fs, keys)),
+                AggregateWorker(client, cfg, hooks=[item_feature_hook(fs, keys)]),
+            ),
             events,
         )
         settle_aof(client)
@@ -178,7 +191,6 @@ def main() -> None:
         print(f"ingest: {len(events) / plain_s:,.0f} events/s without the feature hook, "
               f"{len(events) / feat_s:,.0f} with it ({hook_us:.0f} us per event for "
               f"{len(fs.features)} features)")  # fmt: skip
-        keys = Keys(cfg.key_prefix)
         hlens = [int(client.hlen(keys.user(u, "feat"))) for u in users]
         print(f"user state: {sum(hlens) / len(hlens):.0f} fields on average, max {max(hlens)}")
         memory = state_memory(client, cfg.key_prefix)
