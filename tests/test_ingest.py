@@ -347,3 +347,35 @@ def test_stale_trending_buckets_are_dropped(
     assert len(live) <= cfg.trend_window_h + 1
     _, items = calls.trending(client, cfg, keys, "view", 1)
     assert items[0].item_id == "A"
+
+
+def test_identify_across_partitions_is_retry_safe(
+    client: redis.Redis, cfg: EngineConfig, keys: Keys
+) -> None:
+    """The anonymous id and the user hash to different partitions; a merge interrupted after
+    its write to the user (before the anonymous keys are deleted) is completed by a retry and
+    adds nothing twice."""
+    from app.core.events import identity_for
+    from app.ingest import users
+
+    anon_id = next(f"a{i}" for i in range(100)
+                   if keys.partition(identity_for(None, f"a{i}")) != keys.partition("buyer"))  # fmt: skip
+    anon = identity_for(None, anon_id)
+    body = ev("an1", user="x", item="A", props={"category": "candles", "price": 3.0})
+    del body["user_id"]
+    body["anonymous_id"] = anon_id
+    assert (
+        ingest(client, cfg, body, {**body, "event_id": "an2", "item_id": "B"}) == ["accepted"] * 2
+    )
+    # The crash: identify_user ran, the anonymous keys were not deleted yet.
+    exported = calls.fcall_ro(client, "export_user", calls.export_user_args(keys, anon))
+    calls.fcall(client, "identify_user",
+                calls.identify_user_args(cfg, keys, "buyer", anon, {}, exported))  # fmt: skip
+    assert client.exists(keys.user(anon, "session")) == 1
+    retry = users.identify(client, cfg, "buyer", anon_id, {})
+    assert retry.status == "already_merged"
+    assert client.exists(keys.user(anon, "session")) == 0
+    session = client.json().get(keys.user("buyer", "session"))
+    assert session["counters"] == {"view": 2}  # merged once, not twice
+    aff = dict(calls.user_profile(client, cfg, keys, "buyer").affinities)
+    assert aff["cat:candles"] == pytest.approx(2.0, rel=1e-3)
