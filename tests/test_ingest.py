@@ -358,8 +358,10 @@ def test_identify_across_partitions_is_retry_safe(
     from app.core.events import identity_for
     from app.ingest import users
 
-    anon_id = next(f"a{i}" for i in range(100)
-                   if keys.partition(identity_for(None, f"a{i}")) != keys.partition("buyer"))  # fmt: skip
+    home = keys.partition("buyer")
+    anon_id = next(
+        f"a{i}" for i in range(100) if keys.partition(identity_for(None, f"a{i}")) != home
+    )
     anon = identity_for(None, anon_id)
     body = ev("an1", user="x", item="A", props={"category": "candles", "price": 3.0})
     del body["user_id"]
