@@ -236,6 +236,7 @@ class AggregateWorker:
         self.window = FreshnessWindow()
         self.stats = WorkerStats()
         self._pending_done = False
+        self._read_new = False  # whether the last read asked for new entries (not pending)
         self._groups_ready = False
 
     def renew_leases(self) -> None:
@@ -291,6 +292,7 @@ class AggregateWorker:
             self._pending_done = True
             return []
         start = "0" if not self._pending_done else ">"
+        self._read_new = start == ">"
         pipe = self.client.pipeline(transaction=False)
         for p in self.partitions:
             pipe.xreadgroup(self.group, self.consumer, {self.keys.log_of(p): start},
@@ -374,10 +376,9 @@ class AggregateWorker:
         total = 0
         try:
             for _ in range(max_steps):
-                reading_new = self._pending_done
                 n = self.step()
                 total += n
-                if n == 0 and reading_new:
+                if n == 0 and (self._read_new or not self.partitions):
                     break
         finally:
             self.release_leases()
