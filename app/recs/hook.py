@@ -32,6 +32,7 @@ TRACKED = frozenset({"view", "click", "add_to_cart", "purchase"})
 TRACK_HEADER = 5  # rec_track's leading ARGV (lua/60_recommend.lua)
 HOT_HEADER = 4
 EXP_HEADER = 4
+MAX_UNKNOWN_LABELS = 1000
 
 
 class RecBlockHook:
@@ -45,6 +46,7 @@ class RecBlockHook:
         self.cfg = cfg or RecConfig(key_prefix=engine.key_prefix)
         self.keys = RecKeys(engine.key_prefix, engine.partitions, engine.agg_shards)
         self.experiments = experiments
+        self._refreshed_for: set[str] = set()
 
     def track_call(self, block: LogBlock) -> BlockCall | None:
         by_user: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
@@ -94,6 +96,19 @@ class RecBlockHook:
         if self.experiments is None:
             return []
         self.experiments.maybe_refresh()
+        labels = {ev.props.get("variant") for ev in block.events}
+        unknown = {
+            v for v in labels
+            if isinstance(v, str) and v and self.experiments.resolve(v) is None
+            and v not in self._refreshed_for
+        }  # fmt: skip
+        if unknown:
+            # A variant of an experiment created after our last refresh (the workers run
+            # apart from the API that created it): reload now, once per unknown label.
+            if len(self._refreshed_for) > MAX_UNKNOWN_LABELS:
+                self._refreshed_for.clear()
+            self._refreshed_for |= unknown
+            self.experiments.refresh()
         out: list[BlockCall] = []
         for exp_id, (keys, argv) in self.experiments.attribution_by_experiment(block.events):
             n_incr = int(argv[EXP_HEADER])
