@@ -27,16 +27,16 @@ demo: $(STAMP) ## start embedded Redis Stack, load the real sample data, serve t
 test: $(STAMP) browser-deps ## run the whole suite against a real embedded Redis Stack
 	$(PY) -m pytest
 
-browser-deps: ## Chromium for tests/test_browser.py (Debian: apt-get when missing and root)
+browser-deps: ## Chromium for tests/api/test_browser.py (Debian: apt-get when missing and root)
 	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
-	  || echo "could not install chromium: tests/test_browser.py will be skipped"; \
-	else echo "no chromium and not root: tests/test_browser.py will be skipped"; fi
+	  || echo "could not install chromium: tests/api/test_browser.py will be skipped"; \
+	else echo "no chromium and not root: tests/api/test_browser.py will be skipped"; fi
 
 bench: $(STAMP) ## run the benchmarks (each prints one JSON line last)
-	@for b in bench/ingest.py bench/search.py bench/features.py bench/recommend.py \
-	    bench/evaluate.py bench/memory.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in ingest search features recommend evaluate memory; do \
+	    echo "== bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 
 lint: $(STAMP) ## ruff, ruff format --check, mypy --strict
 	$(PY) -m ruff check .

@@ -1,6 +1,6 @@
 """Recommendation quality on the real Online Retail purchases, against baselines, same run.
 
-Run from the repo root: `.venv/bin/python bench/evaluate.py [--quick] [--split YYYY-MM-DD]`.
+Run from the repo root: `.venv/bin/python -m bench.evaluate [--quick] [--split YYYY-MM-DD]`.
 `--validate` is the tuning run: the same protocol on the training period only (train before
 2011-05-01, evaluate on May-June 2011; nothing of the test period is read). Weights are chosen
 there (`--weights name=value,...` overrides the engine's defaults for such a run) and the
@@ -61,26 +61,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from app.catalog.index import CatalogConfig, CatalogKeys
+from app.catalog.vectorizers import get_vectorizer
+from app.core.events import Event, parse_event
+from app.core.settings import EngineConfig, load_settings
+from app.engine import Engine, build_engine
+from app.recs.experiments import DEFAULT, Assignment
+from app.recs.keys import RecKeys
+from app.recs.model import Interactions, TrainConfig, train
+from app.recs.recommender import DEFAULT_WEIGHTS, RecConfig, Recommender, RecRequest
+from bench._common import emit_json, percentile, redis_target
+from loaders import online_retail
+from loaders.catalog import load_rows, online_retail_rows
+from loaders.train import catalog_vectors
+
 ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "bench"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-import numpy as np  # noqa: E402
-from _common import emit_json, percentile, redis_target  # noqa: E402
-
-from app.catalog.index import CatalogConfig, CatalogKeys  # noqa: E402
-from app.catalog.vectorizers import get_vectorizer  # noqa: E402
-from app.core.events import Event, parse_event  # noqa: E402
-from app.core.settings import EngineConfig, load_settings  # noqa: E402
-from app.engine import Engine, build_engine  # noqa: E402
-from app.recs.experiments import DEFAULT, Assignment  # noqa: E402
-from app.recs.keys import RecKeys  # noqa: E402
-from app.recs.model import Interactions, TrainConfig, train  # noqa: E402
-from app.recs.recommender import DEFAULT_WEIGHTS, RecConfig, Recommender, RecRequest  # noqa: E402
-from loaders import online_retail  # noqa: E402
-from loaders.catalog import load_rows, online_retail_rows  # noqa: E402
-from loaders.train import catalog_vectors  # noqa: E402
 
 K = 10
 REPURCHASE = Assignment(None, "repurchase", repurchase=True)

@@ -1,6 +1,6 @@
 """Feature store benchmark: online retrieval latency (1 and 100 entities), ingest overhead.
 
-Run from the repo root: `.venv/bin/python bench/features.py [--quick]`. With REDIS_URL unset
+Run from the repo root: `.venv/bin/python -m bench.features [--quick]`. With REDIS_URL unset
 an embedded Redis Stack (AOF everysec, as in production) is started in a temporary folder;
 with REDIS_URL set that server is used under a unique key prefix. Run one benchmark at a time.
 
@@ -37,35 +37,26 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import redis
+
+from app.core.events import Event, parse_event
+from app.core.settings import EngineConfig
+from app.features.spec import ack_features, get_features, item_feature_hook, load_feature_set
+from app.ingest.aggregates import AggregateWorker
+from app.ingest.ingestor import Ingestor
+from app.redis.embedded import free_port
+from bench._common import emit_json, percentile, redis_target, settle_aof
+from loaders.browsing import synthetic_browsing
+from loaders.online_retail import purchase_events
+
 ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "bench"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-import redis  # noqa: E402
-from _common import emit_json, percentile, redis_target, settle_aof  # noqa: E402
-
-from app.core.events import Event, parse_event  # noqa: E402
-from app.core.settings import EngineConfig  # noqa: E402
-from app.features.spec import (  # noqa: E402
-    ack_features,
-    get_features,
-    item_feature_hook,
-    load_feature_set,
-)
-from app.ingest.aggregates import AggregateWorker  # noqa: E402
-from app.ingest.ingestor import Ingestor  # noqa: E402
-from app.redis.embedded import free_port  # noqa: E402
-from loaders.browsing import synthetic_browsing  # noqa: E402
-from loaders.online_retail import purchase_events  # noqa: E402
 
 SAMPLE = ROOT / "data" / "online-retail" / "online-retail-2010-12_2011-09.csv.gz"
 BATCH = 1000
 FAR = 2_000_000_000_000
 
 SERVER = """
-import asyncio, sys
-sys.path.insert(0, {root!r})
+import asyncio
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from app.api.features import feature_routes
@@ -138,7 +129,7 @@ def start_server(url: str, prefix: str, admin: str) -> tuple[subprocess.Popen[by
     env = {**os.environ, "REDIS_URL": url, "RETAIL_KEY_PREFIX": prefix,
            "RETAIL_ADMIN_KEY": admin, "RETAIL_LOG_JSON": "0"}  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER.format(root=str(ROOT), port=port)],
+        [sys.executable, "-c", SERVER.format(port=port)], cwd=ROOT,
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     deadline = time.monotonic() + 30

@@ -1,7 +1,7 @@
 """Ingestion benchmark of the log-first design: the acknowledged path, the aggregate workers,
 freshness, and a kill check.
 
-Run from the repo root: `.venv/bin/python bench/ingest.py [--events N] [--quick]`.
+Run from the repo root: `.venv/bin/python -m bench.ingest [--events N] [--quick]`.
 With REDIS_URL unset an embedded Redis Stack (AOF everysec, as in production) is started in a
 temporary folder; with REDIS_URL set that server is used under a unique key prefix (its
 commandstats are reset, so use a server nothing else is using).
@@ -48,19 +48,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import redis
+
+from app.core.events import Event, parse_event
+from app.core.settings import EngineConfig
+from app.engine import build_engine
+from app.ingest.aggregates import ingest_status
+from app.ingest.log import log_length, merged_log
+from bench._common import commandstats, emit_json, percentile, redis_target, settle_aof
+
 ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "bench"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-import redis  # noqa: E402
-from _common import commandstats, emit_json, percentile, redis_target, settle_aof  # noqa: E402
-
-from app.core.events import Event, parse_event  # noqa: E402
-from app.core.settings import EngineConfig  # noqa: E402
-from app.engine import build_engine  # noqa: E402
-from app.ingest.aggregates import ingest_status  # noqa: E402
-from app.ingest.log import log_length, merged_log  # noqa: E402
 
 TYPE_MIX = (
     ("view", 0.70), ("click", 0.10), ("search", 0.08), ("add_to_cart", 0.07),
@@ -319,7 +316,7 @@ def phase_kill(url: str, cfg: EngineConfig, kills: int, n: int, batch: int) -> d
     mid = 0
     for trial in range(kills):
         proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--child-ingest", url, cfg.key_prefix,
+            [sys.executable, "-m", "bench.ingest", "--child-ingest", url, cfg.key_prefix,
              str(trial), str(n), str(batch)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip

@@ -1,7 +1,7 @@
 -- Feature store: online state and point-in-time reads of the features declared once in
--- features/features.yaml. app/features.py compiles the declarations into a compact JSON spec
+-- features/features.yaml. app/features/spec.py compiles the declarations into a compact JSON spec
 -- that both Functions below take as ARGV[1] and interpret; no feature is hand-written here.
--- The offline twin (app/features_offline.py) computes the same definitions from the event log.
+-- The offline twin (app/features/offline.py) computes the same definitions from the event log.
 -- Semantics, granularity and memory: docs/features.md.
 --
 -- The spec is decoded once per library load and memoised by its text (FEATURE_SPECS below):
@@ -39,7 +39,7 @@ local KMV_SPACE = 4503599627370496  -- 2^52
 local CHUNK = 1000               -- arguments per HMGET / HSET / HDEL (Lua's unpack limit)
 
 local function spec_fail(msg)
-  fail('ERR_BADARG', 'spec: ' .. msg .. ' (the spec is the JSON app/features.py compiles)')
+  fail('ERR_BADARG', 'spec: ' .. msg .. ' (the spec is the JSON app/features/spec.py compiles)')
 end
 
 local function spec_int(value, name, min)
@@ -309,7 +309,7 @@ end
 -- features_ingest: fold accepted events into the entities' bucketed feature state.
 --
 -- Purpose: the online half of the feature store. Called from the ingestion phase-2 pipeline
---   (app/features.py `ingest_hook`) with the events ingest_user accepted, so a duplicate never
+--   (app/features/spec.py `ingest_hook`) with the events ingest_user accepted, so a duplicate never
 --   counts twice. The Python side only routes events to entities (user, each item of the
 --   lines, each category of the lines); which slots an event updates, bucket, value, decay and
 --   sketch are decided here from the spec. All input is validated before the first write.
@@ -318,7 +318,7 @@ end
 --             i:{item}:feat, u:{user}:featc:<category>; HASH). A cluster client sends one
 --             slot's keys per call; a standalone server takes many entities per call.
 -- ARGV:
---   [1] spec      str  compiled feature spec (JSON, app/features.py FeatureSet.spec)
+--   [1] spec      str  compiled feature spec (JSON, app/features/spec.py FeatureSet.spec)
 --   [2] n_groups  int  one group per entity key
 --   per group: k_state (1-based KEYS index), entity ('user' | 'item' | 'user_category'),
 --     n_events, then per event: type, ts_ms (int), user, session_id, n_lines,

@@ -20,7 +20,21 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from app.api import deps
+from app.api.contract import contract_routes
 from app.api.deps import AppState
+from app.api.openapi import (
+    ANY_OBJECT,
+    ERROR,
+    ID,
+    Operation,
+    Param,
+    arr,
+    integer,
+    number,
+    obj,
+    operation,
+    string,
+)
 from app.core.errors import AuthError, EngineError, RedisSetupError, ValidationError
 from app.core.events import EVENT_TYPES, parse_event
 from app.core.logs import configure_logging
@@ -29,8 +43,7 @@ from app.engine import build_engine
 from app.ingest import users
 from app.ingest.aggregates import ingest_status
 from app.ingest.sessions import session_view
-from app.obs.metrics import MetricsMiddleware
-from app.obs.middleware import RequestContextMiddleware
+from app.obs.middleware import MetricsMiddleware, RequestContextMiddleware
 from app.redis import calls
 from app.redis import embedded as redis_stack
 from app.redis import library as functions
@@ -41,9 +54,48 @@ MAX_BATCH = 1000
 T = TypeVar("T")
 
 
+# -- request and response schemas (OpenAPI: app/api/openapi.py) -----------------------------------
+
+LINE = obj({"item_id": ID, "qty": integer(minimum=1, maximum=100_000), "price": number(minimum=0),
+            "category": string(maxLength=64)}, required=["item_id"])  # fmt: skip
+EVENT = obj(
+    {"event_id": string(minLength=1, maxLength=128), "type": string(enum=list(EVENT_TYPES)),
+     "user_id": ID, "anonymous_id": ID, "session_id": string(maxLength=128), "item_id": ID,
+     "qty": integer(minimum=1, maximum=100_000), "ts": integer("event time, ms since the epoch"),
+     "items": arr(LINE, max_items=200), "props": ANY_OBJECT},
+    required=["event_id", "type"],
+    description="user_id or anonymous_id is required; item_id for item events, items for a "
+    "purchase, props.query for a search",
+)  # fmt: skip
+EVENTS_REPLY = obj({
+    "accepted": integer(), "duplicate": integer(), "rejected": integer(),
+    "results": arr(obj({"event_id": {"type": ["string", "null"]},
+                        "status": string(enum=["accepted", "duplicate", "rejected"]),
+                        "field": string(), "reason": string()})),
+})  # fmt: skip
+IDENTIFY = obj({"user_id": ID, "anonymous_id": ID, "traits": ANY_OBJECT}, required=["user_id"])
+IDENTIFY_REPLY = obj(
+    {
+        "user_id": string(),
+        "merged_items": integer(),
+        "status": string(enum=["merged", "already_merged", "traits_only"]),
+    }
+)
+PROFILE = obj({
+    "user_id": string(), "traits": ANY_OBJECT, "merged_anonymous_ids": arr(string()),
+    "affinities": arr(obj({"attribute": string(), "score": number()})),
+    "seen_items_estimate": integer(), "session": {"type": ["object", "null"]},
+})  # fmt: skip
+
+
 # -- endpoints ------------------------------------------------------------------------------------
 
 
+@operation(Operation("Server, modules and Functions library status", "ops", responses={
+    200: ("ok", obj({"status": string(enum=["ok"]), "library_version": string(),
+                     "expected_library_version": string()}, required=["status"])),
+    503: ("unreachable, a module missing, or a stale library", ERROR),
+}))  # fmt: skip
 async def health(request: Request) -> Response:
     st = deps.state(request)
 
@@ -70,6 +122,13 @@ async def health(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
+@operation(Operation(
+    "Ingest events in the engine's own schema", "events", auth="write_key",
+    request={"oneOf": [EVENT, arr(EVENT, min_items=1, max_items=MAX_BATCH),
+                       obj({"events": arr(EVENT, min_items=1, max_items=MAX_BATCH)},
+                           required=["events"])]},
+    responses={200: ("per-event status", EVENTS_REPLY), 422: ("a single invalid event", ERROR)},
+))  # fmt: skip
 async def post_events(request: Request) -> Response:
     """One event object, a list, or {"events": [...]}: per-event accepted/duplicate/rejected."""
     deps.require_write_key(request)
@@ -84,14 +143,14 @@ async def post_events(request: Request) -> Response:
     results: list[dict[str, Any]] = [{} for _ in raw_events]
     valid = []
     positions = []
-    for i, obj in enumerate(raw_events):
+    for i, raw in enumerate(raw_events):
         try:
-            valid.append(parse_event(obj))
+            valid.append(parse_event(raw))
             positions.append(i)
         except ValidationError as exc:
             if single:
                 raise
-            event_id = obj.get("event_id") if isinstance(obj, dict) else None
+            event_id = raw.get("event_id") if isinstance(raw, dict) else None
             results[i] = {"event_id": event_id, "status": "rejected", "field": exc.field,
                           "reason": exc.message}  # fmt: skip
     report = await deps.blocking(deps.state(request)["ingestor"].ingest, valid)
@@ -104,6 +163,10 @@ async def post_events(request: Request) -> Response:
     return JSONResponse({**counts, "results": results})
 
 
+@operation(Operation("A shopper's live session document", "users", auth="admin",
+    params=(Param("user_id", "path", ID),),
+    responses={200: ("the session", obj({"user_id": string(), "session": ANY_OBJECT})),
+               404: ("no live session", ERROR), 422: ("invalid user id", ERROR)}))  # fmt: skip
 async def get_session(request: Request) -> Response:
     deps.require_admin_key(request)
     st = deps.state(request)
@@ -118,6 +181,11 @@ async def get_session(request: Request) -> Response:
     return JSONResponse({"user_id": identity, "session": view})
 
 
+@operation(Operation("A shopper's traits, affinities, seen estimate and session", "users",
+    auth="admin", params=(Param("user_id", "path", ID),
+                          Param("top", schema=integer(minimum=1, maximum=200, default=20))),
+    responses={200: ("the profile", PROFILE), 404: ("no state for the user", ERROR),
+               422: ("invalid parameter", ERROR)}))  # fmt: skip
 async def get_profile(request: Request) -> Response:
     deps.require_admin_key(request)
     st = deps.state(request)
@@ -139,6 +207,10 @@ async def get_profile(request: Request) -> Response:
     })  # fmt: skip
 
 
+@operation(Operation(
+    "Attach traits to a user and merge an anonymous id into it", "events", auth="write_key",
+    request=IDENTIFY, responses={200: ("identify result", IDENTIFY_REPLY),
+                                 422: ("invalid input", ERROR)}))  # fmt: skip
 async def post_identify(request: Request) -> Response:
     deps.require_write_key(request)
     user_id, anon, traits = users.parse_identify(await deps.read_json(request))
@@ -149,6 +221,14 @@ async def post_identify(request: Request) -> Response:
     return JSONResponse(asdict(result))
 
 
+@operation(Operation("Trending items now (hourly Top-K, 2 h half-life)", "recommendations",
+    params=(Param("type", schema=string(enum=["view", "click", "add_to_cart", "purchase",
+                                              "search"], default="view")),
+            Param("k", schema=integer(minimum=1, maximum=100, default=10))),
+    responses={200: ("trending items", obj({
+        "type": string(), "as_of_ms": {"type": ["integer", "null"]},
+        "items": arr(obj({"item_id": string(), "score": number(), "count": integer()}))})),
+        422: ("invalid parameter", ERROR)}))  # fmt: skip
 async def get_trending(request: Request) -> Response:
     st = deps.state(request)
     event_type = request.query_params.get("type", "view")
@@ -247,6 +327,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers={EngineError: engine_error, redis.RedisError: redis_error},
     )
     install_recommendations(app)  # its routes, a Recommender per app (lifespan), ingestion hook
+    app.router.routes.extend(contract_routes())
     return app
 
 

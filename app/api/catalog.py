@@ -21,12 +21,30 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from app.api import deps
+from app.api.openapi import (
+    ANY_OBJECT,
+    BOOL,
+    ERROR,
+    ID,
+    Operation,
+    Param,
+    arr,
+    integer,
+    number,
+    obj,
+    operation,
+    string,
+)
 from app.catalog import calls as catalog_calls
 from app.catalog.index import CatalogConfig, load_catalog_config
 from app.catalog.search import ProductSearch, SearchResult, parse_search, parse_similar
 from app.catalog.vectorizers import get_vectorizer
 from app.core.errors import ValidationError
 from app.core.events import ID_RE
+
+HIT = obj({"item_id": string(), "score": number()})
+SEARCH_REPLY = obj({"hits": arr(HIT), "took_ms": number(), "index": string(),
+                    "vectorizer": string()}, required=["hits"])  # fmt: skip
 
 
 def catalog_config(request: Request) -> CatalogConfig:
@@ -73,6 +91,14 @@ def _result_json(result: SearchResult) -> dict[str, Any]:
     }
 
 
+@operation(Operation("Hybrid product search (BM25 + vector + filters)", "catalog", params=(
+    Param("q", description="the query text"),
+    Param("category", description="comma-separated categories"),
+    Param("min_price", schema=number(minimum=0)), Param("max_price", schema=number(minimum=0)),
+    Param("in_stock", schema=string(enum=["true", "false", "1", "0"])),
+    Param("k", schema=integer(minimum=1, maximum=100, default=10)),
+    Param("user", schema=ID, description="re-rank by this shopper's affinities"),
+), responses={200: ("ranked hits", SEARCH_REPLY), 422: ("invalid parameter", ERROR)}))  # fmt: skip
 async def search_products(request: Request) -> Response:
     req = parse_search(request.query_params)
     search = product_search(request)
@@ -101,6 +127,31 @@ async def search_products(request: Request) -> Response:
     return JSONResponse(body)
 
 
+@operation(
+    Operation(
+        "A product, its price guard and recent price history",
+        "catalog",
+        params=(Param("item_id", "path", ID),),
+        responses={
+            200: (
+                "the product",
+                obj({"item": ANY_OBJECT, "guard": ANY_OBJECT, "price_history": arr(ANY_OBJECT)}),
+            ),
+            404: ("no such product", ERROR),
+        },
+    ),
+    method="GET",
+)
+@operation(Operation("Change price / stock / guard behind guardrails", "catalog", auth="admin",
+    params=(Param("item_id", "path", ID),),
+    request=obj({"price": number(minimum=0), "stock": integer(minimum=0),
+                 "stock_delta": integer(), "floor": {"type": ["number", "null"]},
+                 "ceiling": {"type": ["number", "null"]}, "locked": BOOL,
+                 "lock_reason": string(), "source": string(enum=["manual", "automation"])},
+                extra=False),
+    responses={200: ("applied", obj({"item_id": string(), "status": string()})),
+               404: ("no such product", ERROR), 409: ("refused by a guardrail", ANY_OBJECT),
+               422: ("invalid change", ERROR)}), method="PATCH")  # fmt: skip
 async def item(request: Request) -> Response:
     if request.method == "PATCH":
         return await patch_item(request)
@@ -137,6 +188,13 @@ async def patch_item(request: Request) -> Response:
     return JSONResponse({"item_id": item_id, **result.as_json()}, status_code=status)
 
 
+@operation(Operation("Nearest products to one item, filters inside the query", "catalog",
+    params=(Param("item_id", "path", ID),
+            Param("max_price", schema=number(minimum=0)),
+            Param("in_stock", schema=string(enum=["true", "false", "1", "0"])),
+            Param("k", schema=integer(minimum=1, maximum=100, default=10))),
+    responses={200: ("similar products", SEARCH_REPLY), 404: ("no such product", ERROR),
+               422: ("invalid parameter", ERROR)}))  # fmt: skip
 async def similar_items(request: Request) -> Response:
     item_id = _item_id(request)
     filters, k = parse_similar(request.query_params)

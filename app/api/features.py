@@ -21,9 +21,23 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from app.api import deps
+from app.api.openapi import (
+    ANY_OBJECT,
+    ERROR,
+    ID,
+    Operation,
+    Param,
+    arr,
+    integer,
+    obj,
+    operation,
+    string,
+)
 from app.core.errors import ValidationError
 from app.features import spec as features
 from app.features.spec import FeatureRow, FeatureSet
+
+ROW = obj({"id": string(), "as_of_ms": integer(), "features": ANY_OBJECT})
 
 MAX_BATCH_IDS = 500
 
@@ -51,11 +65,25 @@ def _row_json(row: FeatureRow) -> dict[str, Any]:
     return {"id": row.entity_id, "as_of_ms": row.as_of_ms, "features": row.values}
 
 
+@operation(
+    Operation(
+        "The feature definitions (names, entities, windows)",
+        "features",
+        responses={200: ("definitions", obj({"version": string(), "features": arr(ANY_OBJECT)}))},
+    )
+)
 async def list_features(request: Request) -> Response:
     fs = feature_set(request)
     return JSONResponse({"version": fs.version, "features": fs.describe()})
 
 
+@operation(Operation("Feature values of one entity (point-in-time with as_of)", "features",
+    auth="admin", params=(Param("entity_type", "path", string(enum=["user", "item"])),
+                          Param("entity_id", "path", ID),
+                          Param("names", description="comma-separated feature names"),
+                          Param("as_of", schema=integer("ms since the epoch"))),
+    responses={200: ("values", ROW), 404: ("unknown entity type", ERROR),
+               422: ("invalid parameter", ERROR)}))  # fmt: skip
 async def get_entity_features(request: Request) -> Response:
     deps.require_admin_key(request)
     st = deps.state(request)
@@ -70,6 +98,13 @@ async def get_entity_features(request: Request) -> Response:
     return JSONResponse({"entity_type": entity, **_row_json(row), "version": fs.version})
 
 
+@operation(Operation("Feature values of up to 500 entities", "features", auth="admin",
+    params=(Param("entity_type", "path", string(enum=["user", "item"])),),
+    request=obj({"ids": arr(ID, min_items=1, max_items=500), "names": arr(string()),
+                 "as_of": integer("ms since the epoch")}, required=["ids"]),
+    responses={200: ("rows", obj({"entity_type": string(), "version": string(),
+                                  "rows": arr(ROW)})),
+               422: ("invalid input", ERROR)}))  # fmt: skip
 async def post_entity_features(request: Request) -> Response:
     deps.require_admin_key(request)
     st = deps.state(request)

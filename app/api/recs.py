@@ -34,6 +34,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from app.api import deps
+from app.api.openapi import (
+    ANY_OBJECT,
+    ERROR,
+    ID,
+    Operation,
+    Param,
+    arr,
+    integer,
+    number,
+    obj,
+    operation,
+    string,
+)
 from app.catalog.index import load_catalog_config
 from app.catalog.search import Filters, ProductSearch
 from app.catalog.vectorizers import get_vectorizer
@@ -184,6 +197,18 @@ def parse_rec_request(user: str, params: Mapping[str, str]) -> RecRequest:
 # -- endpoints ----------------------------------------------------------------------------------
 
 
+@operation(Operation("Ranked recommendations for a shopper (never empty for a valid request)",
+    "recommendations", params=(
+        Param("user_id", "path", ID),
+        Param("surface", schema=string(enum=["home", "product", "cart"], default="home")),
+        Param("item", schema=ID, description="the anchor item (product surface)"),
+        Param("k", schema=integer(minimum=1, maximum=50, default=10)),
+        Param("category", description="comma-separated categories to keep"),
+        Param("min_price", schema=number(minimum=0)), Param("max_price", schema=number(minimum=0)),
+    ), responses={200: ("ranked items", obj({
+        "user_id": string(), "surface": string(), "rec_id": string(), "variant": string(),
+        "items": arr(obj({"item_id": string(), "score": number(), "reason": string()}))})),
+        422: ("invalid parameter", ERROR)}))  # fmt: skip
 async def get_recommendations(request: Request) -> Response:
     req = parse_rec_request(request.path_params["user_id"], request.query_params)
     rec = recommender(request)
@@ -191,6 +216,14 @@ async def get_recommendations(request: Request) -> Response:
     return JSONResponse(rec.as_json(resp))
 
 
+@operation(
+    Operation(
+        "Model version and serving counters",
+        "recommendations",
+        auth="admin",
+        responses={200: ("recommender state", obj({"model": ANY_OBJECT, "counters": ANY_OBJECT}))},
+    )
+)
 async def get_recommender(request: Request) -> Response:
     deps.require_admin_key(request)
     rec = recommender(request)
@@ -214,6 +247,14 @@ def _not_found(exp_id: str) -> Response:
     return JSONResponse({"error": "not_found", "detail": f"no experiment {exp_id}"}, 404)
 
 
+@operation(
+    Operation(
+        "All experiments",
+        "experiments",
+        auth="admin",
+        responses={200: ("experiments", obj({"experiments": arr(ANY_OBJECT)}))},
+    )
+)
 async def list_experiments(request: Request) -> Response:
     deps.require_admin_key(request)
     store = _store(request)
@@ -271,6 +312,53 @@ async def delete_experiment(request: Request) -> Response:
     return JSONResponse({"deleted": exp_id})
 
 
+@operation(
+    Operation(
+        "An experiment's per-variant report",
+        "experiments",
+        auth="admin",
+        params=(
+            Param("exp_id", "path", ID),
+            Param("hours", schema=integer(minimum=1, maximum=24 * 90, default=24)),
+        ),
+        responses={200: ("report", ANY_OBJECT), 404: ("no such experiment", ERROR)},
+    ),
+    method="GET",
+)
+@operation(
+    Operation(
+        "Create or replace an experiment",
+        "experiments",
+        auth="admin",
+        params=(Param("exp_id", "path", ID),),
+        request=obj(
+            {
+                "variants": arr(
+                    obj(
+                        {
+                            "name": string(),
+                            "weight": number(minimum=0),
+                            "model": string(),
+                            "weights": ANY_OBJECT,
+                        }
+                    ),
+                    min_items=1,
+                )
+            },
+            required=["variants"],
+        ),
+        responses={
+            200: ("replaced", ANY_OBJECT),
+            201: ("created", ANY_OBJECT),
+            422: ("invalid experiment", ERROR),
+        },
+    ),
+    method="PUT",
+)
+@operation(Operation("Delete an experiment", "experiments", auth="admin",
+    params=(Param("exp_id", "path", ID),),
+    responses={200: ("deleted", obj({"deleted": string()})),
+               404: ("no such experiment", ERROR)}), method="DELETE")  # fmt: skip
 async def experiment(request: Request) -> Response:
     if request.method == "PUT":
         return await put_experiment(request)

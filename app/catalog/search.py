@@ -59,6 +59,7 @@ from app.catalog.index import (
     CatalogKeys,
     IndexMeta,
     check_compatible,
+    is_missing_index,
     json_reply,
     load_schema_spec,
     read_meta,
@@ -439,11 +440,6 @@ class SearchResult:
     fallback: bool = False  # no document matched a word: vector-only neighbours instead
 
 
-def _no_index(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return "unknown index" in text or "no such index" in text
-
-
 class ProductSearch:
     """Runs searches for one key prefix. Thread-safe (the app shares one per process)."""
 
@@ -518,7 +514,7 @@ class ProductSearch:
             return list(self.index.query(query))
         except RedisSearchError as exc:
             cause = exc.__cause__
-            if cause is not None and _no_index(cause):
+            if cause is not None and is_missing_index(cause):
                 self._meta = None
                 raise SearchIndexError(
                     f"the product index alias {self.ckeys.alias} is missing: run "

@@ -17,13 +17,14 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-HOUR_MS = 3_600_000
+from app.core.units import HOUR_MS
+
 LAYOUT_VERSION = 2
 DEFAULT_PARTITIONS = 64
 DEFAULT_AGG_SHARDS = 16
 
 
-def _tag(value: str) -> str:
+def tag(value: str) -> str:
     # A '{' or '}' inside an id would change which part Redis hashes: ids are validated
     # against that (app/core/events.py), this is the last line of defence.
     if "{" in value or "}" in value:
@@ -125,7 +126,7 @@ class Keys:
 
     # -- items (catalog, model neighbours: the item's own tag) -------------------------
     def item(self, item: str, part: str) -> str:
-        return f"{self.prefix}i:{_tag(item)}:{part}"
+        return f"{self.prefix}i:{tag(item)}:{part}"
 
     # -- deployment ------------------------------------------------------------------
     @property

@@ -7,7 +7,7 @@ Features are declared once in `features/features.yaml` (see its header and docs/
   `features_get` (lua/70_features.lua) interpret: the online path.
 - the typed `Feature` objects that `app.features.offline` interprets over the event log: the
   offline path. Neither side has a per-feature line of code, so they cannot drift apart; the
-  skew test (tests/test_features_skew.py) checks the two interpreters against each other.
+  skew test (tests/features/test_features_skew.py) checks the two interpreters against each other.
 
 State lives in "slots": one slot per distinct (entity, events, kind, value, bucket) that
 features need; features sharing a slot share its buckets (user_purchases_7d and
@@ -38,17 +38,14 @@ from app.core.errors import ValidationError
 from app.core.events import EVENT_TYPES, ID_RE, Event, Line
 from app.core.keys import Keys
 from app.core.settings import ROOT
+from app.core.units import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS, WEEK_MS
 from app.ingest.aggregates import BlockHook, LogBlock
 from app.redis.calls import Args, Block, BlockCall, KeyTable, fcall_ro, text
+from app.redis.slots import call_groups
 
 DEFAULT_PATH = ROOT / "features" / "features.yaml"
 SPEC_VERSION = 1
 
-SECOND_MS = 1000
-MINUTE_MS = 60 * SECOND_MS
-HOUR_MS = 60 * MINUTE_MS
-DAY_MS = 24 * HOUR_MS
-WEEK_MS = 7 * DAY_MS
 UNIT_MS = {"s": SECOND_MS, "m": MINUTE_MS, "h": HOUR_MS, "d": DAY_MS}
 DURATION_RE = re.compile(r"^([1-9][0-9]{0,6})(s|m|h|d)$")
 # Calendar windows: unit length and the offset that aligns it (1970-01-01 was a Thursday, so
@@ -596,15 +593,10 @@ def ingest_calls(
     routed = route(fs, events)
     if not routed:
         return []
-    items = list(routed.items())
-    if cluster:
-        by_slot: dict[int, list[tuple[EntityRef, list[Touch]]]] = defaultdict(list)
-        for ref, touches in items:
-            by_slot[key_slot(state_key(keys, *ref).encode())].append((ref, touches))
-        batches = list(by_slot.values())
-    else:
-        step = max(1, groups_per_call)
-        batches = [items[i : i + step] for i in range(0, len(items), step)]
+    batches = call_groups(
+        list(routed.items()), lambda group: state_key(keys, *group[0]),
+        cluster=cluster, per_call=groups_per_call,
+    )  # fmt: skip
     return [("features_ingest", features_ingest_args(fs, keys, batch)) for batch in batches]
 
 

@@ -40,8 +40,9 @@ import redis
 
 from app.core.errors import from_redis_error
 from app.core.events import Event, event_from_payload
-from app.core.keys import HOUR_MS, Keys, hour_start
+from app.core.keys import Keys, hour_start
 from app.core.settings import EngineConfig
+from app.core.units import HOUR_MS
 from app.ingest.log import GroupLag, Pair, group_lag, id_tuple, parse_pairs
 from app.redis import calls
 

@@ -5,7 +5,7 @@
    effects are there exactly once.
 2. The aggregate worker killed at random points, 20 times, restarted each time (its pending
    entries re-read): every aggregate equals a recomputation from the logs.
-3. Redis killed right after an acknowledgement (tests/test_durability.py).
+3. Redis killed right after an acknowledgement (tests/ingest/test_durability.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from app.core.settings import EngineConfig
 from app.engine import build_engine
 from app.ingest.aggregates import GROUP
 from app.ingest.log import group_lag, log_length, merged_log, parse_pairs
-from tests import kill_child
+from tests.ingest import kill_child
 
 ROOT = Path(__file__).resolve().parents[1]
 KILLS = 20
@@ -36,7 +36,7 @@ LEASE_MS = 300
 
 def spawn(*args: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.kill_child", *args], cwd=ROOT,
+        [sys.executable, "-m", "tests.ingest.kill_child", *args], cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None

@@ -1,4 +1,5 @@
-"""Child processes of the kill tests (tests/test_kill.py), run as `python -m tests.kill_child`.
+"""Child processes of the kill tests (tests/ingest/test_kill.py):
+`python -m tests.ingest.kill_child`.
 
     ingest <redis_url> <prefix> <trial> <batches>   acknowledge the trial's batches, then exit
     work <redis_url> <prefix> <lease_ms>            run one aggregate worker until killed

@@ -47,7 +47,7 @@ from app.redis import library as functions
 from loaders.browsing import synthetic_browsing
 from loaders.online_retail import purchase_events
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "online-retail" / "online-retail-2010-12_2011-09.csv.gz"
 YAML = ROOT / "features" / "features.yaml"
 USER_MOD = 40
