@@ -300,6 +300,16 @@ async def stats(request: Request) -> Response:
     window = deps.int_param(request, "window_s", 60, 10, 7200)
     client = deps.state(request)["redis"]
     body = await deps.blocking(lambda: stats_json(client, registry, cfg, window_s=window))
+    try:
+        ingest = await deps.blocking(ingest_status, client, deps.state(request)["settings"].engine)
+        body["ingest"] = {
+            "freshness_p50_ms": ingest.freshness_p50_ms,
+            "freshness_p99_ms": ingest.freshness_p99_ms,
+            "log_lag_max": ingest.lag.max_lag,
+            "alerts": ingest.alerts,
+        }
+    except redis.RedisError as exc:
+        body["ingest"] = {"error": str(exc)}
     if flusher is not None:
         body["flusher"] = {
             "last_flush_ms": flusher.last_flush_ms,

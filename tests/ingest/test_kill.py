@@ -29,7 +29,7 @@ from app.ingest.aggregates import GROUP
 from app.ingest.log import group_lag, log_length, merged_log, parse_pairs
 from tests.ingest import kill_child
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KILLS = 20
 LEASE_MS = 300
 
@@ -41,7 +41,10 @@ def spawn(*args: str) -> subprocess.Popen[str]:
     )  # fmt: skip
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    assert line.strip() == "ready", proc.stderr.read() if proc.stderr else line
+    if line.strip() != "ready":
+        proc.kill()
+        _out, err = proc.communicate()  # reaped, pipes closed, whatever went wrong
+        raise AssertionError(f"the child did not start: {line!r} {err[-2000:]}")
     return proc
 
 
