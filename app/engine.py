@@ -68,7 +68,7 @@ class Engine:
 
     def worker(
         self, worker: int = 0, of: int = 1, *, freshness: FreshnessSink | None = None,
-        client: redis.Redis | None = None, count: int = 2000,
+        client: redis.Redis | None = None, count: int = 100,
     ) -> AggregateWorker:  # fmt: skip
         """One aggregate worker (it owns the partitions `p % of == worker`)."""
         return AggregateWorker(

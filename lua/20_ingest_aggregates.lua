@@ -41,6 +41,15 @@
 --   co_cap, EXPIRE item_ttl_s).
 
 local MINUTE_MS = 60000
+-- Lua's unpack takes at most ~8,000 values: a worker step can carry far more (many blocks).
+local UNPACK_MAX = 3000
+
+-- `cmd key m1 v1 m2 v2 ...` in chunks of at most UNPACK_MAX arguments (an even number).
+local function call_member_chunks(cmd, key, args)
+  for i = 1, #args, UNPACK_MAX do
+    redis.call(cmd, key, unpack(args, i, math.min(i + UNPACK_MAX - 1, #args)))
+  end
+end
 
 local function ingest_aggregates(keys, argv)
   local log_maxlen = int(argv[1], 'log_maxlen')
@@ -153,7 +162,7 @@ local function ingest_aggregates(keys, argv)
       args[#args + 1] = member
       args[#args + 1] = trend_inc[key].members[member]
     end
-    redis.call('TOPK.INCRBY', key, unpack(args))
+    call_member_chunks('TOPK.INCRBY', key, args)
     redis.call('EXPIRE', key, trend_ttl)
   end
 
@@ -166,7 +175,7 @@ local function ingest_aggregates(keys, argv)
       args[#args + 1] = member
       args[#args + 1] = cms_inc[key].members[member]
     end
-    redis.call('CMS.INCRBY', key, unpack(args))
+    call_member_chunks('CMS.INCRBY', key, args)
   end
 
   -- Per-item series: one TS.MADD for every (series, minute) of the call; the series'
@@ -184,8 +193,12 @@ local function ingest_aggregates(keys, argv)
     end
   end
   local missing, missing_order = {}, {}
+  local res = {}
+  for i = 1, #madd, UNPACK_MAX do  -- UNPACK_MAX is a multiple of 3: whole samples per chunk
+    local part = redis.call('TS.MADD', unpack(madd, i, math.min(i + UNPACK_MAX - 1, #madd)))
+    for _, r in ipairs(part) do res[#res + 1] = r end
+  end
   if #madd > 0 then
-    local res = redis.call('TS.MADD', unpack(madd))
     for i, r in ipairs(res) do
       if type(r) == 'table' and r.err then
         local key = madd_refs[i][1]

@@ -3,8 +3,10 @@
     python -m app.cli workers [--worker 0 --of 1]
 
 A worker owns a fixed set of partitions (`partition % of == worker`), so each partition log
-has one reader at a time, in order. Per step it reads up to `count` new entries of each owned
-partition through the consumer group `agg` (on start-up, its pending entries first: those a
+has one reader at a time, in order. Per step it reads up to `count` (100) new entries of each
+owned partition (so a step, and the one Function call per slot it sends, stays a few
+thousand events even behind a backlog: a Function blocks the server while it runs)
+through the consumer group `agg` (on start-up, its pending entries first: those a
 killed predecessor read but never acknowledged), turns each partition's entries into a block
 (`first_id..last_id`), and sends each target slot ONE `apply_blocks` call for all blocks:
 
@@ -214,7 +216,7 @@ class AggregateWorker:
         hooks: Sequence[BlockHook] = (),
         worker: int = 0,
         of: int = 1,
-        count: int = 2000,
+        count: int = 100,
         group: str = GROUP,
         freshness: FreshnessSink | None = None,
         lease_ms: int = 3000,
