@@ -383,9 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--items", type=int, default=4_000)
     ap.add_argument("--batch", type=int, default=1_000)
-    ap.add_argument(
-        "--count", type=int, default=100, help="worker: entries per partition and step"
-    )
+    ap.add_argument("--count", type=int, default=100, help="worker: entries per partition and step")
     ap.add_argument("--rate", type=int, default=10_000, help="phase C: events/s acknowledged")
     ap.add_argument("--seconds", type=float, default=8.0, help="phase C duration")
     ap.add_argument("--kills", type=int, default=20)
