@@ -234,7 +234,7 @@ class AggregateWorker:
         self._lease_at = 0.0
         self.count = count
         self.group = group
-        self.consumer = f"{group}-{worker}-of-{of}"
+        self.consumer = f"{group}-{worker}-of-{of}"  # its name in the freshness status
         self.freshness = freshness
         self.window = FreshnessWindow()
         self.stats = WorkerStats()
@@ -298,7 +298,10 @@ class AggregateWorker:
         self._read_new = start == ">"
         pipe = self.client.pipeline(transaction=False)
         for p in self.partitions:
-            pipe.xreadgroup(self.group, self.consumer, {self.keys.log_of(p): start},
+            # One consumer name per partition, whoever holds its lease: the next holder (a
+            # restart, another worker count, a loader's drain) re-reads what a dead one left
+            # pending.
+            pipe.xreadgroup(self.group, f"{self.group}-p{p}", {self.keys.log_of(p): start},
                             count=self.count)  # fmt: skip
         blocks: list[LogBlock] = []
         for p, reply in zip(self.partitions, pipe.execute(), strict=True):
