@@ -25,7 +25,8 @@ import redis
 
 from app.core.keys import Keys
 from app.core.settings import EngineConfig
-from app.features.spec import FeatureSet, ack_features, default_feature_set, item_feature_hook
+from app.features.online import ack_features, item_feature_hook
+from app.features.spec import FeatureSet, default_feature_set
 from app.ingest.aggregates import AggregateWorker, BlockHook, FreshnessSink
 from app.ingest.ingestor import Ingestor, Observer
 from app.ingest.layout import ensure_layout

@@ -140,8 +140,9 @@ end
 -- KEYS[1]     applied  HASH  '<kind>:<partition>' -> last applied log id ('<ms>-<seq>')
 -- KEYS[2..n]  the keys of the kind's logic (its own KEYS, in its order)
 -- ARGV:
---   [1] kind      str  'aggregates' (20_ingest_aggregates.lua), 'features' (features_ingest,
---                      70_features.lua), 'rec_hot', 'rec_track' (60_recommend.lua),
+--   [1] kind      str  'aggregates' (20_ingest_aggregates.lua), 'features' (the
+--                      features_ingest layout, 70_features.lua; an entity in several blocks
+--                      is merged into one group), 'rec_hot', 'rec_track' (60_recommend.lua),
 --                      'exp_track' (65_experiments.lua)
 --   [2] n_header  int, then n_header header arguments (the kind's leading ARGV)
 --   then n_blocks int, per block: partition str, first_id str and last_id str (the block covers
@@ -159,11 +160,50 @@ end
 -- Writes: the kind's keys (see its contract), then applied (HSET; one small field per kind and
 --   partition: bounded by kinds x partitions, no TTL).
 
+-- The `features` kind: one item can be in several blocks (seen through several partitions)
+-- while features_ingest takes each entity once, so the fresh blocks' groups are merged by key
+-- here, all parsed and every state read (validated) before the first write, then applied with
+-- the feature store's own logic (lua/70_features.lua features_apply).
+-- `blocks`: per fresh block its one list {n = groups, args = {...}} (features_ingest layout).
+local function apply_feature_blocks(kkeys, header, blocks)
+  local spec = feature_spec(header[1])
+  local by_key, order = {}, {}
+  for _, lists in ipairs(blocks) do
+    local args, pos = lists[1].args, 1
+    for _ = 1, lists[1].n do
+      local key = key_at(kkeys, args[pos], 'k_state')
+      if key == nil then fail('ERR_KEYS', 'k_state must not be 0') end
+      local ent_name = args[pos + 1]
+      if spec.ent[ent_name or ''] == nil then fail('ERR_BADARG', 'unknown entity ' .. tostring(ent_name)) end
+      local events
+      events, pos = features_parse_events(args, pos + 3, int(args[pos + 2], 'n_events'))
+      local grp = by_key[key]
+      if grp == nil then
+        grp = {key = key, ent_name = ent_name, events = {}}
+        by_key[key] = grp
+        order[#order + 1] = grp
+      elseif grp.ent_name ~= ent_name then
+        fail('ERR_BADARG', 'one state key for two entity types')
+      end
+      for _, ev in ipairs(events) do grp.events[#grp.events + 1] = ev end
+    end
+    if args[pos] ~= nil then fail('ERR_BADARG', 'unexpected arguments after the last group') end
+  end
+  for _, grp in ipairs(order) do grp.st = state_decode(spec, redis.call('GET', grp.key)) end
+  local written, trimmed = 0, 0
+  for _, grp in ipairs(order) do
+    local w, t = features_apply(spec, grp.key, grp.ent_name, grp.events, grp.st)
+    written, trimmed = written + w, trimmed + t
+  end
+  return {#order, written, trimmed}
+end
+
 -- Lists per kind: true = counted (the combined list is preceded by the total record count),
 -- false = uncounted (the records follow the header directly). rec_track takes one block.
+-- `fn` takes the fresh blocks' lists concatenated; `run` (features) takes them per block.
 local BLOCK_KINDS = {
   aggregates = {fn = function(k, a) return ingest_aggregates(k, a) end, lists = {true, true}},
-  features = {fn = function(k, a) return features_ingest(k, a) end, lists = {true}},
+  features = {run = apply_feature_blocks, lists = {true}},
   rec_hot = {fn = function(k, a) return rec_hot(k, a) end, lists = {false}},
   rec_track = {fn = function(k, a) return rec_track(k, a) end, lists = {false}, single = true},
   exp_track = {fn = function(k, a) return exp_track(k, a) end, lists = {true, true}},
@@ -191,7 +231,7 @@ local function apply_blocks(keys, argv)
   local n_blocks = int(argv[pos], 'n_blocks')
   pos = pos + 1
   if kind.single and n_blocks > 1 then fail('ERR_BADARG', argv[1] .. ' takes one block per call') end
-  local lists = {}
+  local lists, fresh_blocks = {}, {}
   for l = 1, #kind.lists do lists[l] = {n = 0, args = {}} end
   local marks, fields, skipped = {}, {}, 0
   for b = 1, n_blocks do
@@ -210,18 +250,25 @@ local function apply_blocks(keys, argv)
       fail('ERR_OVERLAP', 'block ' .. first_id .. '..' .. last_id .. ' of ' .. source ..
         ' overlaps the applied mark ' .. prev)
     end
+    local own = {}
     for l, counted in ipairs(kind.lists) do
       local n_records = 0
       if counted then n_records = int(argv[pos], 'n_records'); pos = pos + 1 end
       local n_args = int(argv[pos], 'n_args')
       if n_args < 0 or pos + n_args > #argv then fail('ERR_BADARG', 'n_args out of range') end
       if fresh then
+        -- Concatenated for `fn`, kept per block for `run`.
         local list = lists[l]
+        if kind.run ~= nil then
+          list = {n = 0, args = {}}
+          own[l] = list
+        end
         list.n = list.n + n_records
         for i = pos + 1, pos + n_args do list.args[#list.args + 1] = argv[i] end
       end
       pos = pos + n_args + 1
     end
+    if fresh then fresh_blocks[#fresh_blocks + 1] = own end
     if fresh then
       marks[#marks + 1] = field
       marks[#marks + 1] = last_id
@@ -234,13 +281,18 @@ local function apply_blocks(keys, argv)
 
   local kargs = {}
   for i = 3, 2 + n_header do kargs[#kargs + 1] = argv[i] end
-  for l, counted in ipairs(kind.lists) do
-    if counted then kargs[#kargs + 1] = lists[l].n end
-    for _, v in ipairs(lists[l].args) do kargs[#kargs + 1] = v end
-  end
   local kkeys = {}
   for i = 2, #keys do kkeys[#kkeys + 1] = keys[i] end
-  local reply = kind.fn(kkeys, kargs)
+  local reply
+  if kind.run ~= nil then
+    reply = kind.run(kkeys, kargs, fresh_blocks)
+  else
+    for l, counted in ipairs(kind.lists) do
+      if counted then kargs[#kargs + 1] = lists[l].n end
+      for _, v in ipairs(lists[l].args) do kargs[#kargs + 1] = v end
+    end
+    reply = kind.fn(kkeys, kargs)
+  end
   redis.call('HSET', applied_key, unpack(marks))
   return {#marks / 2, skipped, reply}
 end

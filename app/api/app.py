@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import asdict
 from typing import Any, TypeVar
 
 import redis
@@ -35,12 +34,18 @@ from app.api.openapi import (
     operation,
     string,
 )
-from app.core.errors import AuthError, EngineError, RedisSetupError, ValidationError
+from app.api.tracking import tracking_routes
+from app.core.errors import (
+    AuthError,
+    EngineError,
+    RedisSetupError,
+    TooLargeError,
+    ValidationError,
+)
 from app.core.events import EVENT_TYPES, parse_event
 from app.core.logs import configure_logging
 from app.core.settings import Settings, load_settings
 from app.engine import build_engine
-from app.ingest import users
 from app.ingest.aggregates import ingest_status
 from app.ingest.sessions import session_view
 from app.obs.middleware import MetricsMiddleware, RequestContextMiddleware
@@ -73,14 +78,6 @@ EVENTS_REPLY = obj({
                         "status": string(enum=["accepted", "duplicate", "rejected"]),
                         "field": string(), "reason": string()})),
 })  # fmt: skip
-IDENTIFY = obj({"user_id": ID, "anonymous_id": ID, "traits": ANY_OBJECT}, required=["user_id"])
-IDENTIFY_REPLY = obj(
-    {
-        "user_id": string(),
-        "merged_items": integer(),
-        "status": string(enum=["merged", "already_merged", "traits_only"]),
-    }
-)
 PROFILE = obj({
     "user_id": string(), "traits": ANY_OBJECT, "merged_anonymous_ids": arr(string()),
     "affinities": arr(obj({"attribute": string(), "score": number()})),
@@ -127,7 +124,8 @@ async def health(request: Request) -> Response:
     request={"oneOf": [EVENT, arr(EVENT, min_items=1, max_items=MAX_BATCH),
                        obj({"events": arr(EVENT, min_items=1, max_items=MAX_BATCH)},
                            required=["events"])]},
-    responses={200: ("per-event status", EVENTS_REPLY), 422: ("a single invalid event", ERROR)},
+    responses={200: ("per-event status", EVENTS_REPLY), 422: ("a single invalid event", ERROR),
+               413: ("body over 1 MB (uncompressed; Content-Encoding: gzip accepted)", ERROR)},
 ))  # fmt: skip
 async def post_events(request: Request) -> Response:
     """One event object, a list, or {"events": [...]}: per-event accepted/duplicate/rejected."""
@@ -207,20 +205,6 @@ async def get_profile(request: Request) -> Response:
     })  # fmt: skip
 
 
-@operation(Operation(
-    "Attach traits to a user and merge an anonymous id into it", "events", auth="write_key",
-    request=IDENTIFY, responses={200: ("identify result", IDENTIFY_REPLY),
-                                 422: ("invalid input", ERROR)}))  # fmt: skip
-async def post_identify(request: Request) -> Response:
-    deps.require_write_key(request)
-    user_id, anon, traits = users.parse_identify(await deps.read_json(request))
-    st = deps.state(request)
-    result = await deps.blocking(
-        users.identify, st["redis"], st["settings"].engine, user_id, anon, traits
-    )
-    return JSONResponse(asdict(result))
-
-
 @operation(Operation("Trending items now (hourly Top-K, 2 h half-life)", "recommendations",
     params=(Param("type", schema=string(enum=["view", "click", "add_to_cart", "purchase",
                                               "search"], default="view")),
@@ -246,6 +230,8 @@ async def get_trending(request: Request) -> Response:
 
 
 async def engine_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, TooLargeError):
+        return JSONResponse({"error": "too_large", "field": exc.field, "detail": exc.message}, 413)
     if isinstance(exc, ValidationError):
         return JSONResponse({"error": "invalid", "field": exc.field, "detail": exc.message}, 422)
     if isinstance(exc, AuthError):
@@ -301,7 +287,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes: list[BaseRoute] = [
         Route("/health", health),
         Route("/v1/events", post_events, methods=["POST"]),
-        Route("/v1/identify", post_identify, methods=["POST"]),
         Route("/v1/users/{user_id}/session", get_session),
         Route("/v1/users/{user_id}/profile", get_profile),
         Route("/v1/trending", get_trending),
@@ -315,6 +300,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     from app.api.web import web_routes  # local: app.api.web imports app.api.app
 
     routes += web_routes()
+    routes += tracking_routes()
     from app.api.recs import install_recommendations  # local: it imports app.api.app
 
     app = Starlette(

@@ -37,14 +37,23 @@ from app.api.openapi import (
 )
 from app.catalog import calls as catalog_calls
 from app.catalog.index import CatalogConfig, load_catalog_config
-from app.catalog.search import ProductSearch, SearchResult, parse_search, parse_similar
+from app.catalog.search import (
+    CATEGORY_SHARE,
+    TRAIT_BAND_SHARE,
+    ProductSearch,
+    SearchResult,
+    parse_search,
+    parse_similar,
+)
 from app.catalog.vectorizers import get_vectorizer
 from app.core.errors import ValidationError
 from app.core.events import ID_RE
 
 HIT = obj({"item_id": string(), "score": number()})
 SEARCH_REPLY = obj({"hits": arr(HIT), "took_ms": number(), "index": string(),
-                    "vectorizer": string()}, required=["hits"])  # fmt: skip
+                    "vectorizer": string(), "personalized": BOOL,
+                    "personal_signals": arr(string("affinities, or trait:price_band=<band>"))},
+                   required=["hits"])  # fmt: skip
 
 
 def catalog_config(request: Request) -> CatalogConfig:
@@ -111,6 +120,7 @@ async def search_products(request: Request) -> Response:
         "k": req.k,
         "user": req.user,
         "personalized": result.personalized,
+        "personal_signals": result.signals,
         "fallback": result.fallback,
         "scoring": {
             "hybrid": f"{cfg.alpha:g} * vector + {1 - cfg.alpha:g} * text",
@@ -121,6 +131,8 @@ async def search_products(request: Request) -> Response:
             "score": "hybrid"
             if req.user is None
             else f"hybrid + {cfg.affinity_weight:g} * affinity",
+            "affinity": f"{CATEGORY_SHARE:g} * category + {1 - CATEGORY_SHARE:g} * price band "
+            f"(the band from live affinities, {TRAIT_BAND_SHARE:g} of it from a price_band trait)",
         },
         **_result_json(result),
     }

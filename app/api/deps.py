@@ -7,8 +7,11 @@ import circle.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import json
+import zlib
 from collections.abc import Callable
 from typing import Any, TypedDict, TypeVar, cast
 
@@ -17,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from app.catalog.search import int_param as parse_int_param
-from app.core.errors import AuthError, ValidationError
+from app.core.errors import AuthError, TooLargeError, ValidationError
 from app.core.events import ID_RE
 from app.core.keys import Keys
 from app.core.settings import Settings
@@ -50,14 +53,34 @@ async def blocking(fn: Callable[..., T], *args: Any) -> T:
 # -- auth and body helpers ---------------------------------------------------------------------
 
 
-def require_write_key(request: Request) -> None:
+def write_key_of(request: Request, body_key: Any = None) -> str:
+    """The write key as the SDKs send it: `X-Write-Key`, or HTTP Basic with the key as the user
+    name and an empty password (Segment / RudderStack), or a `writeKey` field in the body
+    (analytics.js's beacon transport cannot set headers). "" when none."""
+    header = request.headers.get("x-write-key")
+    if header:
+        return header
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "basic" and credentials:
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise AuthError("malformed HTTP Basic credentials") from None
+        return decoded.partition(":")[0]
+    return body_key if isinstance(body_key, str) else ""
+
+
+def require_write_key(request: Request, body_key: Any = None) -> None:
     """Public write key (as analytics SDKs use): identifies the source, not a secret."""
-    given = request.headers.get("x-write-key", "")
+    given = write_key_of(request, body_key)
     allowed = state(request)["settings"].write_keys
     if not allowed:
         raise AuthError("event ingestion is disabled: set RETAIL_WRITE_KEYS")
     if not any(hmac.compare_digest(given, key) for key in allowed):
-        raise AuthError("missing or unknown X-Write-Key")
+        raise AuthError(
+            "missing or unknown write key (HTTP Basic user name with an empty password, "
+            "or X-Write-Key)"
+        )
 
 
 def require_admin_key(request: Request) -> None:
@@ -70,10 +93,29 @@ def require_admin_key(request: Request) -> None:
         raise AuthError("missing or wrong API key (Authorization: Bearer <RETAIL_ADMIN_KEY>)")
 
 
-async def read_json(request: Request) -> Any:
+async def read_body(request: Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, gunzipped when `Content-Encoding: gzip`; at most `max_bytes` either
+    way (the decompression stops there, so a small gzip bomb cannot expand in memory)."""
     body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise ValidationError("body", f"must be at most {MAX_BODY_BYTES} bytes")
+    if len(body) > max_bytes:
+        raise TooLargeError("body", f"must be at most {max_bytes} bytes")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding != "gzip":
+        raise ValidationError("content-encoding", "must be gzip or identity")
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        raw = inflater.decompress(body, max_bytes + 1)
+    except zlib.error as exc:
+        raise ValidationError("body", f"is not valid gzip: {exc}") from exc
+    if len(raw) > max_bytes or inflater.unconsumed_tail:
+        raise TooLargeError("body", f"must be at most {max_bytes} bytes uncompressed")
+    return raw
+
+
+async def read_json(request: Request, max_bytes: int = MAX_BODY_BYTES) -> Any:
+    body = await read_body(request, max_bytes)
     try:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

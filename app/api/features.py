@@ -34,8 +34,10 @@ from app.api.openapi import (
     string,
 )
 from app.core.errors import ValidationError
+from app.features import online
 from app.features import spec as features
-from app.features.spec import FeatureRow, FeatureSet
+from app.features.online import FeatureRow
+from app.features.spec import FeatureSet
 
 ROW = obj({"id": string(), "as_of_ms": integer(), "features": ANY_OBJECT})
 
@@ -91,9 +93,9 @@ async def get_entity_features(request: Request) -> Response:
     entity = request.path_params["entity_type"]
     entity_id = features.check_entity_id(entity, request.path_params["entity_id"])
     names = features.resolve_names(fs, entity, _names(request.query_params.get("names")))
-    as_of = features.parse_as_of(request.query_params.get("as_of"))
+    as_of = online.parse_as_of(request.query_params.get("as_of"))
     (row,) = await deps.blocking(
-        features.get_features, st["redis"], fs, st["keys"], entity, [entity_id], names, as_of
+        online.get_features, st["redis"], fs, st["keys"], entity, [entity_id], names, as_of
     )
     return JSONResponse({"entity_type": entity, **_row_json(row), "version": fs.version})
 
@@ -121,9 +123,9 @@ async def post_entity_features(request: Request) -> Response:
     for entity_id in ids:
         features.check_entity_id(entity, entity_id)
     names = features.resolve_names(fs, entity, _names(body.get("names")))
-    as_of = features.parse_as_of(body.get("as_of"))
+    as_of = online.parse_as_of(body.get("as_of"))
     rows = await deps.blocking(
-        features.get_features, st["redis"], fs, st["keys"], entity, ids, names, as_of
+        online.get_features, st["redis"], fs, st["keys"], entity, ids, names, as_of
     )
     return JSONResponse(
         {"entity_type": entity, "version": fs.version, "rows": [_row_json(r) for r in rows]}

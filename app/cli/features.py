@@ -16,9 +16,9 @@ from typing import Any
 
 import redis
 
-from app.core.keys import Keys
 from app.core.settings import Settings
-from app.features.spec import ENTITY_TYPES, default_feature_set, get_features, parse_as_of
+from app.features.online import get_features, parse_as_of
+from app.features.spec import ENTITY_TYPES, default_feature_set
 from app.redis import library as functions
 from loaders import export_features
 
@@ -39,7 +39,7 @@ def cmd_features_get(args: argparse.Namespace, settings: Settings) -> int:
     with redis_for(settings) as url, redis.Redis.from_url(url) as client:
         functions.ensure_current(client, load_if_stale=True)
         rows = get_features(
-            client, fs, Keys(settings.engine.key_prefix), args.entity, args.ids, names,
+            client, fs, settings.engine.keys(), args.entity, args.ids, names,
             parse_as_of(args.as_of),
         )  # fmt: skip
     out = [{"id": r.entity_id, "as_of_ms": r.as_of_ms, "features": r.values} for r in rows]

@@ -156,6 +156,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
             print("training the item-item model on the real purchases ...")
             print(train_online_retail(client, settings.engine, settings.sample_data).summary())
+            from app.cli.profiles import load_sample_profiles
+
+            load_sample_profiles(client, settings)
         settings = dataclasses.replace(
             settings, redis_url=url, write_keys=frozenset({write_key}), admin_key=Secret(admin_key)
         )
@@ -176,8 +179,13 @@ Try:
   curl -X POST {base}/v1/events -H 'X-Write-Key: {write_key}' \\
        -H 'content-type: application/json' -d '{{"event_id":"demo-1","type":"view",
        "user_id":"c17850","session_id":"s1","item_id":"85123A"}}'
-  curl {base}/v1/users/c17850/profile -H 'Authorization: Bearer {admin_key}'
+  curl {base}/v1/users/c17850/profile -H 'Authorization: Bearer {admin_key}'   (synced traits)
   curl {base}/v1/users/c17850/session -H 'Authorization: Bearer {admin_key}'
+  Segment / RudderStack SDKs: host (data plane URL) {base}, write key {write_key}
+  curl -X POST {base}/v1/track -u '{write_key}:' -H 'content-type: application/json' \\
+       -d '{{"messageId":"demo-2","userId":"c17850","event":"Product Viewed",
+       "properties":{{"product_id":"85123A"}}}}'
+  API contract: {base}/openapi.json, readable at {base}/docs
 """
         )
         _serve(settings)
@@ -247,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     from app.cli.recs import add_recs_commands
 
     add_recs_commands(sub)
+    from app.cli.profiles import add_profile_commands
+
+    add_profile_commands(sub)
 
     p = sub.add_parser("redis-cli", help="the bundled redis-cli (with its OpenSSL 1.1 runtime)")
     p.add_argument("rest", nargs=argparse.REMAINDER)

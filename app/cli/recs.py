@@ -33,7 +33,7 @@ def cmd_recs(args: argparse.Namespace, settings: Settings) -> int:
     from app.cli.common import redis_for
 
     engine = settings.engine
-    keys = RecKeys(engine.key_prefix)
+    keys = RecKeys(engine.key_prefix, engine.partitions, engine.agg_shards)
     with redis_for(settings) as url, redis.Redis.from_url(url) as client:
         functions.ensure_current(client, load_if_stale=True)
         action = args.recs_command

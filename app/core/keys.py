@@ -14,6 +14,7 @@ Layout 2 (log-first, partitioned; docs/keys.md):
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass
 
@@ -123,6 +124,16 @@ class Keys:
     @property
     def glob_applied(self) -> str:
         return self.glob("applied")
+
+    # -- tracking API (Segment / RudderStack messages with no engine event) ---
+    @property
+    def tracking_log(self) -> str:
+        return self.glob("tracking")
+
+    def tracking_seen(self, message_id: str) -> str:
+        """A handled messageId (dedup of identify/alias/page/...); hashed: ids may hold braces."""
+        digest = hashlib.sha1(message_id.encode()).hexdigest()[:20]
+        return f"{self.prefix}trk:{{{digest}}}"
 
     # -- items (catalog, model neighbours: the item's own tag) -------------------------
     def item(self, item: str, part: str) -> str:

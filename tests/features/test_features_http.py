@@ -20,11 +20,13 @@ from app.core.keys import Keys
 from app.core.settings import EngineConfig, Settings
 from app.engine import build_engine
 from app.features.offline import events_from_log
+from app.features.online import (
+    get_features,
+)
 from app.features.spec import (
     DAY_MS,
     HOUR_MS,
     FeatureSet,
-    get_features,
     load_feature_set,
 )
 from loaders import export_features
