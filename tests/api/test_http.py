@@ -165,13 +165,14 @@ def test_identify_validates_traits(api: TestClient) -> None:
 
 def test_trending_endpoint(redis_url: str, cfg: EngineConfig, tmp_path: Path) -> None:
     settings = Settings(
-        redis_url=redis_url, host="127.0.0.1", port=0, write_keys=frozenset({"wk_test"}),
-        admin_key=None, data_dir=tmp_path, sample_data=tmp_path / "none", log_json=False,
-        engine=cfg, agg_workers=1,
+        redis_url=redis_url, host="127.0.0.1", port=0, server_keys=frozenset({"wk_test"}),
+        write_keys=frozenset(), admin_key=None, data_dir=tmp_path,
+        sample_data=tmp_path / "none", log_json=False, engine=cfg, agg_workers=1,
     )  # fmt: skip
     with TestClient(create_app(settings)) as api:
         events = [view(f"t{i}", user=f"u{i}", item="HOT" if i % 3 else "WARM") for i in range(9)]
-        api.post("/v1/events", json={"events": events}, headers=WRITE)
+        posted = api.post("/v1/events", json={"events": events}, headers=WRITE)
+        assert posted.status_code == 200 and posted.json()["accepted"] == 9, posted.text
         # The in-process aggregate worker applies the log within moments.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
