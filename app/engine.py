@@ -34,6 +34,7 @@ from app.recs.experiments import ExperimentStore
 from app.recs.hook import RecBlockHook
 from app.recs.keys import RecKeys
 from app.recs.recommender import RecConfig, load_rec_config
+from app.redis.connect import is_cluster
 
 
 @dataclass
@@ -110,10 +111,15 @@ def build_engine(
     extra_hooks: Sequence[BlockHook] = (),
     observers: Sequence[Observer] = (),
     check_layout: bool = True,
+    cluster: bool | None = None,
 ) -> Engine:
     """The engine on `client`. `rec_config` defaults to the environment's (RETAIL_REC_*) with
     this config's key prefix; `extra_hooks` run after the engine's own worker hooks. The
-    deployment's key layout is recorded or checked first (app/ingest/layout.py)."""
+    deployment's key layout is recorded or checked first (app/ingest/layout.py). Every
+    ingestion call touches one slot by construction; `cluster` (default: whether `client` is
+    a `RedisCluster`) only splits the recommender's real-time popularity into shards."""
+    if cluster is None:
+        cluster = is_cluster(client)
     if check_layout:
         ensure_layout(client, config)
     fs = features or default_feature_set()
@@ -128,7 +134,7 @@ def build_engine(
     ingestor = Ingestor(client, config, ack_features=ack_features(fs, keys), observers=observers)
     hooks: list[BlockHook] = [
         item_feature_hook(fs, keys),
-        RecBlockHook(config, rcfg, store),
+        RecBlockHook(config, rcfg, store, cluster=cluster),
         *extra_hooks,
     ]
     return Engine(config, client, fs, rcfg, store, ingestor, hooks)

@@ -37,6 +37,7 @@ from app.engine import build_engine
 from app.ingest.ingestor import Ingestor
 from app.redis import embedded as redis_stack
 from app.redis import library as functions
+from app.redis.connect import connect
 from loaders import online_retail
 from loaders.online_retail import SkipReport
 
@@ -271,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no such file: {args.path}", file=sys.stderr)
         return 2
 
-    client = redis.Redis.from_url(url)
+    client = connect(url)
     try:
         redis_stack.probe(client)
         report = replay(

@@ -15,7 +15,7 @@ import bisect
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import redis
@@ -41,6 +41,7 @@ from app.features.spec import (
 )
 from app.ingest.aggregates import BlockHook, LogBlock
 from app.redis.calls import Args, Block, BlockCall, KeyTable, fcall_ro, text
+from app.redis.connect import is_cluster
 from app.redis.slots import call_groups
 
 STATE_FORMAT = 1  # first element of every packed state (lua/70_features.lua STATE_FORMAT)
@@ -476,6 +477,15 @@ def _fetch_states(
 ) -> tuple[list[bytes | None], int | None]:
     """The packed states (MGET per slice of READ_SLICE keys; with `cluster`, per hash slot) in
     one pipelined round trip, and the server time in ms when asked."""
+    if cluster and is_cluster(client):
+        # redis-py refuses MGET inside a cluster pipeline (multi-key); its mget_nonatomic
+        # groups the keys by slot and sends one MGET per slot, node by node.
+        now = None
+        if need_time:
+            sec, usec = client.time()
+            now = int(sec) * 1000 + int(usec) // 1000
+        raw = cast(Any, client).mget_nonatomic(keys)
+        return [_blob(b) for b in raw], now
     if cluster:
         groups: dict[int, list[int]] = defaultdict(list)
         for i, k in enumerate(keys):

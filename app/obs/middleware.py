@@ -12,13 +12,13 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 import anyio
-import redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.logs import REQUEST_ID
 from app.obs.collectors import IngestMetrics, StatsCollector
 from app.obs.flusher import Flusher
 from app.obs.registry import DEFAULT, UNMATCHED, MetricsConfig, Registry, load_metrics_config
+from app.redis.connect import connect
 
 log = logging.getLogger("retail.http")
 
@@ -186,7 +186,7 @@ class MetricsMiddleware:
         self.registry.add_collector(self._collector)
         url = getattr(settings, "redis_url", None)
         if cfg.enabled and url:
-            client = redis.Redis.from_url(
+            client = connect(
                 url, socket_timeout=cfg.socket_timeout_s,
                 socket_connect_timeout=cfg.socket_timeout_s, max_connections=4,
             )  # fmt: skip

@@ -4,7 +4,9 @@ For the blocks of a worker step (log entries, so every acknowledged event counts
 adds `apply_blocks` calls:
 - `rec_track` per block (the partition's slot): each shopper's long-term item history
   `u:{p<n>}:<user>:hist` (the 'hist' anchors of `recommend`);
-- one `rec_hot` call for all blocks (global slot): real-time popularity `g:{g}:rec:hot`;
+- one `rec_hot` call for all blocks (global slot): real-time popularity `g:{g}:rec:hot`
+  (cluster: split by item hash into `hot_shards` parts `g:{g<i>}:rec:hot`, one call per
+  part, merged on read);
 - `exp_track` per experiment and block: clicks, carts, purchases and revenue attributed to the
   experiment variant named in the event's `props.variant` (app/recs/experiments.py).
 
@@ -23,7 +25,7 @@ from app.core.settings import EngineConfig
 from app.ingest.aggregates import LogBlock
 from app.recs import calls as rec_calls
 from app.recs.experiments import ExperimentStore
-from app.recs.keys import RecKeys
+from app.recs.keys import RecKeys, hot_shard_of
 from app.recs.recommender import RecConfig
 from app.redis.calls import Block, BlockCall
 
@@ -41,8 +43,11 @@ class RecBlockHook:
         engine: EngineConfig,
         cfg: RecConfig | None = None,
         experiments: ExperimentStore | None = None,
+        *,
+        cluster: bool = False,
     ) -> None:
         self.engine = engine
+        self.cluster = cluster
         self.cfg = cfg or RecConfig(key_prefix=engine.key_prefix)
         self.keys = RecKeys(engine.key_prefix, engine.partitions, engine.agg_shards)
         self.experiments = experiments
@@ -66,31 +71,37 @@ class RecBlockHook:
         applied = self.keys.part(block.partition, "applied")
         return BlockCall(applied, "rec_track", argv[:TRACK_HEADER], keys, [b])
 
-    def hot_call(self, blocks: Sequence[LogBlock]) -> BlockCall | None:
+    def hot_calls(self, blocks: Sequence[LogBlock]) -> list[BlockCall]:
         weights = dict(self.cfg.hot_weights)
         c = self.cfg
+        n = c.hot_shards if self.cluster else 1
+        hot_keys = self.keys.hot_shards(n)
+        cap = c.hot_cap if n == 1 else max(1, -(-2 * c.hot_cap // n))
+        per_part: dict[int, list[Block]] = defaultdict(list)
         header: list[Any] = []
-        out: list[Block] = []
-        keys: list[str] = []
         for block in blocks:
-            entries = [
-                (ln.item_id, weights[ev.type], ev.ts)
-                for ev in block.events
-                if weights.get(ev.type, 0.0) > 0
-                for ln in ev.lines
-            ]
-            if not entries:
-                continue
-            keys, argv = rec_calls.rec_hot_args(
-                self.keys, entries, epoch_ms=self.engine.aff_epoch_ms,
-                half_life_ms=c.hot_half_life_ms, cap=c.hot_cap, ttl_s=self.engine.user_ttl_s,
-            )  # fmt: skip
-            header = argv[:HOT_HEADER]
-            out.append(Block(block.partition, block.first_id, block.last_id,
-                             [(0, argv[HOT_HEADER:])]))  # fmt: skip
-        if not out:
-            return None
-        return BlockCall(self.keys.glob_applied, "rec_hot", header, keys, out)
+            parts: dict[int, list[tuple[str, float, int]]] = defaultdict(list)
+            for ev in block.events:
+                if weights.get(ev.type, 0.0) > 0:
+                    for ln in ev.lines:
+                        parts[hot_shard_of(ln.item_id, n)].append(
+                            (ln.item_id, weights[ev.type], ev.ts)
+                        )
+            for i, entries in parts.items():
+                _keys, argv = rec_calls.rec_hot_args(
+                    self.keys, entries, epoch_ms=self.engine.aff_epoch_ms,
+                    half_life_ms=c.hot_half_life_ms, cap=cap, ttl_s=self.engine.user_ttl_s,
+                    key=hot_keys[i],
+                )  # fmt: skip
+                header = argv[:HOT_HEADER]
+                per_part[i].append(Block(block.partition, block.first_id, block.last_id,
+                                         [(0, argv[HOT_HEADER:])]))  # fmt: skip
+        # The exactly-once marks live next to each part (same hash tag).
+        out: list[BlockCall] = []
+        for i, part_blocks in sorted(per_part.items()):
+            applied = hot_keys[i].removesuffix(":rec:hot") + ":applied"
+            out.append(BlockCall(applied, "rec_hot", header, [hot_keys[i]], part_blocks))
+        return out
 
     def experiment_calls(self, block: LogBlock) -> list[BlockCall]:
         if self.experiments is None:
@@ -127,9 +138,7 @@ class RecBlockHook:
                 track = self.track_call(block)
                 if track is not None:
                     out.append(track)
-            hot = self.hot_call(blocks)
-            if hot is not None:
-                out.append(hot)
+            out += self.hot_calls(blocks)
         except (ValueError, TypeError) as exc:
             log.error("rec_track / rec_hot calls skipped for this step: %s", exc)
         try:

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
@@ -38,6 +38,7 @@ from app.recs.keys import RecKeys
 from app.recs.recommender import Recommender, load_rec_config
 from app.redis import embedded as redis_stack
 from app.redis import library as functions
+from app.redis.connect import catalog_connection, connect
 
 log = logging.getLogger("retail.worker")
 GROUP = "recs"
@@ -235,14 +236,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: set REDIS_URL or pass --redis-url", file=sys.stderr)
         return 2
     engine: EngineConfig = settings.engine
-    client = redis.Redis.from_url(url)
+    client = connect(url)
     try:
         redis_stack.probe(client)
         functions.ensure_current(client, load_if_stale=False)
+        catalog = catalog_connection(replace(settings, redis_url=url), client)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rec = Recommender(client, engine, load_rec_config(key_prefix=engine.key_prefix))
+    rec = Recommender(client, engine, load_rec_config(key_prefix=engine.key_prefix),
+                      catalog_client=catalog)  # fmt: skip
     worker = RecWorker(client, rec, consumer=args.consumer, debounce_ms=args.debounce_ms,
                        max_delay_ms=args.max_delay_ms)  # fmt: skip
     stop = threading.Event()
