@@ -177,8 +177,12 @@ def test_trending_lists_the_viewed_items(api: TestClient, world: World) -> None:
     assert api.post("/v1/events", json={"events": batch}, headers=WRITE).json()["accepted"] == 30
     assert world.built is not None
     world.built.drain()  # the aggregate workers: trending from the partition logs, per shard
-    body = api.get("/v1/trending", params={"type": "view", "k": 5}).json()
-    assert [it["item_id"] for it in body["items"]][:2] == ["P3", "K5"], body
+    body = api.get("/v1/trending", params={"type": "view", "k": 10}).json()
+    counts = {it["item_id"]: it["count"] for it in body["items"]}
+    # Other tests of this module viewed K1, L1, ... too: these views are in, P3 above K5.
+    assert counts["P3"] >= 20 and counts["K5"] >= 10, body
+    order = [it["item_id"] for it in body["items"]]
+    assert order.index("P3") < order.index("K5"), body
 
 
 def test_features_of_users_on_every_master(api: TestClient, ccl: redis.Redis) -> None:

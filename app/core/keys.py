@@ -65,7 +65,7 @@ class Keys:
 
     def part(self, partition: int, part: str) -> str:
         """A partition-level key (e.g. `applied`: the watermarks of partition-slot workers)."""
-        return f"{self.prefix}p:{{p{partition}}}:{part}"
+        return f"{self.prefix}part:{{p{partition}}}:{part}"
 
     # -- users ---------------------------------------------------------------
     def user(self, user: str, part: str) -> str:
