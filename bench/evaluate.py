@@ -67,8 +67,7 @@ from app.catalog.index import CatalogConfig, CatalogKeys
 from app.catalog.vectorizers import get_vectorizer
 from app.core.events import Event, parse_event
 from app.core.settings import EngineConfig, load_settings
-from app.engine import build_engine
-from app.ingest.ingestor import Ingestor
+from app.engine import Engine, build_engine
 from app.recs.experiments import DEFAULT, Assignment
 from app.recs.keys import RecKeys
 from app.recs.model import Interactions, TrainConfig, train
@@ -201,17 +200,21 @@ def repeat_baseline(counts: Counter[str], k: int = K) -> list[str]:
 # -- engine ----------------------------------------------------------------------------------------
 
 
-def ingest_in_batches(ingestor: Ingestor, events: Sequence[dict[str, Any]], span_ms: int) -> None:
+def ingest_in_batches(engine: Engine, events: Sequence[dict[str, Any]], span_ms: int) -> None:
+    """The acknowledged path, then the aggregate workers' drain, batch by batch (as a live
+    shop with its workers keeping up)."""
     now = int(time.time() * 1000)
     batch: list[Event] = []
     for obj in events:
         ev = parse_event(obj, now_ms=now)
         if batch and (len(batch) >= 2000 or abs(ev.ts - batch[0].ts) > span_ms):
-            ingestor.ingest(batch)
+            engine.ingestor.ingest(batch)
+            engine.drain()
             batch = []
         batch.append(ev)
     if batch:
-        ingestor.ingest(batch)
+        engine.ingestor.ingest(batch)
+        engine.drain()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -286,11 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                      (p.partition("=") for p in args.rec.split(",") if p.strip())}  # fmt: skip
         cfg = RecConfig(key_prefix=prefix, weights=weights, **overrides)
         rec = Recommender(client, engine, cfg)
-        ingestor = build_engine(client, engine, rec_config=cfg,
-                                experiments=rec.experiments).ingestor  # fmt: skip
+        built = build_engine(client, engine, rec_config=cfg, experiments=rec.experiments)
         t0 = time.monotonic()
         replay = [ev for inv in train_inv for ev in inv.events]
-        ingest_in_batches(ingestor, replay, engine.raw_retention_ms // 2)
+        ingest_in_batches(built, replay, engine.raw_retention_ms // 2)
         print(f"replayed {len(replay):,} training events in {time.monotonic() - t0:.1f} s")
         rec.refresh()
         gc.freeze()  # as the app does after start-up (app/api/recs.py)
@@ -338,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     scores["B popular"].add(baselines.most_popular(set()), allt)
                     scores["B item-knn"].add(baselines.item_knn(bought, set()), allt)
                     scores["B repeat"].add(repeat_baseline(past), allt)
-            ingest_in_batches(ingestor, inv.events, engine.raw_retention_ms // 2)
+            ingest_in_batches(built, inv.events, engine.raw_retention_ms // 2)
             history[inv.user].update(inv.items)
         test_s = time.monotonic() - t0
         rec.close()

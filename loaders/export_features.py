@@ -166,7 +166,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
-    keys = Keys(settings.engine.key_prefix)
+    keys = settings.engine.keys()
     url = args.redis_url or settings.redis_url
     needs_redis = args.dump_log is not None or args.events is None
     if needs_redis and not url:

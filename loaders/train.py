@@ -123,8 +123,9 @@ def train_online_retail(
         catalog_vectors(products, engine.key_prefix, inter.items, catalog) if content else None
     )
     until = f" until {until_ms}" if until_ms else ""
+    keys = RecKeys(engine.key_prefix, engine.partitions, engine.agg_shards)
     return train(
-        client, RecKeys(engine.key_prefix), inter, categories, cfg, vectors=vectors,
+        client, keys, inter, categories, cfg, vectors=vectors,
         version=version, source=f"online-retail {Path(path).name}{until}",
         fingerprint=fingerprint,
     )  # fmt: skip

@@ -77,4 +77,4 @@ def cfg(prefix: str) -> EngineConfig:
 
 @pytest.fixture
 def keys(cfg: EngineConfig) -> Keys:
-    return Keys(cfg.key_prefix)
+    return cfg.keys()

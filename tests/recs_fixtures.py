@@ -21,9 +21,9 @@ from app.catalog.index import CatalogConfig, CatalogKeys, ProductRecord
 from app.catalog.vectorizers import get_vectorizer
 from app.core.events import parse_event
 from app.core.settings import EngineConfig
+from app.engine import Engine, build_engine
 from app.ingest.ingestor import Ingestor
 from app.recs.experiments import ExperimentStore
-from app.recs.hook import RecIngestHook
 from app.recs.keys import RecKeys
 from app.recs.model import Interactions, TrainConfig, TrainReport, train
 from app.recs.recommender import RecConfig, Recommender
@@ -84,9 +84,19 @@ class World:
         rec.refresh()
         return rec
 
+    built: Engine | None = None
+
     def ingest(self, events: Sequence[dict[str, Any]]) -> None:
+        """Acknowledge, then apply the aggregates (history, popularity, attribution)."""
         now = int(time.time() * 1000)
         self.ingestor.ingest([parse_event(e, now_ms=now) for e in events])
+        if self.built is not None:
+            self.built.drain()
+
+    def rebuild(self, cfg: RecConfig) -> None:
+        """The engine again, with another recommender configuration."""
+        self.built = build_engine(self.client, self.engine, rec_config=cfg, experiments=self.store)
+        self.ingestor = self.built.ingestor
 
 
 def load_products(client: redis.Redis, prefix: str) -> None:
@@ -125,12 +135,9 @@ def build_world(
     report = train(client, keys, Interactions.from_pairs(pairs), categories,
                    TrainConfig(shrink=0.5), vectors=vectors)  # fmt: skip
     store = ExperimentStore(client, keys)
-    if catalog_client is None:
-        ingestor = Ingestor(client, engine, phase2_hooks=[RecIngestHook(engine, cfg, store)])
-    else:  # the whole engine assembly (cluster-aware), as the app builds it
-        ingestor = build_engine(client, engine, rec_config=cfg, experiments=store).ingestor
-    return World(client, engine, cfg, keys, CatalogKeys(prefix), report, ingestor, store,
-                 catalog_client)  # fmt: skip
+    built = build_engine(client, engine, rec_config=cfg, experiments=store)
+    return World(client, engine, cfg, keys, CatalogKeys(prefix), report, built.ingestor, store,
+                 catalog_client, built)  # fmt: skip
 
 
 def event(event_id: str, etype: str, user: str, item: str, ts: int, **extra: Any) -> dict[str, Any]:

@@ -58,6 +58,7 @@ from app.core.events import EVENT_TYPES, parse_event
 from app.core.logs import configure_logging
 from app.core.settings import Settings, load_settings
 from app.engine import build_engine
+from app.ingest.aggregates import ingest_status
 from app.ingest.sessions import session_view
 from app.obs.middleware import MetricsMiddleware, RequestContextMiddleware
 from app.obs.registry import DEFAULT as DEFAULT_REGISTRY
@@ -131,6 +132,13 @@ async def health(request: Request) -> Response:
             redis_stack.probe(st["catalog_redis"])
             catalog_live = functions.loaded_version(st["catalog_redis"])
             body["catalog_library_version"] = catalog_live
+        ingest = ingest_status(st["redis"], st["settings"].engine)
+        body["ingest"] = {
+            "freshness_p50_ms": ingest.freshness_p50_ms,
+            "freshness_p99_ms": ingest.freshness_p99_ms,
+            "log_lag_max": ingest.lag.max_lag, "log_lag_total": ingest.lag.total_lag,
+            "log_lag_limit": ingest.lag_limit, "alerts": ingest.alerts,
+        }  # fmt: skip
         return body
 
     try:
@@ -401,6 +409,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         catalog_client = catalog_connection(cfg, client)
         health = RedisHealth(cfg.redis_url)
         app.state.redis_health = health
+        stack = contextlib.ExitStack()
         try:
             redis_stack.probe(client)
             if catalog_client is not client:
@@ -411,6 +420,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 client, cfg.engine, rec_config=getattr(app.state, "rec_config", None)
             )
             health.start()
+            # The aggregate workers run in this process unless RETAIL_AGG_WORKERS=0 (then
+            # `python -m app.cli workers` runs them elsewhere).
+            threads = engine.start_workers(cfg.agg_workers) if cfg.agg_workers > 0 else None
+            stack.callback(lambda: threads.stop() if threads is not None else None)
             yield AppState(
                 settings=cfg,
                 redis=client,
@@ -421,6 +434,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 keys=engine.keys,
             )
         finally:
+            stack.close()
             health.close()
             client.close()
             if catalog_client is not client:

@@ -14,7 +14,6 @@ import argparse
 import json
 from typing import Any
 
-from app.core.keys import Keys
 from app.core.settings import Settings
 from app.features.online import get_features, parse_as_of
 from app.features.spec import ENTITY_TYPES, default_feature_set
@@ -39,7 +38,7 @@ def cmd_features_get(args: argparse.Namespace, settings: Settings) -> int:
     with servers_for(settings) as (found, _app), clients(found) as (client, _):
         functions.ensure_current(client, load_if_stale=True)
         rows = get_features(
-            client, fs, Keys(settings.engine.key_prefix), args.entity, args.ids, names,
+            client, fs, settings.engine.keys(), args.entity, args.ids, names,
             parse_as_of(args.as_of), cluster=is_cluster(client),
         )  # fmt: skip
     out = [{"id": r.entity_id, "as_of_ms": r.as_of_ms, "features": r.values} for r in rows]

@@ -111,6 +111,42 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
+    """Aggregate workers on their own (the app runs one in-process unless RETAIL_AGG_WORKERS=0)."""
+    import signal
+    import threading
+
+    from app.engine import build_engine
+
+    with redis_for(settings) as url, redis.Redis.from_url(url) as client:
+        functions.ensure_current(client, load_if_stale=True)
+        engine = build_engine(client, settings.engine)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        worker = engine.worker(args.worker, args.of)
+        print(f"aggregate worker {args.worker} of {args.of}: {len(worker.assigned)} partitions",
+              flush=True)  # fmt: skip
+        try:
+            worker.run(stop)
+        except KeyboardInterrupt:
+            stop.set()
+        print(f"stopped after {worker.stats.entries:,} log entries", flush=True)
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace, settings: Settings) -> int:
+    """Delete every key under the prefix (to rebuild a data set made by an older layout)."""
+    from app.ingest.layout import reset_prefix
+
+    if not args.yes:
+        print(f"this deletes every key under {settings.engine.key_prefix!r}: add --yes")
+        return 2
+    with redis_for(settings) as url, redis.Redis.from_url(url) as client:
+        n = reset_prefix(client, settings.engine.key_prefix)
+    print(f"deleted {n:,} keys under {settings.engine.key_prefix!r}; now replay or `make demo`")
+    return 0
+
+
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     """Mint a shopper token (what a retailer's backend does; docs/security.md)."""
     if settings.identity_secret is None:
@@ -158,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("functions", help="load or check the Functions library on every primary")
     p.add_argument("action", choices=["load", "version"])
     p.set_defaults(fn=cmd_functions)
+
+    p = sub.add_parser("workers", help="aggregate workers: derive aggregates from the logs")
+    p.add_argument("--worker", type=int, default=0, help="this worker's index (default 0)")
+    p.add_argument("--of", type=int, default=1, help="number of workers (default 1)")
+    p.set_defaults(fn=cmd_workers)
+
+    p = sub.add_parser("reset", help="delete every key under the prefix (rebuild a data set)")
+    p.add_argument("--yes", action="store_true", help="really delete")
+    p.set_defaults(fn=cmd_reset)
 
     p = sub.add_parser("replay", help="replay the Online Retail purchases as events")
     p.add_argument("--file", default=None, help="CSV(.gz) in the Online Retail layout")

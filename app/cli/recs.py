@@ -33,7 +33,7 @@ def cmd_recs(args: argparse.Namespace, settings: Settings) -> int:
     from app.cli.common import clients, servers_for
 
     engine = settings.engine
-    keys = RecKeys(engine.key_prefix)
+    keys = RecKeys(engine.key_prefix, engine.partitions, engine.agg_shards)
     with servers_for(settings) as (found, _app), clients(found) as (client, catalog):
         functions.ensure_current(client, load_if_stale=True)
         action = args.recs_command

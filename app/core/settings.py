@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 from starlette.config import Config
 from starlette.datastructures import Secret
 
+from app.core.keys import DEFAULT_AGG_SHARDS, DEFAULT_PARTITIONS, Keys
 from app.core.units import DAY_S, HOUR_MS
 
 # Forward-decay epoch of the affinity scores (2010-01-01T00:00:00Z): before the sample data.
@@ -21,6 +22,11 @@ class EngineConfig:
     """Tunables the Functions receive in ARGV. Documented in docs/keys.md (bytes per user/item)."""
 
     key_prefix: str = "rt:"
+    # Shopper partitions (unit of ordering, atomicity and distribution) and aggregate shards
+    # (global aggregates split by item hash). Fixed when a deployment is created: the layout
+    # key records them and the engine refuses a different value (app/ingest/layout.py).
+    partitions: int = DEFAULT_PARTITIONS
+    agg_shards: int = DEFAULT_AGG_SHARDS
     session_ttl_s: int = 30 * 60  # a session ends after 30 min without events (sliding)
     user_ttl_s: int = 90 * DAY_S  # affinities and seen-filter live 90 days after the last event
     profile_ttl_s: int = 365 * DAY_S  # traits live a year after the last identify
@@ -42,7 +48,9 @@ class EngineConfig:
     weights: tuple[tuple[str, float], ...] = (
         ("view", 1.0), ("click", 2.0), ("add_to_cart", 4.0), ("purchase", 8.0),
     )  # fmt: skip
-    log_maxlen: int = 200_000  # ~300 B an entry: ~60 MB at the cap
+    # Per partition log: ~300 B an entry; 64 x 5,000 entries: ~100 MB at the cap. The aggregate
+    # workers normally trail by well under a second; /health alerts at half the cap.
+    log_maxlen: int = 5_000
     trend_ttl_s: int = 2 * DAY_S
     trend_window_h: int = 24
     trend_half_life_ms: int = 2 * HOUR_MS
@@ -54,6 +62,9 @@ class EngineConfig:
     hour_retention_ms: int = 400 * 24 * HOUR_MS
     # Standalone servers take many users per FCALL; a cluster client groups by slot instead.
     users_per_call: int = 64
+
+    def keys(self) -> Keys:
+        return Keys(self.key_prefix, self.partitions, self.agg_shards)
 
     def weights_arg(self) -> str:
         return ",".join(f"{name}={value:g}" for name, value in self.weights)
@@ -105,6 +116,8 @@ class Settings:
     sample_data: Path
     log_json: bool
     engine: EngineConfig = field(default_factory=EngineConfig)
+    # Aggregate worker threads inside the app process (0: none; load_settings defaults to 1).
+    agg_workers: int = 0
     # The catalog and its search index (CATALOG_REDIS_URL): on a cluster, a non-clustered Redis
     # Stack; None = the same server as REDIS_URL (single server).
     catalog_redis_url: str | None = None
@@ -164,7 +177,12 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
             )
         ),
         log_json=config("RETAIL_LOG_JSON", cast=bool, default=False),
-        engine=EngineConfig(key_prefix=config("RETAIL_KEY_PREFIX", cast=str, default="rt:")),
+        agg_workers=config("RETAIL_AGG_WORKERS", cast=int, default=1),
+        engine=EngineConfig(
+            key_prefix=config("RETAIL_KEY_PREFIX", cast=str, default="rt:"),
+            partitions=config("RETAIL_PARTITIONS", cast=int, default=DEFAULT_PARTITIONS),
+            agg_shards=config("RETAIL_AGG_SHARDS", cast=int, default=DEFAULT_AGG_SHARDS),
+        ),
         catalog_redis_url=config("CATALOG_REDIS_URL", cast=str, default=None) or None,
         ack_replicas=config("RETAIL_ACK_REPLICAS", cast=int, default=0),
         ack_timeout_ms=config("RETAIL_ACK_TIMEOUT_MS", cast=int, default=100),

@@ -85,7 +85,7 @@ class MetricsMiddleware:
     flusher's lifecycle (started after the app's lifespan startup, stopped at shutdown).
 
     At startup it also hooks into the lifespan state: `IngestMetrics` is added to
-    `state["ingestor"].phase2_hooks`, and the Recommender's counters (`state["recommender"]`
+    `state["ingestor"].observers`, and the Recommender's counters (`state["recommender"]`
     or `app.state.recommender`) are collected at each flush.
     """
 
@@ -172,7 +172,7 @@ class MetricsMiddleware:
         if app_state is not None:
             app_state.metrics = self
         ingestor = state.get("ingestor")
-        hooks = getattr(ingestor, "phase2_hooks", None)
+        hooks = getattr(ingestor, "observers", None)
         if isinstance(hooks, list) and not any(isinstance(h, IngestMetrics) for h in hooks):
             hooks.append(IngestMetrics(self.registry))
 

@@ -462,7 +462,7 @@ class Recommender:
         self._lists_client = resp2_twin(client)
         self.engine = engine
         self.cfg = cfg or RecConfig(key_prefix=engine.key_prefix)
-        self.keys = RecKeys(engine.key_prefix)
+        self.keys = RecKeys(engine.key_prefix, engine.partitions, engine.agg_shards)
         self.catalog = catalog or ItemCatalog(
             catalog_client or client, engine.key_prefix,
             restricted_categories=self.cfg.restricted_categories,
