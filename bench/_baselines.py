@@ -192,8 +192,8 @@ def peer_grid() -> list[PeerSetting]:
         for reg in (0.1, 1.0, 10.0):
             for weighting in ("log", "binary"):
                 for alpha in (1.0, 10.0):
-                    grid.append(PeerSetting("als", weighting, factors=factors,
-                                            regularization=reg, iterations=30, alpha=alpha))  # fmt: skip
+                    grid.append(PeerSetting("als", weighting, factors=factors, alpha=alpha,
+                                            regularization=reg, iterations=30))  # fmt: skip
     for neighbours in (20, 100, 300, 1000):
         for weighting in ("count", "binary"):
             for k1, b in ((1.2, 0.75), (0.6, 0.75), (1.2, 0.3)):

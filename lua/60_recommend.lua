@@ -13,7 +13,7 @@
 local REC = {}
 
 REC.SOURCES = {nn = true, co = true, ct = true, cat = true, tr = true, pop = true, rb = true,
-               uk = true, new = true}
+               uk = true, new = true, rise = true}
 REC.TIERS = {'cold', 'content', 'collab'}
 REC.SURFACES = {home = true, product = true, cart = true}
 REC.PERSONAL = {nn = true, co = true, ct = true, rb = true}  -- sources tied to an anchor
@@ -23,7 +23,9 @@ REC.PERSONAL = {nn = true, co = true, ct = true, rb = true}  -- sources tied to 
 --             cat top items of the user's categories, tr trending now, pop global popularity,
 --             rb buy-again (history items themselves; only with repurchase on),
 --             uk similar shoppers' recent items (user-kNN: the model's peers x their history),
---             new new arrivals (catalog created_ms within a window, decayed by age)
+--             new new arrivals (catalog created_ms within a window, decayed by age),
+--             rise items selling above their usual rate lately (recent popularity in excess
+--             of the long-run share)
 --   anchors:  view/click/add_to_cart/purchase (a session item by its last event type, decayed
 --             by recency), cart (a cart line), context (the product page's item), hist
 --             (long-term history, relative to the user's strongest item, at least hist_floor)
@@ -42,6 +44,7 @@ REC.DEFAULT_WEIGHTS = {
   ['collab.tr'] = 0.5, ['collab.pop'] = 0.5, ['collab.rb'] = 1,
   uk = 5.0, ['cold.uk'] = 1, ['content.uk'] = 1, ['collab.uk'] = 1,
   new = 3.0, ['cold.new'] = 0, ['content.new'] = 0, ['collab.new'] = 1,
+  rise = 0.0, ['cold.rise'] = 1, ['content.rise'] = 1, ['collab.rise'] = 1,
 }
 
 -- Reason of an anchor by the session event that made it an anchor.
@@ -198,8 +201,8 @@ end
 
 -- Source codes of the candidate block: 'anchor * 10 + source' in one number, so a source costs
 -- two arguments (code, value). Sources: 1 nn, 2 co, 3 ct, 4 cat, 5 tr, 6 pop, 7 rb, 8 uk,
--- 9 new.
-REC.SOURCE_CODES = {'nn', 'co', 'ct', 'cat', 'tr', 'pop', 'rb', 'uk', 'new'}
+-- 9 new, 0 rise.
+REC.SOURCE_CODES = {[0] = 'rise', 'nn', 'co', 'ct', 'cat', 'tr', 'pop', 'rb', 'uk', 'new'}
 
 -- Parse the candidate block of ARGV (starting at `pos`) into flat arrays: no table per
 -- candidate or per source (Lua spends ~60-80 ns per argument; tables would double that).
@@ -530,7 +533,7 @@ function REC.reason(c, anchors, areason, live)
   if src == 'rb' then return 'rebuy', '' end
   if src == 'uk' then return 'peers', '' end
   if src == 'cat' then return 'category', '' end
-  if src == 'tr' then return 'trending', '' end
+  if src == 'tr' or src == 'rise' then return 'trending', '' end
   if src == 'new' then return 'new', '' end
   return 'popular', ''
 end
@@ -570,7 +573,7 @@ end
 --     item, category, price (num), in_stock (0|1), popularity (0..1), flags ('a,b' | ''),
 --     n_sources, then n_sources x (code, value 0..1); code = anchor index * 10 + source,
 --     anchor index 0 = global, source 1 nn | 2 co | 3 ct | 4 cat | 5 tr | 6 pop | 7 rb | 8 uk |
---     9 new
+--     9 new | 0 rise
 --     (see REC.DEFAULT_WEIGHTS); e.g. code 31 = nn neighbour of anchor 3
 -- Reply: {tier, interactions, n_candidates, filtered ('reason=n,...'),
 --         then per item: item, score (string), reason, anchor ('' = none), category}

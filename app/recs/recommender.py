@@ -65,6 +65,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "collab.pop": 0.5, "collab.rb": 1,
     "uk": 5.0, "cold.uk": 1, "content.uk": 1, "collab.uk": 1,
     "new": 3.0, "cold.new": 0, "content.new": 0, "collab.new": 1,
+    "rise": 0.0, "cold.rise": 1, "content.rise": 1, "collab.rise": 1,
 }  # fmt: skip
 WEIGHT_NAMES = frozenset(DEFAULT_WEIGHTS)
 
@@ -92,6 +93,25 @@ def hist_anchor_weight(ctx: RecContext, item: str, floor: float) -> float:
     strongest, raised to `floor` (REC.anchor_weights applies the same rule)."""
     w = ctx.hist_weight.get(item, 0.0)
     return max(w, floor) if w > 0 else 0.0
+
+
+def rising_items(
+    recent: Sequence[tuple[str, float]], usual: Mapping[str, float], n: int
+) -> list[tuple[str, float]]:
+    """The `n` items of `recent` (item, recent popularity) selling most above their usual
+    rate, normalised to 0..1, best first. Within these items, an item's expected recent
+    popularity is its share of their `usual` (long-run) popularity times their recent total;
+    the value is the excess, recent x (1 - 1 / lift). Items at or below their usual rate are
+    left out; an item without a usual rate counts all its recent popularity."""
+    total_recent = sum(v for _, v in recent if v > 0)
+    total_usual = sum(usual.get(item, 0.0) for item, _ in recent)
+    excess: list[tuple[str, float]] = []
+    for item, v in recent:
+        share = usual.get(item, 0.0) / total_usual if total_usual > 0 else 0.0
+        extra = v - total_recent * share
+        if v > 0 and extra > 0:
+            excess.append((item, extra))
+    return _normalised(sorted(excess, key=lambda x: (-x[1], x[0]))[:n])
 
 
 class BudgetExceeded(EngineError):
@@ -138,6 +158,7 @@ class RecConfig:
     co_view_share: float = 0.5  # co-viewed counts this much of co-bought
     n_trending: int = 30
     n_popular: int = 60
+    n_rising: int = 30  # 'rise' candidates: items selling above their usual rate lately
     n_category: int = 15
     # similar shoppers (user-kNN): the model's peers of the user, and what they bought lately
     n_peers: int = 100  # peers read per request (the trainer keeps TrainConfig.peers)
@@ -471,6 +492,7 @@ class Recommender:
         self.trending: list[tuple[str, float]] = []
         self.hot: list[tuple[str, float]] = []  # real-time popularity (rec_hot), normalised
         self._popular_cache: tuple[tuple[str | None, int], list[tuple[str, float]]] | None = None
+        self._rising_cache: tuple[int, list[tuple[str, float]]] | None = None
         self.snapshot: list[tuple[str, float, str]] = []  # (item, score, reason)
         self._knn_cache: OrderedDict[str, tuple[float, list[tuple[str, float]]]] = OrderedDict()
         self._stats: Counter[str] = Counter()
@@ -631,6 +653,26 @@ class Recommender:
                 scores[item] = share * s
         ranked = sorted(scores.items(), key=lambda x: (-x[1], x[0]))
         self._popular_cache = (key, ranked)
+        return ranked
+
+    def rising(self) -> list[tuple[str, float]]:
+        """'rise' candidates: items selling above their usual rate lately, best first.
+
+        Among the items of `hot` (recent popularity, 14-day half-life), an item's lift is its
+        share of their recent popularity over its share of their long-run popularity (the
+        catalog's `popularity`: purchase lines); its value is the recent popularity in excess
+        of the usual, hot x (1 - 1 / lift), normalised to 0..1. A perennial best seller
+        scores ~0, a seasonal or newly adopted item high. Cached until `hot` is re-read."""
+        key = id(self.hot)
+        cached = self._rising_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        usual = {}
+        for item, _ in self.hot:
+            attr = self.catalog.get(item)
+            usual[item] = attr.popularity if attr is not None else 0.0
+        ranked = rising_items(self.hot, usual, self.cfg.n_rising)
+        self._rising_cache = (key, ranked)
         return ranked
 
     def _rebuild_snapshot(self) -> None:
@@ -919,6 +961,9 @@ class Recommender:
             pool.put(item, "pop", 0, s, weights.get("pop", 0.0) * s)
         for item, s in self.trending[: c.n_trending]:
             pool.put(item, "tr", 0, s, weights.get("tr", 0.0) * s)
+        if weights.get("rise", 0.0) > 0:
+            for item, s in self.rising():
+                pool.put(item, "rise", 0, s, weights["rise"] * s)
         if histories:
             for item, s in self.peer_scores(ctx, histories, now_ms):
                 pool.put(item, "uk", 0, s, weights.get("uk", 0.0) * s)
