@@ -591,9 +591,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     invoices, catalog = load_invoices(args.path)
     if args.peers_grid:
         return run_peers_grid(args, folds, invoices, catalog)
-    results = [run_fold(args, fold, invoices, catalog, weights) for fold in folds]
-    for res in results:
-        print_fold(res)
+    results = []
+    for fold in folds:
+        results.append(run_fold(args, fold, invoices, catalog, weights))
+        print_fold(results[-1])  # each fold's table as soon as it is done
     per_fold = [fold_json(res, args) for res in results]
     print()
     for f in per_fold:

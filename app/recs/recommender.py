@@ -146,13 +146,13 @@ class RecConfig:
     # candidate gathering
     n_recent: int = 8
     n_cart: int = 8
-    n_hist: int = 40  # validation, two folds, all lists: 40 anchors 0.4926, 20 anchors 0.4872
+    n_hist: int = 40  # history anchors, strongest first (docs/recommendations.md: why 40)
     n_cats: int = 3
     max_anchors: int = 56
     neighbours: int = 20  # per session anchor and list
     hist_neighbours: int = 10  # per history anchor and list
-    # lists read for history anchors: the model neighbours only (content and co-bought add
-    # nothing measurable there: validation 0.4926 vs 0.4905, two folds, at ~25 % more inline time)
+    # lists read for history anchors: the model neighbours only (content and co-bought lists
+    # there add no measurable quality and cost inline time; figures in the docs)
     hist_lists: tuple[str, ...] = ("nn",)
     co_shrink: float = 3.0  # co-occurrence count c -> c / (c + shrink)
     co_view_share: float = 0.5  # co-viewed counts this much of co-bought
@@ -164,8 +164,8 @@ class RecConfig:
     n_peers: int = 100  # peers read per request (the trainer keeps TrainConfig.peers)
     peer_items: int = 30  # strongest history items read per peer
     n_peer_candidates: int = 60  # candidates taken from the peers' items
-    # ~4 us each in the Function. Validation HR@10: 100 -> 80 0.4655 both (cosine model); 80 -> 60
-    # 0.4659 -> 0.4650 (EASE)
+    # candidates sent to `recommend`: parsing and scoring them is most of the Function's cost
+    # (~4 us each); more did not score better on validation (docs/recommendations.md)
     max_candidates: int = 60
     max_sources: int = 8  # per candidate, the strongest (weight x value) are sent
     # new arrivals: a candidate whose catalog `created_ms` lies within the window before now
@@ -189,7 +189,7 @@ class RecConfig:
     # inline p99 (a request waits for the GIL up to the 5 ms switch interval).
     lists_refresh_s: float = 5.0
     # long-term history (rec_track, via the ingestion hook)
-    hist_half_life_ms: int = 14 * 86_400_000  # 30 -> 14 days: +0.03 HR@10 on validation
+    hist_half_life_ms: int = 14 * 86_400_000  # chosen on validation (docs: 14 vs 30 days)
     hist_cap: int = 100
     hist_weights: tuple[tuple[str, float], ...] = (
         ("view", 1.0), ("click", 2.0), ("add_to_cart", 4.0), ("purchase", 8.0),
