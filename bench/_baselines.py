@@ -185,22 +185,37 @@ PEER_SETTINGS: dict[str, PeerSetting] = {
 }
 
 
-def peer_grid() -> list[PeerSetting]:
-    """The settings tried for each peer on the validation folds."""
+def peer_grid(rounds: Sequence[int] = (1, 2)) -> list[PeerSetting]:
+    """The settings tried for each peer on the validation folds. Round 2 extends round 1
+    where its best settings sat on the grid's edge (ALS: the strongest regularisation and
+    most factors; BM25: the smallest K1 and B)."""
     grid: list[PeerSetting] = []
-    for factors in (32, 64, 128):
-        for reg in (0.1, 1.0, 10.0):
-            for weighting in ("log", "binary"):
-                for alpha in (1.0, 10.0):
-                    grid.append(PeerSetting("als", weighting, factors=factors, alpha=alpha,
+    if 1 in rounds:
+        for factors in (32, 64, 128):
+            for reg in (0.1, 1.0, 10.0):
+                for weighting in ("log", "binary"):
+                    for alpha in (1.0, 10.0):
+                        grid.append(PeerSetting("als", weighting, factors=factors, alpha=alpha,
+                                                regularization=reg, iterations=30))  # fmt: skip
+        for neighbours in (20, 100, 300, 1000):
+            for weighting in ("count", "binary"):
+                for k1, b in ((1.2, 0.75), (0.6, 0.75), (1.2, 0.3)):
+                    grid.append(PeerSetting("bm25", weighting, neighbours=neighbours, k1=k1, b=b))
+        for neighbours in (20, 50, 100, 300, 1000):
+            for weighting in ("binary", "count"):
+                grid.append(PeerSetting("cosine", weighting, neighbours=neighbours))
+    if 2 in rounds:
+        for factors in (128, 256):
+            for reg in (10.0, 30.0, 100.0):
+                for weighting in ("log", "binary"):
+                    if factors == 128 and reg == 10.0:
+                        continue  # in round 1
+                    grid.append(PeerSetting("als", weighting, factors=factors, alpha=1.0,
                                             regularization=reg, iterations=30))  # fmt: skip
-    for neighbours in (20, 100, 300, 1000):
-        for weighting in ("count", "binary"):
-            for k1, b in ((1.2, 0.75), (0.6, 0.75), (1.2, 0.3)):
-                grid.append(PeerSetting("bm25", weighting, neighbours=neighbours, k1=k1, b=b))
-    for neighbours in (20, 50, 100, 300, 1000):
-        for weighting in ("binary", "count"):
-            grid.append(PeerSetting("cosine", weighting, neighbours=neighbours))
+        for neighbours in (20, 1000):
+            for weighting in ("count", "binary"):
+                for k1, b in ((0.3, 0.3), (0.6, 0.3), (0.3, 0.75), (1.2, 0.1), (0.6, 0.1)):
+                    grid.append(PeerSetting("bm25", weighting, neighbours=neighbours, k1=k1, b=b))
     return grid
 
 

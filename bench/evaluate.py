@@ -517,7 +517,7 @@ def run_peers_grid(
     if any(f.name.startswith("test") for f in folds):
         print("--peers-grid chooses settings: run it on the validation folds (--validate)")
         return 2
-    grid = peer_grid()
+    grid = peer_grid(args.grid_rounds or (1, 2))
     results = [run_fold(args, f, invoices, catalog, {}, with_engine=False, peer_settings=grid)
                for f in folds]  # fmt: skip
     print(f"\n{'setting':<70}" + "".join(f"{f.name:>9}" for f in folds) + f"{'mean':>9}")
@@ -563,6 +563,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str
     parser.add_argument("--rec", default="", help="RecConfig integers 'field=value,...'")
     parser.add_argument("--peers-grid", action="store_true",
                         help="score the implicit grid (validation folds, no engine)")  # fmt: skip
+    parser.add_argument("--grid-round", dest="grid_rounds", type=int, action="append",
+                        choices=(1, 2), help="--peers-grid: this round (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
     weights = dict(DEFAULT_WEIGHTS)
     for part in filter(None, (p.strip() for p in args.weights.split(","))):
