@@ -179,8 +179,8 @@ class PeerSetting:
 # Chosen on the validation folds (`bench/evaluate.py --validate --peers-grid`: mean HR@10 of
 # the two folds), never on a test fold; the grid and its figures are in docs/recommendations.md.
 PEER_SETTINGS: dict[str, PeerSetting] = {
-    "als": PeerSetting("als", "log", factors=64, regularization=1.0, iterations=30, alpha=1.0),
-    "bm25": PeerSetting("bm25", "count", neighbours=1000, k1=1.2, b=0.75),
+    "als": PeerSetting("als", "log", factors=128, regularization=10.0, iterations=30, alpha=1.0),
+    "bm25": PeerSetting("bm25", "binary", neighbours=20, k1=1.2, b=0.3),
     "cosine": PeerSetting("cosine", "binary", neighbours=20),
 }
 

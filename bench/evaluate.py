@@ -559,6 +559,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-repurchase", action="store_true", help="skip protocol B")
     parser.add_argument("--no-peers", action="store_true", help="skip the implicit baselines")
+    parser.add_argument("--no-engine", action="store_true", help="the baselines only")
     parser.add_argument("--weights", default="", help="engine weights 'name=value,...'")
     parser.add_argument("--rec", default="", help="RecConfig integers 'field=value,...'")
     parser.add_argument("--peers-grid", action="store_true",
@@ -595,9 +596,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_peers_grid(args, folds, invoices, catalog)
     results = []
     for fold in folds:
-        results.append(run_fold(args, fold, invoices, catalog, weights))
+        results.append(run_fold(args, fold, invoices, catalog, weights, not args.no_engine))
         print_fold(results[-1])  # each fold's table as soon as it is done
     per_fold = [fold_json(res, args) for res in results]
+    if args.no_engine:
+        emit_json({"bench": "evaluate", "mode": "baselines", "folds": per_fold})
+        return 0
     print()
     for f in per_fold:
         print(f"{f['name']}: engine HR@10 {f['methods']['engine']['hit_rate_at_10']:.4f} = "

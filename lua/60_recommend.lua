@@ -44,7 +44,7 @@ REC.DEFAULT_WEIGHTS = {
   ['collab.tr'] = 0.5, ['collab.pop'] = 0.5, ['collab.rb'] = 1,
   uk = 5.0, ['cold.uk'] = 1, ['content.uk'] = 1, ['collab.uk'] = 1,
   new = 3.0, ['cold.new'] = 0, ['content.new'] = 0, ['collab.new'] = 1,
-  rise = 0.0, ['cold.rise'] = 1, ['content.rise'] = 1, ['collab.rise'] = 1,
+  rise = 1.0, ['cold.rise'] = 0, ['content.rise'] = 0, ['collab.rise'] = 1,
 }
 
 -- Reason of an anchor by the session event that made it an anchor.

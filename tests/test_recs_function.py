@@ -247,11 +247,11 @@ def test_rise_source_scores_by_its_weight_and_reads_as_trending(world: World) ->
     w = world
     cands = [cand("R1", sources=[("tr", 0, 0.2)]),
              cand("R2", sources=[("tr", 0, 0.2), ("rise", 0, 0.8)])]  # fmt: skip
-    weights = {**DEFAULT_WEIGHTS, "rise": 2.0}
+    weights = {**DEFAULT_WEIGHTS, "rise": 2.0, "cold.rise": 1.5}
     reply = call(w, "rise-user", cands, now_ms=NOW, weights=weights)
     by_item = {it.item_id: it for it in reply.items}
     assert reply.tier == "cold"
-    extra = 2.0 * DEFAULT_WEIGHTS["cold.rise"] * 0.8
+    extra = 2.0 * 1.5 * 0.8
     assert by_item["R2"].score - by_item["R1"].score == pytest.approx(extra)
     assert by_item["R2"].reason == "trending"
     off = call(w, "rise-user", cands, now_ms=NOW, weights={**DEFAULT_WEIGHTS, "rise": 0.0})

@@ -35,7 +35,9 @@ def test_rising_keeps_the_best_n_and_handles_empty_inputs() -> None:
     assert rising_items([("a", 0.0)], {}, 3) == []
 
 
-def test_rise_is_a_known_source_with_code_zero_and_off_by_default() -> None:
+def test_rise_is_a_known_source_with_code_zero_for_returning_shoppers_only() -> None:
     assert rec_calls.SOURCE_CODE["rise"] == 0
     assert sorted(rec_calls.SOURCE_CODE.values()) == list(range(10))
-    assert DEFAULT_WEIGHTS["rise"] == 0.0
+    # chosen on validation: it cost the cold-start lists (docs/recommendations.md)
+    assert DEFAULT_WEIGHTS["rise"] > 0 and DEFAULT_WEIGHTS["collab.rise"] > 0
+    assert DEFAULT_WEIGHTS["cold.rise"] == 0 and DEFAULT_WEIGHTS["content.rise"] == 0
