@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo serve test test-fast bench lint format redis clean browser-deps
+.PHONY: help install demo serve test test-fast bench bench-peers lint format redis clean browser-deps
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -21,22 +21,31 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create/refresh .venv with the app and dev tools
 
+# Feast (the peer of bench/features.py) pins an older redis-py: it gets its own virtualenv.
+.venv-peers/.installed: pyproject.toml
+	$(PYTHON) -m venv .venv-peers
+	.venv-peers/bin/python -m pip install --quiet -e '.[peers]'
+	@touch $@
+
+bench-peers: .venv-peers/.installed ## bench/features.py with Feast side by side
+	.venv-peers/bin/python -m bench.features
+
 demo: $(STAMP) ## start embedded Redis Stack, load the real sample data, serve the API on :8000
 	$(PY) -m app.cli demo
 
 test: $(STAMP) browser-deps ## run the whole suite against a real embedded Redis Stack
 	$(PY) -m pytest
 
-browser-deps: ## Chromium for tests/test_browser.py (Debian: apt-get when missing and root)
+browser-deps: ## Chromium for tests/api/test_browser.py (Debian: apt-get when missing and root)
 	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
-	  || echo "could not install chromium: tests/test_browser.py will be skipped"; \
-	else echo "no chromium and not root: tests/test_browser.py will be skipped"; fi
+	  || echo "could not install chromium: tests/api/test_browser.py will be skipped"; \
+	else echo "no chromium and not root: tests/api/test_browser.py will be skipped"; fi
 
 bench: $(STAMP) ## run the benchmarks (each prints one JSON line last)
-	@for b in bench/ingest.py bench/search.py bench/features.py bench/recommend.py \
-	    bench/evaluate.py bench/memory.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in ingest search features recommend evaluate memory tracking; do \
+	    echo "== bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 
 lint: $(STAMP) ## ruff, ruff format --check, mypy --strict
 	$(PY) -m ruff check .
@@ -51,4 +60,4 @@ redis: $(STAMP) ## run the embedded Redis Stack on its own (Ctrl-C stops it)
 	$(PY) -m app.cli redis
 
 clean: ## remove .venv and local data (var/)
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-peers var .pytest_cache .mypy_cache .ruff_cache

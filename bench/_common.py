@@ -23,14 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
+
+from app.redis import embedded as redis_stack
+from app.redis import library as functions
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import redis  # noqa: E402
-
-from app.redis import embedded as redis_stack  # noqa: E402
-from app.redis import library as functions  # noqa: E402
 
 
 @dataclass

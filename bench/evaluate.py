@@ -1,6 +1,6 @@
 """Recommendation quality on the real Online Retail purchases, against baselines, same run.
 
-Run from the repo root: `.venv/bin/python bench/evaluate.py [--quick] [--fold NAME]`.
+Run from the repo root: `.venv/bin/python -m bench.evaluate [--quick] [--fold NAME]`.
 Folds (time splits; the data ends 2011-09-30):
   test1  train before 2011-07-01, evaluate Jul-Sep 2011   (the default run: test1 and test2)
   test2  train before 2011-08-01, evaluate Aug-Sep 2011   (a later period: a choice tuned on
@@ -72,12 +72,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "bench"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-from _baselines import (  # noqa: E402
+from app.catalog.index import CatalogConfig, CatalogKeys
+from app.catalog.vectorizers import get_vectorizer
+from app.core.events import Event, parse_event
+from app.core.settings import EngineConfig, load_settings
+from app.engine import build_engine
+from app.ingest.ingestor import Ingestor
+from app.recs.experiments import DEFAULT, Assignment
+from app.recs.keys import RecKeys
+from app.recs.model import Interactions, TrainConfig, train
+from app.recs.recommender import DEFAULT_WEIGHTS, RecConfig, Recommender, RecRequest
+from bench._baselines import (
     PEER_SETTINGS,
     ImplicitPeer,
     Method,
@@ -89,21 +94,10 @@ from _baselines import (  # noqa: E402
     load_peers,
     peer_grid,
 )
-from _common import emit_json, percentile, redis_target  # noqa: E402
-
-from app.catalog.index import CatalogConfig, CatalogKeys  # noqa: E402
-from app.catalog.vectorizers import get_vectorizer  # noqa: E402
-from app.core.events import Event, parse_event  # noqa: E402
-from app.core.settings import EngineConfig, load_settings  # noqa: E402
-from app.ingest.ingestor import Ingestor  # noqa: E402
-from app.recs.experiments import DEFAULT, Assignment  # noqa: E402
-from app.recs.hook import RecIngestHook  # noqa: E402
-from app.recs.keys import RecKeys  # noqa: E402
-from app.recs.model import Interactions, TrainConfig, train  # noqa: E402
-from app.recs.recommender import DEFAULT_WEIGHTS, RecConfig, Recommender, RecRequest  # noqa: E402
-from loaders import online_retail  # noqa: E402
-from loaders.catalog import load_rows, online_retail_rows  # noqa: E402
-from loaders.train import catalog_vectors  # noqa: E402
+from bench._common import emit_json, percentile, redis_target
+from loaders import online_retail
+from loaders.catalog import load_rows, online_retail_rows
+from loaders.train import catalog_vectors
 
 K = 10
 REPURCHASE = Assignment(None, "repurchase", repurchase=True)
@@ -277,7 +271,8 @@ def engine_for_fold(
                      (p.partition("=") for p in args.rec.split(",") if p.strip())}  # fmt: skip
         cfg = RecConfig(key_prefix=prefix, weights=weights, **overrides)
         rec = Recommender(client, engine, cfg)
-        ingestor = Ingestor(client, engine, phase2_hooks=[RecIngestHook(engine, cfg)])
+        ingestor = build_engine(client, engine, rec_config=cfg,
+                                experiments=rec.experiments).ingestor  # fmt: skip
         run = EngineRun(rec, ingestor, engine.raw_retention_ms // 2)
         t0 = time.monotonic()
         replay = [ev for inv in train_inv for ev in inv.events]

@@ -1,29 +1,42 @@
-"""Feature store benchmark: online retrieval latency (1 and 100 entities), ingest overhead.
+"""Feature store benchmark: Redis time and latency of online reads (1 and 100 users), memory
+per entity, the longest Redis call, ingest overhead; Feast side by side when installed.
 
-Run from the repo root: `.venv/bin/python bench/features.py [--quick]`. With REDIS_URL unset
+Run from the repo root: `.venv/bin/python -m bench.features [--quick]`. With REDIS_URL unset
 an embedded Redis Stack (AOF everysec, as in production) is started in a temporary folder;
 with REDIS_URL set that server is used under a unique key prefix. Run one benchmark at a time.
 
 State: the real Online Retail purchases of every customer whose id is a multiple of `--mod`
 (default 10: ~360 shoppers, ~26k lines; --quick: 20) plus deterministic synthetic browsing
-around them (loaders/browsing.py), ingested through `Ingestor` in batches of 1,000:
-  - without the feature hook and with it (fresh keys each, batch by batch interleaved so
-    both see the same load): events/s of both and the hook's cost per event; then MEMORY
-    USAGE of the feature hashes per entity type.
-Reads (users chosen uniformly among those with events; the 20 user features of
-features/features.yaml; as of one hour after the last event, so every window holds data):
-  fcall_1    `get_features` (FCALL_RO features_get) for 1 user, from this process
-  fcall_100  the same for 100 users in one call
-  http_1     GET /v1/features/user/{id}?as_of=...      } a hypercorn server in a subprocess
-  http_100   POST /v1/features/user {"ids": [100 ids]} } (app + feature routes, admin key),
-             one keep-alive connection, one request at a time
-Latency is wall clock per request from this process, p50/p99 (linear interpolation).
-The last line printed is one JSON object; p99_ms_1 / p99_ms_100 are the HTTP figures.
+around them (loaders/browsing.py), ingested through `Ingestor` in batches of 1,000, without
+the feature hook and with it (fresh keys each, batch by batch interleaved so both see the same
+load): events/s of both and the hook's cost per event; then MEMORY USAGE of the packed feature
+states per entity type.
+
+Reads (the 20 user features of features/features.yaml, users drawn uniformly among those with
+events, as of one hour after the last event so every window holds data), all from this process
+unless named http:
+  read_1 / read_100    `get_features`: MGET of the packed states in slices, arithmetic in
+                       Python (the application's read path)
+  feast_1 / feast_100  Feast's `get_online_features` on the same values (written into Feast's
+                       Redis online store with its push API), timed alternately with read_*
+  fcall_1 / fcall_100  FCALL_RO features_get: the same arithmetic inside Redis (the other
+                       design measured; what services calling the Function directly get)
+  http_1 / http_100    GET /v1/features/user/{id} and POST /v1/features/user (100 ids) on a
+                       hypercorn server in a subprocess, one keep-alive connection
+Latency is wall clock per request, p50/p99 (linear interpolation). Redis time per entity read
+is the server's own INFO commandstats usec of the read commands (MGET; FCALL_RO; Feast's
+HMGET) divided by the entities read. Call durations are SLOWLOG's (calls above 100 us logged,
+the log reset per phase): `max_call_ms` is the longest of the engine's feature commands during
+ingestion (features_ingest) and the application read path (MGET, in process and HTTP), with
+the ingest calls' p99 / p99.9 beside it (on a loaded machine one call's wall time includes
+time the server was descheduled); the FCALL option's are `fcall_max_call_ms` / `_p99_`. The
+last line printed is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -32,35 +45,38 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+
+import redis
+
+from app.core.events import Event, parse_event
+from app.core.keys import Keys
+from app.core.settings import EngineConfig
+from app.features.online import get_features, get_features_fcall, ingest_hook
+from app.features.spec import FeatureSet, load_feature_set
+from app.ingest.ingestor import Ingestor
+from app.redis.embedded import free_port
+from bench import _feast_peer
+from bench._common import commandstats, emit_json, percentile, redis_target, settle_aof
+from loaders.browsing import synthetic_browsing
+from loaders.online_retail import purchase_events
 
 ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "bench"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-import redis  # noqa: E402
-from _common import emit_json, percentile, redis_target, settle_aof  # noqa: E402
-
-from app.core.events import Event, parse_event  # noqa: E402
-from app.core.keys import Keys  # noqa: E402
-from app.core.settings import EngineConfig  # noqa: E402
-from app.features.spec import get_features, ingest_hook, load_feature_set  # noqa: E402
-from app.ingest.ingestor import Ingestor  # noqa: E402
-from app.redis.embedded import free_port  # noqa: E402
-from loaders.browsing import synthetic_browsing  # noqa: E402
-from loaders.online_retail import purchase_events  # noqa: E402
 
 SAMPLE = ROOT / "data" / "online-retail" / "online-retail-2010-12_2011-09.csv.gz"
 BATCH = 1000
 FAR = 2_000_000_000_000
+SLOW_US = 100
+SLOWLOG_LEN = 100_000
+FEAST_DB = 1
+FEATURE_COMMANDS = ("fcall features_ingest", "mget", "time", "get")
 
 SERVER = """
-import asyncio, sys
-sys.path.insert(0, {root!r})
+import asyncio
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from app.api.features import feature_routes
@@ -97,31 +113,132 @@ def ingest_pair(plain: Ingestor, featured: Ingestor, events: list[Event]) -> tup
     return spent[0], spent[1]
 
 
-def timed(fn: Callable[[], Any], n: int, warmup: int = 20) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1000)
+CPU_MS: dict[str, list[float]] = {}  # this process's CPU ms per call, by name (from `timed`)
+
+
+def timed(fns: dict[str, Callable[[int], Any]], n: int, warmup: int = 20) -> dict[str, list[float]]:
+    """Wall ms per call of each fn(i), the fns alternating call by call (same load, same
+    inputs); this process's CPU ms per call go to CPU_MS (steady on a shared machine)."""
+    for i in range(warmup):
+        for fn in fns.values():
+            fn(i)
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(n):
+        for name, fn in fns.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn(i)
+            out[name].append((time.perf_counter() - t0) * 1000)
+            CPU_MS.setdefault(name, []).append((time.process_time() - c0) * 1000)
     return out
 
 
 def summary(name: str, ms: list[float]) -> dict[str, float]:
     p50, p99 = percentile(ms, 50), percentile(ms, 99)
-    print(f"  {name:<10} n={len(ms):>5}  p50 {p50:6.3f} ms  p99 {p99:6.3f} ms  max {max(ms):6.3f}")
-    return {"p50": round(p50, 3), "p99": round(p99, 3)}
+    cpu = percentile(CPU_MS.get(name, [0.0]), 50)
+    print(f"  {name:<10} n={len(ms):>5}  p50 {p50:6.3f} ms  p99 {p99:6.3f} ms  max {max(ms):6.3f}"
+          f"  (client CPU p50 {cpu:.3f} ms)")  # fmt: skip
+    return {"p50": round(p50, 3), "p99": round(p99, 3), "cpu_p50": round(cpu, 3)}
 
 
 def state_memory(client: redis.Redis, prefix: str) -> dict[str, tuple[int, float, int]]:
-    """Feature hashes per entity type: (count, mean MEMORY USAGE bytes, max)."""
+    """Packed feature states per entity type: (count, mean MEMORY USAGE bytes, max)."""
     sizes: dict[str, list[int]] = {"user": [], "item": [], "user_category": []}
-    for raw in client.scan_iter(match=prefix + "*:feat*", count=5000):
+    for raw in client.scan_iter(match=prefix + "*:fs*", count=5000):
         key = raw.decode()
-        kind = "item" if ":i:{" in key else "user_category" if ":featc:" in key else "user"
+        kind = "item" if ":i:{" in key else "user_category" if ":fsc:" in key else "user"
         sizes[kind].append(int(client.memory_usage(key, samples=0) or 0))
     return {k: (len(v), sum(v) / max(len(v), 1), max(v, default=0)) for k, v in sizes.items()}
+
+
+@contextlib.contextmanager
+def slowlog(client: redis.Redis) -> Iterator[dict[str, list[float]]]:
+    """Durations (ms) of the calls slower than SLOW_US per command (FCALL: per Function) while
+    the block runs, from SLOWLOG (it measures the command's execution, which is what blocks
+    the other clients; on a loaded machine it includes time the server was descheduled)."""
+    old = client.config_get("slowlog-*")
+    client.config_set("slowlog-log-slower-than", SLOW_US)
+    client.config_set("slowlog-max-len", SLOWLOG_LEN)
+    client.slowlog_reset()
+    calls: dict[str, list[float]] = {}
+    try:
+        yield calls
+        for entry in client.slowlog_get(SLOWLOG_LEN):
+            cmd = entry["command"]
+            words = (cmd.decode(errors="replace") if isinstance(cmd, bytes) else str(cmd)).split()
+            label = words[0].lower() if words else "?"
+            if label in ("fcall", "fcall_ro") and len(words) > 1:
+                label += " " + words[1]
+            calls.setdefault(label, []).append(entry["duration"] / 1000)
+    finally:
+        for name, value in old.items():
+            client.config_set(name, value)
+
+
+def report_slow(phase: str, calls: dict[str, list[float]]) -> None:
+    top = sorted(calls.items(), key=lambda kv: -max(kv[1]))[:4]
+    text = "; ".join(f"{k} {len(v)} above {SLOW_US} us, max {max(v):.3f} ms" for k, v in top)
+    print(f"  calls ({phase}): {text}")
+
+
+def feature_calls(*phases: dict[str, list[float]]) -> list[float]:
+    return [d for phase in phases for k, v in phase.items() if k in FEATURE_COMMANDS for d in v]
+
+
+def upper_percentile(slow: list[float], total: int, p: float) -> float:
+    """The p-th percentile of `total` calls of which `slow` are those logged (> SLOW_US); 0.0
+    when it lies below the threshold."""
+    above = int(total * (100 - p) / 100)
+    ranked = sorted(slow, reverse=True)
+    return ranked[above] if above < len(ranked) else 0.0
+
+
+class CountingHook:
+    """Counts the features_ingest calls the hook makes (the denominator of percentiles)."""
+
+    def __init__(self, hook: Any) -> None:
+        self.hook, self.calls = hook, 0
+
+    def __call__(self, events: Any) -> Any:
+        out = self.hook(events)
+        self.calls += len(out)
+        return out
+
+
+def engine_rows(
+    client: redis.Redis, fs: FeatureSet, keys: Keys, users: list[str], names: list[str], t: int
+) -> dict[str, dict[str, Any]]:
+    rows = {}
+    for i in range(0, len(users), 100):
+        for row in get_features(client, fs, keys, "user", users[i : i + 100], names, t):
+            rows[row.entity_id] = row.values
+    return rows
+
+
+def feast_setup(
+    url: str, names: list[str], rows: dict[str, dict[str, Any]], users: list[str]
+) -> tuple[_feast_peer.FeastPeer | None, dict[str, Any]]:
+    """Feast holding the engine's values, checked equal on 50 users x all features."""
+    why = _feast_peer.available()
+    if why is not None:
+        print(f"Feast peer skipped: {why}")
+        return None, {"feast": "not installed"}
+    u = urlparse(url)
+    peer = _feast_peer.FeastPeer(f"{u.hostname}:{u.port}", FEAST_DB, names)
+    peer.write(rows)
+    checked = users[:50]
+    got = peer.read(checked)
+    bad = [(uid, n) for i, uid in enumerate(checked) for n in names
+           if not _feast_peer.same(rows[uid][n], got[n][i])]  # fmt: skip
+    if bad:
+        raise RuntimeError(f"Feast and the engine disagree on {len(bad)} values, e.g. {bad[:3]}")
+    print(f"Feast {_feast_peer.version()}: values equal on {len(checked)} users x "
+          f"{len(names)} features")  # fmt: skip
+    with redis.Redis(host=u.hostname, port=u.port, db=FEAST_DB, password=u.password) as db:
+        sizes = [int(db.memory_usage(k, samples=0) or 0) for k in db.scan_iter(count=5000)]
+    extra = {"feast_users": len(sizes),
+             "feast_bytes_per_user": round(sum(sizes) / max(len(sizes), 1))}  # fmt: skip
+    print(f"  Feast: {len(sizes)} user hashes, MEMORY USAGE {extra['feast_bytes_per_user']} B avg")
+    return peer, extra
 
 
 def start_server(url: str, prefix: str, admin: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -129,7 +246,7 @@ def start_server(url: str, prefix: str, admin: str) -> tuple[subprocess.Popen[by
     env = {**os.environ, "REDIS_URL": url, "RETAIL_KEY_PREFIX": prefix,
            "RETAIL_ADMIN_KEY": admin, "RETAIL_LOG_JSON": "0"}  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER.format(root=str(ROOT), port=port)],
+        [sys.executable, "-c", SERVER.format(port=port)], cwd=ROOT,
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     deadline = time.monotonic() + 30
@@ -164,37 +281,80 @@ def main() -> None:
     users = sorted({ev.identity for ev in events})
     print(f"{len(events):,} events ({len(users)} users) prepared in {time.monotonic() - t0:.1f} s")
 
+    out: dict[str, Any] = {"bench": "features"}
     with redis_target("features") as target, target.client() as client:
         plain_cfg = replace(EngineConfig(), key_prefix=target.prefix + "plain:")
         cfg = replace(EngineConfig(), key_prefix=target.prefix + "feat:")
         settle_aof(client)
-        plain_s, feat_s = ingest_pair(
-            Ingestor(client, plain_cfg),
-            Ingestor(client, cfg, phase2_hooks=[ingest_hook(fs, cfg)]),
-            events,
-        )
+        counting = CountingHook(ingest_hook(fs, cfg))
+        with slowlog(client) as slow_ingest:
+            plain_s, feat_s = ingest_pair(
+                Ingestor(client, plain_cfg),
+                Ingestor(client, cfg, phase2_hooks=[counting]),
+                events,
+            )
+        report_slow("ingestion", slow_ingest)
         settle_aof(client)
         hook_us = (feat_s - plain_s) / len(events) * 1e6
         print(f"ingest: {len(events) / plain_s:,.0f} events/s without the feature hook, "
               f"{len(events) / feat_s:,.0f} with it ({hook_us:.0f} us per event for "
               f"{len(fs.features)} features)")  # fmt: skip
         keys = Keys(cfg.key_prefix)
-        hlens = [int(client.hlen(keys.user(u, "feat"))) for u in users]
-        print(f"user state: {sum(hlens) / len(hlens):.0f} fields on average, max {max(hlens)}")
         memory = state_memory(client, cfg.key_prefix)
         for kind, (n, avg, top) in memory.items():
-            print(f"  {kind:<14} {n:>6,} hashes, MEMORY USAGE {avg:,.0f} B on average, max {top:,}")
+            print(f"  {kind:<14} {n:>6,} states, MEMORY USAGE {avg:,.0f} B on average, max {top:,}")
 
         as_of = max(ev.ts for ev in events) + 3_600_000
+        rows = engine_rows(client, fs, keys, users, names, as_of)
+        peer, feast_extra = feast_setup(target.url, names, rows, users)
         rng = random.Random(1)
+        one = [rng.choice(users) for _ in range(reads + 50)]
+        hundred = [rng.sample(users, 100) for _ in range(max(reads // 10, 50) + 20)]
         print(f"reads of {len(names)} user features as of {as_of}:")
+
+        def engine_1(i: int) -> None:
+            get_features(client, fs, keys, "user", [one[i]], names, as_of)
+
+        def engine_100(i: int) -> None:
+            get_features(client, fs, keys, "user", hundred[i], names, as_of)
+
+        fns_1: dict[str, Callable[[int], Any]] = {"read_1": engine_1}
+        fns_100: dict[str, Callable[[int], Any]] = {"read_100": engine_100}
+        if peer is not None:
+            fns_1["feast_1"] = lambda i: peer.read([one[i]])
+            fns_100["feast_100"] = lambda i: peer.read(hundred[i])
         res: dict[str, dict[str, float]] = {}
-        res["fcall_1"] = summary("fcall_1", timed(
-            lambda: get_features(client, fs, keys, "user", [rng.choice(users)], names, as_of),
-            reads))  # fmt: skip
-        res["fcall_100"] = summary("fcall_100", timed(
-            lambda: get_features(client, fs, keys, "user", rng.sample(users, 100), names, as_of),
-            max(reads // 10, 50)))  # fmt: skip
+        client.config_resetstat()
+        with slowlog(client) as slow_read:
+            ms = timed(fns_1, reads, warmup=50) | timed(fns_100, max(reads // 10, 50))
+        stats = commandstats(client)
+        report_slow("reads", slow_read)
+        for name, values in ms.items():
+            res[name] = summary(name, values)
+        n_read = (reads + 50) + 100 * (max(reads // 10, 50) + 20)  # warm-up included
+        out["fn_us_per_entity"] = round(stats.get("mget", {}).get("usec", 0) / n_read, 2)
+        if peer is not None:
+            hm = stats.get("hmget", {})
+            out["feast_fn_us_per_entity"] = round(hm.get("usec", 0) / max(hm.get("calls", 0), 1), 2)
+
+        client.config_resetstat()
+        with slowlog(client) as slow_fcall:
+            ms = timed({"fcall_1": lambda i: get_features_fcall(
+                client, fs, keys, "user", [one[i]], names, as_of)}, reads, warmup=50)  # fmt: skip
+            ms |= timed({"fcall_100": lambda i: get_features_fcall(
+                client, fs, keys, "user", hundred[i], names, as_of)},
+                max(reads // 10, 50))  # fmt: skip
+        stats = commandstats(client)
+        report_slow("FCALL_RO features_get", slow_fcall)
+        for name, values in ms.items():
+            res[name] = summary(name, values)
+        fc = stats.get("fcall_ro", {})
+        out["fcall_us_per_entity"] = round(fc.get("usec", 0) / n_read, 2)
+        out["fcall_max_call_ms"] = round(max(slow_fcall.get("fcall_ro features_get", [0.0])), 3)
+        fcall_n = (reads + 50) + max(reads // 10, 50) + 20
+        out["fcall_p99_call_ms"] = round(
+            upper_percentile(slow_fcall.get("fcall_ro features_get", []), fcall_n, 99), 3
+        )
 
         admin = secrets.token_urlsafe(16)
         proc, port = start_server(target.url, cfg.key_prefix, admin)
@@ -202,24 +362,27 @@ def main() -> None:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             headers = {"Authorization": f"Bearer {admin}", "content-type": "application/json"}
 
-            def http_one() -> None:
-                conn.request("GET", f"/v1/features/user/{rng.choice(users)}?as_of={as_of}",
-                             headers=headers)  # fmt: skip
+            def http_one(i: int) -> None:
+                conn.request("GET", f"/v1/features/user/{one[i]}?as_of={as_of}", headers=headers)
                 resp = conn.getresponse()
                 body = resp.read()
                 if resp.status != 200 or len(json.loads(body)["features"]) != len(names):
                     raise RuntimeError(f"HTTP {resp.status}: {body[:200]!r}")
 
-            def http_batch() -> None:
-                payload = json.dumps({"ids": rng.sample(users, 100), "as_of": as_of})
+            def http_batch(i: int) -> None:
+                payload = json.dumps({"ids": hundred[i], "as_of": as_of})
                 conn.request("POST", "/v1/features/user", body=payload, headers=headers)
                 resp = conn.getresponse()
                 body = resp.read()
                 if resp.status != 200 or len(json.loads(body)["rows"]) != 100:
                     raise RuntimeError(f"HTTP {resp.status}: {body[:200]!r}")
 
-            res["http_1"] = summary("http_1", timed(http_one, reads, warmup=50))
-            res["http_100"] = summary("http_100", timed(http_batch, max(reads // 10, 50)))
+            with slowlog(client) as slow_http:
+                ms = timed({"http_1": http_one}, reads, warmup=50)
+                ms |= timed({"http_100": http_batch}, max(reads // 10, 50))
+            report_slow("HTTP reads", slow_http)
+            for name, values in ms.items():
+                res[name] = summary(name, values)
             conn.close()
         finally:
             proc.terminate()
@@ -229,18 +392,36 @@ def main() -> None:
                 proc.kill()
                 proc.wait()
 
-    emit_json({
-        "bench": "features", "p99_ms_1": res["http_1"]["p99"], "p99_ms_100": res["http_100"]["p99"],
-        "p50_ms_1": res["http_1"]["p50"], "p50_ms_100": res["http_100"]["p50"],
-        "fcall_p99_ms_1": res["fcall_1"]["p99"], "fcall_p99_ms_100": res["fcall_100"]["p99"],
-        "fcall_p50_ms_1": res["fcall_1"]["p50"], "fcall_p50_ms_100": res["fcall_100"]["p50"],
+    ingest_calls = slow_ingest.get("fcall features_ingest", [])
+    read_calls = feature_calls(slow_read, slow_http)
+    out |= {
+        "p50_ms_1": res["read_1"]["p50"], "p99_ms_1": res["read_1"]["p99"],
+        "p50_ms_100": res["read_100"]["p50"], "p99_ms_100": res["read_100"]["p99"],
+        "cpu_p50_ms_1": res["read_1"]["cpu_p50"], "cpu_p50_ms_100": res["read_100"]["cpu_p50"],
+        "bytes_per_user": round(memory["user"][1]), "max_bytes_per_user": memory["user"][2],
+        "bytes_per_item": round(memory["item"][1]),
+        "bytes_per_user_category": round(memory["user_category"][1]),
+        "max_call_ms": round(max(ingest_calls + read_calls, default=0.0), 3),
+        "max_read_call_ms": round(max(read_calls, default=0.0), 3),
+        "max_ingest_call_ms": round(max(ingest_calls, default=0.0), 3),
+        "p50_ingest_call_ms": round(upper_percentile(ingest_calls, counting.calls, 50), 3),
+        "p99_ingest_call_ms": round(upper_percentile(ingest_calls, counting.calls, 99), 3),
+        "p999_ingest_call_ms": round(upper_percentile(ingest_calls, counting.calls, 99.9), 3),
+        "ingest_calls": counting.calls,
+        "http_p50_ms_1": res["http_1"]["p50"], "http_p99_ms_1": res["http_1"]["p99"],
+        "http_p50_ms_100": res["http_100"]["p50"], "http_p99_ms_100": res["http_100"]["p99"],
+        "fcall_p50_ms_1": res["fcall_1"]["p50"], "fcall_p99_ms_1": res["fcall_1"]["p99"],
+        "fcall_p50_ms_100": res["fcall_100"]["p50"], "fcall_p99_ms_100": res["fcall_100"]["p99"],
+        **feast_extra,
         "features": len(names), "events": len(events), "users": len(users),
         "ingest_events_per_s_plain": round(len(events) / plain_s),
         "ingest_events_per_s_with_features": round(len(events) / feat_s),
-        "hook_us_per_event": round(hook_us),
-        "bytes_per_user": round(memory["user"][1]), "bytes_per_item": round(memory["item"][1]),
-        "bytes_per_user_category": round(memory["user_category"][1]), "quick": args.quick,
-    })  # fmt: skip
+        "hook_us_per_event": round(hook_us), "quick": args.quick,
+    }  # fmt: skip
+    if peer is not None:
+        out |= {f"feast_{k}": res[f"feast_{n}"][k2] for n in ("1", "100")
+                for k, k2 in ((f"p50_ms_{n}", "p50"), (f"p99_ms_{n}", "p99"))}  # fmt: skip
+    emit_json(out)
 
 
 if __name__ == "__main__":

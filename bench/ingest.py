@@ -1,7 +1,7 @@
 """Ingestion benchmark: events/s through `Ingestor.ingest`, and the server cost of the Functions
 against the same Redis commands sent without Lua.
 
-Run from the repo root: `.venv/bin/python bench/ingest.py [--events N] [--quick]`.
+Run from the repo root: `.venv/bin/python -m bench.ingest [--events N] [--quick]`.
 With REDIS_URL unset an embedded Redis Stack (AOF everysec, as in production) is started in a
 temporary folder; with REDIS_URL set that server is used under a unique key prefix (its
 commandstats are reset, so use a server nothing else is using).
@@ -74,13 +74,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "bench"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+import redis
 
-import redis  # noqa: E402
-from _common import (  # noqa: E402
+from app.catalog.search import price_band  # (mirror of the Lua price bands)
+from app.core.events import Event, parse_event
+from app.core.keys import Keys
+from app.core.settings import EngineConfig
+from app.core.units import MINUTE_MS
+from app.ingest.ingestor import Ingestor
+from app.redis import calls
+from bench._common import (
     HOUSEKEEPING,
     commandstats,
     emit_json,
@@ -89,7 +92,7 @@ from _common import (  # noqa: E402
     server_cpu_s,
     settle_aof,
 )
-from _session_mirror import (  # noqa: E402
+from bench._session_mirror import (
     HOT_PATH,
     ITEM_EVENTS,
     MAINT_EVERY_MS,
@@ -100,12 +103,7 @@ from _session_mirror import (  # noqa: E402
     needs,
 )
 
-from app.catalog.search import price_band  # noqa: E402  (mirror of the Lua price bands)
-from app.core.events import Event, parse_event  # noqa: E402
-from app.core.keys import Keys  # noqa: E402
-from app.core.settings import EngineConfig  # noqa: E402
-from app.ingest.ingestor import Ingestor  # noqa: E402
-from app.redis import calls  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TYPE_MIX = (
     ("view", 0.70), ("click", 0.10), ("search", 0.08), ("add_to_cart", 0.07),
@@ -220,9 +218,6 @@ def generate(n_events: int, n_users: int, n_items: int, seed: int) -> list[dict[
 
 
 # -- raw baseline: the Functions' command sequence from pipelines ---------------------------
-
-
-MINUTE_MS = 60_000
 
 
 def _lua_num(x: float) -> str:

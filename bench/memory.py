@@ -1,6 +1,6 @@
 """Memory per user and per item after replaying the real Online Retail purchases.
 
-Run from the repo root: `.venv/bin/python bench/memory.py [--limit N]`. Replays the sample
+Run from the repo root: `.venv/bin/python -m bench.memory [--limit N]`. Replays the sample
 data (embedded Redis Stack unless REDIS_URL is set) and reports MEMORY USAGE summed per key
 family, divided by the number of users / items / events that own them, plus used_memory.
 Last line: one JSON object.
@@ -14,9 +14,8 @@ import time
 from collections import defaultdict
 from dataclasses import replace
 
-from _common import ROOT, emit_json, redis_target
-
 from app.core.settings import EngineConfig
+from bench._common import ROOT, emit_json, redis_target
 from loaders import replay
 
 FAMILY = re.compile(r"^(?P<kind>[uig]):\{(?P<id>[^}]*)\}:(?P<part>[a-z_]+(?::[a-z_]+)*)")

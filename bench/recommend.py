@@ -1,6 +1,6 @@
 """Recommendation latency: the `recommend` Function and the HTTP endpoint (cache hit, inline).
 
-Run from the repo root: `.venv/bin/python bench/recommend.py [--quick] [--items N] [--users N]`.
+Run from the repo root: `.venv/bin/python -m bench.recommend [--quick] [--items N] [--users N]`.
 With REDIS_URL unset an embedded Redis Stack is started in a temporary folder (AOF everysec);
 with it set, that server is used under a unique key prefix removed at the end. Run one
 benchmark at a time: the figures are latencies on a shared machine.
@@ -45,39 +45,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "bench"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+import redis
 
-import redis  # noqa: E402
-from _common import emit_json, percentile, redis_target, settle_aof  # noqa: E402
-
-from app.catalog.index import (  # noqa: E402
+from app.catalog.index import (
     CatalogConfig,
     CatalogKeys,
     create_index,
     drop_catalog,
 )
-from app.catalog.vectorizers import get_vectorizer  # noqa: E402
-from app.core.events import parse_event  # noqa: E402
-from app.core.settings import EngineConfig, load_settings  # noqa: E402
-from app.core.taxonomy import CATEGORIES  # noqa: E402
-from app.ingest.ingestor import Ingestor  # noqa: E402
-from app.recs import calls as rec_calls  # noqa: E402
-from app.recs.experiments import DEFAULT  # noqa: E402
-from app.recs.hook import RecIngestHook  # noqa: E402
-from app.recs.keys import RecKeys  # noqa: E402
-from app.recs.model import Interactions, TrainConfig, train  # noqa: E402
-from app.recs.recommender import RecConfig, Recommender, RecRequest  # noqa: E402
-from app.redis import calls  # noqa: E402
-from loaders import online_retail  # noqa: E402
-from loaders.catalog import load_rows, online_retail_rows  # noqa: E402
-from loaders.train import catalog_vectors  # noqa: E402
+from app.catalog.vectorizers import get_vectorizer
+from app.core.events import parse_event
+from app.core.settings import EngineConfig, load_settings
+from app.core.taxonomy import CATEGORIES
+from app.engine import build_engine
+from app.recs import calls as rec_calls
+from app.recs.experiments import DEFAULT
+from app.recs.keys import RecKeys
+from app.recs.model import Interactions, TrainConfig, train
+from app.recs.recommender import RecConfig, Recommender, RecRequest
+from app.redis import calls
+from bench._common import emit_json, percentile, redis_target, settle_aof
+from loaders import online_retail
+from loaders.catalog import load_rows, online_retail_rows
+from loaders.train import catalog_vectors
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SERVER = r"""
 import asyncio, os, sys
-sys.path.insert(0, os.environ["BENCH_ROOT"])
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from app.api.app import create_app
@@ -101,7 +96,7 @@ class DataSet:
 
 
 def ingest(client: redis.Redis, engine: EngineConfig, events: Sequence[dict[str, Any]]) -> float:
-    ingestor = Ingestor(client, engine, phase2_hooks=[RecIngestHook(engine)])
+    ingestor = build_engine(client, engine).ingestor  # the API's ingestion, every hook
     now = int(time.time() * 1000) + 60_000
     t0 = time.monotonic()
     batch = []
@@ -304,7 +299,7 @@ def free_port() -> int:
 def start_app(url: str, prefix: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {**os.environ, "REDIS_URL": url, "RETAIL_KEY_PREFIX": prefix, "RETAIL_PORT": str(port),
-           "BENCH_ROOT": str(ROOT), "RETAIL_LOG_JSON": "false"}  # fmt: skip
+           "RETAIL_LOG_JSON": "false"}  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-c", SERVER], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.monotonic() + 120

@@ -1,6 +1,6 @@
 """Search benchmark: KNN and hybrid latency, HNSW recall@10, catalog load rate.
 
-Run from the repo root: `.venv/bin/python bench/search.py [--quick] [--items N]`.
+Run from the repo root: `.venv/bin/python -m bench.search [--quick] [--items N]`.
 With REDIS_URL unset an embedded Redis Stack is started in a temporary folder (AOF everysec,
 as in production); with REDIS_URL set that server is used under a unique key prefix, and this
 run's indexes and keys are removed at the end. Run one benchmark at a time.
@@ -49,16 +49,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "bench"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+import numpy as np
+import redis
 
-import numpy as np  # noqa: E402
-import redis  # noqa: E402
-from _common import emit_json, percentile, redis_target  # noqa: E402
-
-from app.catalog.index import (  # noqa: E402
+from app.catalog.index import (
     CatalogConfig,
     CatalogKeys,
     ProductRecord,
@@ -70,18 +64,21 @@ from app.catalog.index import (  # noqa: E402
     json_reply,
     redis_cmd,
 )
-from app.catalog.search import (  # noqa: E402
+from app.catalog.search import (
     Filters,
     ProductSearch,
     SearchRequest,
     filter_expression,
     query_words,
 )
-from app.catalog.vectorizers import embed_texts, get_vectorizer, words  # noqa: E402
-from app.core.settings import EngineConfig, load_settings  # noqa: E402
-from app.core.taxonomy import category_for  # noqa: E402
-from loaders.catalog import FeedRow, load_online_retail, load_rows, synthetic_stock  # noqa: E402
-from loaders.online_retail import build_catalog  # noqa: E402
+from app.catalog.vectorizers import embed_texts, get_vectorizer, words
+from app.core.settings import EngineConfig, load_settings
+from app.core.taxonomy import category_for
+from bench._common import emit_json, percentile, redis_target
+from loaders.catalog import FeedRow, load_online_retail, load_rows, synthetic_stock
+from loaders.online_retail import build_catalog
+
+ROOT = Path(__file__).resolve().parent.parent
 
 K = 10
 VARIANTS = ["SMALL", "LARGE", "MINI", "JUMBO", "RED", "BLUE", "PINK", "GREEN", "IVORY",

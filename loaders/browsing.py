@@ -16,9 +16,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-MINUTE_MS = 60_000
-HOUR_MS = 60 * MINUTE_MS
-DAY_MS = 24 * HOUR_MS
+from app.core.units import DAY_MS, HOUR_MS, MINUTE_MS
 
 
 def synthetic_browsing(purchases: Sequence[dict[str, Any]], seed: int = 6) -> list[dict[str, Any]]:

@@ -62,6 +62,7 @@ from app.catalog.index import (
     validate_record,
 )
 from app.catalog.vectorizers import TextVectorizer, embed_texts, get_vectorizer, vector_slug
+from app.core.batching import batched
 from app.core.errors import EngineError, ValidationError
 from app.core.settings import load_settings
 from app.redis import library as functions
@@ -375,17 +376,6 @@ class Progress:
         self.stream.flush()
 
 
-def _chunks(rows: Iterable[FeedRow], size: int) -> Iterator[list[FeedRow]]:
-    chunk: list[FeedRow] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def load_rows(
     client: redis.Redis,
     cfg: CatalogConfig,
@@ -418,9 +408,9 @@ def load_rows(
     bar = Progress(total, stream if stream is not None else sys.stderr, progress)
     seen_ids: set[str] = set()
     t0 = time.monotonic()
-    for chunk in _chunks(rows, batch):
+    for chunk in batched(rows, batch):
         report.read += len(chunk)
-        todo: list[tuple[ProductRecord, dict[str, Any], str]] = []
+        todo: list[Pending] = []
         deletes: list[str] = []
         for row in chunk:
             if row.item_id:
@@ -433,43 +423,9 @@ def load_rows(
                 content = content_of(row.record)
                 digest = content_hash(content, row.record, vectorizer.model)
                 todo.append((row.record, content, digest))
-        if todo:
-            pipe = client.pipeline(transaction=False)
-            for rec, _, _ in todo:
-                redis_cmd(pipe, "JSON.GET", ckeys.doc(rec.item_id), "$.content_hash")
-            stored = pipe.execute()
-            changed = []
-            for (rec, content, digest), raw in zip(todo, stored, strict=True):
-                if raw is not None and json_reply(raw) == [digest]:
-                    report.unchanged += 1
-                else:
-                    changed.append((rec, content, digest))
-            if changed:
-                vectors = embed_texts(vectorizer, [embedding_text(c) for _, c, _ in changed])
-                pipe = client.pipeline(transaction=False)
-                for (rec, content, digest), vec in zip(changed, vectors, strict=True):
-                    args = catalog_calls.catalog_upsert_args(
-                        cfg, ckeys, rec, content_json(content, slug, vec), digest
-                    )
-                    pipe.fcall("catalog_upsert", len(args[0]), *args[0], *args[1])
-                replies = pipe.execute(raise_on_error=False)
-                for (rec, _, _), reply in zip(changed, replies, strict=True):
-                    if isinstance(reply, Exception):
-                        report.reject(rec.line_no, f"{rec.item_id}: {reply}")
-                        continue
-                    result = catalog_calls.parse_upsert(reply)
-                    if result.status == "created":
-                        report.created += 1
-                    elif result.status == "updated":
-                        report.updated += 1
-                    else:
-                        report.unchanged += 1
-                    if result.price_status.startswith("refused:"):
-                        reason = result.price_status.split(":", 1)[1]
-                        report.price_refused[reason] += 1
-                        ex = report.price_refused_examples.setdefault(reason, [])
-                        if len(ex) < 5:
-                            ex.append(rec.item_id)
+        changed = _changed(client, ckeys, todo, report) if todo else []
+        if changed:
+            _upsert(client, cfg, ckeys, changed, vectorizer, slug, report)
         if deletes:
             report.deleted += delete_items(client, ckeys, deletes)
         bar.update(report.read)
@@ -478,6 +434,63 @@ def load_rows(
     report.seconds = time.monotonic() - t0
     bar.update(report.read, final=True)
     return report
+
+
+Pending = tuple[ProductRecord, dict[str, Any], str]  # record, content, content hash
+
+
+def _changed(
+    client: redis.Redis, ckeys: CatalogKeys, todo: list[Pending], report: LoadReport
+) -> list[Pending]:
+    """The products whose stored content hash differs (one JSON.GET each, pipelined): the
+    others cost no embedding and no write."""
+    pipe = client.pipeline(transaction=False)
+    for rec, _, _ in todo:
+        redis_cmd(pipe, "JSON.GET", ckeys.doc(rec.item_id), "$.content_hash")
+    changed = []
+    for (rec, content, digest), raw in zip(todo, pipe.execute(), strict=True):
+        if raw is not None and json_reply(raw) == [digest]:
+            report.unchanged += 1
+        else:
+            changed.append((rec, content, digest))
+    return changed
+
+
+def _upsert(
+    client: redis.Redis,
+    cfg: CatalogConfig,
+    ckeys: CatalogKeys,
+    changed: list[Pending],
+    vectorizer: TextVectorizer,
+    slug: str,
+    report: LoadReport,
+) -> None:
+    """Embed and send `catalog_upsert` calls in one pipeline; count each outcome."""
+    vectors = embed_texts(vectorizer, [embedding_text(c) for _, c, _ in changed])
+    pipe = client.pipeline(transaction=False)
+    for (rec, content, digest), vec in zip(changed, vectors, strict=True):
+        args = catalog_calls.catalog_upsert_args(
+            cfg, ckeys, rec, content_json(content, slug, vec), digest
+        )
+        pipe.fcall("catalog_upsert", len(args[0]), *args[0], *args[1])
+    replies = pipe.execute(raise_on_error=False)
+    for (rec, _, _), reply in zip(changed, replies, strict=True):
+        if isinstance(reply, Exception):
+            report.reject(rec.line_no, f"{rec.item_id}: {reply}")
+            continue
+        result = catalog_calls.parse_upsert(reply)
+        if result.status == "created":
+            report.created += 1
+        elif result.status == "updated":
+            report.updated += 1
+        else:
+            report.unchanged += 1
+        if result.price_status.startswith("refused:"):
+            reason = result.price_status.split(":", 1)[1]
+            report.price_refused[reason] += 1
+            ex = report.price_refused_examples.setdefault(reason, [])
+            if len(ex) < 5:
+                ex.append(rec.item_id)
 
 
 def _delete_missing(
@@ -491,7 +504,7 @@ def _delete_missing(
     """Delete this source's products that the feed no longer lists (rows with errors still
     count as listed). Refused when it would delete more than `max_fraction` of them."""
     existing: list[str] = []
-    for keys in _key_batches(scan_docs(client, ckeys), 1000):
+    for keys in batched(scan_docs(client, ckeys), 1000):
         pipe = client.pipeline(transaction=False)
         for key in keys:
             redis_cmd(pipe, "JSON.GET", key, "$.source")
@@ -509,17 +522,6 @@ def _delete_missing(
         )
         return
     report.deleted += delete_items(client, ckeys, missing)
-
-
-def _key_batches(keys: Iterator[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for key in keys:
-        batch.append(key)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def load_online_retail(

@@ -33,7 +33,8 @@ import redis
 from app.core.errors import EngineError, ValidationError
 from app.core.events import Event, parse_event
 from app.core.settings import EngineConfig, load_settings
-from app.ingest.ingestor import Ingestor, Phase2Hook
+from app.engine import build_engine
+from app.ingest.ingestor import Ingestor
 from app.redis import embedded as redis_stack
 from app.redis import library as functions
 from loaders import online_retail
@@ -148,7 +149,7 @@ def replay(
     progress: bool = True,
     stream: TextIO | None = None,
     resume: bool = True,
-    phase2_hooks: Sequence[Phase2Hook] = (),
+    ingestor: Ingestor | None = None,
 ) -> ReplayReport:
     """Send the file's purchase events (the first `limit` of them) through the Ingestor.
 
@@ -171,7 +172,8 @@ def replay(
         scan_seconds=time.monotonic() - t0,
     )  # fmt: skip
 
-    ingestor = Ingestor(client, cfg, phase2_hooks=phase2_hooks)
+    if ingestor is None:  # the whole engine, as the HTTP API ingests
+        ingestor = build_engine(client, cfg).ingestor
     checkpoint = checkpoint_key(cfg, path)
     done_before = int(client.hget(checkpoint, "read") or 0) if resume else 0
     report.resumed_from = min(done_before, total)

@@ -120,7 +120,7 @@ def train_online_retail(
     )  # fmt: skip
 
 
-def _date_ms(text: str) -> int:
+def date_ms(text: str) -> int:
     dt = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)
 
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: set REDIS_URL or pass --redis-url", file=sys.stderr)
         return 2
     cfg = TrainConfig(neighbours=args.neighbours, method=args.method, shrink=args.shrink)
-    until = _date_ms(args.until) if args.until else None
+    until = date_ms(args.until) if args.until else None
     with redis.Redis.from_url(url) as client:
         try:
             redis_stack.probe(client)

@@ -1,8 +1,8 @@
 -- Shared helpers for every Function in the `retail` library.
--- This file is concatenated first by app/functions.py (which prepends the `#!lua` shebang and
+-- This file is concatenated first by app/redis/library.py (which prepends the `#!lua` shebang and
 -- `local LIBRARY_VERSION = '...'`). Keep it free of side effects: no redis.call at load time.
 
--- Error codes are mirrored once in app/errors.py (LUA_ERROR_CODES).
+-- Error codes are mirrored once in app/core/errors.py (LUA_ERROR_CODES).
 local function fail(code, msg)
   return error({err = code .. ' ' .. msg}, 0)
 end
@@ -105,3 +105,12 @@ local function decayed_value(score, at, epoch, half_life)
   if score <= 0 then return 0 end
   return math.exp(math.log(score) - (at - epoch) / half_life * math.log(2))
 end
+
+-- library_version (no-writes): the version string app/redis/library.py computed when loading.
+-- KEYS none, ARGV none. Reply: string.
+local function library_version(keys, argv)
+  return LIBRARY_VERSION
+end
+
+redis.register_function{function_name = 'library_version', callback = library_version,
+  flags = {'no-writes', 'allow-stale'}}

@@ -50,12 +50,4 @@ local function trending(keys, argv)
   return reply
 end
 
--- library_version (no-writes): the version string app/functions.py computed when loading.
--- KEYS none, ARGV none. Reply: string.
-local function library_version(keys, argv)
-  return LIBRARY_VERSION
-end
-
 redis.register_function{function_name = 'trending', callback = trending, flags = {'no-writes'}}
-redis.register_function{function_name = 'library_version', callback = library_version,
-  flags = {'no-writes', 'allow-stale'}}

@@ -4,7 +4,7 @@
 --   p:{item}        JSON  the product document, indexed by RediSearch under the `p:` prefix
 --   i:{item}:guard  HASH  price guard settings: floor, ceiling, locked, lock_reason, updated_ms
 --   i:{item}:price  TS    every accepted price (GBP) at server time ms (strictly increasing)
--- The client builds all names (app/catalog.py CatalogKeys); the doc shape is in docs/search.md.
+-- The client builds all names (app/catalog/index.py CatalogKeys); the doc shape is in docs/search.md.
 --
 -- Guardrails (one rule set for the HTTP PATCH, automation and feed loads; docs/search.md):
 --   lock     a manual lock pins the price: only source 'manual' may change it
@@ -172,7 +172,7 @@ end
 -- KEYS[3] i:{item}:price  TS    price history
 -- ARGV[1] content_json       str  JSON object: every document field except content_hash,
 --                                 price, stock, in_stock, created_ms, updated_ms (added here)
--- ARGV[2] content_hash       str  lowercase hex digest of the content (app/catalog.py)
+-- ARGV[2] content_hash       str  lowercase hex digest of the content (app/catalog/index.py)
 -- ARGV[3] price              num  feed price, GBP, > 0
 -- ARGV[4] stock              int  feed stock level, >= 0
 -- ARGV[5] stock_mode         str  'set' (the feed manages stock: applied on every change) |
@@ -248,6 +248,79 @@ local function catalog_upsert(keys, argv)
   return {'updated', price_status}
 end
 
+-- The validated ARGV of catalog_update (see its contract), or an error before any write.
+local function update_args(argv)
+  local a = {source = argv[1], floor = argv[5], ceiling = argv[6], lock = argv[7],
+             lock_reason = argv[8] or ''}
+  if not PRICE_SOURCES[a.source] then
+    fail('ERR_BADARG', "source must be 'manual', 'automation' or 'feed', got " .. tostring(a.source))
+  end
+  if argv[2] ~= '' then a.price = price_arg(argv[2], 'price') end
+  if argv[3] ~= '' then a.stock = stock_arg(argv[3], 'stock') end
+  if argv[4] ~= '' then a.delta = int(argv[4], 'stock_delta') end
+  if a.stock ~= nil and a.delta ~= nil then fail('ERR_BADARG', 'give stock or stock_delta, not both') end
+  a.max_pct = num(argv[9], 'max_change_pct')
+  a.window_ms = int(argv[10], 'window_ms')
+  a.retention_ms = int(argv[11], 'price_retention_ms')
+  a.settings = a.floor ~= '' or a.ceiling ~= '' or a.lock ~= ''
+  if a.settings and a.source ~= 'manual' then
+    fail('ERR_BADARG', 'floor, ceiling and lock can only be changed by source manual')
+  end
+  if a.lock ~= '' and a.lock ~= '0' and a.lock ~= '1' then
+    fail('ERR_BADARG', "lock must be '1', '0' or '', got " .. tostring(a.lock))
+  end
+  return a
+end
+
+-- The guard after the call's settings: {floor, ceiling, locked, lock_reason, floor_set,
+-- ceiling_set}; an error (nothing written) when the floor would sit above the ceiling.
+local function guard_change(guard, a)
+  local function bound(arg, name)
+    if arg == '' then return guard[name], false end
+    if arg == '-' then return nil, true end
+    return price_arg(arg, name), true
+  end
+  local g = {locked = guard.locked, lock_reason = guard.lock_reason}
+  g.floor, g.floor_set = bound(a.floor, 'floor')
+  g.ceiling, g.ceiling_set = bound(a.ceiling, 'ceiling')
+  if g.floor ~= nil and g.ceiling ~= nil and g.floor > g.ceiling then
+    fail('ERR_BADARG', 'floor ' .. json_num(g.floor) .. ' is above ceiling ' .. json_num(g.ceiling))
+  end
+  if a.lock ~= '' then
+    g.locked = (a.lock == '1')
+    g.lock_reason = g.locked and a.lock_reason or ''
+  end
+  return g
+end
+
+-- An accepted update: the guard settings, then one JSON.MERGE (one re-index of the document),
+-- then the price history.
+local function write_update(doc_key, guard_key, price_key, a, g, cur, stock, price_changes, now)
+  if a.settings then
+    if g.floor_set then
+      if g.floor == nil then redis.call('HDEL', guard_key, 'floor') else redis.call('HSET', guard_key, 'floor', json_num(g.floor)) end
+    end
+    if g.ceiling_set then
+      if g.ceiling == nil then redis.call('HDEL', guard_key, 'ceiling') else redis.call('HSET', guard_key, 'ceiling', json_num(g.ceiling)) end
+    end
+    if a.lock ~= '' then
+      redis.call('HSET', guard_key, 'locked', a.lock, 'lock_reason', g.lock_reason)
+    end
+    redis.call('HSET', guard_key, 'updated_ms', now)
+  end
+  local members = {}
+  if price_changes then members[#members + 1] = {'price', json_num(a.price)} end
+  if stock ~= cur.stock then
+    members[#members + 1] = {'stock', json_num(stock)}
+    members[#members + 1] = {'in_stock', stock > 0 and 'true' or 'false'}
+  end
+  if #members > 0 then
+    members[#members + 1] = {'updated_ms', json_num(now)}
+    redis.call('JSON.MERGE', doc_key, '$', splice('{}', members))
+  end
+  if price_changes then record_price(price_key, now, a.price, a.retention_ms) end
+end
+
 -- catalog_update: change an item's price and/or stock, and its guard settings, atomically.
 --
 -- Purpose: the live path (HTTP PATCH /v1/items/{id}, repricing automation, stock systems).
@@ -282,44 +355,9 @@ end
 local function catalog_update(keys, argv)
   local doc_key, guard_key, price_key = keys[1], keys[2], keys[3]
   if #keys ~= 3 then fail('ERR_KEYS', 'expected 3 keys (doc, guard, price), got ' .. #keys) end
-  local source = argv[1]
-  if not PRICE_SOURCES[source] then
-    fail('ERR_BADARG', "source must be 'manual', 'automation' or 'feed', got " .. tostring(source))
-  end
-  local new_price = nil
-  if argv[2] ~= '' then new_price = price_arg(argv[2], 'price') end
-  local new_stock, delta = nil, nil
-  if argv[3] ~= '' then new_stock = stock_arg(argv[3], 'stock') end
-  if argv[4] ~= '' then delta = int(argv[4], 'stock_delta') end
-  if new_stock ~= nil and delta ~= nil then fail('ERR_BADARG', 'give stock or stock_delta, not both') end
-  local floor_arg, ceiling_arg, lock_arg, lock_reason = argv[5], argv[6], argv[7], argv[8] or ''
-  local max_pct = num(argv[9], 'max_change_pct')
-  local window_ms = int(argv[10], 'window_ms')
-  local retention_ms = int(argv[11], 'price_retention_ms')
-  local settings = floor_arg ~= '' or ceiling_arg ~= '' or lock_arg ~= ''
-  if settings and source ~= 'manual' then
-    fail('ERR_BADARG', 'floor, ceiling and lock can only be changed by source manual')
-  end
-  if lock_arg ~= '' and lock_arg ~= '0' and lock_arg ~= '1' then
-    fail('ERR_BADARG', "lock must be '1', '0' or '', got " .. tostring(lock_arg))
-  end
-
+  local a = update_args(argv)
   local guard = guard_read(guard_key)
-  local function bound(arg, name)
-    if arg == '' then return guard[name], false end
-    if arg == '-' then return nil, true end
-    return price_arg(arg, name), true
-  end
-  local floor, floor_set = bound(floor_arg, 'floor')
-  local ceiling, ceiling_set = bound(ceiling_arg, 'ceiling')
-  if floor ~= nil and ceiling ~= nil and floor > ceiling then
-    fail('ERR_BADARG', 'floor ' .. json_num(floor) .. ' is above ceiling ' .. json_num(ceiling))
-  end
-  local new_guard = {floor = floor, ceiling = ceiling, locked = guard.locked, lock_reason = guard.lock_reason}
-  if lock_arg ~= '' then
-    new_guard.locked = (lock_arg == '1')
-    new_guard.lock_reason = new_guard.locked and lock_reason or ''
-  end
+  local new_guard = guard_change(guard, a)
 
   local function reply(status, reason, detail, price, stock, g)
     local f, c = '', ''
@@ -334,53 +372,27 @@ local function catalog_update(keys, argv)
   if cur == nil then return reply('not_found', '', 'no product document', nil, 0, guard) end
 
   local now = now_ms()
+  local new_price = a.price
   local price_changes = new_price ~= nil and (cur.price == nil or math.abs(new_price - cur.price) > 1e-9 * new_price)
   if price_changes then
     local lo, hi = nil, nil
-    if cur.price ~= nil then lo, hi = window_range(price_key, cur.price, now, window_ms) end
-    local reason, detail = price_verdict(new_price, source, new_guard, lo, hi, max_pct, window_ms)
+    if cur.price ~= nil then lo, hi = window_range(price_key, cur.price, now, a.window_ms) end
+    local reason, detail = price_verdict(new_price, a.source, new_guard, lo, hi, a.max_pct, a.window_ms)
     if reason ~= nil then return reply('refused', reason, detail, cur.price, cur.stock, guard) end
   end
   local stock = cur.stock
-  if new_stock ~= nil then stock = new_stock end
-  if delta ~= nil then
-    if cur.stock + delta < 0 then
+  if a.stock ~= nil then stock = a.stock end
+  if a.delta ~= nil then
+    if cur.stock + a.delta < 0 then
       return reply('refused', 'insufficient_stock',
-        'stock ' .. json_num(cur.stock) .. ' cannot change by ' .. json_num(delta), cur.price, cur.stock, guard)
+        'stock ' .. json_num(cur.stock) .. ' cannot change by ' .. json_num(a.delta), cur.price, cur.stock, guard)
     end
-    stock = cur.stock + delta
+    stock = cur.stock + a.delta
     if stock > STOCK_MAX then fail('ERR_BADARG', 'stock would exceed ' .. STOCK_MAX) end
   end
 
-  -- Accepted: write the guard, then one JSON.MERGE (one re-index of the document).
-  if settings then
-    if floor_set then
-      if floor == nil then redis.call('HDEL', guard_key, 'floor') else redis.call('HSET', guard_key, 'floor', json_num(floor)) end
-    end
-    if ceiling_set then
-      if ceiling == nil then redis.call('HDEL', guard_key, 'ceiling') else redis.call('HSET', guard_key, 'ceiling', json_num(ceiling)) end
-    end
-    if lock_arg ~= '' then
-      redis.call('HSET', guard_key, 'locked', lock_arg, 'lock_reason', new_guard.lock_reason)
-    end
-    redis.call('HSET', guard_key, 'updated_ms', now)
-  end
-  local members = {}
-  if price_changes then members[#members + 1] = {'price', json_num(new_price)} end
-  if stock ~= cur.stock then
-    members[#members + 1] = {'stock', json_num(stock)}
-    members[#members + 1] = {'in_stock', stock > 0 and 'true' or 'false'}
-  end
-  if #members > 0 then
-    members[#members + 1] = {'updated_ms', json_num(now)}
-    redis.call('JSON.MERGE', doc_key, '$', splice('{}', members))
-  end
-  local price = cur.price
-  if price_changes then
-    record_price(price_key, now, new_price, retention_ms)
-    price = new_price
-  end
-  return reply('ok', '', '', price, stock, new_guard)
+  write_update(doc_key, guard_key, price_key, a, new_guard, cur, stock, price_changes, now)
+  return reply('ok', '', '', price_changes and new_price or cur.price, stock, new_guard)
 end
 
 -- catalog_item (no-writes): one product with its guard settings and recent price history.

@@ -2,7 +2,7 @@
 --
 -- A Function touches one cluster slot. The user's keys share the hash tag {user}; neighbour
 -- lists (i:{item}:nn|cn|co:*) and product documents (p:{item}) live in item slots. So the
--- Python layer (app/recommend.py) gathers the item-slot data (the neighbour lists of the
+-- Python layer (app/recs/recommender.py) gathers the item-slot data (the neighbour lists of the
 -- session's anchor items, global lists, product attributes from its catalog cache) and passes
 -- candidates WITH their attributes in ARGV; `recommend` runs in the user's slot, reads the
 -- session, history, affinities, seen-filter and traits, and does the scoring, filtering,
@@ -18,7 +18,7 @@ REC.TIERS = {'cold', 'content', 'collab'}
 REC.SURFACES = {home = true, product = true, cart = true}
 REC.PERSONAL = {nn = true, co = true, ct = true, rb = true}  -- sources tied to an anchor
 
--- Default weights (app/recommend.py sends the variant's full spec; these fill any gap).
+-- Default weights (app/recs/recommender.py sends the variant's full spec; these fill any gap).
 --   sources:  nn model neighbours, co real-time co-occurrence, ct content (vector) neighbours,
 --             cat top items of the user's categories, tr trending now, pop global popularity,
 --             rb buy-again (history items themselves; only with repurchase on),
@@ -617,7 +617,7 @@ end
 
 -- rec_track: long-term item history per user (the 'hist' anchors), from accepted events.
 --
--- Called from the ingestion's phase 2 (app/rec_ingest.py hook), so each accepted event counts
+-- Called from the ingestion's phase 2 (app/recs/hook.py hook), so each accepted event counts
 -- once. Forward decay like the affinities (00_common.lua): an event of weight w at time t adds
 -- w * 2^((t - epoch) / half_life); the set keeps the `cap` strongest items.
 -- KEYS[g] u:{user}:hist ZSET, one per user group (standalone: many users; cluster: one slot)
@@ -681,7 +681,7 @@ end
 
 -- rec_hot: real-time popularity (the 'pop' candidates and the fallback snapshot).
 --
--- Called from the ingestion's phase 2 (app/rec_ingest.py hook) for accepted events, so a
+-- Called from the ingestion's phase 2 (app/recs/hook.py hook) for accepted events, so a
 -- duplicate never counts twice. Forward decay (00_common.lua): an interaction of weight w at
 -- time t adds w * 2^((t - epoch) / half_life); the set keeps the `cap` strongest items, so the
 -- order is "popular over the last few half-lives", updated with every event.

@@ -3,8 +3,8 @@
 -- Purpose: count exposures (a served recommendation list) and attributed clicks, carts,
 --   purchases and revenue per variant, as totals and as per-minute TimeSeries, and keep a
 --   capped log of exposures (which list, which user, which items) for offline analysis.
---   Exposures come from the serving layer (buffered, app/experiments.py); attributed events
---   from the ingestion's phase 2 (app/rec_ingest.py), so each accepted event counts once.
+--   Exposures come from the serving layer (buffered, app/recs/experiments.py); attributed events
+--   from the ingestion's phase 2 (app/recs/hook.py), so each accepted event counts once.
 --
 -- KEYS (all with the experiment's tag {exp}):
 --   KEYS[1]    x:{exp}:n                      HASH   '<variant>:<metric>' -> total

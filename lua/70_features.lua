@@ -1,29 +1,31 @@
 -- Feature store: online state and point-in-time reads of the features declared once in
--- features/features.yaml. app/features.py compiles the declarations into a compact JSON spec
--- that both Functions below take as ARGV[1] and interpret; no feature is hand-written here.
--- The offline twin (app/features_offline.py) computes the same definitions from the event log.
--- Semantics, granularity and memory: docs/features.md.
+-- features/features.yaml. app/features/spec.py compiles the declarations into a compact JSON
+-- spec that both Functions below take as ARGV[1] and interpret; no feature is hand-written
+-- here. The offline twin (app/features/offline.py) computes the same definitions from the event
+-- log, and app/features/online.py reads the packed state below with the same arithmetic in
+-- Python (the fast path: one GET per entity). Semantics, layout and memory: docs/features.md.
 --
 -- The spec is decoded once per library load and memoised by its text (FEATURE_SPECS below):
 -- a cache of a pure function of the argument, so it changes no result and is safe under
 -- effects replication; a call then pays only for its own events or reads.
 --
--- State: one HASH per entity; every key of one call carries its entity's hash tag.
---   u:{user}:feat              HASH  user features (user id, or anon:<id>)
---   i:{item}:feat              HASH  item features
---   u:{user}:featc:<category>  HASH  user x category features
--- Fields:
---   '<slot>:<n>'  the state of bucket n of a slot, n = floor(ts / bucket_ms) (event time,
---                 buckets aligned on the UTC epoch); by slot kind:
---                   sum   integer: events, units (qty) or revenue (1/10,000 GBP) of the bucket
---                   dec   float: sum of weight * 2^((ts - bucket start) / half_life)
---                   max   integer: newest event ts in the bucket
---                   last  'ts:value' of the bucket's newest event (same ts: larger value)
---                   kmv   the bucket's k smallest member hashes (13 hex digits each, ascending)
---   '<slot>:h'    horizon ms: buckets ending at or before it were trimmed (reads whose window
---                 starts before it answer null rather than a partial value)
---   '_w'          newest event ts the entity has seen;  '_t' its value at the last trim;
---   '_e'          the '_w' at which the oldest kept bucket leaves its windows (trim only then)
+-- State: one STRING per entity (every key of one call carries its entity's hash tag):
+--   u:{user}:fs              user features (user id, or anon:<id>)
+--   i:{item}:fs              item features
+--   u:{user}:fsc:<category>  user x category features
+-- holding a MessagePack array {1, w, slots}: w = the newest event ts the entity has seen (ms),
+-- slots = map slot id -> {h, ages, values}:
+--   h       horizon ms (0: none): buckets ending at or before it were dropped (reads whose
+--           window starts before it answer null rather than a partial value; for max / last
+--           slots only when no kept bucket at or after it lies in the window)
+--   ages    per bucket floor(w / bucket_ms) - n, where n = floor(ts / bucket_ms): ascending
+--           (newest bucket first); small numbers, and a reader bisects them as they are
+--   values  one per bucket, in the same order, by slot kind:
+--             sum   integer: events, units (qty) or revenue (1/10,000 GBP) of the bucket
+--             dec   float: sum of weight * 2^((ts - bucket start) / half_life)
+--             max   integer: newest event ts in the bucket minus the bucket start
+--             last  {ts - bucket start, value} of the bucket's newest event (same ts: larger)
+--             kmv   binary: the bucket's k smallest member hashes, 7 bytes each, ascending
 
 local FEATURE_SPECS, FEATURE_SPEC_COUNT, FEATURE_SPEC_CAP = {}, 0, 8
 local FEATURE_ENTITIES = {user = true, item = true, user_category = true}
@@ -36,10 +38,11 @@ local FEATURE_AGGS = {
 local REVENUE_UNITS = 10000      -- revenue state is integer 1/10,000 GBP (exact sums)
 local KMV_HEX = 13               -- 13 hex digits = 52 bits: exact in a Lua number
 local KMV_SPACE = 4503599627370496  -- 2^52
-local CHUNK = 1000               -- arguments per HMGET / HSET / HDEL (Lua's unpack limit)
+local STATE_FORMAT = 1           -- first element of every packed state
+local KMV_BYTES = 7              -- a 52-bit hash packed big-endian
 
 local function spec_fail(msg)
-  fail('ERR_BADARG', 'spec: ' .. msg .. ' (the spec is the JSON app/features.py compiles)')
+  fail('ERR_BADARG', 'spec: ' .. msg .. ' (the spec is the JSON app/features/spec.py compiles)')
 end
 
 local function spec_int(value, name, min)
@@ -70,8 +73,7 @@ local function feature_spec(text)
   local ok, raw = pcall(cjson.decode, text or '')
   if not ok or type(raw) ~= 'table' or raw.v ~= 1 then spec_fail('not a v1 feature spec') end
   spec = {
-    trim = spec_int(raw.trim, 'trim', 1), tmin = spec_int(raw.tmin, 'tmin', 0),
-    ent = {}, slots = {}, feats = {},
+    hist = spec_int(raw.hist, 'hist', 0), ent = {}, slots = {}, feats = {},
   }
   for name, _ in pairs(FEATURE_ENTITIES) do
     local ttl = (type(raw.ttl) == 'table' and raw.ttl[name]) or 0
@@ -182,31 +184,43 @@ end
 -- smallest of each bucket keeps the k smallest of any union of buckets, so a window's sketch
 -- is exact whatever its buckets. Below k distinct members the count is exact.
 local function kmv_hash(member)
-  return string.sub(redis.sha1hex(member), 1, KMV_HEX)
+  return tonumber(string.sub(redis.sha1hex(member), 1, KMV_HEX), 16)
 end
 
-local function kmv_decode(text, into)
-  for i = 1, #text, KMV_HEX do into[#into + 1] = string.sub(text, i, i + KMV_HEX - 1) end
-end
-
--- Hex hashes (duplicates allowed) -> the k smallest distinct, as ascending numbers.
-local function kmv_smallest(hexes, k)
-  local nums, seen = {}, {}
-  for _, h in ipairs(hexes) do
-    if not seen[h] then
-      seen[h] = true
-      nums[#nums + 1] = tonumber(h, 16)
+-- Numbers (duplicates allowed) -> the k smallest distinct, ascending.
+local function kmv_smallest(nums, k)
+  local uniq, seen = {}, {}
+  for _, x in ipairs(nums) do
+    if not seen[x] then
+      seen[x] = true
+      uniq[#uniq + 1] = x
     end
   end
-  table.sort(nums)
+  table.sort(uniq)
   local out = {}
-  for i = 1, math.min(k, #nums) do out[i] = nums[i] end
+  for i = 1, math.min(k, #uniq) do out[i] = uniq[i] end
   return out
 end
 
-local function kmv_encode(nums)
-  local parts = {}
-  for i, n in ipairs(nums) do parts[i] = string.format('%013x', n) end
+-- Packed hashes <-> numbers (7 bytes big-endian each; numbers, never strings, are compared).
+local function kmv_unpack(bin, into)
+  for i = 1, #bin, KMV_BYTES do
+    local x = 0
+    for j = i, i + KMV_BYTES - 1 do x = x * 256 + string.byte(bin, j) end
+    into[#into + 1] = x
+  end
+  return into
+end
+
+local function kmv_pack(nums)
+  local parts, bytes = {}, {}
+  for i, x in ipairs(nums) do
+    for j = KMV_BYTES, 1, -1 do
+      bytes[j] = x % 256
+      x = (x - bytes[j]) / 256
+    end
+    parts[i] = string.char(unpack(bytes))
+  end
   return table.concat(parts)
 end
 
@@ -225,386 +239,374 @@ local function feature_window(feat, t)
   return e - feat.w, e
 end
 
--- 'ts:value' of a `last` bucket; is (ts, v) later than (best_ts, best_v)?
+
+-- 'ts:value' order of `last` buckets: is (ts, v) later than (best_ts, best_v)?
 local function last_better(ts, v, best_ts, best_v)
   if best_ts == nil then return true end
   return ts > best_ts or (ts == best_ts and v > best_v)
 end
 
-local function parse_last(raw)
-  local ts, v = string.match(raw, '^(%-?%d+):(%-?%d+)$')
-  return tonumber(ts), tonumber(v)
+-- A bucket's packed value -> its working form (max: absolute ts; last: {ts, v}; kmv: numbers).
+local function bucket_value(slot, n, raw)
+  local kind = slot.kind
+  if kind == 'max' then return n * slot.b + raw end
+  if kind == 'last' then return {n * slot.b + raw[1], raw[2]} end
+  if kind == 'kmv' then return kmv_unpack(raw, {}) end
+  return raw
 end
 
--- HMGET in chunks; a missing field is `false` at its position.
-local function hmget_chunked(key, fields)
-  local out = {}
-  for i = 1, #fields, CHUNK do
-    local last = math.min(i + CHUNK - 1, #fields)
-    local part = redis.call('HMGET', key, unpack(fields, i, last))
-    for j = i, last do out[j] = part[j - i + 1] end
-  end
-  return out
+local function bucket_packed(slot, n, value)
+  local kind = slot.kind
+  if kind == 'max' then return value - n * slot.b end
+  if kind == 'last' then return {value[1] - n * slot.b, value[2]} end
+  if kind == 'kmv' then return kmv_pack(kmv_smallest(value, slot.kk)) end
+  return value
 end
 
-local function call_chunked(cmd, key, args, step)
-  for i = 1, #args, step do
-    redis.call(cmd, key, unpack(args, i, math.min(i + step - 1, #args)))
+-- Packed state (GET reply) -> {w = newest ts or nil, slots = {id -> {h, n = {...}, v = {...}}},
+-- dropped}: bucket indices absolute and ascending, values still packed (decoded where used);
+-- slots the spec does not have are left out (`dropped` counts their buckets).
+local function state_decode(spec, raw)
+  local st = {w = nil, slots = {}, dropped = 0}
+  if not raw then return st end
+  local ok, obj = pcall(cmsgpack.unpack, raw)
+  if not ok or type(obj) ~= 'table' or obj[1] ~= STATE_FORMAT or type(obj[3]) ~= 'table' then
+    fail('ERR_BADARG', 'feature state is not format ' .. STATE_FORMAT .. ' (written by another version?)')
   end
+  st.w = obj[2]
+  for id, s in pairs(obj[3]) do
+    local slot = spec.slots[id]
+    local ages, vals = s[2], s[3]
+    if slot == nil then
+      st.dropped = st.dropped + #ages
+    else
+      local base, ns, vs, m = math.floor(st.w / slot.b), {}, {}, #ages
+      for i = 1, m do
+        ns[i] = base - ages[m + 1 - i]
+        vs[i] = vals[m + 1 - i]
+      end
+      st.slots[id] = {h = s[1], n = ns, v = vs}
+    end
+  end
+  return st
 end
 
--- Raise slots' horizons: `gone[slot id]` is the highest bucket index dropped (trimmed, or a
--- late event's bucket not written); reads whose window starts before its end answer null.
--- Appends the '<slot>:h' updates to `set` (field, value, ...) for the caller's one HSET.
-local function raise_horizons(spec, key, gone, set)
-  local ids, hfields = {}, {}
-  for id, _ in pairs(gone) do
-    ids[#ids + 1] = id
-    hfields[#hfields + 1] = id .. ':h'
+-- The working value of bucket n (nil: empty), to update in place through slot_set. Only
+-- the buckets an event touches are unpacked (a sketch bucket costs a decode and a re-sort).
+local function slot_get(slot, s, n)
+  if s.work == nil then
+    s.work, s.pos = {}, {}
+    for i, m in ipairs(s.n) do s.pos[m] = i end
   end
-  if #ids == 0 then return end
-  local old = redis.call('HMGET', key, unpack(hfields))
-  for i, id in ipairs(ids) do
-    local h = (gone[id] + 1) * spec.slots[id].b
-    local prev = tonumber(old[i])
-    if prev == nil or h > prev then
-      set[#set + 1] = hfields[i]
-      set[#set + 1] = int_text(h)
+  local cur = s.work[n]
+  if cur == nil and s.pos[n] ~= nil then
+    cur = bucket_value(slot, n, s.v[s.pos[n]])
+    s.work[n] = cur
+  end
+  return cur
+end
+
+local function slot_set(s, n, value)
+  s.work[n] = value
+end
+
+-- Pack the touched buckets back into the ascending arrays.
+local function slot_arrays(slot, s)
+  if s.work == nil then return end
+  local added = false
+  for n, value in pairs(s.work) do
+    local i = s.pos[n]
+    if i == nil then
+      i = #s.n + 1
+      if i > 1 and s.n[i - 1] > n then added = true end  -- out of order: sort below
+      s.n[i] = n
+      s.pos[n] = i
+    end
+    s.v[i] = bucket_packed(slot, n, value)
+  end
+  if added then
+    local order = {}
+    for i = 1, #s.n do order[i] = i end
+    table.sort(order, function(a, b) return s.n[a] < s.n[b] end)
+    local ns, vs = {}, {}
+    for i, k in ipairs(order) do ns[i], vs[i] = s.n[k], s.v[k] end
+    s.n, s.v = ns, vs
+  end
+  s.work, s.pos = nil, nil
+end
+
+-- Drop the buckets no read as of (newest - history) or later can use, raising the horizon:
+-- those that left every window (start < newest - retention) and, for max / last slots, those
+-- older than the newest bucket before the first readable window end (it lies in every window
+-- that holds them and always wins). Returns the number dropped.
+local function slot_trim(spec, slot, s, w)
+  local ns = s.n
+  local keep = 1
+  while keep <= #ns and ns[keep] * slot.b < w - slot.ret do keep = keep + 1 end
+  if slot.kind == 'max' or slot.kind == 'last' then
+    local first_end = math.floor((w - spec.hist) / slot.b)
+    local i = keep
+    while i + 1 <= #ns and ns[i + 1] < first_end do i = i + 1 end
+    if i <= #ns and ns[i] < first_end then keep = i end
+  end
+  if keep == 1 then return 0 end
+  s.h = math.max(s.h, (ns[keep - 1] + 1) * slot.b)
+  local kn, kv = {}, {}
+  for i = keep, #ns do
+    kn[#kn + 1] = ns[i]
+    kv[#kv + 1] = s.v[i]
+  end
+  s.n, s.v = kn, kv
+  return keep - 1
+end
+
+local function state_encode(spec, st)
+  local slots = {}
+  for id, s in pairs(st.slots) do
+    local base, ages, vals, m = math.floor(st.w / spec.slots[id].b), {}, {}, #s.n
+    for i = 1, m do
+      ages[i] = base - s.n[m + 1 - i]
+      vals[i] = s.v[m + 1 - i]
+    end
+    slots[id] = {s.h, ages, vals}
+  end
+  return cmsgpack.pack({STATE_FORMAT, st.w, slots})
+end
+
+-- Fold one event into the bucket n of a slot (working form, see bucket_value).
+local function slot_update(slot, s, n, ev)
+  local kind = slot.kind
+  local cur = slot_get(slot, s, n)
+  if kind == 'sum' then
+    local v = event_value(slot.val, ev)
+    if v ~= 0 then slot_set(s, n, (cur or 0) + v) end
+  elseif kind == 'dec' then
+    slot_set(s, n, (cur or 0) + slot.ev[ev.type] * 2 ^ ((ev.ts - n * slot.b) / slot.hl))
+  elseif kind == 'max' then
+    if cur == nil or ev.ts > cur then slot_set(s, n, ev.ts) end
+  elseif kind == 'last' then
+    local v = event_value(slot.val, ev)
+    if cur == nil or last_better(ev.ts, v, cur[1], cur[2]) then slot_set(s, n, {ev.ts, v}) end
+  else
+    local members = event_members(slot.of, ev)
+    if #members > 0 then
+      local nums = cur or {}
+      for _, m in ipairs(members) do nums[#nums + 1] = kmv_hash(m) end
+      slot_set(s, n, nums)
     end
   end
 end
 
--- Delete buckets that left every window of their slot (start < newest - retention, event
--- time) and fields of slots the spec no longer has; record each slot's highest deleted bucket
--- in `gone` (the caller raises the horizons once). Returns the number of fields deleted and
--- the next expiry: the newest-event time at which the oldest kept bucket leaves its windows
--- (nil: no bucket kept).
-local function trim_entity(spec, key, ent_name, newest, gone)
-  local fields = redis.call('HKEYS', key)
-  local dead, expiry = {}, nil
-  for _, field in ipairs(fields) do
-    if string.byte(field, 1) ~= 95 then  -- '_' meta fields stay
-      local p = string.find(field, ':', 1, true)
-      local slot = p and spec.slots[string.sub(field, 1, p - 1)]
-      local rest = p and string.sub(field, p + 1)
-      if slot == nil or slot.ent ~= ent_name then
-        dead[#dead + 1] = field
-      elseif rest ~= 'h' then
-        local n = tonumber(rest)
-        if n == nil then
-          dead[#dead + 1] = field
-        elseif n * slot.b < newest - slot.ret then
-          dead[#dead + 1] = field
-          if gone[slot.id] == nil or n > gone[slot.id] then gone[slot.id] = n end
-        elseif expiry == nil or n * slot.b + slot.ret < expiry then
-          expiry = n * slot.b + slot.ret
+-- Parse one entity's events from ARGV at `pos` (format of features_ingest below) without
+-- writing anything; returns the events and the next position.
+local function features_parse_events(argv, pos, n_events)
+  local events = {}
+  for e = 1, n_events do
+    local ev = {
+      type = argv[pos], ts = int(argv[pos + 1], 'ts'), user = nonempty(argv[pos + 2], 'user'),
+      session = argv[pos + 3] or '', lines = {},
+    }
+    if not EVENT_TYPES[ev.type] then fail('ERR_BADARG', 'unknown event type ' .. tostring(ev.type)) end
+    if ev.ts < 0 then fail('ERR_BADARG', 'ts must be >= 0') end
+    local n_lines = int(argv[pos + 4], 'n_lines')
+    pos = pos + 5
+    for l = 1, n_lines do
+      ev.lines[l] = {
+        item = nonempty(argv[pos], 'item_id'), qty = int(argv[pos + 1], 'qty'),
+        price = num(argv[pos + 2], 'price'), category = argv[pos + 3] or '',
+      }
+      pos = pos + 4
+    end
+    events[e] = ev
+  end
+  return events, pos
+end
+
+-- Apply validated events to one entity's packed state (fold, trim, SET with the entity type's
+-- TTL). Shared by features_ingest and any Function of this library that applies a shopper's
+-- state in one call; `key` comes from the caller's KEYS. `st` is the key's state_decode()d
+-- value when the caller already read it (to validate before its first write), else nil.
+-- Returns (buckets updated, buckets dropped).
+local function features_apply(spec, key, ent_name, events, st)
+  local ent = spec.ent[ent_name]
+  if #events == 0 then return 0, 0 end
+  st = st or state_decode(spec, redis.call('GET', key))
+  local w = st.w
+  for _, ev in ipairs(events) do
+    if w == nil or ev.ts > w then w = ev.ts end
+  end
+  st.w = w
+  local touched, written, trimmed = {}, 0, st.dropped
+  for _, ev in ipairs(events) do
+    for _, slot in ipairs(ent.by_type[ev.type] or {}) do
+      local s = st.slots[slot.id]
+      if s == nil then
+        s = {h = 0, n = {}, v = {}}
+        st.slots[slot.id] = s
+      end
+      local n = math.floor(ev.ts / slot.b)
+      if n * slot.b < w - slot.ret then
+        -- Older than any window a read at (newest - history) or later covers: not kept
+        -- (memory stays bounded); the horizon makes older reads answer null instead.
+        s.h = math.max(s.h, (n + 1) * slot.b)
+      else
+        if not touched[slot.id .. ':' .. n] then
+          touched[slot.id .. ':' .. n] = true
+          written = written + 1
         end
+        slot_update(slot, s, n, ev)
       end
     end
   end
-  if #dead > 0 then call_chunked('HDEL', key, dead, CHUNK) end
-  return #dead, expiry
+  for id, s in pairs(st.slots) do
+    local slot = spec.slots[id]
+    if slot.ent ~= ent_name then
+      trimmed = trimmed + #s.n  -- another entity type's slot: not this key's
+      st.slots[id] = nil
+    else
+      slot_arrays(slot, s)
+      trimmed = trimmed + slot_trim(spec, slot, s, w)
+    end
+  end
+  if ent.ttl > 0 then
+    redis.call('SET', key, state_encode(spec, st), 'EX', ent.ttl)
+  else
+    redis.call('SET', key, state_encode(spec, st))
+  end
+  return written, trimmed
 end
 
--- features_ingest: fold accepted events into the entities' bucketed feature state.
+-- features_ingest: fold accepted events into the entities' packed feature state.
 --
 -- Purpose: the online half of the feature store. Called from the ingestion phase-2 pipeline
---   (app/features.py `ingest_hook`) with the events ingest_user accepted, so a duplicate never
---   counts twice. The Python side only routes events to entities (user, each item of the
+--   (app/features/online.py `ingest_hook`) with the events ingest_user accepted, so a duplicate
+--   never counts twice. The Python side only routes events to entities (user, each item of the
 --   lines, each category of the lines); which slots an event updates, bucket, value, decay and
 --   sketch are decided here from the spec. All input is validated before the first write.
 --
--- KEYS[1..n]  the entity state hashes of this call (patterns above: u:{user}:feat,
---             i:{item}:feat, u:{user}:featc:<category>; HASH). A cluster client sends one
+-- KEYS[1..n]  the entity state strings of this call (u:{user}:fs, i:{item}:fs,
+--             u:{user}:fsc:<category>; STRING, packed as above). A cluster client sends one
 --             slot's keys per call; a standalone server takes many entities per call.
 -- ARGV:
---   [1] spec      str  compiled feature spec (JSON, app/features.py FeatureSet.spec)
+--   [1] spec      str  compiled feature spec (JSON, app/features/spec.py FeatureSet.spec)
 --   [2] n_groups  int  one group per entity key
 --   per group: k_state (1-based KEYS index), entity ('user' | 'item' | 'user_category'),
 --     n_events, then per event: type, ts_ms (int), user, session_id, n_lines,
 --     then n_lines x (item_id, qty (int), price (GBP, number), category)
 --     (the lines routed to this entity: all of them for a user, the item's lines for an
 --     item, the category's lines for a user x category)
--- Reply: {groups, fields_written, fields_trimmed}
--- Errors: ERR_BADARG (bad spec, entity, event or number), ERR_KEYS (bad KEYS index); raised
---   before the first write.
--- Writes (each state hash): bucket fields (HINCRBY / HINCRBYFLOAT / HSET), '_w', '_t', '_e'
---   (HSET / HDEL), trimmed buckets (HDEL: when the newest event passed '_e', moved `trim` ms
---   of event time past the last trim, and the hash holds more than `tmin` fields or the last
---   trim is a whole retention old), horizons '<slot>:h' (HSET; raised by a trim, or by a
---   late event older than newest - retention, whose bucket is not written), EXPIRE ttl of
---   the entity type (spec: the longest ttl of its features, >= window + bucket + history, so
---   it never cuts a window). Bound: the sum over its slots of (retention + trim) / bucket + 1
---   buckets, plus tmin: a fixed maximum of fields per hash (docs/features.md, "Memory").
+-- Reply: {groups, buckets_written, buckets_trimmed}
+-- Errors: ERR_BADARG (bad spec, entity, event, number or state format, one key in two
+--   groups), ERR_KEYS (bad KEYS index); raised before the first write.
+-- Writes (each state string): SET of the whole packed state with EX = the entity type's ttl
+--   (spec: the longest ttl of its features, >= window + bucket + history, so it never cuts a
+--   window). Every write drops buckets older than newest - retention (event time) and
+--   dominated max / last buckets, raising horizons; a late event older than the retention is
+--   not written (its slot's horizon is raised instead). Bound: per slot at most
+--   retention / bucket + 1 buckets (docs/features.md, "Memory").
 local function features_ingest(keys, argv)
   local spec = feature_spec(argv[1])
   local n_groups = int(argv[2], 'n_groups')
-  local groups = {}
+  local groups, seen = {}, {}
   local pos = 3
   for g = 1, n_groups do
     local key = key_at(keys, argv[pos], 'k_state')
     if key == nil then fail('ERR_KEYS', 'k_state must not be 0') end
+    -- Each state is read once before the writes: a second group of one key would lose updates.
+    if seen[key] then fail('ERR_BADARG', 'an entity appears twice in one call') end
+    seen[key] = true
     local ent_name = argv[pos + 1]
-    local ent = spec.ent[ent_name or '']
-    if ent == nil then fail('ERR_BADARG', 'unknown entity ' .. tostring(ent_name)) end
+    if spec.ent[ent_name or ''] == nil then fail('ERR_BADARG', 'unknown entity ' .. tostring(ent_name)) end
     local n_events = int(argv[pos + 2], 'n_events')
-    pos = pos + 3
-    local events = {}
-    for e = 1, n_events do
-      local ev = {
-        type = argv[pos], ts = int(argv[pos + 1], 'ts'), user = nonempty(argv[pos + 2], 'user'),
-        session = argv[pos + 3] or '', lines = {},
-      }
-      if not EVENT_TYPES[ev.type] then fail('ERR_BADARG', 'unknown event type ' .. tostring(ev.type)) end
-      if ev.ts < 0 then fail('ERR_BADARG', 'ts must be >= 0') end
-      local n_lines = int(argv[pos + 4], 'n_lines')
-      pos = pos + 5
-      for l = 1, n_lines do
-        ev.lines[l] = {
-          item = nonempty(argv[pos], 'item_id'), qty = int(argv[pos + 1], 'qty'),
-          price = num(argv[pos + 2], 'price'), category = argv[pos + 3] or '',
-        }
-        pos = pos + 4
-      end
-      events[e] = ev
-    end
-    groups[g] = {key = key, ent_name = ent_name, ent = ent, events = events}
+    local events
+    events, pos = features_parse_events(argv, pos + 3, n_events)
+    groups[g] = {key = key, ent_name = ent_name, events = events}
   end
   if argv[pos] ~= nil then fail('ERR_BADARG', 'unexpected arguments after the last group') end
+  for _, grp in ipairs(groups) do
+    -- Read (and check) every state first: a foreign value fails here, before any write.
+    if #grp.events > 0 then grp.st = state_decode(spec, redis.call('GET', grp.key)) end
+  end
 
   local written, trimmed = 0, 0
   for _, grp in ipairs(groups) do
-    local key, ent = grp.key, grp.ent
-    if #grp.events > 0 then
-      local meta = redis.call('HMGET', key, '_w', '_t', '_e')
-      local old_w, last_trim, old_e = tonumber(meta[1]), tonumber(meta[2]), tonumber(meta[3])
-      local expiry = old_e
-      local w = old_w
-      for _, ev in ipairs(grp.events) do
-        if w == nil or ev.ts > w then w = ev.ts end
-      end
-      local ints, int_order, floats, float_order = {}, {}, {}, {}
-      local rmw, rmw_order, gone = {}, {}, {}
-      for _, ev in ipairs(grp.events) do
-        for _, slot in ipairs(ent.by_type[ev.type] or {}) do
-          local n = math.floor(ev.ts / slot.b)
-          if n * slot.b < w - slot.ret then
-            -- Older than any window a read at (newest - history) or later covers: not kept
-            -- (memory stays bounded); the horizon makes older reads answer null instead.
-            if gone[slot.id] == nil or n > gone[slot.id] then gone[slot.id] = n end
-          else
-            local field = slot.id .. ':' .. int_text(n)
-            if expiry == nil or n * slot.b + slot.ret < expiry then expiry = n * slot.b + slot.ret end
-            if slot.kind == 'sum' then
-              local v = event_value(slot.val, ev)
-              if v ~= 0 then
-                if ints[field] == nil then ints[field] = 0; int_order[#int_order + 1] = field end
-                ints[field] = ints[field] + v
-              end
-            elseif slot.kind == 'dec' then
-              local v = slot.ev[ev.type] * 2 ^ ((ev.ts - n * slot.b) / slot.hl)
-              if floats[field] == nil then floats[field] = 0; float_order[#float_order + 1] = field end
-              floats[field] = floats[field] + v
-            else
-              local p = rmw[field]
-              if p == nil then
-                p = {slot = slot, hexes = {}}
-                rmw[field] = p
-                rmw_order[#rmw_order + 1] = field
-              end
-              if slot.kind == 'max' then
-                if p.ts == nil or ev.ts > p.ts then p.ts = ev.ts end
-              elseif slot.kind == 'last' then
-                local v = event_value(slot.val, ev)
-                if last_better(ev.ts, v, p.ts, p.v) then p.ts = ev.ts; p.v = v end
-              else
-                for _, m in ipairs(event_members(slot.of, ev)) do p.hexes[#p.hexes + 1] = kmv_hash(m) end
-              end
-            end
-          end
-        end
-      end
-      for _, field in ipairs(int_order) do
-        redis.call('HINCRBY', key, field, int_text(ints[field]))
-      end
-      for _, field in ipairs(float_order) do
-        redis.call('HINCRBYFLOAT', key, field, string.format('%.17g', floats[field]))
-      end
-      written = written + #int_order + #float_order
-      if #rmw_order > 0 then
-        local cur = hmget_chunked(key, rmw_order)
-        local set = {}
-        for i, field in ipairs(rmw_order) do
-          local p, old = rmw[field], cur[i]
-          local new = nil
-          if p.slot.kind == 'max' then
-            local o = tonumber(old)
-            if o == nil or p.ts > o then new = int_text(p.ts) end
-          elseif p.slot.kind == 'last' then
-            local ots, ov = nil, nil
-            if old then ots, ov = parse_last(old) end
-            if last_better(p.ts, p.v, ots, ov) then new = int_text(p.ts) .. ':' .. int_text(p.v) end
-          elseif #p.hexes > 0 then
-            local hexes = {}
-            if old then kmv_decode(old, hexes) end
-            for _, h in ipairs(p.hexes) do hexes[#hexes + 1] = h end
-            local enc = kmv_encode(kmv_smallest(hexes, p.slot.kk))
-            if enc ~= old then new = enc end
-          end
-          if new ~= nil then
-            set[#set + 1] = field
-            set[#set + 1] = new
-          end
-        end
-        if #set > 0 then call_chunked('HSET', key, set, 2 * CHUNK) end
-        written = written + #set / 2
-      end
-      local meta_set = {}
-      if old_w == nil or w > old_w then
-        meta_set[#meta_set + 1] = '_w'
-        meta_set[#meta_set + 1] = int_text(w)
-      end
-      if last_trim == nil then last_trim = w end
-      -- Trim when the oldest kept bucket left its windows, at most once per `trim` of event
-      -- time, and only for hashes above `tmin` fields (small ones: once per retention).
-      if expiry ~= nil and w > expiry and w - last_trim >= spec.trim
-          and (w - last_trim >= ent.maxret or redis.call('HLEN', key) > spec.tmin) then
-        local n_dead
-        n_dead, expiry = trim_entity(spec, key, grp.ent_name, w, gone)
-        trimmed = trimmed + n_dead
-        last_trim = w
-      end
-      if tonumber(meta[2]) ~= last_trim then
-        meta_set[#meta_set + 1] = '_t'
-        meta_set[#meta_set + 1] = int_text(last_trim)
-      end
-      if expiry ~= nil and expiry ~= old_e then
-        meta_set[#meta_set + 1] = '_e'
-        meta_set[#meta_set + 1] = int_text(expiry)
-      end
-      raise_horizons(spec, key, gone, meta_set)  -- skipped late buckets and trimmed ones
-      if #meta_set > 0 then redis.call('HSET', key, unpack(meta_set)) end
-      if expiry == nil and old_e ~= nil then redis.call('HDEL', key, '_e') end
-      if ent.ttl > 0 then redis.call('EXPIRE', key, ent.ttl) end
-    end
+    local w_n, t_n = features_apply(spec, grp.key, grp.ent_name, grp.events, grp.st)
+    written = written + w_n
+    trimmed = trimmed + t_n
   end
   return {#groups, written, trimmed}
 end
 
--- Fold one bucket's raw state into the features reading its slot. `uses` lists
--- {feature index, role} (role 2: a mean's event count, a ratio's denominator); `acc[i]` is
--- feature i's accumulator: bucket range [lo, hi), as-of t, sums x / y, newest ts / v, hexes.
-local function accumulate(feats, acc, uses, n, raw)
-  local number = nil
-  for _, use in ipairs(uses) do
-    local i, role = use[1], use[2]
-    local a = acc[i]
-    if n >= a.lo and n < a.hi then
-      local feat = feats[i]
-      local slot = feat.slots[role]
-      local kind = slot.kind
-      if kind == 'sum' then
-        number = number or tonumber(raw)
-        if role == 1 then a.x = a.x + number else a.y = a.y + number end
-      elseif kind == 'dec' then
-        number = number or tonumber(raw)
-        a.x = a.x + number * 2 ^ (-(a.t - n * slot.b) / slot.hl)
-      elseif kind == 'max' then
-        number = number or tonumber(raw)
-        if a.ts == nil or number > a.ts then a.ts = number end
-      elseif kind == 'last' then
-        local ts, v = parse_last(raw)
-        if ts ~= nil and last_better(ts, v, a.ts, a.v) then a.ts, a.v = ts, v end
-      else
-        a.hexes = a.hexes or {}
-        kmv_decode(raw, a.hexes)
+-- One feature's value text (false = null) as of t from an entity's decoded state.
+local function feature_value(spec, feat, st, t)
+  local s_ms, e_ms = feature_window(feat, t)
+  local lo, hi = s_ms / feat.b, e_ms / feat.b
+  local x, y, best_ts, best_v, best_n, nums = 0, 0, nil, nil, nil, {}
+  local h_max = 0
+  for role, slot in ipairs(feat.slots) do
+    local s = st.slots[slot.id]
+    if s ~= nil then
+      if s.h > h_max then h_max = s.h end
+      for i, n in ipairs(s.n) do
+        if n >= hi then break end
+        if n >= lo then
+          local raw = s.v[i]
+          local kind = slot.kind
+          if kind == 'sum' then
+            if role == 1 then x = x + raw else y = y + raw end
+          elseif kind == 'dec' then
+            x = x + raw * 2 ^ (-(t - n * slot.b) / slot.hl)
+          elseif kind == 'kmv' then
+            kmv_unpack(raw, nums)
+          else
+            local v = bucket_value(slot, n, raw)
+            local ts, val = v, nil
+            if kind == 'last' then ts, val = v[1], v[2] end
+            if best_ts == nil or last_better(ts, val or 0, best_ts, best_v or 0) then
+              best_ts, best_v, best_n = ts, val, n
+            end
+          end
+        end
       end
     end
   end
-end
-
--- A feature's value text (false = null) from its accumulator.
-local function feature_result(feat, a)
   local agg = feat.agg
-  if agg == 'count' then return int_text(a.x) end
+  if agg == 'last' or agg == 'recency' then
+    -- Dropped buckets are older than a kept one in the window: they could not have won.
+    if s_ms < h_max and (best_n == nil or best_n * feat.b < h_max) then return false end
+    if best_ts == nil then return false end
+    if agg == 'recency' then return float_text((t - best_ts) / 1000) end
+    if feat.sc == 1 then return int_text(best_v) end
+    return float_text(best_v / feat.sc)
+  end
+  if s_ms < h_max then return false end
+  if agg == 'count' then return int_text(x) end
   if agg == 'sum' then
-    if feat.sc == 1 then return int_text(a.x) end
-    return float_text(a.x / feat.sc)
+    if feat.sc == 1 then return int_text(x) end
+    return float_text(x / feat.sc)
   end
   if agg == 'mean' or agg == 'ratio' then
-    if a.y == 0 then return false end
-    if agg == 'ratio' then return float_text(a.x / a.y) end
-    return float_text(a.x / a.y / feat.sc)
+    if y == 0 then return false end
+    if agg == 'ratio' then return float_text(x / y) end
+    return float_text(x / y / feat.sc)
   end
-  if agg == 'decayed_sum' then return float_text(a.x) end
-  if agg == 'distinct_approx' then
-    local kk = feat.slots[1].kk
-    local est, exact = kmv_estimate(kmv_smallest(a.hexes or {}, kk), kk)
-    if exact then return int_text(est) end
-    return float_text(est)
-  end
-  if a.ts == nil then return false end
-  if agg == 'recency' then return float_text((a.t - a.ts) / 1000) end
-  if feat.sc == 1 then return int_text(a.v) end
-  return float_text(a.v / feat.sc)
-end
-
--- Read one entity hash into the accumulators: one HGETALL when the hash holds no more fields
--- than the windows span (sparse entities), else HMGET of exactly the windows' buckets.
-local function read_entity(key, feats, acc, slot_list, uses)
-  local lo, hi = {}, {}
-  for i, feat in ipairs(feats) do
-    local a = acc[i]
-    if a.hi > a.lo then
-      for _, slot in ipairs(feat.slots) do
-        if lo[slot.id] == nil or a.lo < lo[slot.id] then lo[slot.id] = a.lo end
-        if hi[slot.id] == nil or a.hi > hi[slot.id] then hi[slot.id] = a.hi end
-      end
-    end
-  end
-  local total = 0
-  for id, l in pairs(lo) do total = total + hi[id] - l end
-  if total == 0 then return end
-  local hlen = redis.call('HLEN', key)
-  if hlen == 0 then return end
-  if hlen <= total then
-    local all = redis.call('HGETALL', key)
-    for i = 1, #all, 2 do
-      local field = all[i]
-      local p = string.find(field, ':', 1, true)
-      local u = p and uses[string.sub(field, 1, p - 1)]
-      if u then
-        local n = tonumber(string.sub(field, p + 1))  -- nil for '<slot>:h'
-        if n then accumulate(feats, acc, u, n, all[i + 1]) end
-      end
-    end
-    return
-  end
-  local fields, slot_of, n_of = {}, {}, {}
-  for _, slot in ipairs(slot_list) do
-    if lo[slot.id] ~= nil then
-      for n = lo[slot.id], hi[slot.id] - 1 do
-        fields[#fields + 1] = slot.id .. ':' .. int_text(n)
-        slot_of[#fields] = slot.id
-        n_of[#fields] = n
-      end
-    end
-  end
-  local values = hmget_chunked(key, fields)
-  for j = 1, #fields do
-    if values[j] then accumulate(feats, acc, uses[slot_of[j]], n_of[j], values[j]) end
-  end
+  if agg == 'decayed_sum' then return float_text(x) end
+  local kk = feat.slots[1].kk
+  local est, exact = kmv_estimate(kmv_smallest(nums, kk), kk)
+  if exact then return int_text(est) end
+  return float_text(est)
 end
 
 -- features_get (no-writes): feature values of one or more entities of one type, as of a time.
 --
--- Purpose: the online read, callable directly (FCALL_RO) by any service. "As of t" means
---   the events of whole buckets before the bucket holding t (only events before t count), the
---   same definition the offline path computes, so a value read here for (entity, t) equals
---   the training value for (entity, t).
+-- Purpose: the online read in Redis, callable directly (FCALL_RO) by any service: "as of t"
+--   means the events of whole buckets before the bucket holding t (only events before t
+--   count), the same definition the offline path computes. The application reads the same
+--   state with one GET per entity and this arithmetic in Python (app/features/online.py), which
+--   holds Redis for a few us per entity instead of this Function's decoding and arithmetic.
 --
--- KEYS[1..n]  entity state hashes of one entity type (u:{user}:feat, i:{item}:feat or
---             u:{user}:featc:<category>; HASH); a cluster client sends one slot per call
+-- KEYS[1..n]  entity state strings of one entity type (u:{user}:fs, i:{item}:fs or
+--             u:{user}:fsc:<category>); a cluster client sends one slot per call
 -- ARGV[1] spec        str  compiled feature spec (JSON, as for features_ingest)
 -- ARGV[2] as_of       str  '' or 'now' (server time), 'latest' (1 ms after each entity's newest
 --                          event: all of its events in closed buckets), or ms since the epoch
@@ -613,24 +615,21 @@ end
 -- Reply: per key, in KEYS order: as_of_ms (string), then one value per feature: count and
 --   integer sums as integer strings, other values as float strings (exact round trip), nil
 --   where the value is undefined (mean/ratio without denominator, last/recency without event)
---   or would need trimmed buckets (window starts before the slot's horizon).
--- Errors: ERR_BADARG (bad spec, unknown feature, mixed entity types, bad as_of). Writes nothing.
+--   or would need dropped buckets (see the horizon above).
+-- Errors: ERR_BADARG (bad spec, unknown feature, mixed entity types, bad as_of, foreign state).
+--   Writes nothing.
 local function features_get(keys, argv)
   local spec = feature_spec(argv[1])
   local as_of = argv[2] or ''
   local n = int(argv[3], 'n_features')
   if n < 1 or #argv ~= 3 + n then fail('ERR_BADARG', 'expected n_features >= 1 names') end
   local feats, ent = {}, nil
-  local slot_list, listed = {}, {}
   for i = 1, n do
     local feat = spec.feats[argv[3 + i]]
     if feat == nil then fail('ERR_BADARG', 'unknown feature ' .. tostring(argv[3 + i])) end
     if ent ~= nil and feat.ent ~= ent then fail('ERR_BADARG', 'features of one entity type per call') end
     ent = feat.ent
     feats[i] = feat
-    for _, slot in ipairs(feat.slots) do
-      if not listed[slot.id] then slot_list[#slot_list + 1] = slot; listed[slot.id] = true end
-    end
   end
   local fixed = nil
   if as_of == '' or as_of == 'now' then
@@ -639,53 +638,16 @@ local function features_get(keys, argv)
     fixed = int(as_of, 'as_of')
     if fixed < 0 then fail('ERR_BADARG', 'as_of must be >= 0') end
   end
-  local uses = {}
-  for i, feat in ipairs(feats) do
-    for role, slot in ipairs(feat.slots) do
-      uses[slot.id] = uses[slot.id] or {}
-      table.insert(uses[slot.id], {i, role})
-    end
-  end
-  local meta_fields = {'_w'}
-  for i, slot in ipairs(slot_list) do meta_fields[i + 1] = slot.id .. ':h' end
-
   local reply = {}
   for _, key in ipairs(keys) do
-    local meta = redis.call('HMGET', key, unpack(meta_fields))
+    local st = state_decode(spec, redis.call('GET', key))
     local t = fixed
     if t == nil then
-      t = tonumber(meta[1])
-      if t == nil then t = now_ms() else t = t + 1 end
+      if st.w == nil then t = now_ms() else t = st.w + 1 end
     end
-    local newest = tonumber(meta[1])  -- nil: the entity has no state
-    local horizon = {}
-    for j, slot in ipairs(slot_list) do horizon[slot.id] = tonumber(meta[j + 1]) end
-    local acc, any = {}, false
-    for i, feat in ipairs(feats) do
-      local s, e = feature_window(feat, t)
-      local a = {lo = s / feat.b, hi = e / feat.b, t = t, x = 0, y = 0}
-      for _, slot in ipairs(feat.slots) do
-        local h = horizon[slot.id]
-        if h ~= nil and s < h then a.trimmed = true end
-      end
-      -- No bucket lies after the newest event's: a window past it is empty, unread.
-      if newest == nil then
-        a.hi = a.lo
-      elseif a.hi > math.floor(newest / feat.b) + 1 then
-        a.hi = math.max(a.lo, math.floor(newest / feat.b) + 1)
-      end
-      if a.trimmed then a.lo, a.hi = 0, 0 end
-      if a.hi > a.lo then any = true end
-      acc[i] = a
-    end
-    if any then read_entity(key, feats, acc, slot_list, uses) end
     reply[#reply + 1] = int_text(t)
-    for i, feat in ipairs(feats) do
-      if acc[i].trimmed then
-        reply[#reply + 1] = false
-      else
-        reply[#reply + 1] = feature_result(feat, acc[i])
-      end
+    for _, feat in ipairs(feats) do
+      reply[#reply + 1] = feature_value(spec, feat, st, t)
     end
   end
   return reply

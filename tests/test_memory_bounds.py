@@ -14,6 +14,8 @@ import redis
 from app.core.events import parse_event
 from app.core.keys import Keys
 from app.core.settings import EngineConfig
+from app.features.online import PackedState, ingest_hook, state_key
+from app.features.spec import load_feature_set
 from app.ingest.ingestor import Ingestor
 
 FIXED_SIZE_TYPES = {b"TopK-TYPE", b"CMSk-TYPE"}
@@ -98,3 +100,27 @@ def test_every_key_is_bounded(client: redis.Redis, cfg: EngineConfig) -> None:
     # The seen filter is fixed-size (NONSCALING) however many items the user touched.
     info = client.execute_command("BF.INFO", keys.user("heavy", "seen"))
     assert info[b"Number of filters"] == 1 and info[b"Capacity"] == small.bloom_capacity
+
+
+def test_feature_states_are_bounded(client: redis.Redis, cfg: EngineConfig) -> None:
+    """The same heavy workload through the feature hook: every packed feature state has its
+    entity type's TTL, at most `max_buckets` buckets and at most `max_state_bytes` bytes, and
+    the heavy shopper's 2,000 events over 50 minutes cost a few KB (docs/keys.md)."""
+    fs = load_feature_set()
+    keys = Keys(cfg.key_prefix)
+    now = int(time.time() * 1000)
+    events = [parse_event(e, now_ms=now) for e in _workload(now)]
+    ingestor = Ingestor(client, cfg, phase2_hooks=[ingest_hook(fs, cfg)])
+    for start in range(0, len(events), 250):
+        ingestor.ingest(events[start : start + 250])
+    kinds: dict[str, int] = {}
+    for raw_key in client.scan_iter(match=cfg.key_prefix + "*:fs*", count=1000):
+        key = raw_key.decode()
+        entity = "item" if ":i:{" in key else "user_category" if ":fsc:" in key else "user"
+        kinds[entity] = kinds.get(entity, 0) + 1
+        assert 0 < client.ttl(key) <= fs.entity_ttl_s[entity], key
+        assert PackedState(client.get(key)).bucket_count() <= fs.max_buckets(entity), key
+        assert client.strlen(key) <= fs.max_state_bytes(entity), key
+    assert set(kinds) == {"user", "item", "user_category"}
+    heavy = state_key(keys, "user", "heavy")
+    assert client.memory_usage(heavy, samples=0) < 4_000

@@ -24,7 +24,8 @@ from starlette.middleware import Middleware
 from app.api.app import create_app
 from app.api.web import WebConfig, web_routes
 from app.core.settings import EngineConfig, Settings
-from app.obs.metrics import MetricsConfig, MetricsMiddleware, Registry
+from app.obs.middleware import MetricsMiddleware
+from app.obs.registry import MetricsConfig, Registry
 
 WRITE_KEY = "wk_test"
 ADMIN_KEY = "s3cret-admin"

@@ -7,32 +7,47 @@ them to the thread pool; request parsing and validation stay on the event loop.
 from __future__ import annotations
 
 import contextlib
-import hmac
-import json
 import logging
-from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict
-from typing import Any, TypedDict, TypeVar, cast
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
 
 import redis
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from app.core.errors import AuthError, EngineError, RedisSetupError, ValidationError
-from app.core.events import EVENT_TYPES, ID_RE, parse_event
-from app.core.keys import Keys
+from app.api import deps
+from app.api.contract import contract_routes
+from app.api.deps import AppState
+from app.api.openapi import (
+    ANY_OBJECT,
+    ERROR,
+    ID,
+    Operation,
+    Param,
+    arr,
+    integer,
+    number,
+    obj,
+    operation,
+    string,
+)
+from app.api.tracking import tracking_routes
+from app.core.errors import (
+    AuthError,
+    EngineError,
+    RedisSetupError,
+    TooLargeError,
+    ValidationError,
+)
+from app.core.events import EVENT_TYPES, parse_event
 from app.core.logs import configure_logging
 from app.core.settings import Settings, load_settings
-from app.features import spec as features
-from app.ingest import users
-from app.ingest.ingestor import Ingestor
+from app.engine import build_engine
 from app.ingest.sessions import session_view
-from app.obs.metrics import MetricsMiddleware
-from app.obs.middleware import RequestContextMiddleware
+from app.obs.middleware import MetricsMiddleware, RequestContextMiddleware
 from app.redis import calls
 from app.redis import embedded as redis_stack
 from app.redis import library as functions
@@ -43,67 +58,42 @@ MAX_BATCH = 1000
 T = TypeVar("T")
 
 
-class AppState(TypedDict):
-    settings: Settings
-    redis: redis.Redis
-    ingestor: Ingestor
-    library: functions.Library
-    keys: Keys
+# -- request and response schemas (OpenAPI: app/api/openapi.py) -----------------------------------
 
-
-def _state(request: Request) -> AppState:
-    # Starlette copies the lifespan's yielded mapping into each request's state.
-    return cast(AppState, request.state._state)
-
-
-async def _blocking(fn: Callable[..., T], *args: Any) -> T:
-    return await run_in_threadpool(fn, *args)
-
-
-# -- auth and body helpers ---------------------------------------------------------------------
-
-
-def require_write_key(request: Request) -> None:
-    """Public write key (as analytics SDKs use): identifies the source, not a secret."""
-    given = request.headers.get("x-write-key", "")
-    allowed = _state(request)["settings"].write_keys
-    if not allowed:
-        raise AuthError("event ingestion is disabled: set RETAIL_WRITE_KEYS")
-    if not any(hmac.compare_digest(given, key) for key in allowed):
-        raise AuthError("missing or unknown X-Write-Key")
-
-
-def require_admin_key(request: Request) -> None:
-    """Secret API key for server-to-server and admin endpoints (Authorization: Bearer ...)."""
-    secret = _state(request)["settings"].admin_key
-    if secret is None:
-        raise AuthError("this endpoint needs RETAIL_ADMIN_KEY to be configured")
-    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given, str(secret)):
-        raise AuthError("missing or wrong API key (Authorization: Bearer <RETAIL_ADMIN_KEY>)")
-
-
-async def read_json(request: Request) -> Any:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise ValidationError("body", f"must be at most {MAX_BODY_BYTES} bytes")
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValidationError("body", f"is not valid JSON: {exc}") from exc
-
-
-def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    from app.catalog.search import int_param
-
-    return int_param(request.query_params, name, default, lo, hi)
+LINE = obj({"item_id": ID, "qty": integer(minimum=1, maximum=100_000), "price": number(minimum=0),
+            "category": string(maxLength=64)}, required=["item_id"])  # fmt: skip
+EVENT = obj(
+    {"event_id": string(minLength=1, maxLength=128), "type": string(enum=list(EVENT_TYPES)),
+     "user_id": ID, "anonymous_id": ID, "session_id": string(maxLength=128), "item_id": ID,
+     "qty": integer(minimum=1, maximum=100_000), "ts": integer("event time, ms since the epoch"),
+     "items": arr(LINE, max_items=200), "props": ANY_OBJECT},
+    required=["event_id", "type"],
+    description="user_id or anonymous_id is required; item_id for item events, items for a "
+    "purchase, props.query for a search",
+)  # fmt: skip
+EVENTS_REPLY = obj({
+    "accepted": integer(), "duplicate": integer(), "rejected": integer(),
+    "results": arr(obj({"event_id": {"type": ["string", "null"]},
+                        "status": string(enum=["accepted", "duplicate", "rejected"]),
+                        "field": string(), "reason": string()})),
+})  # fmt: skip
+PROFILE = obj({
+    "user_id": string(), "traits": ANY_OBJECT, "merged_anonymous_ids": arr(string()),
+    "affinities": arr(obj({"attribute": string(), "score": number()})),
+    "seen_items_estimate": integer(), "session": {"type": ["object", "null"]},
+})  # fmt: skip
 
 
 # -- endpoints ------------------------------------------------------------------------------------
 
 
+@operation(Operation("Server, modules and Functions library status", "ops", responses={
+    200: ("ok", obj({"status": string(enum=["ok"]), "library_version": string(),
+                     "expected_library_version": string()}, required=["status"])),
+    503: ("unreachable, a module missing, or a stale library", ERROR),
+}))  # fmt: skip
 async def health(request: Request) -> Response:
-    st = _state(request)
+    st = deps.state(request)
 
     def check() -> dict[str, Any]:
         info = redis_stack.probe(st["redis"])
@@ -111,7 +101,7 @@ async def health(request: Request) -> Response:
         return {**info, "library_version": live, "expected_library_version": st["library"].version}
 
     try:
-        body = await _blocking(check)
+        body = await deps.blocking(check)
     except (RedisSetupError, redis.RedisError) as exc:
         return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
     ok = body["library_version"] == body["expected_library_version"]
@@ -119,10 +109,18 @@ async def health(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
+@operation(Operation(
+    "Ingest events in the engine's own schema", "events", auth="write_key",
+    request={"oneOf": [EVENT, arr(EVENT, min_items=1, max_items=MAX_BATCH),
+                       obj({"events": arr(EVENT, min_items=1, max_items=MAX_BATCH)},
+                           required=["events"])]},
+    responses={200: ("per-event status", EVENTS_REPLY), 422: ("a single invalid event", ERROR),
+               413: ("body over 1 MB (uncompressed; Content-Encoding: gzip accepted)", ERROR)},
+))  # fmt: skip
 async def post_events(request: Request) -> Response:
     """One event object, a list, or {"events": [...]}: per-event accepted/duplicate/rejected."""
-    require_write_key(request)
-    body = await read_json(request)
+    deps.require_write_key(request)
+    body = await deps.read_json(request)
     single = isinstance(body, dict) and "events" not in body
     raw_events = [body] if single else body.get("events") if isinstance(body, dict) else body
     if not isinstance(raw_events, list) or not raw_events:
@@ -133,17 +131,17 @@ async def post_events(request: Request) -> Response:
     results: list[dict[str, Any]] = [{} for _ in raw_events]
     valid = []
     positions = []
-    for i, obj in enumerate(raw_events):
+    for i, raw in enumerate(raw_events):
         try:
-            valid.append(parse_event(obj))
+            valid.append(parse_event(raw))
             positions.append(i)
         except ValidationError as exc:
             if single:
                 raise
-            event_id = obj.get("event_id") if isinstance(obj, dict) else None
+            event_id = raw.get("event_id") if isinstance(raw, dict) else None
             results[i] = {"event_id": event_id, "status": "rejected", "field": exc.field,
                           "reason": exc.message}  # fmt: skip
-    report = await _blocking(_state(request)["ingestor"].ingest, valid)
+    report = await deps.blocking(deps.state(request)["ingestor"].ingest, valid)
     for pos, ev, status in zip(positions, valid, report.statuses, strict=True):
         results[pos] = {"event_id": ev.event_id, "status": status}
     counts = {
@@ -153,11 +151,15 @@ async def post_events(request: Request) -> Response:
     return JSONResponse({**counts, "results": results})
 
 
+@operation(Operation("A shopper's live session document", "users", auth="admin",
+    params=(Param("user_id", "path", ID),),
+    responses={200: ("the session", obj({"user_id": string(), "session": ANY_OBJECT})),
+               404: ("no live session", ERROR), 422: ("invalid user id", ERROR)}))  # fmt: skip
 async def get_session(request: Request) -> Response:
-    require_admin_key(request)
-    st = _state(request)
-    identity = _identity_param(request)
-    doc = await _blocking(st["redis"].json().get, st["keys"].user(identity, "session"))
+    deps.require_admin_key(request)
+    st = deps.state(request)
+    identity = deps.identity_param(request)
+    doc = await deps.blocking(st["redis"].json().get, st["keys"].user(identity, "session"))
     if doc is None:
         return JSONResponse(
             {"error": "not_found", "detail": f"no live session for {identity}"}, 404
@@ -167,13 +169,18 @@ async def get_session(request: Request) -> Response:
     return JSONResponse({"user_id": identity, "session": view})
 
 
+@operation(Operation("A shopper's traits, affinities, seen estimate and session", "users",
+    auth="admin", params=(Param("user_id", "path", ID),
+                          Param("top", schema=integer(minimum=1, maximum=200, default=20))),
+    responses={200: ("the profile", PROFILE), 404: ("no state for the user", ERROR),
+               422: ("invalid parameter", ERROR)}))  # fmt: skip
 async def get_profile(request: Request) -> Response:
-    require_admin_key(request)
-    st = _state(request)
-    identity = _identity_param(request)
-    top = _int_param(request, "top", 20, 1, 200)
+    deps.require_admin_key(request)
+    st = deps.state(request)
+    identity = deps.identity_param(request)
+    top = deps.int_param(request, "top", 20, 1, 200)
 
-    prof = await _blocking(
+    prof = await deps.blocking(
         calls.user_profile, st["redis"], st["settings"].engine, st["keys"], identity, top
     )
     if prof.session is None and prof.profile is None and not prof.affinities:
@@ -188,30 +195,21 @@ async def get_profile(request: Request) -> Response:
     })  # fmt: skip
 
 
-def _identity_param(request: Request) -> str:
-    identity = request.path_params["user_id"]
-    if not ID_RE.match(identity):
-        raise ValidationError("user_id", "must be 1-64 characters of letters, digits or ._:@/+=-")
-    return str(identity)
-
-
-async def post_identify(request: Request) -> Response:
-    require_write_key(request)
-    user_id, anon, traits = users.parse_identify(await read_json(request))
-    st = _state(request)
-    result = await _blocking(
-        users.identify, st["redis"], st["settings"].engine, user_id, anon, traits
-    )
-    return JSONResponse(asdict(result))
-
-
+@operation(Operation("Trending items now (hourly Top-K, 2 h half-life)", "recommendations",
+    params=(Param("type", schema=string(enum=["view", "click", "add_to_cart", "purchase",
+                                              "search"], default="view")),
+            Param("k", schema=integer(minimum=1, maximum=100, default=10))),
+    responses={200: ("trending items", obj({
+        "type": string(), "as_of_ms": {"type": ["integer", "null"]},
+        "items": arr(obj({"item_id": string(), "score": number(), "count": integer()}))})),
+        422: ("invalid parameter", ERROR)}))  # fmt: skip
 async def get_trending(request: Request) -> Response:
-    st = _state(request)
+    st = deps.state(request)
     event_type = request.query_params.get("type", "view")
     if event_type not in EVENT_TYPES or event_type == "remove_from_cart":
         raise ValidationError("type", "must be one of view, click, add_to_cart, purchase, search")
-    k = _int_param(request, "k", 10, 1, 100)
-    watermark, items = await _blocking(
+    k = deps.int_param(request, "k", 10, 1, 100)
+    watermark, items = await deps.blocking(
         calls.trending, st["redis"], st["settings"].engine, st["keys"], event_type, k
     )
     hits = [{"item_id": it.item_id, "score": round(it.score, 4), "count": it.count} for it in items]
@@ -222,6 +220,8 @@ async def get_trending(request: Request) -> Response:
 
 
 async def engine_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, TooLargeError):
+        return JSONResponse({"error": "too_large", "field": exc.field, "detail": exc.message}, 413)
     if isinstance(exc, ValidationError):
         return JSONResponse({"error": "invalid", "field": exc.field, "detail": exc.message}, 422)
     if isinstance(exc, AuthError):
@@ -253,16 +253,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             redis_stack.probe(client)
             library = functions.ensure_current(client, load_if_stale=True)
+            # A test or embedding app may set `app.state.rec_config` before start-up.
+            engine = build_engine(
+                client, cfg.engine, rec_config=getattr(app.state, "rec_config", None)
+            )
             yield AppState(
                 settings=cfg,
                 redis=client,
-                ingestor=Ingestor(
-                    client,
-                    cfg.engine,
-                    phase2_hooks=[features.ingest_hook(features.default_feature_set(), cfg.engine)],
-                ),
+                engine=engine,
+                ingestor=engine.ingestor,
                 library=library,
-                keys=Keys(cfg.engine.key_prefix),
+                keys=engine.keys,
             )
         finally:
             client.close()
@@ -270,7 +271,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes: list[BaseRoute] = [
         Route("/health", health),
         Route("/v1/events", post_events, methods=["POST"]),
-        Route("/v1/identify", post_identify, methods=["POST"]),
         Route("/v1/users/{user_id}/session", get_session),
         Route("/v1/users/{user_id}/profile", get_profile),
         Route("/v1/trending", get_trending),
@@ -284,6 +284,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     from app.api.web import web_routes  # local: app.api.web imports app.api.app
 
     routes += web_routes()
+    routes += tracking_routes()
     from app.api.recs import install_recommendations  # local: it imports app.api.app
 
     app = Starlette(
@@ -296,6 +297,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers={EngineError: engine_error, redis.RedisError: redis_error},
     )
     install_recommendations(app)  # its routes, a Recommender per app (lifespan), ingestion hook
+    app.router.routes.extend(contract_routes())
     return app
 
 

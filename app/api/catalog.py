@@ -20,19 +20,46 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from app.api import app as _main  # helpers only, looked up at call time (no import cycle)
+from app.api import deps
+from app.api.openapi import (
+    ANY_OBJECT,
+    BOOL,
+    ERROR,
+    ID,
+    Operation,
+    Param,
+    arr,
+    integer,
+    number,
+    obj,
+    operation,
+    string,
+)
 from app.catalog import calls as catalog_calls
 from app.catalog.index import CatalogConfig, load_catalog_config
-from app.catalog.search import ProductSearch, SearchResult, parse_search, parse_similar
+from app.catalog.search import (
+    CATEGORY_SHARE,
+    TRAIT_BAND_SHARE,
+    ProductSearch,
+    SearchResult,
+    parse_search,
+    parse_similar,
+)
 from app.catalog.vectorizers import get_vectorizer
 from app.core.errors import ValidationError
 from app.core.events import ID_RE
+
+HIT = obj({"item_id": string(), "score": number()})
+SEARCH_REPLY = obj({"hits": arr(HIT), "took_ms": number(), "index": string(),
+                    "vectorizer": string(), "personalized": BOOL,
+                    "personal_signals": arr(string("affinities, or trait:price_band=<band>"))},
+                   required=["hits"])  # fmt: skip
 
 
 def catalog_config(request: Request) -> CatalogConfig:
     """`app.state.catalog_config` when set (tests), else the environment; the key prefix
     always follows the app's engine settings."""
-    st = _main._state(request)
+    st = deps.state(request)
     cfg = getattr(request.app.state, "catalog_config", None)
     if not isinstance(cfg, CatalogConfig):
         cfg = load_catalog_config()
@@ -44,7 +71,7 @@ def product_search(request: Request) -> ProductSearch:
     """One ProductSearch per app (created on first use; it holds no connection of its own)."""
     search = getattr(request.app.state, "product_search", None)
     if not isinstance(search, ProductSearch):
-        st = _main._state(request)
+        st = deps.state(request)
         cfg = catalog_config(request)
         search = ProductSearch(
             st["redis"], cfg, get_vectorizer(cfg.vectorizer), st["settings"].engine
@@ -73,10 +100,18 @@ def _result_json(result: SearchResult) -> dict[str, Any]:
     }
 
 
+@operation(Operation("Hybrid product search (BM25 + vector + filters)", "catalog", params=(
+    Param("q", description="the query text"),
+    Param("category", description="comma-separated categories"),
+    Param("min_price", schema=number(minimum=0)), Param("max_price", schema=number(minimum=0)),
+    Param("in_stock", schema=string(enum=["true", "false", "1", "0"])),
+    Param("k", schema=integer(minimum=1, maximum=100, default=10)),
+    Param("user", schema=ID, description="re-rank by this shopper's affinities"),
+), responses={200: ("ranked hits", SEARCH_REPLY), 422: ("invalid parameter", ERROR)}))  # fmt: skip
 async def search_products(request: Request) -> Response:
     req = parse_search(request.query_params)
     search = product_search(request)
-    result = await _main._blocking(search.search, req)
+    result = await deps.blocking(search.search, req)
     cfg = search.cfg
     body = {
         "q": req.q,
@@ -85,6 +120,7 @@ async def search_products(request: Request) -> Response:
         "k": req.k,
         "user": req.user,
         "personalized": result.personalized,
+        "personal_signals": result.signals,
         "fallback": result.fallback,
         "scoring": {
             "hybrid": f"{cfg.alpha:g} * vector + {1 - cfg.alpha:g} * text",
@@ -95,12 +131,39 @@ async def search_products(request: Request) -> Response:
             "score": "hybrid"
             if req.user is None
             else f"hybrid + {cfg.affinity_weight:g} * affinity",
+            "affinity": f"{CATEGORY_SHARE:g} * category + {1 - CATEGORY_SHARE:g} * price band "
+            f"(the band from live affinities, {TRAIT_BAND_SHARE:g} of it from a price_band trait)",
         },
         **_result_json(result),
     }
     return JSONResponse(body)
 
 
+@operation(
+    Operation(
+        "A product, its price guard and recent price history",
+        "catalog",
+        params=(Param("item_id", "path", ID),),
+        responses={
+            200: (
+                "the product",
+                obj({"item": ANY_OBJECT, "guard": ANY_OBJECT, "price_history": arr(ANY_OBJECT)}),
+            ),
+            404: ("no such product", ERROR),
+        },
+    ),
+    method="GET",
+)
+@operation(Operation("Change price / stock / guard behind guardrails", "catalog", auth="admin",
+    params=(Param("item_id", "path", ID),),
+    request=obj({"price": number(minimum=0), "stock": integer(minimum=0),
+                 "stock_delta": integer(), "floor": {"type": ["number", "null"]},
+                 "ceiling": {"type": ["number", "null"]}, "locked": BOOL,
+                 "lock_reason": string(), "source": string(enum=["manual", "automation"])},
+                extra=False),
+    responses={200: ("applied", obj({"item_id": string(), "status": string()})),
+               404: ("no such product", ERROR), 409: ("refused by a guardrail", ANY_OBJECT),
+               422: ("invalid change", ERROR)}), method="PATCH")  # fmt: skip
 async def item(request: Request) -> Response:
     if request.method == "PATCH":
         return await patch_item(request)
@@ -110,7 +173,7 @@ async def item(request: Request) -> Response:
 async def get_item(request: Request) -> Response:
     item_id = _item_id(request)
     search = product_search(request)
-    view = await _main._blocking(
+    view = await deps.blocking(
         catalog_calls.catalog_item, search.client, search.ckeys, item_id, search.cfg.history_n
     )
     if view is None:
@@ -124,11 +187,11 @@ async def get_item(request: Request) -> Response:
 
 
 async def patch_item(request: Request) -> Response:
-    _main.require_admin_key(request)
+    deps.require_admin_key(request)
     item_id = _item_id(request)
-    change = catalog_calls.parse_change(await _main.read_json(request))
+    change = catalog_calls.parse_change(await deps.read_json(request))
     search = product_search(request)
-    result = await _main._blocking(
+    result = await deps.blocking(
         catalog_calls.catalog_update, search.client, search.cfg, search.ckeys, item_id, change
     )
     if result.status == "not_found":
@@ -137,11 +200,18 @@ async def patch_item(request: Request) -> Response:
     return JSONResponse({"item_id": item_id, **result.as_json()}, status_code=status)
 
 
+@operation(Operation("Nearest products to one item, filters inside the query", "catalog",
+    params=(Param("item_id", "path", ID),
+            Param("max_price", schema=number(minimum=0)),
+            Param("in_stock", schema=string(enum=["true", "false", "1", "0"])),
+            Param("k", schema=integer(minimum=1, maximum=100, default=10))),
+    responses={200: ("similar products", SEARCH_REPLY), 404: ("no such product", ERROR),
+               422: ("invalid parameter", ERROR)}))  # fmt: skip
 async def similar_items(request: Request) -> Response:
     item_id = _item_id(request)
     filters, k = parse_similar(request.query_params)
     search = product_search(request)
-    result = await _main._blocking(search.similar, item_id, filters, k)
+    result = await deps.blocking(search.similar, item_id, filters, k)
     if result is None:
         return _not_found(item_id)
     return JSONResponse(

@@ -20,10 +20,26 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from app.api import app as _main  # helpers only, looked up at call time (no import cycle)
+from app.api import deps
+from app.api.openapi import (
+    ANY_OBJECT,
+    ERROR,
+    ID,
+    Operation,
+    Param,
+    arr,
+    integer,
+    obj,
+    operation,
+    string,
+)
 from app.core.errors import ValidationError
+from app.features import online
 from app.features import spec as features
-from app.features.spec import FeatureRow, FeatureSet
+from app.features.online import FeatureRow
+from app.features.spec import FeatureSet
+
+ROW = obj({"id": string(), "as_of_ms": integer(), "features": ANY_OBJECT})
 
 MAX_BATCH_IDS = 500
 
@@ -51,31 +67,52 @@ def _row_json(row: FeatureRow) -> dict[str, Any]:
     return {"id": row.entity_id, "as_of_ms": row.as_of_ms, "features": row.values}
 
 
+@operation(
+    Operation(
+        "The feature definitions (names, entities, windows)",
+        "features",
+        responses={200: ("definitions", obj({"version": string(), "features": arr(ANY_OBJECT)}))},
+    )
+)
 async def list_features(request: Request) -> Response:
     fs = feature_set(request)
     return JSONResponse({"version": fs.version, "features": fs.describe()})
 
 
+@operation(Operation("Feature values of one entity (point-in-time with as_of)", "features",
+    auth="admin", params=(Param("entity_type", "path", string(enum=["user", "item"])),
+                          Param("entity_id", "path", ID),
+                          Param("names", description="comma-separated feature names"),
+                          Param("as_of", schema=integer("ms since the epoch"))),
+    responses={200: ("values", ROW), 404: ("unknown entity type", ERROR),
+               422: ("invalid parameter", ERROR)}))  # fmt: skip
 async def get_entity_features(request: Request) -> Response:
-    _main.require_admin_key(request)
-    st = _main._state(request)
+    deps.require_admin_key(request)
+    st = deps.state(request)
     fs = feature_set(request)
     entity = request.path_params["entity_type"]
     entity_id = features.check_entity_id(entity, request.path_params["entity_id"])
     names = features.resolve_names(fs, entity, _names(request.query_params.get("names")))
-    as_of = features.parse_as_of(request.query_params.get("as_of"))
-    (row,) = await _main._blocking(
-        features.get_features, st["redis"], fs, st["keys"], entity, [entity_id], names, as_of
+    as_of = online.parse_as_of(request.query_params.get("as_of"))
+    (row,) = await deps.blocking(
+        online.get_features, st["redis"], fs, st["keys"], entity, [entity_id], names, as_of
     )
     return JSONResponse({"entity_type": entity, **_row_json(row), "version": fs.version})
 
 
+@operation(Operation("Feature values of up to 500 entities", "features", auth="admin",
+    params=(Param("entity_type", "path", string(enum=["user", "item"])),),
+    request=obj({"ids": arr(ID, min_items=1, max_items=500), "names": arr(string()),
+                 "as_of": integer("ms since the epoch")}, required=["ids"]),
+    responses={200: ("rows", obj({"entity_type": string(), "version": string(),
+                                  "rows": arr(ROW)})),
+               422: ("invalid input", ERROR)}))  # fmt: skip
 async def post_entity_features(request: Request) -> Response:
-    _main.require_admin_key(request)
-    st = _main._state(request)
+    deps.require_admin_key(request)
+    st = deps.state(request)
     fs = feature_set(request)
     entity = request.path_params["entity_type"]
-    body = await _main.read_json(request)
+    body = await deps.read_json(request)
     if not isinstance(body, dict):
         raise ValidationError("body", 'must be {"ids": [...], "names"?: [...], "as_of"?: ...}')
     ids = body.get("ids")
@@ -86,9 +123,9 @@ async def post_entity_features(request: Request) -> Response:
     for entity_id in ids:
         features.check_entity_id(entity, entity_id)
     names = features.resolve_names(fs, entity, _names(body.get("names")))
-    as_of = features.parse_as_of(body.get("as_of"))
-    rows = await _main._blocking(
-        features.get_features, st["redis"], fs, st["keys"], entity, ids, names, as_of
+    as_of = online.parse_as_of(body.get("as_of"))
+    rows = await deps.blocking(
+        online.get_features, st["redis"], fs, st["keys"], entity, ids, names, as_of
     )
     return JSONResponse(
         {"entity_type": entity, "version": fs.version, "rows": [_row_json(r) for r in rows]}

@@ -2,8 +2,8 @@
 
 `install_recommendations(app)` (called by `app.api.app.create_app`) adds the routes, starts one
 `Recommender` per app inside the app's lifespan (its own Redis client with short timeouts, a
-background refresh thread) and registers the ingestion hook (`app/recs/hook.py`: long-term
-history and experiment attribution) on the app's Ingestor.
+background refresh thread), sharing the engine's experiment store (`app/engine.py` wires the
+ingestion hook).
 
 | method | path                        | auth  | what                                          |
 |--------|-----------------------------|-------|-----------------------------------------------|
@@ -33,7 +33,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from app.api import app as _main  # helpers only, looked up at call time (no import cycle)
+from app.api import deps
+from app.api.openapi import (
+    ANY_OBJECT,
+    ERROR,
+    ID,
+    Operation,
+    Param,
+    arr,
+    integer,
+    number,
+    obj,
+    operation,
+    string,
+)
 from app.catalog.index import load_catalog_config
 from app.catalog.search import Filters, ProductSearch
 from app.catalog.vectorizers import get_vectorizer
@@ -43,7 +56,6 @@ from app.core.settings import EngineConfig
 from app.core.taxonomy import SLUG_RE
 from app.recs import model as rec_model
 from app.recs.experiments import ExperimentStore, parse_experiment
-from app.recs.hook import RecIngestHook
 from app.recs.keys import SURFACES
 from app.recs.recommender import (
     WEIGHT_NAMES,
@@ -85,18 +97,14 @@ def install_recommendations(app: Starlette) -> None:
             cfg = getattr(a.state, "rec_config", None) or load_rec_config(key_prefix=prefix)
             cfg = replace(cfg, key_prefix=prefix)
             client = timeout_client(settings.redis_url, cfg.budget_ms / 1000)
-            rec = Recommender(client, settings.engine, cfg,
+            engine = state.get("engine")
+            experiments = engine.experiments if engine is not None else None
+            rec = Recommender(client, settings.engine, cfg, experiments=experiments,
                               content_knn=search_knn(client, settings.engine))  # fmt: skip
-            ingestor = state.get("ingestor")
-            if ingestor is not None:
-                hook = RecIngestHook(
-                    settings.engine, rec.cfg, rec.experiments, cluster=ingestor.cluster
-                )
-                ingestor.phase2_hooks.append(hook)
             if getattr(a.state, "rec_background", True):
-                await _main._blocking(rec.start)
+                await deps.blocking(rec.start)
             else:
-                await _main._blocking(rec.refresh)
+                await deps.blocking(rec.refresh)
             # Move what exists now (libraries, caches) out of the cyclic GC's reach: its full
             # collections otherwise scan ~70k library objects and pause requests 20-40 ms.
             gc.freeze()
@@ -106,7 +114,7 @@ def install_recommendations(app: Starlette) -> None:
             try:
                 yield {**state, "recommender": rec}
             finally:
-                await _main._blocking(rec.close)
+                await deps.blocking(rec.close)
                 rec.client.close()
 
     app.router.lifespan_context = lifespan
@@ -131,7 +139,7 @@ def recommender(request: Request) -> Recommender:
         return rec
     rec = getattr(request.app.state, "recommender", None)
     if not isinstance(rec, Recommender):
-        settings = _main._state(request)["settings"]
+        settings = deps.state(request)["settings"]
         if not settings.redis_url:
             raise RedisSetupError("REDIS_URL is not set")
         rec = build_recommender(settings.redis_url, settings.engine)
@@ -189,17 +197,37 @@ def parse_rec_request(user: str, params: Mapping[str, str]) -> RecRequest:
 # -- endpoints ----------------------------------------------------------------------------------
 
 
+@operation(Operation("Ranked recommendations for a shopper (never empty for a valid request)",
+    "recommendations", params=(
+        Param("user_id", "path", ID),
+        Param("surface", schema=string(enum=["home", "product", "cart"], default="home")),
+        Param("item", schema=ID, description="the anchor item (product surface)"),
+        Param("k", schema=integer(minimum=1, maximum=50, default=10)),
+        Param("category", description="comma-separated categories to keep"),
+        Param("min_price", schema=number(minimum=0)), Param("max_price", schema=number(minimum=0)),
+    ), responses={200: ("ranked items", obj({
+        "user_id": string(), "surface": string(), "rec_id": string(), "variant": string(),
+        "items": arr(obj({"item_id": string(), "score": number(), "reason": string()}))})),
+        422: ("invalid parameter", ERROR)}))  # fmt: skip
 async def get_recommendations(request: Request) -> Response:
     req = parse_rec_request(request.path_params["user_id"], request.query_params)
     rec = recommender(request)
-    resp = await _main._blocking(rec.serve, req)
+    resp = await deps.blocking(rec.serve, req)
     return JSONResponse(rec.as_json(resp))
 
 
+@operation(
+    Operation(
+        "Model version and serving counters",
+        "recommendations",
+        auth="admin",
+        responses={200: ("recommender state", obj({"model": ANY_OBJECT, "counters": ANY_OBJECT}))},
+    )
+)
 async def get_recommender(request: Request) -> Response:
-    _main.require_admin_key(request)
+    deps.require_admin_key(request)
     rec = recommender(request)
-    info = await _main._blocking(rec_model.model_info, _main._state(request)["redis"], rec.keys)
+    info = await deps.blocking(rec_model.model_info, deps.state(request)["redis"], rec.keys)
     return JSONResponse({
         "model": info, "serving_model": rec.model, "catalog_items": len(rec.catalog),
         "lru_lists": len(rec.lru), "popular_snapshot": len(rec.snapshot),
@@ -219,34 +247,42 @@ def _not_found(exp_id: str) -> Response:
     return JSONResponse({"error": "not_found", "detail": f"no experiment {exp_id}"}, 404)
 
 
+@operation(
+    Operation(
+        "All experiments",
+        "experiments",
+        auth="admin",
+        responses={200: ("experiments", obj({"experiments": arr(ANY_OBJECT)}))},
+    )
+)
 async def list_experiments(request: Request) -> Response:
-    _main.require_admin_key(request)
+    deps.require_admin_key(request)
     store = _store(request)
-    await _main._blocking(store.refresh)
+    await deps.blocking(store.refresh)
     return JSONResponse({"experiments": [e.as_json() for e in store.all()]})
 
 
 def _store(request: Request) -> ExperimentStore:
-    st = _main._state(request)
+    st = deps.state(request)
     rec = recommender(request)
     # Admin calls use the app's regular client (no short serving timeout).
     return ExperimentStore(st["redis"], rec.keys, rec.experiments.cfg)
 
 
 async def put_experiment(request: Request) -> Response:
-    _main.require_admin_key(request)
+    deps.require_admin_key(request)
     exp_id = _exp_id(request)
-    body = await _main.read_json(request)
+    body = await deps.read_json(request)
     store = _store(request)
-    existing = await _main._blocking(store.get, exp_id)
+    existing = await deps.blocking(store.get, exp_id)
     exp = parse_experiment(exp_id, body, WEIGHT_NAMES, now_ms=int(time.time() * 1000),
                            existing=existing)  # fmt: skip
-    models = await _main._blocking(rec_model.model_info, store.client, store.keys)
+    models = await deps.blocking(rec_model.model_info, store.client, store.keys)
     for v in exp.variants:
         if v.model and v.model not in models["versions"]:
             raise ValidationError(f"variants.{v.name}.model", f"no model version {v.model}")
-    await _main._blocking(store.put, exp)
-    await _main._blocking(recommender(request).experiments.refresh)
+    await deps.blocking(store.put, exp)
+    await deps.blocking(recommender(request).experiments.refresh)
     return JSONResponse(
         {"created": existing is None, "experiment": exp.as_json()},
         status_code=201 if existing is None else 200,
@@ -254,28 +290,75 @@ async def put_experiment(request: Request) -> Response:
 
 
 async def get_experiment(request: Request) -> Response:
-    _main.require_admin_key(request)
+    deps.require_admin_key(request)
     exp_id = _exp_id(request)
-    hours = _main._int_param(request, "hours", 24, 1, 24 * 90)
+    hours = deps.int_param(request, "hours", 24, 1, 24 * 90)
     store = _store(request)
-    exp = await _main._blocking(store.get, exp_id)
+    exp = await deps.blocking(store.get, exp_id)
     if exp is None:
         return _not_found(exp_id)
-    await _main._blocking(recommender(request).experiments.flush)
-    report = await _main._blocking(lambda: store.report(exp, hours=hours))
+    await deps.blocking(recommender(request).experiments.flush)
+    report = await deps.blocking(lambda: store.report(exp, hours=hours))
     return JSONResponse(report)
 
 
 async def delete_experiment(request: Request) -> Response:
-    _main.require_admin_key(request)
+    deps.require_admin_key(request)
     exp_id = _exp_id(request)
     store = _store(request)
-    if not await _main._blocking(store.delete, exp_id):
+    if not await deps.blocking(store.delete, exp_id):
         return _not_found(exp_id)
-    await _main._blocking(recommender(request).experiments.refresh)
+    await deps.blocking(recommender(request).experiments.refresh)
     return JSONResponse({"deleted": exp_id})
 
 
+@operation(
+    Operation(
+        "An experiment's per-variant report",
+        "experiments",
+        auth="admin",
+        params=(
+            Param("exp_id", "path", ID),
+            Param("hours", schema=integer(minimum=1, maximum=24 * 90, default=24)),
+        ),
+        responses={200: ("report", ANY_OBJECT), 404: ("no such experiment", ERROR)},
+    ),
+    method="GET",
+)
+@operation(
+    Operation(
+        "Create or replace an experiment",
+        "experiments",
+        auth="admin",
+        params=(Param("exp_id", "path", ID),),
+        request=obj(
+            {
+                "variants": arr(
+                    obj(
+                        {
+                            "name": string(),
+                            "weight": number(minimum=0),
+                            "model": string(),
+                            "weights": ANY_OBJECT,
+                        }
+                    ),
+                    min_items=1,
+                )
+            },
+            required=["variants"],
+        ),
+        responses={
+            200: ("replaced", ANY_OBJECT),
+            201: ("created", ANY_OBJECT),
+            422: ("invalid experiment", ERROR),
+        },
+    ),
+    method="PUT",
+)
+@operation(Operation("Delete an experiment", "experiments", auth="admin",
+    params=(Param("exp_id", "path", ID),),
+    responses={200: ("deleted", obj({"deleted": string()})),
+               404: ("no such experiment", ERROR)}), method="DELETE")  # fmt: skip
 async def experiment(request: Request) -> Response:
     if request.method == "PUT":
         return await put_experiment(request)

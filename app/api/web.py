@@ -37,11 +37,26 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from app.api import app as _main  # helpers only, looked up at call time (no import cycle)
+from app.api import deps
+from app.api.openapi import (
+    ANY_OBJECT,
+    ERROR,
+    Operation,
+    Param,
+    arr,
+    integer,
+    number,
+    obj,
+    operation,
+    string,
+)
 from app.core.errors import ValidationError
 from app.core.events import ID_RE
 from app.core.taxonomy import CATEGORIES
-from app.obs import metrics
+from app.obs.middleware import MetricsMiddleware
+from app.obs.registry import DEFAULT, MetricsConfig, Registry, load_metrics_config
+from app.obs.series import MetricKeys
+from app.obs.views import local_totals, read_totals, render_prometheus, series_json, stats_json
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -95,18 +110,18 @@ def _mounted(request: Request, path: str) -> bool:
     return any(getattr(r, "path", None) == path for r in request.app.routes)
 
 
-def _metrics_of(request: Request) -> tuple[metrics.Registry, metrics.MetricsConfig, Any]:
+def _metrics_of(request: Request) -> tuple[Registry, MetricsConfig, Any]:
     """The app's MetricsMiddleware registry/config (set at start-up), else the defaults."""
     mw = getattr(request.app.state, "metrics", None)
-    prefix = _main._state(request)["settings"].engine.key_prefix
-    if isinstance(mw, metrics.MetricsMiddleware) and mw.config is not None:
+    prefix = deps.state(request)["settings"].engine.key_prefix
+    if isinstance(mw, MetricsMiddleware) and mw.config is not None:
         return mw.registry, mw.config, mw.flusher
-    return metrics.DEFAULT, metrics.load_metrics_config(key_prefix=prefix), None
+    return DEFAULT, load_metrics_config(key_prefix=prefix), None
 
 
-def _check_metrics_access(request: Request, cfg: metrics.MetricsConfig) -> None:
+def _check_metrics_access(request: Request, cfg: MetricsConfig) -> None:
     if not cfg.public:
-        _main.require_admin_key(request)
+        deps.require_admin_key(request)
 
 
 # -- pages --------------------------------------------------------------------------------------
@@ -124,18 +139,41 @@ def web_routes(config: WebConfig | None = None) -> list[BaseRoute]:
     cfg = config or load_web_config()
     catalog_available = _catalog_importable()
 
+    @operation(
+        Operation(
+            "The storefront demo page",
+            "pages",
+            content_type="text/html",
+            responses={200: ("HTML", None), 404: ("the demo page is off", ERROR)},
+        )
+    )
     async def storefront(request: Request) -> Response:
         if not cfg.demo_page:
             return JSONResponse({"error": "not_found", "detail": "the demo page is off"}, 404)
         return FileResponse(STATIC_DIR / "index.html", headers=NO_CACHE)
 
+    @operation(
+        Operation(
+            "The live metrics dashboard",
+            "pages",
+            content_type="text/html",
+            responses={200: ("HTML", None)},
+        )
+    )
     async def dashboard(request: Request) -> Response:
         return FileResponse(STATIC_DIR / "dashboard.html", headers=NO_CACHE)
 
+    @operation(
+        Operation(
+            "The demo page's configuration (public write key, shoppers)",
+            "pages",
+            responses={200: ("config", ANY_OBJECT), 404: ("the demo page is off", ERROR)},
+        )
+    )
     async def demo_config(request: Request) -> Response:
         if not cfg.demo_page:
             return JSONResponse({"error": "not_found", "detail": "the demo page is off"}, 404)
-        settings = _main._state(request)["settings"]
+        settings = deps.state(request)["settings"]
         keys = sorted(settings.write_keys)
         write_key = cfg.demo_write_key if cfg.demo_write_key in settings.write_keys else None
         write_key = write_key or (keys[0] if keys else None)
@@ -171,6 +209,15 @@ def web_routes(config: WebConfig | None = None) -> list[BaseRoute]:
 # -- catalog listing ------------------------------------------------------------------------------
 
 
+@operation(Operation("Products without a query, filtered and sorted", "catalog", params=(
+    Param("category"), Param("min_price", schema=number(minimum=0)),
+    Param("max_price", schema=number(minimum=0)),
+    Param("in_stock", schema=string(enum=["true", "false", "1", "0"])),
+    Param("sort", schema=string(enum=list(SORTS))),
+    Param("k", schema=integer(minimum=1, maximum=MAX_BROWSE_K, default=24)),
+    Param("offset", schema=integer(minimum=0, maximum=MAX_OFFSET, default=0)),
+), responses={200: ("products", obj({"hits": arr(ANY_OBJECT), "took_ms": number()})),
+              422: ("invalid parameter", ERROR)}))  # fmt: skip
 async def browse(request: Request) -> Response:
     """Products without a query, filtered inside RediSearch, sorted by a sortable field."""
     try:
@@ -184,8 +231,8 @@ async def browse(request: Request) -> Response:
     sort = request.query_params.get("sort") or "popular"
     if sort not in SORTS:
         raise ValidationError("sort", f"must be one of {', '.join(SORTS)}")
-    k = _main._int_param(request, "k", 24, 1, MAX_BROWSE_K)
-    offset = _main._int_param(request, "offset", 0, 0, MAX_OFFSET)
+    k = deps.int_param(request, "k", 24, 1, MAX_BROWSE_K)
+    offset = deps.int_param(request, "offset", 0, 0, MAX_OFFSET)
     search = product_search(request)
 
     def run() -> list[dict[str, Any]]:
@@ -198,7 +245,7 @@ async def browse(request: Request) -> Response:
         return [hit_from(row).as_json() for row in search.index.query(query)]
 
     t0 = time.perf_counter()
-    hits = await _main._blocking(run)
+    hits = await deps.blocking(run)
     return JSONResponse({
         "filters": filters.as_json(), "sort": sort, "k": k, "offset": offset,
         "took_ms": round((time.perf_counter() - t0) * 1000, 3), "hits": hits,
@@ -208,16 +255,18 @@ async def browse(request: Request) -> Response:
 # -- metrics -------------------------------------------------------------------------------------
 
 
+@operation(Operation("Metrics in the Prometheus text format", "ops", content_type="text/plain",
+    responses={200: ("Prometheus exposition text", None)}))  # fmt: skip
 async def prometheus(request: Request) -> Response:
     registry, cfg, flusher = _metrics_of(request)
     _check_metrics_access(request, cfg)
-    client = _main._state(request)["redis"]
+    client = deps.state(request)["redis"]
 
     def build() -> str:
         try:
-            totals = metrics.read_totals(client, metrics.MetricKeys(cfg.key_prefix))
+            totals = read_totals(client, MetricKeys(cfg.key_prefix))
         except redis.RedisError:
-            totals = metrics.local_totals(registry)
+            totals = local_totals(registry)
         gauges: dict[str, float] = {
             "retail_metrics_source_redis": 1.0 if totals.source == "redis" else 0.0,
             "retail_metrics_series_dropped": float(registry.dropped),
@@ -226,18 +275,21 @@ async def prometheus(request: Request) -> Response:
             gauges["retail_metrics_flush_failures"] = float(flusher.failures)
             if flusher.last_flush_ms:
                 gauges["retail_metrics_last_flush_timestamp_seconds"] = flusher.last_flush_ms / 1000
-        return metrics.render_prometheus(totals, gauges)
+        return render_prometheus(totals, gauges)
 
-    body = await _main._blocking(build)
+    body = await deps.blocking(build)
     return PlainTextResponse(body, media_type=PROM_CONTENT_TYPE)
 
 
+@operation(Operation("The metrics as JSON", "ops",
+    params=(Param("window_s", schema=integer(minimum=10, maximum=7200, default=60)),),
+    responses={200: ("stats", ANY_OBJECT), 422: ("invalid parameter", ERROR)}))  # fmt: skip
 async def stats(request: Request) -> Response:
     registry, cfg, flusher = _metrics_of(request)
     _check_metrics_access(request, cfg)
-    window = _main._int_param(request, "window_s", 60, 10, 7200)
-    client = _main._state(request)["redis"]
-    body = await _main._blocking(lambda: metrics.stats_json(client, registry, cfg, window_s=window))
+    window = deps.int_param(request, "window_s", 60, 10, 7200)
+    client = deps.state(request)["redis"]
+    body = await deps.blocking(lambda: stats_json(client, registry, cfg, window_s=window))
     if flusher is not None:
         body["flusher"] = {
             "last_flush_ms": flusher.last_flush_ms,
@@ -248,17 +300,19 @@ async def stats(request: Request) -> Response:
     return JSONResponse(body)
 
 
+@operation(Operation("Metric time series for the dashboard", "ops", params=(
+    Param("minutes", schema=integer(minimum=1, maximum=7 * 24 * 60, default=60)),
+    Param("step_s", schema=integer(minimum=5, maximum=86_400, default=60))),
+    responses={200: ("series", ANY_OBJECT), 422: ("invalid parameter", ERROR)}))  # fmt: skip
 async def stats_series(request: Request) -> Response:
     _registry, cfg, _flusher = _metrics_of(request)
     _check_metrics_access(request, cfg)
-    minutes = _main._int_param(request, "minutes", 60, 1, 7 * 24 * 60)
-    step_s = _main._int_param(request, "step_s", 60, 5, 86_400)
+    minutes = deps.int_param(request, "minutes", 60, 1, 7 * 24 * 60)
+    step_s = deps.int_param(request, "step_s", 60, 5, 86_400)
     if minutes * 60 // step_s > 2000:
         raise ValidationError("step_s", "too small for the window: at most 2000 points")
     if minutes * 60_000 > cfg.raw_retention_ms and step_s % 60:
         raise ValidationError("step_s", "must be a multiple of 60 for windows beyond 2 hours")
-    client = _main._state(request)["redis"]
-    body = await _main._blocking(
-        lambda: metrics.series_json(client, cfg, minutes=minutes, step_s=step_s)
-    )
+    client = deps.state(request)["redis"]
+    body = await deps.blocking(lambda: series_json(client, cfg, minutes=minutes, step_s=step_s))
     return JSONResponse(body)

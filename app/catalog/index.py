@@ -42,13 +42,14 @@ from app.catalog.vectorizers import (
     get_vectorizer,
     vector_slug,
 )
+from app.core.batching import batched
 from app.core.errors import SearchIndexError, ValidationError
 from app.core.events import ID_RE
-from app.core.keys import Keys, _tag
+from app.core.keys import Keys, tag
 from app.core.settings import ROOT
 from app.core.taxonomy import SLUG_RE, category_for
+from app.core.units import DAY_MS
 
-DAY_MS = 86_400_000
 SCHEMA_PATH = ROOT / "indexes" / "products.yaml"
 
 
@@ -100,7 +101,7 @@ class CatalogKeys:
         return f"{self.prefix}p:"
 
     def doc(self, item: str) -> str:
-        return f"{self.doc_prefix}{_tag(item)}"
+        return f"{self.doc_prefix}{tag(item)}"
 
     def price(self, item: str) -> str:
         return Keys(self.prefix).item(item, "price")
@@ -368,13 +369,18 @@ def schema_hash(resolved: dict[str, Any]) -> str:
 # -- RediSearch helpers ---------------------------------------------------------------------------
 
 
+def is_missing_index(exc: BaseException) -> bool:
+    """A RediSearch reply error that says the index (or its alias) does not exist."""
+    text = str(exc).lower()
+    return "unknown index" in text or "no such index" in text or "not found" in text
+
+
 def ft_info(client: redis.Redis, name: str) -> dict[str, Any] | None:
     """FT.INFO as a str-keyed dict (RESP2 or RESP3), None when there is no such index."""
     try:
         raw = redis_cmd(client, "FT.INFO", name)
     except redis.ResponseError as exc:
-        text = str(exc).lower()
-        if "unknown index" in text or "no such index" in text or "not found" in text:
+        if is_missing_index(exc):
             return None
         raise
     value = _decode(raw)
@@ -569,17 +575,6 @@ def scan_docs(client: redis.Redis, ckeys: CatalogKeys, count: int = 1000) -> Ite
         yield _s(key)
 
 
-def _batches(it: Iterator[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for x in it:
-        batch.append(x)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def backfill_vectors(
     client: redis.Redis, ckeys: CatalogKeys, vectorizer: TextVectorizer, *, batch: int = 500
 ) -> int:
@@ -587,7 +582,7 @@ def backfill_vectors(
     slug = vector_slug(vectorizer.model)
     paths = ("$.title", "$.description", "$.brand", "$.category", "$.tags")
     n = 0
-    for keys in _batches(scan_docs(client, ckeys), batch):
+    for keys in batched(scan_docs(client, ckeys), batch):
         pipe = client.pipeline(transaction=False)
         for key in keys:
             redis_cmd(pipe, "JSON.GET", key, *paths)
@@ -610,7 +605,7 @@ def backfill_vectors(
 
 def remove_vectors(client: redis.Redis, ckeys: CatalogKeys, path: str, *, batch: int = 500) -> int:
     n = 0
-    for keys in _batches(scan_docs(client, ckeys), batch):
+    for keys in batched(scan_docs(client, ckeys), batch):
         pipe = client.pipeline(transaction=False)
         for key in keys:
             redis_cmd(pipe, "JSON.DEL", key, path)
@@ -650,7 +645,7 @@ def drop_catalog(client: redis.Redis, ckeys: CatalogKeys, *, delete_docs: bool =
         redis_cmd(client, "FT.DROPINDEX", name)
     client.delete(ckeys.meta)
     if delete_docs:
-        for keys in _batches(scan_docs(client, ckeys), 500):
+        for keys in batched(scan_docs(client, ckeys), 500):
             pipe = client.pipeline(transaction=False)
             for key in keys:
                 pipe.unlink(*ckeys.item_keys(ckeys.item_of(key)))

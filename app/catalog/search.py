@@ -26,6 +26,8 @@ Hybrid search (`GET /v1/search`) is ONE `FT.AGGREGATE` on the index alias:
   (`user_profile` Function, members `cat:<category>` and `price:<band>`):
       score = hybrid + w * (0.7 * cat_affinity + 0.3 * price_affinity),  w = 0.2
   where each affinity is the decayed score divided by the user's strongest of that kind.
+  A `price_band` profile trait (warehouse profile sync, docs in README) counts half of the
+  price-band preference (all of it for a shopper with no live affinities yet).
 
 Query text: words are runs of letters and digits; every other character separates words,
 so RediSearch syntax characters never reach the query (`t-light` is `t light`). Text that is
@@ -59,6 +61,7 @@ from app.catalog.index import (
     CatalogKeys,
     IndexMeta,
     check_compatible,
+    is_missing_index,
     json_reply,
     load_schema_spec,
     read_meta,
@@ -81,6 +84,9 @@ MAX_CANDIDATES = 200
 MAX_PRICE = 1_000_000.0
 PRICE_MEDIAN_TTL_S = 300.0
 CATEGORY_SHARE = 0.7  # of the affinity boost; the rest is the price band
+PRICE_BANDS = ("lt2", "2-5", "5-10", "10-25", "25+")  # price_band()'s values
+TRAIT_PRICE_BAND = "price_band"  # the profile trait read by the re-rank
+TRAIT_BAND_SHARE = 0.5  # of the price-band preference when the shopper has live affinities
 RETURN_FIELDS = ("item_id", "title", "category", "price", "stock", "in_stock", "popularity")
 SYNTAX_RE = re.compile(r"@\w+\s*:|=>|\$[A-Za-z_]|[\[\]{}|]")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -414,9 +420,35 @@ def normalised_affinities(
     return out[0], out[1]
 
 
-def rerank(hits: list[Hit], affinities: Sequence[tuple[str, float]], weight: float) -> list[Hit]:
+def trait_band(traits: Mapping[str, Any] | None) -> str | None:
+    """The `price_band` trait (warehouse profile sync: the shopper's typical price band over
+    their whole history), when it names a band."""
+    band = (traits or {}).get(TRAIT_PRICE_BAND)
+    return band if isinstance(band, str) and band in PRICE_BANDS else None
+
+
+def band_preference(live: Mapping[str, float], trait: str | None) -> dict[str, float]:
+    """Price-band preference 0..1: the live affinities, blended with the warehouse's band
+    (its share TRAIT_BAND_SHARE; all of it when there is no live signal yet). The live
+    affinities halve every 14 days; the warehouse remembers years, and knows a shopper who
+    has not shopped here since the keys expired."""
+    if trait is None:
+        return dict(live)
+    share = TRAIT_BAND_SHARE if live else 1.0
+    out = {band: (1 - share) * v for band, v in live.items()}
+    out[trait] = out.get(trait, 0.0) + share
+    return out
+
+
+def rerank(
+    hits: list[Hit],
+    affinities: Sequence[tuple[str, float]],
+    weight: float,
+    traits: Mapping[str, Any] | None = None,
+) -> list[Hit]:
     """Add `weight * affinity` to each hit's score and sort (stable on ties)."""
-    cats, bands = normalised_affinities(affinities)
+    cats, live_bands = normalised_affinities(affinities)
+    bands = band_preference(live_bands, trait_band(traits))
     for h in hits:
         band = price_band(h.price)
         aff = CATEGORY_SHARE * cats.get(h.category, 0.0) + (1 - CATEGORY_SHARE) * bands.get(
@@ -437,11 +469,7 @@ class SearchResult:
     personalized: bool = False
     took_ms: float = 0.0
     fallback: bool = False  # no document matched a word: vector-only neighbours instead
-
-
-def _no_index(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return "unknown index" in text or "no such index" in text
+    signals: list[str] = field(default_factory=list)  # what the re-rank used
 
 
 class ProductSearch:
@@ -518,7 +546,7 @@ class ProductSearch:
             return list(self.index.query(query))
         except RedisSearchError as exc:
             cause = exc.__cause__
-            if cause is not None and _no_index(cause):
+            if cause is not None and is_missing_index(cause):
                 self._meta = None
                 raise SearchIndexError(
                     f"the product index alias {self.ckeys.alias} is missing: run "
@@ -566,13 +594,18 @@ class ProductSearch:
                 h.components = {"vector": h.score, "bm25": 0.0, "text": 0.0,
                                 "hybrid": self.cfg.alpha * h.score}  # fmt: skip
                 h.score = h.components["hybrid"]
-        personalized = False
+        signals: list[str] = []
         if req.user is not None:
             profile = calls.user_profile(self.client, self.engine, self.keys, req.user, 40)
-            personalized = bool(profile.affinities)
-            hits = rerank(hits, profile.affinities, self.cfg.affinity_weight)
+            traits = (profile.profile or {}).get("traits")
+            band = trait_band(traits if isinstance(traits, dict) else None)
+            signals = (["affinities"] if profile.affinities else []) + (
+                [f"trait:{TRAIT_PRICE_BAND}={band}"] if band else []
+            )
+            hits = rerank(hits, profile.affinities, self.cfg.affinity_weight,
+                          {TRAIT_PRICE_BAND: band} if band else None)  # fmt: skip
         took = (time.perf_counter() - t0) * 1000
-        return SearchResult(hits[: req.k], meta, personalized, took, fallback)
+        return SearchResult(hits[: req.k], meta, bool(signals), took, fallback, signals)
 
     def knn(
         self, vector: bytes, filters: Filters, k: int, *, ef_runtime: int | None = None

@@ -18,7 +18,8 @@ import redis
 
 from app.core.keys import Keys
 from app.core.settings import Settings
-from app.features.spec import ENTITY_TYPES, default_feature_set, get_features, parse_as_of
+from app.features.online import get_features, parse_as_of
+from app.features.spec import ENTITY_TYPES, default_feature_set
 from app.redis import library as functions
 from loaders import export_features
 

@@ -22,7 +22,6 @@ from app.cli.common import redis_for
 from app.core.errors import EngineError
 from app.core.logs import configure_logging
 from app.core.settings import Settings, load_settings
-from app.ingest.ingestor import Phase2Hook
 from app.redis import embedded as redis_stack
 from app.redis import library as functions
 
@@ -98,8 +97,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     with redis_for(settings) as url, redis.Redis.from_url(url) as client:
         functions.ensure_current(client, load_if_stale=True)
         report = replay.replay(client, settings.engine, Path(args.file or settings.sample_data),
-                               limit=args.limit, progress=True,
-                               phase2_hooks=_feature_hooks(settings))  # fmt: skip
+                               limit=args.limit, progress=True)  # fmt: skip
     print(report.summary())
     return 0
 
@@ -116,13 +114,15 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             _load_catalog(client, settings)
             print(f"replaying the real Online Retail purchases from {settings.sample_data} ...")
             report = replay.replay(client, settings.engine, settings.sample_data,
-                                   limit=args.limit, progress=True,
-                                   phase2_hooks=_feature_hooks(settings))  # fmt: skip
+                                   limit=args.limit, progress=True)  # fmt: skip
             print(report.summary())
             from loaders.train import train_online_retail
 
             print("training the item-item model on the real purchases ...")
             print(train_online_retail(client, settings.engine, settings.sample_data).summary())
+            from app.cli.profiles import load_sample_profiles
+
+            load_sample_profiles(client, settings)
         settings = dataclasses.replace(
             settings, redis_url=url, write_keys=frozenset({write_key}), admin_key=Secret(admin_key)
         )
@@ -143,24 +143,17 @@ Try:
   curl -X POST {base}/v1/events -H 'X-Write-Key: {write_key}' \\
        -H 'content-type: application/json' -d '{{"event_id":"demo-1","type":"view",
        "user_id":"c17850","session_id":"s1","item_id":"85123A"}}'
-  curl {base}/v1/users/c17850/profile -H 'Authorization: Bearer {admin_key}'
+  curl {base}/v1/users/c17850/profile -H 'Authorization: Bearer {admin_key}'   (synced traits)
   curl {base}/v1/users/c17850/session -H 'Authorization: Bearer {admin_key}'
+  Segment / RudderStack SDKs: host (data plane URL) {base}, write key {write_key}
+  curl -X POST {base}/v1/track -u '{write_key}:' -H 'content-type: application/json' \\
+       -d '{{"messageId":"demo-2","userId":"c17850","event":"Product Viewed",
+       "properties":{{"product_id":"85123A"}}}}'
+  API contract: {base}/openapi.json, readable at {base}/docs
 """
         )
         _serve(settings)
     return 0
-
-
-def _feature_hooks(settings: Settings) -> list[Phase2Hook]:
-    """Phase-2 extensions for replays: the feature store's online path and the recommender's
-    history/popularity keys, so replayed history fills them as live events would."""
-    from app.features import spec as features
-    from app.recs.hook import RecIngestHook
-
-    return [
-        features.ingest_hook(features.default_feature_set(), settings.engine),
-        RecIngestHook(settings.engine),
-    ]
 
 
 def _load_catalog(client: redis.Redis, settings: Settings) -> None:
@@ -217,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     from app.cli.recs import add_recs_commands
 
     add_recs_commands(sub)
+    from app.cli.profiles import add_profile_commands
+
+    add_profile_commands(sub)
 
     p = sub.add_parser("redis-cli", help="the bundled redis-cli (with its OpenSSL 1.1 runtime)")
     p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -38,12 +38,12 @@ def cmd_recs(args: argparse.Namespace, settings: Settings) -> int:
         functions.ensure_current(client, load_if_stale=True)
         action = args.recs_command
         if action == "train":
-            from loaders.train import _date_ms, train_online_retail
+            from loaders.train import date_ms, train_online_retail
 
             report = train_online_retail(
                 client, engine, Path(args.path or settings.sample_data),
                 TrainConfig(neighbours=args.neighbours),
-                until_ms=_date_ms(args.until) if args.until else None,
+                until_ms=date_ms(args.until) if args.until else None,
                 content=not args.no_content,
             )  # fmt: skip
             print(report.summary())

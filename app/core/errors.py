@@ -35,6 +35,10 @@ class ValidationError(EngineError):
         self.message = message
 
 
+class TooLargeError(ValidationError):
+    """A body or message over its size limit (HTTP 413)."""
+
+
 class AuthError(EngineError):
     """Missing or wrong API key."""
 

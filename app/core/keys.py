@@ -6,12 +6,13 @@ user keys `u:{<user>}:...`, item keys `i:{<item>}:...`, global aggregates `g:{g}
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
-HOUR_MS = 3_600_000
+from app.core.units import HOUR_MS
 
 
-def _tag(value: str) -> str:
+def tag(value: str) -> str:
     # A '{' or '}' inside an id would change which part Redis hashes: ids are validated
     # against that (app/core/events.py), this is the last line of defence.
     if "{" in value or "}" in value:
@@ -25,7 +26,7 @@ class Keys:
 
     # -- users ---------------------------------------------------------------
     def user(self, user: str, part: str) -> str:
-        return f"{self.prefix}u:{_tag(user)}:{part}"
+        return f"{self.prefix}u:{tag(user)}:{part}"
 
     def user_group(self, user: str) -> list[str]:
         """The four keys `ingest_user` takes per user, in its KEYS order."""
@@ -55,9 +56,19 @@ class Keys:
     def cms(self, event_type: str) -> str:
         return self.glob(f"cms:{event_type}")
 
+    # -- tracking API (Segment / RudderStack messages with no engine event) ---
+    @property
+    def tracking_log(self) -> str:
+        return self.glob("tracking")
+
+    def tracking_seen(self, message_id: str) -> str:
+        """A handled messageId (dedup of identify/alias/page/...); hashed: ids may hold braces."""
+        digest = hashlib.sha1(message_id.encode()).hexdigest()[:20]
+        return f"{self.prefix}trk:{{{digest}}}"
+
     # -- items ---------------------------------------------------------------
     def item(self, item: str, part: str) -> str:
-        return f"{self.prefix}i:{_tag(item)}:{part}"
+        return f"{self.prefix}i:{tag(item)}:{part}"
 
     def item_series(self, item: str, event_type: str) -> tuple[str, str]:
         raw = self.item(item, f"ts:{event_type}")

@@ -1,7 +1,7 @@
 """Structured logs: one JSON object per line (`RETAIL_LOG_JSON=true`), with the request id.
 
 `RequestContextMiddleware` (app/obs/middleware.py) gives every request an id and logs one line per
-request; `MetricsMiddleware` (app/obs/metrics.py), which runs inside it, puts that id into the
+request; `MetricsMiddleware` (app/obs/middleware.py), which runs inside it, puts that id into the
 `REQUEST_ID` context variable, so every log record emitted while serving the request (also in
 the thread pool: Starlette copies the context into worker threads) carries it.
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from starlette.config import Config
 from starlette.datastructures import Secret
 
-DAY_S = 86_400
-HOUR_MS = 3_600_000
+from app.core.units import DAY_S, HOUR_MS
+
 # Forward-decay epoch of the affinity scores (2010-01-01T00:00:00Z): before the sample data.
 # Scores stay finite for ~900 half-lives after it (14 d half-life: until ~2044); see docs/keys.md.
 AFF_EPOCH_MS = 1_262_304_000_000

@@ -7,15 +7,16 @@ Features are declared once in `features/features.yaml` (see its header and docs/
   `features_get` (lua/70_features.lua) interpret: the online path.
 - the typed `Feature` objects that `app.features.offline` interprets over the event log: the
   offline path. Neither side has a per-feature line of code, so they cannot drift apart; the
-  skew test (tests/test_features_skew.py) checks the two interpreters against each other.
+  skew test (tests/features/test_features_skew.py) checks the two interpreters against each other.
 
 State lives in "slots": one slot per distinct (entity, events, kind, value, bucket) that
 features need; features sharing a slot share its buckets (user_purchases_7d and
 user_avg_basket_value_30d share the hourly purchase count). A slot's id is a hash of its
 meaning, so changing a definition starts a new slot instead of reinterpreting old state.
 
-This module also holds the pure `*_args()` builders and typed wrappers of both Functions, the
-event routing shared by both paths (`route`), and the ingestion phase-2 hook (`ingest_hook`).
+This module holds the definitions and what both paths share (entity ids, event routing
+`route`, feature-name resolution); `app.features.online` holds the Function wrappers, the
+ingestion hook and the reads, `app.features.offline` the training-table side.
 """
 
 from __future__ import annotations
@@ -30,25 +31,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import redis
 import yaml
-from redis.crc import key_slot
 
 from app.core.errors import ValidationError
 from app.core.events import EVENT_TYPES, ID_RE, Event, Line
-from app.core.keys import Keys
-from app.core.settings import ROOT, EngineConfig
-from app.ingest.ingestor import Phase2Hook
-from app.redis.calls import Args, fcall_ro, text
+from app.core.settings import ROOT
+from app.core.units import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS, WEEK_MS
 
 DEFAULT_PATH = ROOT / "features" / "features.yaml"
 SPEC_VERSION = 1
 
-SECOND_MS = 1000
-MINUTE_MS = 60 * SECOND_MS
-HOUR_MS = 60 * MINUTE_MS
-DAY_MS = 24 * HOUR_MS
-WEEK_MS = 7 * DAY_MS
 UNIT_MS = {"s": SECOND_MS, "m": MINUTE_MS, "h": HOUR_MS, "d": DAY_MS}
 DURATION_RE = re.compile(r"^([1-9][0-9]{0,6})(s|m|h|d)$")
 # Calendar windows: unit length and the offset that aligns it (1970-01-01 was a Thursday, so
@@ -66,6 +58,7 @@ REVENUE_UNITS = 10_000  # revenue state: integer 1/10,000 GBP, so sums are exact
 MAX_WINDOW_BUCKETS = 10_080  # e.g. 7 d at 1 min; a read touches at most this many per slot
 MIN_BUCKET_MS = SECOND_MS
 KMV_K = (2, 1024)
+KMV_BYTES = 7  # a packed 52-bit sketch hash in the online state
 CATEGORY_SEP = "~"  # user_category ids: "<user>~<category>" (ids never contain '~')
 MAX_IDS = 1000  # entities per read call
 
@@ -165,8 +158,6 @@ class FeatureSet:
     slots: Mapping[str, Slot]
     feature_slots: Mapping[str, tuple[str, ...]]
     history_ms: int
-    trim_every_ms: int
-    trim_min_fields: int
     entity_ttl_s: Mapping[str, int]
     spec: str  # the compiled JSON both Lua Functions take as ARGV[1]
     version: str  # sha256 of the spec, 12 hex digits
@@ -175,13 +166,24 @@ class FeatureSet:
     def names(self, entity: str) -> list[str]:
         return [f.name for f in self.features.values() if f.entity == entity]
 
-    def max_fields(self, entity: str) -> int:
-        """The most fields one state hash of the entity type can hold: per slot its buckets
-        within retention + trim_every, and its horizon; trim_min_fields of expired buckets
-        not yet trimmed; the three meta fields (docs/features.md, "Memory")."""
+    def max_buckets(self, entity: str) -> int:
+        """The most buckets one entity's packed state can hold: per slot those within its
+        retention (every write drops older ones; docs/features.md, "Memory")."""
         slots = [s for s in self.slots.values() if s.entity == entity]
-        buckets = sum((s.retention_ms + self.trim_every_ms) // s.bucket_ms + 1 for s in slots)
-        return buckets + len(slots) + self.trim_min_fields + 3
+        return sum(s.retention_ms // s.bucket_ms + 1 for s in slots)
+
+    def max_state_bytes(self, entity: str) -> int:
+        """The most bytes one entity's packed state (MessagePack, lua/70_features.lua) can take:
+        every slot full (max_buckets) with each value at its widest encoding. A bound, not a
+        typical size (docs/features.md, "Memory")."""
+        total = 16  # array header, format, newest ts (uint64), map header
+        for s in self.slots.values():
+            if s.entity != entity:
+                continue
+            value = {"sum": 9, "dec": 9, "max": 5, "last": 15}.get(s.kind, 3 + KMV_BYTES * s.k)
+            # slot id key, [h, ages, values] headers, h; per bucket an age (uint16) and a value
+            total += 29 + (s.retention_ms // s.bucket_ms + 1) * (3 + value)
+        return total
 
     def entities(self) -> list[str]:
         return [e for e in ENTITY_TYPES if self.names(e)]
@@ -403,10 +405,9 @@ def compile_definitions(raw: Any, *, history_ms: int | None = None, source: str 
     if raw.get("timezone", "UTC") != "UTC":
         raise ValidationError("timezone", "only UTC is supported (bucket and day boundaries)")
     history = duration_ms(raw.get("history", "1d"), "history") if history_ms is None else history_ms
-    trim_every = duration_ms(raw.get("trim_every", "1h"), "trim_every")
-    trim_min = raw.get("trim_min_fields", 64)
-    if isinstance(trim_min, bool) or not isinstance(trim_min, int) or not 0 <= trim_min <= 10_000:
-        raise ValidationError("trim_min_fields", "must be an integer from 0 to 10000")
+    for gone in ("trim_every", "trim_min_fields"):
+        if gone in raw:
+            raise ValidationError(gone, "is no longer used (every write trims); remove it")
     items = raw.get("features")
     if not isinstance(items, list) or not items:
         raise ValidationError("features", "must be a non-empty list")
@@ -439,8 +440,7 @@ def compile_definitions(raw: Any, *, history_ms: int | None = None, source: str 
 
     spec_obj = {
         "v": SPEC_VERSION,
-        "trim": trim_every,
-        "tmin": trim_min,
+        "hist": history,
         "ttl": ttl,
         "slots": [
             {"id": s.id, "e": s.entity, "k": s.kind, "ev": dict(s.events),
@@ -459,7 +459,7 @@ def compile_definitions(raw: Any, *, history_ms: int | None = None, source: str 
     spec = json.dumps(spec_obj, separators=(",", ":"), sort_keys=True)
     return FeatureSet(
         features=features, slots=slots, feature_slots=feature_slots, history_ms=history,
-        trim_every_ms=trim_every, trim_min_fields=trim_min, entity_ttl_s=ttl, spec=spec,
+        entity_ttl_s=ttl, spec=spec,
         version=hashlib.sha256(spec.encode()).hexdigest()[:12], source=source,
     )  # fmt: skip
 
@@ -509,18 +509,6 @@ def check_entity_id(entity: str, entity_id: str) -> str:
     return entity_id
 
 
-def state_key(keys: Keys, entity: str, entity_id: str) -> str:
-    """The entity's feature-state hash (one hash tag per entity: cluster-safe)."""
-    if entity == "user":
-        return keys.user(entity_id, "feat")
-    if entity == "item":
-        return keys.item(entity_id, "feat")
-    if entity == "user_category":
-        user, category = split_user_category(entity_id)
-        return keys.user(user, f"featc:{category}")
-    raise ValidationError("entity_type", f"must be one of {list(ENTITY_TYPES)}")
-
-
 @dataclass(frozen=True, slots=True)
 class Touch:
     """One event as one entity sees it: the lines routed to that entity."""
@@ -563,90 +551,6 @@ def route(fs: FeatureSet, events: Iterable[Event]) -> dict[EntityRef, list[Touch
     return out
 
 
-# -- features_ingest ----------------------------------------------------------------------------
-
-
-def features_ingest_args(
-    fs: FeatureSet, keys: Keys, groups: Sequence[tuple[EntityRef, Sequence[Touch]]]
-) -> Args:
-    """One `features_ingest` call for these entities (each entity once)."""
-    key_list: list[str] = []
-    argv: list[Any] = [fs.spec, len(groups)]
-    for (entity, entity_id), touches in groups:
-        key_list.append(state_key(keys, entity, entity_id))
-        argv += [len(key_list), entity, len(touches)]
-        for touch in touches:
-            ev = touch.event
-            argv += [ev.type, ev.ts, ev.identity, ev.session_id, len(touch.lines)]
-            for ln in touch.lines:
-                argv += [ln.item_id, ln.qty, ln.price, ln.category]
-    return key_list, argv
-
-
-def ingest_calls(
-    fs: FeatureSet,
-    keys: Keys,
-    events: Sequence[Event],
-    *,
-    cluster: bool = False,
-    groups_per_call: int = 64,
-) -> list[tuple[str, Args]]:
-    """The `features_ingest` calls for accepted events: on a standalone server up to
-    `groups_per_call` entities per call; with `cluster=True` one call per hash slot."""
-    routed = route(fs, events)
-    if not routed:
-        return []
-    items = list(routed.items())
-    if cluster:
-        by_slot: dict[int, list[tuple[EntityRef, list[Touch]]]] = defaultdict(list)
-        for ref, touches in items:
-            by_slot[key_slot(state_key(keys, *ref).encode())].append((ref, touches))
-        batches = list(by_slot.values())
-    else:
-        step = max(1, groups_per_call)
-        batches = [items[i : i + step] for i in range(0, len(items), step)]
-    return [("features_ingest", features_ingest_args(fs, keys, batch)) for batch in batches]
-
-
-def ingest_hook(
-    fs: FeatureSet, cfg: EngineConfig, *, cluster: bool = False, groups_per_call: int = 64
-) -> Phase2Hook:
-    """The `Ingestor(phase2_hooks=[...])` extension that keeps the online features current."""
-    keys = Keys(cfg.key_prefix)
-
-    def hook(events: Sequence[Event]) -> list[tuple[str, Args]]:
-        return ingest_calls(fs, keys, events, cluster=cluster, groups_per_call=groups_per_call)
-
-    return hook
-
-
-# -- features_get -------------------------------------------------------------------------------
-
-
-def as_of_arg(as_of: AsOf) -> str:
-    if as_of in ("now", "latest"):
-        return str(as_of)
-    if isinstance(as_of, bool) or not isinstance(as_of, int) or as_of < 0:
-        raise ValidationError("as_of", "must be 'now', 'latest' or ms since the epoch (>= 0)")
-    return str(as_of)
-
-
-def parse_as_of(raw: Any) -> AsOf:
-    """HTTP / CLI form: missing -> 'now'; 'now' | 'latest' | integer ms."""
-    if raw is None or raw == "" or raw == "now":
-        return "now"
-    if raw == "latest":
-        return "latest"
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        value = raw
-    elif isinstance(raw, str) and raw.isdigit():
-        value = int(raw)
-    else:
-        raise ValidationError("as_of", "must be 'now', 'latest' or ms since the epoch")
-    as_of_arg(value)
-    return value
-
-
 def resolve_names(fs: FeatureSet, entity: str, names: Sequence[str] | None) -> list[str]:
     if entity not in ENTITY_TYPES:
         raise ValidationError("entity_type", f"must be one of {list(ENTITY_TYPES)}")
@@ -663,85 +567,3 @@ def resolve_names(fs: FeatureSet, entity: str, names: Sequence[str] | None) -> l
         if name not in out:
             out.append(name)
     return out
-
-
-def features_get_args(
-    fs: FeatureSet,
-    keys: Keys,
-    entity: str,
-    entity_ids: Sequence[str],
-    names: Sequence[str],
-    as_of: AsOf = "now",
-) -> Args:
-    key_list = [state_key(keys, entity, check_entity_id(entity, i)) for i in entity_ids]
-    return key_list, [fs.spec, as_of_arg(as_of), len(names), *names]
-
-
-@dataclass(frozen=True)
-class FeatureRow:
-    entity: str
-    entity_id: str
-    as_of_ms: int
-    values: dict[str, Value]
-
-
-def convert(f: Feature, raw: Any) -> Value:
-    if raw is None:
-        return None
-    s = text(raw)
-    return int(s) if f.dtype == "int" else float(s)
-
-
-def parse_features_get(
-    fs: FeatureSet, entity: str, entity_ids: Sequence[str], names: Sequence[str], reply: Any
-) -> list[FeatureRow]:
-    width = len(names) + 1
-    if len(reply) != width * len(entity_ids):
-        raise ValueError(f"features_get: {len(reply)} values for {len(entity_ids)} entities")
-    feats = [fs.features[n] for n in names]
-    rows = []
-    for i, entity_id in enumerate(entity_ids):
-        part = reply[i * width : (i + 1) * width]
-        values = {f.name: convert(f, raw) for f, raw in zip(feats, part[1:], strict=True)}
-        rows.append(FeatureRow(entity, entity_id, int(text(part[0])), values))
-    return rows
-
-
-def get_features(
-    client: redis.Redis,
-    fs: FeatureSet,
-    keys: Keys,
-    entity: str,
-    entity_ids: Sequence[str],
-    names: Sequence[str] | None = None,
-    as_of: AsOf = "now",
-    *,
-    cluster: bool = False,
-) -> list[FeatureRow]:
-    """Feature values of entities of one type (FCALL_RO features_get), in input order.
-
-    `as_of`: "now" (server time), "latest" (just after each entity's newest event) or ms.
-    Standalone: one call for all ids; `cluster=True`: one call per hash slot, pipelined.
-    """
-    wanted = resolve_names(fs, entity, names)
-    ids = list(dict.fromkeys(entity_ids))
-    if not ids:
-        return []
-    if len(ids) > MAX_IDS:
-        raise ValidationError("ids", f"at most {MAX_IDS} entities per call")
-    if not cluster:
-        args = features_get_args(fs, keys, entity, ids, wanted, as_of)
-        reply = fcall_ro(client, "features_get", args)
-        by_id = {r.entity_id: r for r in parse_features_get(fs, entity, ids, wanted, reply)}
-    else:
-        groups: dict[int, list[str]] = defaultdict(list)
-        for i in ids:
-            groups[key_slot(state_key(keys, entity, check_entity_id(entity, i)).encode())].append(i)
-        by_id = {}
-        for members in groups.values():
-            args = features_get_args(fs, keys, entity, members, wanted, as_of)
-            reply = fcall_ro(client, "features_get", args)
-            by_id.update(
-                {r.entity_id: r for r in parse_features_get(fs, entity, members, wanted, reply)}
-            )
-    return [by_id[i] for i in entity_ids]

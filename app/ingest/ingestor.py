@@ -24,9 +24,11 @@ from redis.crc import key_slot
 
 from app.core.errors import from_redis_error
 from app.core.events import Event, Line
-from app.core.keys import HOUR_MS, Keys, hour_start
+from app.core.keys import Keys, hour_start
 from app.core.settings import EngineConfig
+from app.core.units import HOUR_MS
 from app.redis import calls
+from app.redis.slots import call_groups
 
 STATUS = {"A": "accepted", "D": "duplicate"}
 TRENDING_TYPES = ("view", "click", "add_to_cart", "purchase", "search")
@@ -77,14 +79,10 @@ class Ingestor:
         self, by_user: dict[str, list[int]], events: Sequence[Event]
     ) -> list[list[str]]:
         """Lists of users, one list per `ingest_user` call."""
-        users = list(by_user)
-        if not self.cluster:
-            step = self.cfg.users_per_call
-            return [users[i : i + step] for i in range(0, len(users), step)]
-        by_slot: dict[int, list[str]] = defaultdict(list)
-        for user in users:
-            by_slot[key_slot(self.keys.user(user, "session").encode())].append(user)
-        return list(by_slot.values())
+        return call_groups(
+            list(by_user), lambda user: self.keys.user(user, "session"),
+            cluster=self.cluster, per_call=self.cfg.users_per_call,
+        )  # fmt: skip
 
     def ingest(self, events: Sequence[Event]) -> IngestReport:
         if not events:

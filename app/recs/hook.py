@@ -19,14 +19,13 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 
-from redis.crc import key_slot
-
 from app.core.events import Event
 from app.core.settings import EngineConfig
 from app.recs import calls as rec_calls
 from app.recs.experiments import ExperimentStore
 from app.recs.keys import RecKeys
 from app.recs.recommender import RecConfig
+from app.redis.slots import call_groups
 
 log = logging.getLogger("retail.recs.ingest")
 TRACKED = frozenset({"view", "click", "add_to_cart", "purchase"})
@@ -55,15 +54,10 @@ class RecIngestHook:
                     by_user[ev.identity].append((ln.item_id, ev.type, ev.ts))
         if not by_user:
             return []
-        users = list(by_user)
-        if self.cluster:
-            slots: dict[int, list[str]] = defaultdict(list)
-            for u in users:
-                slots[key_slot(self.keys.hist(u).encode())].append(u)
-            chunks = list(slots.values())
-        else:
-            step = max(1, self.engine.users_per_call)
-            chunks = [users[i : i + step] for i in range(0, len(users), step)]
+        chunks = call_groups(
+            list(by_user), self.keys.hist, cluster=self.cluster,
+            per_call=self.engine.users_per_call,
+        )  # fmt: skip
         c = self.cfg
         return [
             (

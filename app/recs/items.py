@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import redis
 
-from app.catalog.index import CatalogKeys, json_reply, redis_cmd, scan_docs
+from app.catalog.index import CatalogKeys, is_missing_index, json_reply, redis_cmd, scan_docs
 
 FIELDS = (
     "$.category", "$.price", "$.in_stock", "$.popularity", "$.title", "$.tags", "$.created_ms",
@@ -188,8 +188,7 @@ class ItemCatalog:
                     "SORTBY", "updated_ms", "ASC", "LIMIT", offset, PAGE, "DIALECT", 2,
                 )  # fmt: skip
             except redis.ResponseError as exc:
-                text = str(exc).lower()
-                if "no such index" in text or "unknown index" in text or "not found" in text:
+                if is_missing_index(exc):
                     return None
                 raise
             page = _search_rows(reply)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from app.core.keys import Keys, _tag
+from app.core.keys import Keys, tag
 
 # Model versions and variant/metric names appear in key names outside any hash tag.
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,48}$")
@@ -102,7 +102,7 @@ class RecKeys(Keys):
 
     # -- experiment slot -----------------------------------------------------------------
     def exp(self, experiment: str, part: str) -> str:
-        return f"{self.prefix}x:{_tag(experiment)}:{part}"
+        return f"{self.prefix}x:{tag(experiment)}:{part}"
 
     def exp_counts(self, experiment: str) -> str:
         """HASH `<variant>:<metric>` -> total."""

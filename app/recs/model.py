@@ -312,6 +312,66 @@ def _expire_all(client: redis.Redis, names: Sequence[str], ttl_s: int) -> None:
         pipe.execute()
 
 
+def popularity(
+    inter: Interactions, categories: Mapping[str, str], cfg: TrainConfig
+) -> tuple[list[tuple[str, int]], dict[str, list[tuple[str, int]]]]:
+    """Distinct shoppers per item: the overall top `popular_n` and each category's top
+    `category_n` (ties broken by item id, so equal data gives equal lists)."""
+    items = inter.items
+    counts = np.bincount(inter.cols, minlength=len(items))
+    order = sorted(range(len(items)), key=lambda i: (-int(counts[i]), items[i]))
+    popular = [(items[i], int(counts[i])) for i in order[: cfg.popular_n] if counts[i] > 0]
+    by_cat: dict[str, list[tuple[str, int]]] = {}
+    for i in order:
+        cat = categories.get(items[i], "")
+        if cat and NAME_RE.match(cat) and counts[i] > 0:
+            lst = by_cat.setdefault(cat, [])
+            if len(lst) < cfg.category_n:
+                lst.append((items[i], int(counts[i])))
+    return popular, by_cat
+
+
+def write_lists(
+    client: redis.Redis,
+    key_of: Any,
+    names: Sequence[str],
+    idx: np.ndarray,
+    sim: np.ndarray,
+    cfg: TrainConfig,
+) -> tuple[int, int]:
+    """Row i of (idx, sim) as the sorted set `key_of(names[i])`, in pipelines of
+    `cfg.write_batch` rows. Returns (lists written, links written)."""
+    lists = links = 0
+    for start in range(0, len(names), cfg.write_batch):
+        pipe = client.pipeline(transaction=False)
+        chunk = list(names[start : start + cfg.write_batch])
+        rows = slice(start, start + len(chunk))
+        a, b = _zadd_lists(pipe, key_of, chunk, idx[rows], sim[rows], cfg.ttl_s, names=names)
+        lists, links = lists + a, links + b
+        pipe.execute()
+    return lists, links
+
+
+def write_popularity(
+    client: redis.Redis,
+    keys: RecKeys,
+    version: str,
+    popular: list[tuple[str, int]],
+    by_cat: Mapping[str, list[tuple[str, int]]],
+    ttl_s: int,
+) -> None:
+    pipe = client.pipeline(transaction=False)
+    if popular:
+        pipe.delete(keys.popular(version))
+        pipe.zadd(keys.popular(version), dict(popular))
+        pipe.expire(keys.popular(version), ttl_s)
+    for cat, lst in by_cat.items():
+        pipe.delete(keys.category_top(version, cat))
+        pipe.zadd(keys.category_top(version, cat), dict(lst))
+        pipe.expire(keys.category_top(version, cat), ttl_s)
+    pipe.execute()
+
+
 def train(
     client: redis.Redis,
     keys: RecKeys,
@@ -332,62 +392,24 @@ def train(
     items = inter.items
     nn_idx, nn_sim = item_similarity(inter, cfg)
 
-    # Popularity: distinct shoppers per item, overall and per category.
-    counts = np.bincount(inter.cols, minlength=len(items))
-    order = sorted(range(len(items)), key=lambda i: (-int(counts[i]), items[i]))
-    popular = [(items[i], int(counts[i])) for i in order[: cfg.popular_n] if counts[i] > 0]
-    by_cat: dict[str, list[tuple[str, int]]] = {}
-    for i in order:
-        cat = categories.get(items[i], "")
-        if cat and NAME_RE.match(cat) and counts[i] > 0:
-            lst = by_cat.setdefault(cat, [])
-            if len(lst) < cfg.category_n:
-                lst.append((items[i], int(counts[i])))
-
-    nn_lists = nn_links = cn_lists = 0
-    for start in range(0, len(items), cfg.write_batch):
-        pipe = client.pipeline(transaction=False)
-        chunk = items[start : start + cfg.write_batch]
-        a, b = _zadd_lists(pipe, lambda it: keys.nn(it, version), chunk,
-                           nn_idx[start : start + len(chunk)], nn_sim[start : start + len(chunk)],
-                           cfg.ttl_s, names=items)  # fmt: skip
-        nn_lists, nn_links = nn_lists + a, nn_links + b
-        pipe.execute()
+    popular, by_cat = popularity(inter, categories, cfg)
+    nn_lists, nn_links = write_lists(
+        client, lambda it: keys.nn(it, version), items, nn_idx, nn_sim, cfg
+    )
+    cn_lists = 0
     if vectors is not None and len(vectors[0]) > 1:
         v_items, matrix = vectors
         cn_idx, cn_sim = content_similarity(matrix, cfg.content_neighbours, cfg.block)
-        for start in range(0, len(v_items), cfg.write_batch):
-            pipe = client.pipeline(transaction=False)
-            chunk = list(v_items[start : start + cfg.write_batch])
-            a, _ = _zadd_lists(pipe, lambda it: keys.cn(it, version), chunk,
-                               cn_idx[start : start + len(chunk)],
-                               cn_sim[start : start + len(chunk)], cfg.ttl_s,
-                               names=list(v_items))  # fmt: skip
-            cn_lists += a
-            pipe.execute()
+        cn_lists, _ = write_lists(
+            client, lambda it: keys.cn(it, version), list(v_items), cn_idx, cn_sim, cfg
+        )
     peer_lists = 0
     if cfg.peers > 0:
         pr_idx, pr_sim = user_similarity(inter, cfg)
-        users = inter.users
-        for start in range(0, len(users), cfg.write_batch):
-            pipe = client.pipeline(transaction=False)
-            chunk = users[start : start + cfg.write_batch]
-            a, _ = _zadd_lists(pipe, lambda u: keys.peers(u, version), chunk,
-                               pr_idx[start : start + len(chunk)],
-                               pr_sim[start : start + len(chunk)], cfg.ttl_s,
-                               names=users)  # fmt: skip
-            peer_lists += a
-            pipe.execute()
-    pipe = client.pipeline(transaction=False)
-    if popular:
-        pipe.delete(keys.popular(version))
-        pipe.zadd(keys.popular(version), dict(popular))
-        pipe.expire(keys.popular(version), cfg.ttl_s)
-    for cat, lst in by_cat.items():
-        pipe.delete(keys.category_top(version, cat))
-        pipe.zadd(keys.category_top(version, cat), dict(lst))
-        pipe.expire(keys.category_top(version, cat), cfg.ttl_s)
-    pipe.execute()
+        peer_lists, _ = write_lists(
+            client, lambda u: keys.peers(u, version), inter.users, pr_idx, pr_sim, cfg
+        )
+    write_popularity(client, keys, version, popular, by_cat, cfg.ttl_s)
 
     meta = {
         "version": version, "created_ms": int(time.time() * 1000), "source": source,

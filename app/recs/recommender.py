@@ -50,7 +50,7 @@ from app.redis import calls
 
 log = logging.getLogger("retail.recommend")
 
-# Mirror of REC.DEFAULT_WEIGHTS in lua/60_recommend.lua (tests/test_recs_lua_unit.py checks
+# Mirror of REC.DEFAULT_WEIGHTS in lua/60_recommend.lua (tests/recs/test_recs_lua_unit.py checks
 # they are equal). Meaning of each name: docs/recommendations.md, "Scoring".
 DEFAULT_WEIGHTS: dict[str, float] = {
     "nn": 1.4, "co": 0.2, "ct": 0.2, "cat": 0.15, "tr": 0.1, "pop": 0.5, "rb": 1.0,

@@ -15,8 +15,9 @@ import redis
 
 from app.core.errors import from_redis_error
 from app.core.events import Event
-from app.core.keys import HOUR_MS, Keys, hour_start
+from app.core.keys import Keys, hour_start
 from app.core.settings import EngineConfig
+from app.core.units import HOUR_MS
 
 Args = tuple[list[str], list[Any]]
 

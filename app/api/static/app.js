@@ -1,5 +1,5 @@
 // Storefront demo: plain JS, no build step. Talks only to the public API, like a real
-// storefront: GET /v1/browse|search|items|recommendations, POST /v1/events with the PUBLIC
+// storefront: GET /v1/browse|search|items|recommendations, POST /v1/track (Segment format) with the PUBLIC
 // write key from GET /v1/demo/config (the admin key never reaches this page).
 'use strict';
 
@@ -77,9 +77,6 @@
 
   // -- identity, cart, events ---------------------------------------------------------------
   function recUser() { return state.shopper.anon ? 'anon:' + state.shopper.id : state.shopper.id; }
-  function identityFields() {
-    return state.shopper.anon ? { anonymous_id: state.shopper.id } : { user_id: state.shopper.id };
-  }
   function cartKey() { return 'retail-demo:cart:' + recUser(); }
   function saveCart() { save(cartKey(), state.cart); renderCartCount(); }
   function renderCartCount() {
@@ -96,18 +93,45 @@
     return props;
   }
 
+  // Events leave the page as Segment / RudderStack track calls (the analytics.js payload:
+  // e-commerce spec v2 names, messageId, anonymousId/userId, ISO timestamps, HTTP Basic with the
+  // write key), so the page shows the integration a real storefront would use.
+  const TRACK_NAMES = {
+    view: 'Product Viewed', click: 'Product Clicked', add_to_cart: 'Product Added',
+    remove_from_cart: 'Product Removed', purchase: 'Order Completed', search: 'Products Searched',
+  };
+
+  function trackProperties(type, fields) {
+    const props = Object.assign({}, fields.props || {});
+    if (fields.item_id) props.product_id = fields.item_id;
+    if (fields.qty) props.quantity = fields.qty;
+    if (fields.items) {
+      props.products = fields.items.map((l) => ({
+        product_id: l.item_id, quantity: l.qty, price: l.price, category: l.category,
+      }));
+      props.revenue = Math.round(fields.items.reduce((s, l) => s + l.qty * (l.price || 0), 0) * 100) / 100;
+      props.currency = 'GBP';
+    }
+    return props;
+  }
+
   async function sendEvent(type, fields) {
-    const ev = Object.assign({
-      event_id: randId('web-'), type: type, session_id: state.sessionId, ts: Date.now(),
-    }, identityFields(), fields);
-    const r = await api('/v1/events', {
+    const now = new Date().toISOString();
+    const msg = Object.assign({
+      type: 'track', event: TRACK_NAMES[type], messageId: randId('web-'),
+      properties: trackProperties(type, fields), timestamp: now, sentAt: now,
+      context: { sessionId: state.sessionId, library: { name: 'retail-demo', version: '1' } },
+    }, state.shopper.anon ? { anonymousId: state.shopper.id } : { userId: state.shopper.id });
+    const r = await api('/v1/track', {
       method: 'POST',
-      headers: { 'content-type': 'application/json', 'x-write-key': state.config.write_key || '' },
-      body: JSON.stringify(ev),
+      headers: {
+        'content-type': 'application/json',
+        authorization: 'Basic ' + btoa((state.config.write_key || '') + ':'),
+      },
+      body: JSON.stringify(msg),
     });
-    const status = r.ok ? ((r.body.results && r.body.results[0] && r.body.results[0].status) || 'ok')
-      : (r.body.error || 'error');
-    logEvent(ev, status, r);
+    const status = r.ok ? (r.body.status || 'ok') : (r.body.code || r.body.error || 'error');
+    logEvent(Object.assign({ type: type }, fields), status, r);
     return r;
   }
 
@@ -117,7 +141,7 @@
     const li = document.createElement('li');
     li.dataset.type = ev.type;
     li.dataset.status = status;
-    const detail = r.ok ? '' : ` — ${esc((r.body && (r.body.detail || r.body.field)) || '')}`;
+    const detail = r.ok ? '' : ` — ${esc((r.body && (r.body.message || r.body.detail || r.body.field)) || '')}`;
     li.innerHTML = `${new Date().toLocaleTimeString()} <b>${esc(ev.type)}</b> ${esc(what)} ` +
       `<span class="muted">${esc(recUser())}</span> → <span class="st-${esc(status)}">${esc(status)}</span>` +
       ` <span class="muted">${r.ms.toFixed(1)} ms, HTTP ${r.status}</span>${detail}`;
@@ -230,7 +254,7 @@
     const hits = r.body.hits || [];
     const note = r.body.fallback ? ' · no product has these words: nearest products by meaning' : '';
     view.innerHTML = `<h1>Results for “${esc(q)}”</h1>
-      <div class="subtitle">${hits.length} products · hybrid (BM25 + vector)${r.body.personalized ? ', re-ranked for this shopper' : ''}
+      <div class="subtitle">${hits.length} products · hybrid (BM25 + vector)${r.body.personalized ? ', re-ranked for this shopper (' + esc((r.body.personal_signals || []).join(', ')) + ')' : ''}
       ${note} · ${r.body.took_ms} ms in Redis</div>
       <div class="grid" id="results">${hits.map((h) => cardHtml(h,
         state.why ? `<div class="small muted">score ${Number(h.score).toFixed(3)}</div>` : '')).join('')}</div>

@@ -27,18 +27,24 @@ from starlette.types import Receive, Scope, Send
 from app.core.events import parse_event
 from app.core.logs import JsonFormatter, RequestIdFilter, configure_logging
 from app.core.settings import EngineConfig
-from app.obs import metrics
-from app.obs.metrics import (
-    Flusher,
+from app.obs.collectors import IngestMetrics, StatsCollector
+from app.obs.flusher import Flusher
+from app.obs.middleware import MetricsMiddleware, RequestContextMiddleware
+from app.obs.registry import (
+    DEFAULT,
+    MAX_LABEL,
+    N_BUCKETS,
+    UNMATCHED,
     Histogram,
-    IngestMetrics,
-    MetricKeys,
     MetricsConfig,
-    MetricsMiddleware,
     Registry,
-    StatsCollector,
+    bucket_of,
+    bucket_upper_ms,
+    load_metrics_config,
+    record,
 )
-from app.obs.middleware import RequestContextMiddleware
+from app.obs.series import MetricKeys, field_of, parse_field
+from app.obs.views import local_totals, read_totals, render_prometheus, series_json, stats_json
 from tests.web_fixtures import ADMIN, WRITE, free_port, full_app
 
 NOW = int(time.time() * 1000)
@@ -63,13 +69,13 @@ def test_histogram_quantiles_track_the_exact_ones() -> None:
 
 
 def test_bucket_edges() -> None:
-    for i in range(metrics.N_BUCKETS - 1):
-        upper = metrics.bucket_upper_ms(i)
-        assert metrics.bucket_of(upper) == i
-        assert metrics.bucket_of(upper * 1.01) == i + 1
-    assert metrics.bucket_of(0.0) == 0
-    assert metrics.bucket_of(10**9) == metrics.N_BUCKETS - 1
-    assert metrics.bucket_upper_ms(metrics.N_BUCKETS - 1) == float("inf")
+    for i in range(N_BUCKETS - 1):
+        upper = bucket_upper_ms(i)
+        assert bucket_of(upper) == i
+        assert bucket_of(upper * 1.01) == i + 1
+    assert bucket_of(0.0) == 0
+    assert bucket_of(10**9) == N_BUCKETS - 1
+    assert bucket_upper_ms(N_BUCKETS - 1) == float("inf")
 
 
 def test_registry_caps_its_label_sets() -> None:
@@ -92,16 +98,16 @@ def test_registry_validates_names_and_cleans_label_values() -> None:
     reg.inc("ok.name", 1, variant='a"b|c=d{e}' + "x" * 100)
     ((_, labels),) = reg.drain().counters
     value = dict(labels)["variant"]
-    assert len(value) == metrics.MAX_LABEL and '"' not in value and "|" not in value
+    assert len(value) == MAX_LABEL and '"' not in value and "|" not in value
     assert "=" not in value
     reg.inc("ok.name", float("nan"))  # ignored
     assert not reg.drain()
 
 
 def test_record_counts_into_the_default_registry() -> None:
-    before = metrics.DEFAULT.local_totals()[0].get(("test.record", (("kind", "x"),)), 0.0)
-    metrics.record("test.record", 2, kind="x")
-    after = metrics.DEFAULT.local_totals()[0][("test.record", (("kind", "x"),))]
+    before = DEFAULT.local_totals()[0].get(("test.record", (("kind", "x"),)), 0.0)
+    record("test.record", 2, kind="x")
+    after = DEFAULT.local_totals()[0][("test.record", (("kind", "x"),))]
     assert after - before == 2
 
 
@@ -111,7 +117,7 @@ def test_prometheus_text_format() -> None:
         reg.observe_request("GET", "/v1/items/{item_id}", 200, ms)
     reg.observe_request("POST", "/v1/events", 503, 2.0)
     reg.inc("recs.served", 3, source="cache")
-    text = metrics.render_prometheus(metrics.local_totals(reg), {"retail_up": 1})
+    text = render_prometheus(local_totals(reg), {"retail_up": 1})
     lines = text.splitlines()
     assert "# TYPE retail_http_requests_total counter" in lines
     assert (
@@ -137,8 +143,8 @@ def test_prometheus_text_format() -> None:
 
 def test_totals_field_round_trip() -> None:
     labels = (("method", "GET"), ("route", "/v1/items/{item_id}"))
-    field = metrics.field_of("http.latency_ms", labels, "b12")
-    assert metrics.parse_field(field) == ("http.latency_ms", dict(labels), "b12")
+    field = field_of("http.latency_ms", labels, "b12")
+    assert parse_field(field) == ("http.latency_ms", dict(labels), "b12")
     key = MetricKeys("rt:").series(("http.latency_ms", labels), "p95")
     assert key == "rt:m:{m}:http:latency_ms:GET:/v1/items/<item_id>:p95"
     assert key.count("{") == 1  # the only hash tag is {m}
@@ -258,7 +264,7 @@ def test_flush_writes_bounded_series_with_compaction_rules(
     assert 3.0 < float(sample[1]) <= 48.0  # the interval's p95 (bucket resolution)
     assert _ts_info(client, p95 + ":1m")["retentionTime"] == mcfg.minute_retention_ms
 
-    totals = metrics.read_totals(client, keys)
+    totals = read_totals(client, keys)
     assert totals.counters[("events.ingested", (("type", "view"),))] == 7
     hist = totals.hists[("http.latency_ms", (("method", "GET"), ("route", "/v1/items/{item_id}")))]
     assert hist.count == 4 and hist.sum_ms == pytest.approx(46.0)
@@ -279,7 +285,7 @@ def test_two_workers_add_up(client: redis.Redis, cfg: EngineConfig) -> None:
     for w in workers:
         _sample(w.registry)
         assert w.flush() > 0  # the second one finds the series created: "already exists"
-    totals = metrics.read_totals(client, MetricKeys(cfg.key_prefix))
+    totals = read_totals(client, MetricKeys(cfg.key_prefix))
     assert totals.counters[("events.ingested", (("type", "view"),))] == 14
     lab = (("method", "POST"), ("route", "/v1/events"), ("status", "5xx"))
     assert totals.counters[("http.requests", lab)] == 2
@@ -297,7 +303,7 @@ def test_a_failed_flush_keeps_the_data_for_the_next(client: redis.Redis, cfg: En
     reg.inc("events.ingested", 1, type="view")  # more arrives meanwhile
     flusher.client = client
     assert flusher.flush() > 0
-    totals = metrics.read_totals(client, MetricKeys(cfg.key_prefix))
+    totals = read_totals(client, MetricKeys(cfg.key_prefix))
     assert totals.counters[("events.ingested", (("type", "view"),))] == 8  # once, not twice
     down.close()
 
@@ -328,7 +334,7 @@ def test_series_and_stats_json(client: redis.Redis, cfg: EngineConfig) -> None:
     reg.inc("recs.conversions", 2, variant="B", type="purchase")
     Flusher(reg, client, mcfg).flush()
 
-    series = metrics.series_json(client, mcfg, minutes=10, step_s=60)
+    series = series_json(client, mcfg, minutes=10, step_s=60)
     assert series["resolution"] == "raw"
     assert len(series["timestamps"]) in (10, 11)
     assert sum(series["requests"]["GET /v1/items/{item_id}"]) == 4
@@ -342,12 +348,12 @@ def test_series_and_stats_json(client: redis.Redis, cfg: EngineConfig) -> None:
     # from the raw series (a compaction bucket is only written when a later sample arrives).
     view = MetricKeys(cfg.key_prefix).series(("events.ingested", (("type", "view"),)))
     client.execute_command("TS.ADD", view + ":1m", NOW - 3 * 3_600_000, 5)
-    long = metrics.series_json(client, mcfg, minutes=600, step_s=600)
+    long = series_json(client, mcfg, minutes=600, step_s=600)
     assert long["resolution"] == "1m+raw"
     views = long["events"]["view"]
     assert sum(views) == 12 and 7 in views[-2:] and 5 in views[:-12]
 
-    stats = metrics.stats_json(client, reg, mcfg, window_s=60)
+    stats = stats_json(client, reg, mcfg, window_s=60)
     assert stats["source"] == "redis"
     ep = {(e["method"], e["route"]): e for e in stats["endpoints"]}
     items = ep[("GET", "/v1/items/{item_id}")]
@@ -365,7 +371,7 @@ def test_series_and_stats_json(client: redis.Redis, cfg: EngineConfig) -> None:
 
     # Redis unreachable: this process's own totals, and the reason.
     down = _unreachable()
-    local = metrics.stats_json(down, reg, mcfg)
+    local = stats_json(down, reg, mcfg)
     assert local["source"] == "local" and local["redis_error"]
     assert local["events"]["ingested"] == 7
     down.close()
@@ -392,7 +398,7 @@ def test_the_request_path_only_counts_in_process() -> None:
     counters = reg.drain().counters
     lab = (("method", "GET"), ("route", "/things/{thing_id}"), ("status", "2xx"))
     assert counters[("http.requests", lab)] == 2
-    unmatched = (("method", "GET"), ("route", metrics.UNMATCHED), ("status", "4xx"))
+    unmatched = (("method", "GET"), ("route", UNMATCHED), ("status", "4xx"))
     assert counters[("http.requests", unmatched)] == 1
 
 
@@ -432,7 +438,7 @@ def test_middleware_flushes_what_the_app_served(
     mw = api.app.state.metrics  # type: ignore[attr-defined]
     assert mw.flusher is not None and mw.flusher.flush() > 0
 
-    totals = metrics.read_totals(client, MetricKeys(cfg.key_prefix))
+    totals = read_totals(client, MetricKeys(cfg.key_prefix))
     ok = (("method", "POST"), ("route", "/v1/events"), ("status", "2xx"))
     assert totals.counters[("http.requests", ok)] == 2
     assert totals.counters[("events.ingested", (("type", "view"),))] == 1  # duplicates excluded
@@ -461,7 +467,7 @@ def test_the_last_flush_happens_at_shutdown(
     with TestClient(app) as tc:
         assert tc.get("/health").status_code == 200
         assert not client.exists(MetricKeys(cfg.key_prefix).totals)  # nothing flushed yet
-    totals = metrics.read_totals(client, MetricKeys(cfg.key_prefix))
+    totals = read_totals(client, MetricKeys(cfg.key_prefix))
     health = (("method", "GET"), ("route", "/health"), ("status", "2xx"))
     assert totals.counters[("http.requests", health)] == 1
 
@@ -480,11 +486,11 @@ def test_metrics_can_require_the_admin_key(
 def test_load_metrics_config(tmp_path: Path) -> None:
     env = tmp_path / ".env"
     env.write_text("RETAIL_METRICS_FLUSH_S=2.5\nRETAIL_METRICS_PUBLIC=false\n")
-    cfg = metrics.load_metrics_config(env, key_prefix="x:")
+    cfg = load_metrics_config(env, key_prefix="x:")
     assert (cfg.flush_s, cfg.public, cfg.key_prefix, cfg.enabled) == (2.5, False, "x:", True)
     env.write_text("RETAIL_METRICS_FLUSH_S=0\n")
     with pytest.raises(ValueError):
-        metrics.load_metrics_config(env)
+        load_metrics_config(env)
 
 
 # -- structured logs ----------------------------------------------------------------------------
@@ -533,7 +539,7 @@ def test_random_label_values_never_break_the_text_format() -> None:
     for _ in range(200):
         value = "".join(chr(rng.randint(32, 0x24F)) for _ in range(rng.randint(0, 80)))
         reg.inc("fuzz.count", 1, value=value)
-    text = metrics.render_prometheus(metrics.local_totals(reg))
+    text = render_prometheus(local_totals(reg))
     for line in text.splitlines():
         if line.startswith("retail_fuzz_count_total{"):
             assert line.count('"') == 2 and line.rsplit(" ", 1)[1].isdigit()

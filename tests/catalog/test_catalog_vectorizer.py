@@ -53,7 +53,7 @@ def test_deterministic_across_instances_and_processes() -> None:
         f" m = embed_texts(H(), {TEXTS!r}); "
         "print(hashlib.sha256(np.ascontiguousarray(m, dtype=np.float32).tobytes()).hexdigest())"
     )
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
         env={"PYTHONHASHSEED": "12345", "PATH": ""},

@@ -30,7 +30,7 @@ from app.features.spec import (
 )
 from app.redis.library import build_library
 
-BASE: dict[str, Any] = {"version": 1, "history": "1d", "trim_every": "1h"}
+BASE: dict[str, Any] = {"version": 1, "history": "1d"}
 VIEWS = {"name": "views_1h", "entity": "user", "events": ["view"], "agg": "count",
          "window": {"rolling": "1h"}, "bucket": "1m", "ttl": "3d"}  # fmt: skip
 
@@ -179,7 +179,15 @@ def lua() -> Any:
     rt.globals().redis = rt.table_from({"register_function": lambda spec: None, "call": call})
     rt.globals().cjson = rt.table_from({"encode": json.dumps, "decode": json.loads})
     code = build_library().code.split("\n", 1)[1]
-    names = ["feature_window", "kmv_estimate", "kmv_smallest", "float_text", "last_better"]
+    names = [
+        "feature_window",
+        "kmv_estimate",
+        "kmv_smallest",
+        "float_text",
+        "last_better",
+        "kmv_pack",
+        "kmv_unpack",
+    ]
     helpers = rt.execute(code + "\nreturn {" + ", ".join(f"{n} = {n}" for n in names) + "}")
     helpers.rt = rt
     return helpers
@@ -215,11 +223,24 @@ def test_kmv_estimate_matches(lua: Any) -> None:
     rng = random.Random(5)
     for k in (8, 32, 64):
         for n in (0, 1, k - 1, k, 3 * k, 5000):
-            hexes = [f"{rng.getrandbits(52):013x}" for _ in range(n)]
-            hexes += hexes[: n // 3]  # duplicates
-            nums = lua.kmv_smallest(lua.rt.table_from(hexes), k)
+            hashes = [rng.getrandbits(52) for _ in range(n)]
+            hashes += hashes[: n // 3]  # duplicates
+            nums = lua.kmv_smallest(lua.rt.table_from(hashes), k)
             est, _exact = lua.kmv_estimate(nums, k)
-            assert est == kmv_estimate((int(h, 16) for h in hexes), k)
+            assert est == kmv_estimate(hashes, k)
+
+
+def test_kmv_packing_is_big_endian_7_bytes(lua: Any) -> None:
+    """The packed sketch app/features/online.py sorts bytewise: numeric order."""
+    rng = random.Random(6)
+    nums = [0, *sorted(rng.getrandbits(52) for _ in range(50)), (1 << 52) - 1]
+    hexed = lua.rt.eval(
+        "function(pack, unpack_, nums) local p = pack(nums); local back = unpack_(p, {}); "
+        "return (p:gsub('.', function(c) return string.format('%02x', c:byte()) end)), back end"
+    )
+    packed, back = hexed(lua.kmv_pack, lua.kmv_unpack, lua.rt.table_from(nums))
+    assert bytes.fromhex(packed) == b"".join(x.to_bytes(7, "big") for x in nums)
+    assert list(back.values()) == nums
 
 
 def test_float_text_round_trips(lua: Any) -> None:

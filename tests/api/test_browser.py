@@ -33,7 +33,7 @@ from app.redis import library as functions
 from tests.web_fixtures import ADMIN_KEY, full_app, serving
 
 SAMPLE = ROOT / "data" / "online-retail" / "online-retail-2010-12_2011-09.csv.gz"
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -198,8 +198,15 @@ def test_storefront_in_chromium(
             page.goto(f"{base}/dashboard")
             page.wait_for_function("document.body.dataset.loaded === '1'")
             page.wait_for_selector("#endpoints td")
-            assert "/v1/events" in page.inner_text("#endpoints")
+            assert "/v1/track" in page.inner_text("#endpoints")
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+            # The API contract page renders /openapi.json (no CDN).
+            page.goto(f"{base}/docs")
+            page.wait_for_selector("details.op")
+            text = page.inner_text("#api")
+            assert "/v1/batch" in text and "/v1/recommendations/{user_id}" in text
+            assert "write key (HTTP Basic user name)" in text
         finally:
             ctx.close()
     assert not errors, errors

@@ -15,19 +15,23 @@ from app.catalog.index import CatalogConfig, CatalogKeys, create_index, ft_info,
 from app.catalog.search import (
     Filters,
     ProductSearch,
+    band_preference,
     filter_expression,
     hybrid_query_string,
     parse_search,
+    price_band,
     price_clauses,
     query_words,
     rerank,
     text_clause,
+    trait_band,
     word_forms,
 )
 from app.catalog.vectorizers import get_vectorizer
 from app.core.errors import ValidationError
 from app.core.keys import Keys
 from app.core.settings import AFF_EPOCH_MS, EngineConfig
+from app.ingest import users
 from app.redis import library as functions
 from loaders.catalog import load_online_retail
 from tests.catalog_fixtures import SAMPLE, catalog_app, dropping, new_prefix
@@ -373,3 +377,29 @@ def test_the_live_index_has_the_schema_fields(catalog: Catalog) -> None:
     assert names == {"item_id", "title", "description", "category", "brand", "tags", "source",
                      "price", "stock", "in_stock", "popularity", "created_ms", "updated_ms",
                      "embedding"}  # fmt: skip
+
+
+def test_price_band_trait_blends_into_the_band_preference() -> None:
+    assert band_preference({}, None) == {}
+    assert band_preference({}, "25+") == {"25+": 1.0}  # no live signal: the warehouse's band
+    assert band_preference({"2-5": 1.0, "lt2": 0.5}, "25+") == {
+        "2-5": 0.5, "lt2": 0.25, "25+": 0.5}  # fmt: skip
+    assert trait_band({"price_band": "nonsense"}) is None and trait_band(None) is None
+
+
+def test_a_synced_price_band_trait_reranks_search(catalog: Catalog) -> None:
+    """A shopper known only from the warehouse (a `price_band` trait, no events yet): the
+    search is re-ranked towards that band, and the reply says why."""
+    q = {"q": "heart", "k": "10", "in_stock": "any"}
+    plain = catalog.search.search(parse_search(q)).hits
+    band = next(b for b in (price_band(h.price) for h in reversed(plain))
+                if b and b != price_band(plain[0].price))  # fmt: skip
+    user = "warehouse-shopper"
+    users.identify(catalog.client, catalog.engine, user, None, {"price_band": band, "tier": "gold"})
+    try:
+        personal = catalog.search.search(parse_search({**q, "user": user}))
+        assert personal.personalized and personal.signals == [f"trait:price_band={band}"]
+        assert price_band(personal.hits[0].price) == band
+        assert personal.hits[0].components["affinity"] == pytest.approx(0.3)
+    finally:
+        catalog.client.delete(*Keys(catalog.engine.key_prefix).user_all(user))

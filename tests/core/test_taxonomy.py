@@ -10,7 +10,7 @@ import pytest
 from app.core.taxonomy import CATEGORIES, OTHER, RULES, SLUG_RE, category_for, normalize
 from loaders.online_retail import build_catalog
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "online-retail"
+DATA = Path(__file__).resolve().parents[2] / "data" / "online-retail"
 SAMPLE = DATA / "online-retail-2010-12_2011-09.csv.gz"
 
 

@@ -34,21 +34,24 @@ from app.core.events import Event, parse_event
 from app.core.keys import Keys
 from app.core.settings import EngineConfig
 from app.features.offline import Mismatch, OfflineStore, compare_rows
+from app.features.online import (
+    PackedState,
+    get_features,
+    ingest_hook,
+)
 from app.features.spec import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,
     FeatureSet,
     compile_definitions,
-    get_features,
-    ingest_hook,
 )
 from app.ingest.ingestor import Ingestor
 from app.redis import library as functions
 from loaders.browsing import synthetic_browsing
 from loaders.online_retail import purchase_events
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "online-retail" / "online-retail-2010-12_2011-09.csv.gz"
 YAML = ROOT / "features" / "features.yaml"
 USER_MOD = 40
@@ -225,11 +228,18 @@ def test_online_equals_offline_while_serving_with_default_history(replayed: Repl
     assert exact > 3_000, (exact, nulls)
     assert nulls > 0  # trimming happened, and showed as null rather than a wrong value
     # And the shipped store stayed within its memory bounds.
-    for raw in r.client.scan_iter(match=r.keys_default.prefix + "*:feat*", count=5000):
+    sizes: dict[str, list[int]] = {"user": [], "item": [], "user_category": []}
+    for raw in r.client.scan_iter(match=r.keys_default.prefix + "*:fs*", count=5000):
         key = raw.decode()
-        entity = "item" if ":i:{" in key else "user_category" if ":featc:" in key else "user"
+        entity = "item" if ":i:{" in key else "user_category" if ":fsc:" in key else "user"
         assert r.client.ttl(key) > 0, key
-        assert r.client.hlen(key) <= r.default.max_fields(entity), key
+        held = PackedState(r.client.get(key)).bucket_count()
+        assert 0 < held <= r.default.max_buckets(entity), key
+        sizes[entity].append(int(r.client.memory_usage(key, samples=0) or 0))
+    # Real shoppers' bytes (docs/keys.md): the goal is <= 1.5 KB per user for this feature set.
+    mean = {e: sum(v) / len(v) for e, v in sizes.items()}
+    assert len(sizes["user"]) == 95 and mean["user"] <= 1_536, mean
+    assert mean["item"] <= 512 and mean["user_category"] <= 512, mean
 
 
 def _mutated(raw: dict[str, Any], name: str, **changes: Any) -> dict[str, Any]:

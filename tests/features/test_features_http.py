@@ -19,12 +19,14 @@ from app.core.events import Event, parse_event
 from app.core.keys import Keys
 from app.core.settings import EngineConfig, Settings
 from app.features.offline import events_from_log
+from app.features.online import (
+    get_features,
+    ingest_hook,
+)
 from app.features.spec import (
     DAY_MS,
     HOUR_MS,
     FeatureSet,
-    get_features,
-    ingest_hook,
     load_feature_set,
 )
 from app.ingest.ingestor import Ingestor

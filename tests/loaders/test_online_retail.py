@@ -15,7 +15,7 @@ from loaders import online_retail as orl
 
 HEADER = list(orl.COLUMNS)
 SAMPLE = (
-    Path(__file__).resolve().parent.parent
+    Path(__file__).resolve().parents[2]
     / "data"
     / "online-retail"
     / "online-retail-2010-12_2011-09.csv.gz"

@@ -28,7 +28,8 @@ def test_pages_and_static_files(web: TestClient) -> None:
     assert 'id="recs"' in home.text and 'id="shopper"' in home.text
     js = web.get("/static/app.js")
     assert js.status_code == 200 and "javascript" in js.headers["content-type"]
-    assert "/v1/events" in js.text and "x-write-key" in js.text
+    # Events go out as Segment track calls with the write key as HTTP Basic user name.
+    assert "/v1/track" in js.text and "Product Viewed" in js.text and "Basic " in js.text
     assert web.get("/static/style.css").headers["content-type"].startswith("text/css")
     dash = web.get("/dashboard")
     assert dash.status_code == 200 and "/static/dashboard.js" in dash.text

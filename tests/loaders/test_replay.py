@@ -22,7 +22,7 @@ from loaders import online_retail as orl
 from loaders import replay as rp
 
 SAMPLE = (
-    Path(__file__).resolve().parent.parent
+    Path(__file__).resolve().parents[2]
     / "data"
     / "online-retail"
     / "online-retail-2010-12_2011-09.csv.gz"

@@ -1,0 +1,2 @@
+"""Benchmarks, run from the repository root as `python -m bench.<name>`; each prints one JSON
+object as its last line."""
