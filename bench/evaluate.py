@@ -330,6 +330,82 @@ def sampled_customers(
     return set(rng.sample(eligible, min(args.customers, len(eligible))))
 
 
+@dataclass
+class Tally:
+    """Every method's scores over one fold (see `Score`)."""
+
+    pop_rank: dict[str, int]
+    scores: dict[str, Score] = field(default_factory=lambda: defaultdict(Score))
+    tiers: dict[str, Score] = field(default_factory=lambda: defaultdict(Score))
+    cold: Score = field(default_factory=Score)
+    latencies: list[float] = field(default_factory=list)
+
+    def add(self, name: str, ranked: Sequence[str], targets: set[str]) -> None:
+        self.scores[name].add(ranked, targets, self.pop_rank)
+
+
+@dataclass
+class FoldBaselines:
+    popular: MostPopular
+    updating: UpdatingMostPopular
+    knn: NumpyItemKnn
+    all: list[Method]  # protocol A: every baseline, popular and updating included
+
+
+def fit_baselines(
+    args: argparse.Namespace,
+    data: TrainingData,
+    train_pairs: Sequence[tuple[str, str]],
+    peer_settings: Sequence[Any] | None,
+) -> FoldBaselines:
+    t0 = time.monotonic()
+    popular, updating, knn = MostPopular(data), UpdatingMostPopular(train_pairs), NumpyItemKnn(data)
+    if args.no_peers:
+        peers: list[ImplicitPeer] = []
+    elif peer_settings is None:
+        peers = load_peers(data)
+    else:
+        peers = [ImplicitPeer(data, s) for s in peer_settings]
+    methods: list[Method] = [popular, updating, knn, *peers]
+    names = ", ".join(m.name for m in methods) if len(methods) < 10 else f"{len(methods)}"
+    print(f"  baselines fitted in {time.monotonic() - t0:.1f} s: {names}")
+    return FoldBaselines(popular, updating, knn, methods)
+
+
+def ask_returning(
+    args: argparse.Namespace,
+    engine: EngineRun | None,
+    b: FoldBaselines,
+    tally: Tally,
+    inv: Invoice,
+    past: Counter[str],
+) -> bool:
+    """Ask every method before an invoice of a customer who bought before; True when it was
+    a protocol-A query (the invoice holds an item new to the customer)."""
+    bought = set(past)
+    targets_all = set(inv.items)
+    new = targets_all - bought
+    req = RecRequest(inv.user, "home", None, K, now_ms=inv.ts)
+    if new:
+        if engine is not None:
+            q0 = time.perf_counter()
+            lst = engine.rec.compute(req, DEFAULT)
+            tally.latencies.append((time.perf_counter() - q0) * 1000)
+            ranked = [i.item_id for i in lst.items]
+            tally.add("A engine", ranked, new)
+            tally.tiers[lst.tier].add(ranked, new, tally.pop_rank)
+        for m in b.all:
+            tally.add(f"A {m.name}", m.recommend(past, bought), new)
+    if not args.no_repurchase:
+        if engine is not None:
+            lst = engine.rec.compute(req, REPURCHASE)
+            tally.add("B engine (repurchase)", [i.item_id for i in lst.items], targets_all)
+        tally.add("B popular", b.popular.recommend(past, set()), targets_all)
+        tally.add("B item-knn", b.knn.recommend(past, set()), targets_all)
+        tally.add("B repeat", repeat_baseline(past), targets_all)
+    return bool(new)
+
+
 def run_fold(
     args: argparse.Namespace,
     fold: Fold,
@@ -347,24 +423,9 @@ def run_fold(
           f"evaluate {len(test_inv):,}{f' (before {fold.end})' if fold.end else ''}; "
           f"train pairs {len(train_pairs):,}; products {len(catalog):,}"
           + (f"; sampled customers {len(sample):,}" if sample else ""))  # fmt: skip
-    t0 = time.monotonic()
     data = TrainingData(train_pairs)
-    popular, updating, knn = MostPopular(data), UpdatingMostPopular(train_pairs), NumpyItemKnn(data)
-    if args.no_peers:
-        peers: list[ImplicitPeer] = []
-    elif peer_settings is None:
-        peers = load_peers(data)
-    else:
-        peers = [ImplicitPeer(data, s) for s in peer_settings]
-    baselines: list[Method] = [popular, updating, knn, *peers]
-    names = ", ".join(m.name for m in baselines) if len(baselines) < 10 else f"{len(baselines)}"
-    print(f"  baselines fitted in {time.monotonic() - t0:.1f} s: {names}")
-    pop_rank = data.popularity_rank()
-
-    scores: dict[str, Score] = defaultdict(Score)
-    tiers: dict[str, Score] = defaultdict(Score)
-    cold = Score()
-    latencies: list[float] = []
+    b = fit_baselines(args, data, train_pairs, peer_settings)
+    tally = Tally(data.popularity_rank())
     history: dict[str, Counter[str]] = defaultdict(Counter)
     for inv in train_inv:
         history[inv.user].update(inv.items)
@@ -379,48 +440,24 @@ def run_fold(
             if engine is not None and n_inv % 20 == 0:
                 engine.rec.refresh_trending()  # trending and popularity follow the replay
                 engine.rec.refresh_hot()
-            past = history[inv.user]
-            bought = set(past)
             asked = sample is None or inv.user in sample  # others' events still flow below
-            targets_all = set(inv.items)
-            new = targets_all - bought
-            if asked and not bought:
+            if asked and not history[inv.user]:
                 if engine is not None:
-                    lst = engine.rec.compute(RecRequest(inv.user, "home", None, K, now_ms=inv.ts),
-                                             DEFAULT)  # fmt: skip
-                    cold.add([i.item_id for i in lst.items], targets_all, pop_rank)
-                scores["popular (cold)"].add(popular.recommend(Counter(), set()), targets_all,
-                                             pop_rank)  # fmt: skip
+                    req = RecRequest(inv.user, "home", None, K, now_ms=inv.ts)
+                    lst = engine.rec.compute(req, DEFAULT)
+                    tally.cold.add([i.item_id for i in lst.items], set(inv.items), tally.pop_rank)
+                tally.add("popular (cold)", b.popular.recommend(Counter(), set()), set(inv.items))
             elif asked:
-                req = RecRequest(inv.user, "home", None, K, now_ms=inv.ts)
-                if new:
-                    queries += 1
-                    if engine is not None:
-                        q0 = time.perf_counter()
-                        lst = engine.rec.compute(req, DEFAULT)
-                        latencies.append((time.perf_counter() - q0) * 1000)
-                        ranked = [i.item_id for i in lst.items]
-                        scores["A engine"].add(ranked, new, pop_rank)
-                        tiers[lst.tier].add(ranked, new, pop_rank)
-                    for m in baselines:
-                        scores[f"A {m.name}"].add(m.recommend(past, bought), new, pop_rank)
-                if not args.no_repurchase:
-                    if engine is not None:
-                        lst = engine.rec.compute(req, REPURCHASE)
-                        scores["B engine (repurchase)"].add([i.item_id for i in lst.items],
-                                                            targets_all, pop_rank)  # fmt: skip
-                    scores["B popular"].add(popular.recommend(past, set()), targets_all, pop_rank)
-                    scores["B item-knn"].add(knn.recommend(past, set()), targets_all, pop_rank)
-                    scores["B repeat"].add(repeat_baseline(past), targets_all, pop_rank)
+                queries += ask_returning(args, engine, b, tally, inv, history[inv.user])
             if engine is not None:
                 engine.ingest(inv.events)
-            updating.observe(inv.user, inv.items)
+            b.updating.observe(inv.user, inv.items)
             history[inv.user].update(inv.items)
-        print(f"  {queries:,} protocol-A queries ({cold.n:,} cold-start invoices apart) "
+        print(f"  {queries:,} protocol-A queries ({tally.cold.n:,} cold-start invoices apart) "
               f"in {time.monotonic() - t0:.1f} s")  # fmt: skip
     return FoldResult(
-        fold, scores, tiers, cold, latencies,
-        {method_key(m): f"A {m.name}" for m in baselines},
+        fold, tally.scores, tally.tiers, tally.cold, tally.latencies,
+        {method_key(m): f"A {m.name}" for m in b.all},
         len(catalog), time.monotonic() - t_start,
     )  # fmt: skip
 
