@@ -244,7 +244,8 @@ def feast_setup(
 def start_server(url: str, prefix: str, admin: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {**os.environ, "REDIS_URL": url, "RETAIL_KEY_PREFIX": prefix,
-           "RETAIL_ADMIN_KEY": admin, "RETAIL_LOG_JSON": "0"}  # fmt: skip
+           "RETAIL_ADMIN_KEY": admin, "RETAIL_LOG_JSON": "0",
+           "RETAIL_RATE_PER_ADDRESS": "0"}  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVER.format(port=port)], cwd=ROOT,
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -9,7 +9,8 @@ Each row's messageId is a hash of its content (user id + traits), so re-running 
 reports duplicates instead of writing again, and a changed row is a new message. Rows that fail
 validation are listed with their line number and reason; the others are sent. `--dry-run`
 reads and validates without sending. Without `--url` the rows go straight to Redis (REDIS_URL or
-the embedded server); with it, to a running server's `/v1/batch` (gzip, HTTP Basic write key).
+the embedded server); with it, to a running server's `/v1/batch` (gzip, HTTP Basic with a
+server key: profiles name known users, docs/security.md).
 
 Parquet is not read: its readers (pyarrow, fastparquet) are tens of MB of native code for one
 input format; export Parquet to CSV or JSONL first (e.g. `duckdb -c "COPY t TO 'p.csv'"`).

@@ -44,8 +44,9 @@ def catalog_app(
 ) -> Starlette:
     """The real app with the catalog routes mounted (unless app.api.app already mounts them)."""
     settings = Settings(
-        redis_url=redis_url, host="127.0.0.1", port=0, write_keys=frozenset({"wk_test"}),
-        admin_key=Secret(ADMIN_KEY), data_dir=tmp_path, sample_data=tmp_path / "none",
+        redis_url=redis_url, host="127.0.0.1", port=0, server_keys=frozenset({"wk_test"}),
+        write_keys=frozenset(), admin_key=Secret(ADMIN_KEY),
+        data_dir=tmp_path, sample_data=tmp_path / "none",
         log_json=False, engine=engine,
     )  # fmt: skip
     app = create_app(settings)

@@ -166,8 +166,9 @@ def recs_app(redis_url: str, world: World, data_dir: Any) -> Any:
     from app.core.settings import Settings
 
     settings = Settings(
-        redis_url=redis_url, host="127.0.0.1", port=0, write_keys=frozenset({"wk_test"}),
-        admin_key=Secret("s3cret-admin"), data_dir=data_dir, sample_data=data_dir / "none",
+        redis_url=redis_url, host="127.0.0.1", port=0, server_keys=frozenset({"wk_test"}),
+        write_keys=frozenset(), admin_key=Secret("s3cret-admin"),
+        data_dir=data_dir, sample_data=data_dir / "none",
         log_json=False, engine=world.engine,
     )  # fmt: skip
     app = create_app(settings)  # create_app installs the recommender

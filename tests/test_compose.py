@@ -68,6 +68,8 @@ def test_engine_services_share_the_image_and_run_modules_that_exist(name: str) -
     assert env["REDIS_URL"].startswith("redis://redis:6379")
     # No secret in the file: the admin key is read from the environment, empty by default.
     assert env["RETAIL_ADMIN_KEY"] in ("${RETAIL_ADMIN_KEY:-}", "${RETAIL_ADMIN_KEY}")
+    for secret in ("RETAIL_SERVER_KEYS", "RETAIL_IDENTITY_SECRET"):
+        assert env[secret] in (f"${{{secret}:-}}", f"${{{secret}}}")
     cmd = svc["command"]
     if cmd[0] == "python":
         assert cmd[1] == "-m"

@@ -27,9 +27,11 @@ from app.core.settings import EngineConfig, Settings
 from app.obs.middleware import MetricsMiddleware
 from app.obs.registry import MetricsConfig, Registry
 
-WRITE_KEY = "wk_test"
+WRITE_KEY = "wk_test"  # the public client key the storefront page gets
+SERVER_KEY = "sk_test"  # a backend's secret key: may write for any shopper
+IDENTITY_SECRET = "id-secret-for-tests"
 ADMIN_KEY = "s3cret-admin"
-WRITE = {"X-Write-Key": WRITE_KEY}
+WRITE = {"X-Write-Key": SERVER_KEY}
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
@@ -37,7 +39,8 @@ def settings_for(redis_url: str, engine: EngineConfig, tmp_path: Path) -> Settin
     return Settings(
         redis_url=redis_url, host="127.0.0.1", port=0, write_keys=frozenset({WRITE_KEY}),
         admin_key=Secret(ADMIN_KEY), data_dir=tmp_path, sample_data=tmp_path / "none",
-        log_json=False, engine=engine,
+        log_json=False, engine=engine, server_keys=frozenset({SERVER_KEY}),
+        identity_secret=Secret(IDENTITY_SECRET),
     )  # fmt: skip
 
 

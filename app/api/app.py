@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -17,14 +18,16 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api import deps
+from app.api import auth, deps
 from app.api.contract import contract_routes
 from app.api.deps import AppState
 from app.api.openapi import (
     ANY_OBJECT,
     ERROR,
     ID,
+    IDENTITY,
     Operation,
     Param,
     arr,
@@ -37,10 +40,16 @@ from app.api.openapi import (
 from app.api.tracking import tracking_routes
 from app.core.errors import (
     AuthError,
+    BadArgumentError,
     EngineError,
+    ForbiddenError,
+    RateLimitedError,
+    RedisOutOfMemoryError,
+    RedisPermissionError,
     RedisSetupError,
     TooLargeError,
     ValidationError,
+    from_redis_error,
 )
 from app.core.events import EVENT_TYPES, parse_event
 from app.core.logs import configure_logging
@@ -51,10 +60,12 @@ from app.obs.middleware import MetricsMiddleware, RequestContextMiddleware
 from app.redis import calls
 from app.redis import embedded as redis_stack
 from app.redis import library as functions
+from app.redis.health import RedisHealth
 
 log = logging.getLogger("retail.app")
-MAX_BODY_BYTES = 1_000_000
 MAX_BATCH = 1000
+RETRY_AFTER_S = 1.0
+OOM_RETRY_AFTER_S = 30.0
 T = TypeVar("T")
 
 
@@ -118,8 +129,9 @@ async def health(request: Request) -> Response:
                413: ("body over 1 MB (uncompressed; Content-Encoding: gzip accepted)", ERROR)},
 ))  # fmt: skip
 async def post_events(request: Request) -> Response:
-    """One event object, a list, or {"events": [...]}: per-event accepted/duplicate/rejected."""
-    deps.require_write_key(request)
+    """One event object, a list, or {"events": [...]}: per-event accepted/duplicate/rejected.
+    A message the key may not send (app/api/auth.py) is rejected alone, never applied."""
+    who = deps.require_write_key(request)
     body = await deps.read_json(request)
     single = isinstance(body, dict) and "events" not in body
     raw_events = [body] if single else body.get("events") if isinstance(body, dict) else body
@@ -131,19 +143,28 @@ async def post_events(request: Request) -> Response:
     results: list[dict[str, Any]] = [{} for _ in raw_events]
     valid = []
     positions = []
-    for i, raw in enumerate(raw_events):
+    problems = auth.authorize_write(request, who, raw_events)
+    for i, (raw, problem) in enumerate(zip(raw_events, problems, strict=True)):
+        event_id = raw.get("event_id") if isinstance(raw, dict) else None
+        if problem is not None:
+            if single:
+                raise ForbiddenError(problem)
+            results[i] = {"event_id": event_id, "status": "rejected", "error": "forbidden",
+                          "field": "context.shopper_token", "reason": problem}  # fmt: skip
+            continue
         try:
             valid.append(parse_event(raw))
             positions.append(i)
         except ValidationError as exc:
             if single:
                 raise
-            event_id = raw.get("event_id") if isinstance(raw, dict) else None
             results[i] = {"event_id": event_id, "status": "rejected", "field": exc.field,
                           "reason": exc.message}  # fmt: skip
-    report = await deps.blocking(deps.state(request)["ingestor"].ingest, valid)
-    for pos, ev, status in zip(positions, valid, report.statuses, strict=True):
-        results[pos] = {"event_id": ev.event_id, "status": status}
+    if valid:
+        deps.redis_available(request)
+        report = await deps.blocking(deps.state(request)["ingestor"].ingest, valid)
+        for pos, ev, status in zip(positions, valid, report.statuses, strict=True):
+            results[pos] = {"event_id": ev.event_id, "status": status}
     counts = {
         s: sum(1 for r in results if r["status"] == s)
         for s in ("accepted", "duplicate", "rejected")
@@ -151,14 +172,15 @@ async def post_events(request: Request) -> Response:
     return JSONResponse({**counts, "results": results})
 
 
-@operation(Operation("A shopper's live session document", "users", auth="admin",
-    params=(Param("user_id", "path", ID),),
+@operation(Operation("A shopper's live session document", "users", auth="shopper",
+    params=(Param("user_id", "path", IDENTITY),),
     responses={200: ("the session", obj({"user_id": string(), "session": ANY_OBJECT})),
                404: ("no live session", ERROR), 422: ("invalid user id", ERROR)}))  # fmt: skip
 async def get_session(request: Request) -> Response:
-    deps.require_admin_key(request)
     st = deps.state(request)
     identity = deps.identity_param(request)
+    auth.authorize_read(request, identity)
+    deps.redis_available(request)
     doc = await deps.blocking(st["redis"].json().get, st["keys"].user(identity, "session"))
     if doc is None:
         return JSONResponse(
@@ -170,15 +192,16 @@ async def get_session(request: Request) -> Response:
 
 
 @operation(Operation("A shopper's traits, affinities, seen estimate and session", "users",
-    auth="admin", params=(Param("user_id", "path", ID),
+    auth="shopper", params=(Param("user_id", "path", IDENTITY),
                           Param("top", schema=integer(minimum=1, maximum=200, default=20))),
     responses={200: ("the profile", PROFILE), 404: ("no state for the user", ERROR),
                422: ("invalid parameter", ERROR)}))  # fmt: skip
 async def get_profile(request: Request) -> Response:
-    deps.require_admin_key(request)
     st = deps.state(request)
     identity = deps.identity_param(request)
+    auth.authorize_read(request, identity)
     top = deps.int_param(request, "top", 20, 1, 200)
+    deps.redis_available(request)
 
     prof = await deps.blocking(
         calls.user_profile, st["redis"], st["settings"].engine, st["keys"], identity, top
@@ -209,6 +232,7 @@ async def get_trending(request: Request) -> Response:
     if event_type not in EVENT_TYPES or event_type == "remove_from_cart":
         raise ValidationError("type", "must be one of view, click, add_to_cart, purchase, search")
     k = deps.int_param(request, "k", 10, 1, 100)
+    deps.redis_available(request)
     watermark, items = await deps.blocking(
         calls.trending, st["redis"], st["settings"].engine, st["keys"], event_type, k
     )
@@ -219,21 +243,61 @@ async def get_trending(request: Request) -> Response:
 # -- errors -----------------------------------------------------------------------------------
 
 
+def _error(error: str, detail: str, status: int, retry_after_s: float | None = None) -> Response:
+    headers = {"retry-after": str(max(1, math.ceil(retry_after_s)))} if retry_after_s else None
+    return JSONResponse({"error": error, "detail": detail}, status, headers=headers)
+
+
 async def engine_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, TooLargeError):
         return JSONResponse({"error": "too_large", "field": exc.field, "detail": exc.message}, 413)
     if isinstance(exc, ValidationError):
         return JSONResponse({"error": "invalid", "field": exc.field, "detail": exc.message}, 422)
+    if isinstance(exc, BadArgumentError):  # a Function refused input Python let through
+        log.warning("a Function refused input the API accepted: %s", exc)
+        return _error("invalid", str(exc), 422)
     if isinstance(exc, AuthError):
-        return JSONResponse({"error": "unauthorized", "detail": str(exc)}, 401)
+        return _error("unauthorized", str(exc), 401)
+    if isinstance(exc, ForbiddenError):
+        return _error("forbidden", str(exc), 403)
+    if isinstance(exc, RateLimitedError):
+        return _error("rate_limited", str(exc), 429, exc.retry_after_s)
+    if isinstance(exc, RedisOutOfMemoryError):
+        log.error("ALERT Redis is out of memory (maxmemory, noeviction): writes are refused")
+        auth_metric(request, "redis.oom")
+        detail = "Redis is full (maxmemory reached): this write was refused, nothing was evicted"
+        return _error("redis_out_of_memory", detail, 503, OOM_RETRY_AFTER_S)
+    if isinstance(exc, RedisPermissionError):
+        log.error("%s", exc)
+        detail = "the app's Redis user may not do this: see docs/security.md (ACL users)"
+        return _error("redis_permission", detail, 500)
     if isinstance(exc, RedisSetupError):
-        return JSONResponse({"error": "unavailable", "detail": str(exc)}, 503)
+        return _error("unavailable", str(exc), 503, RETRY_AFTER_S)
     log.exception("engine error", exc_info=exc)
-    return JSONResponse({"error": "engine_error", "detail": str(exc)}, 500)
+    return _error("engine_error", str(exc), 500)
 
 
 async def redis_error(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"error": "unavailable", "detail": f"Redis: {exc}"}, 503)
+    """A truthful status per Redis failure: 503 (with Retry-After) only when Redis cannot
+    serve now; a refused command is our bug or our configuration (500)."""
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError):
+        health = getattr(request.app.state, "redis_health", None)
+        if isinstance(health, RedisHealth) and not isinstance(exc, redis.BusyLoadingError):
+            health.trip(f"{type(exc).__name__}: {exc}")
+        return _error("unavailable", f"Redis: {exc}", 503, RETRY_AFTER_S)
+    if isinstance(exc, redis.ReadOnlyError):
+        return _error("unavailable", f"Redis is a read-only replica now: {exc}", 503, RETRY_AFTER_S)
+    if isinstance(exc, redis.ResponseError):
+        return await engine_error(request, from_redis_error(exc))
+    log.error("Redis error: %r", exc)
+    return _error("redis_error", "Redis refused the command", 500)
+
+
+def auth_metric(request: Request, name: str) -> None:
+    mw = getattr(request.app.state, "metrics", None)
+    registry = getattr(mw, "registry", None)
+    if registry is not None:
+        registry.inc(name)
 
 
 # -- app --------------------------------------------------------------------------------------
@@ -241,6 +305,7 @@ async def redis_error(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     cfg = settings or load_settings()
+    auth.check_verification_setting(cfg)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[AppState]:
@@ -249,7 +314,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 "REDIS_URL is not set: use `python -m app.cli serve` (starts the embedded "
                 "Redis Stack) or point REDIS_URL at a Redis Stack / Redis 8 server"
             )
-        client = redis.Redis.from_url(cfg.redis_url, health_check_interval=30)
+        client = redis.Redis.from_url(
+            cfg.redis_url, health_check_interval=30, socket_timeout=cfg.redis_timeout_s,
+            socket_connect_timeout=cfg.redis_timeout_s,
+        )  # fmt: skip
+        health = RedisHealth(cfg.redis_url)
+        app.state.redis_health = health
         try:
             redis_stack.probe(client)
             library = functions.ensure_current(client, load_if_stale=True)
@@ -257,6 +327,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             engine = build_engine(
                 client, cfg.engine, rec_config=getattr(app.state, "rec_config", None)
             )
+            health.start()
             yield AppState(
                 settings=cfg,
                 redis=client,
@@ -266,6 +337,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 keys=engine.keys,
             )
         finally:
+            health.close()
             client.close()
 
     routes: list[BaseRoute] = [
@@ -293,12 +365,36 @@ def create_app(settings: Settings | None = None) -> Starlette:
         middleware=[
             Middleware(RequestContextMiddleware, json_logs=cfg.log_json),
             Middleware(MetricsMiddleware),  # inside: sees the request id, times the app
+            Middleware(AddressLimitMiddleware),
         ],
         exception_handlers={EngineError: engine_error, redis.RedisError: redis_error},
     )
     install_recommendations(app)  # its routes, a Recommender per app (lifespan), ingestion hook
+    app.state.guard = auth.Guard(cfg.limits)
     app.router.routes.extend(contract_routes())
     return app
+
+
+class AddressLimitMiddleware:
+    """429 (Retry-After) for a client address over its rate, on every /v1 route, before any
+    body is read."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            guard = getattr(scope["app"].state, "guard", None)
+            client = scope.get("client")
+            if isinstance(guard, auth.Guard):
+                wait = guard.per_address.take(client[0] if client else "unknown")
+                if wait:
+                    guard.count_rejection("rate_address")
+                    response = _error("rate_limited", "too many requests from this address",
+                                      429, wait)  # fmt: skip
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 def app_factory() -> Starlette:

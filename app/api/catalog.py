@@ -20,12 +20,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from app.api import deps
+from app.api import auth, deps
 from app.api.openapi import (
     ANY_OBJECT,
     BOOL,
     ERROR,
     ID,
+    IDENTITY,
     Operation,
     Param,
     arr,
@@ -47,7 +48,7 @@ from app.catalog.search import (
 )
 from app.catalog.vectorizers import get_vectorizer
 from app.core.errors import ValidationError
-from app.core.events import ID_RE
+from app.core.events import ID_RE, ID_RULE
 
 HIT = obj({"item_id": string(), "score": number()})
 SEARCH_REPLY = obj({"hits": arr(HIT), "took_ms": number(), "index": string(),
@@ -83,7 +84,7 @@ def product_search(request: Request) -> ProductSearch:
 def _item_id(request: Request) -> str:
     item = request.path_params["item_id"]
     if not ID_RE.match(item):
-        raise ValidationError("item_id", "must be 1-64 characters of letters, digits or ._:@/+=-")
+        raise ValidationError("item_id", ID_RULE)
     return str(item)
 
 
@@ -106,10 +107,14 @@ def _result_json(result: SearchResult) -> dict[str, Any]:
     Param("min_price", schema=number(minimum=0)), Param("max_price", schema=number(minimum=0)),
     Param("in_stock", schema=string(enum=["true", "false", "1", "0"])),
     Param("k", schema=integer(minimum=1, maximum=100, default=10)),
-    Param("user", schema=ID, description="re-rank by this shopper's affinities"),
+    Param("user", schema=IDENTITY, description="re-rank by this shopper's affinities (needs "
+          "a server/admin key or the shopper's X-Shopper-Token)"),
 ), responses={200: ("ranked hits", SEARCH_REPLY), 422: ("invalid parameter", ERROR)}))  # fmt: skip
 async def search_products(request: Request) -> Response:
     req = parse_search(request.query_params)
+    if req.user is not None:
+        auth.authorize_read(request, req.user)  # personalised: the shopper's affinities
+    deps.redis_available(request)
     search = product_search(request)
     result = await deps.blocking(search.search, req)
     cfg = search.cfg

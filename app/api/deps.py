@@ -7,29 +7,35 @@ import circle.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
+import asyncio
+import functools
 import json
+import math
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypedDict, TypeVar, cast
 
 import redis
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from app.api import auth
 from app.catalog.search import int_param as parse_int_param
-from app.core.errors import AuthError, TooLargeError, ValidationError
-from app.core.events import ID_RE
+from app.core.errors import TooLargeError, ValidationError
+from app.core.events import ID_RULE, IDENTITY_RE
 from app.core.keys import Keys
-from app.core.settings import Settings
+from app.core.settings import Limits, Settings
 from app.engine import Engine
 from app.ingest.ingestor import Ingestor
 from app.redis import library as functions
+from app.redis.health import RedisHealth
 
-MAX_BODY_BYTES = 1_000_000
 T = TypeVar("T")
+# Recommendation reads run on their own threads (a bulkhead): writes waiting on a hung Redis
+# hold the shared thread pool (40 threads) and would otherwise queue every read behind them.
+READ_THREADS = 16
+_read_pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="recs-read")
 
 
 class AppState(TypedDict):
@@ -50,55 +56,64 @@ async def blocking(fn: Callable[..., T], *args: Any) -> T:
     return await run_in_threadpool(fn, *args)
 
 
-# -- auth and body helpers ---------------------------------------------------------------------
+async def blocking_read(fn: Callable[..., T], *args: Any) -> T:
+    """Like `blocking`, on the recommendation reads' own pool."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_read_pool, functools.partial(fn, *args))
 
 
-def write_key_of(request: Request, body_key: Any = None) -> str:
-    """The write key as the SDKs send it: `X-Write-Key`, or HTTP Basic with the key as the user
-    name and an empty password (Segment / RudderStack), or a `writeKey` field in the body
-    (analytics.js's beacon transport cannot set headers). "" when none."""
-    header = request.headers.get("x-write-key")
-    if header:
-        return header
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "basic" and credentials:
-        try:
-            decoded = base64.b64decode(credentials.strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            raise AuthError("malformed HTTP Basic credentials") from None
-        return decoded.partition(":")[0]
-    return body_key if isinstance(body_key, str) else ""
+# -- auth, limits and body helpers ---------------------------------------------------------------
 
 
-def require_write_key(request: Request, body_key: Any = None) -> None:
-    """Public write key (as analytics SDKs use): identifies the source, not a secret."""
-    given = write_key_of(request, body_key)
-    allowed = state(request)["settings"].write_keys
-    if not allowed:
-        raise AuthError("event ingestion is disabled: set RETAIL_WRITE_KEYS")
-    if not any(hmac.compare_digest(given, key) for key in allowed):
-        raise AuthError(
-            "missing or unknown write key (HTTP Basic user name with an empty password, "
-            "or X-Write-Key)"
-        )
+def require_write_key(request: Request, body_key: Any = None) -> auth.Caller:
+    """A client, server or admin key (app/api/auth.py decides per message what it may send);
+    `body_key`: a `writeKey` field of the body (analytics.js's beacon cannot set headers)."""
+    return auth.require_writer(request, body_key)
 
 
-def require_admin_key(request: Request) -> None:
-    """Secret API key for server-to-server and admin endpoints (Authorization: Bearer ...)."""
-    secret = state(request)["settings"].admin_key
-    if secret is None:
-        raise AuthError("this endpoint needs RETAIL_ADMIN_KEY to be configured")
-    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given, str(secret)):
-        raise AuthError("missing or wrong API key (Authorization: Bearer <RETAIL_ADMIN_KEY>)")
+def require_admin_key(request: Request) -> auth.Caller:
+    """The operators' secret key (Authorization: Bearer ...); repeated failures slow down."""
+    return auth.require_admin(request)
 
 
-async def read_body(request: Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
-    """The request body, gunzipped when `Content-Encoding: gzip`; at most `max_bytes` either
-    way (the decompression stops there, so a small gzip bomb cannot expand in memory)."""
-    body = await request.body()
-    if len(body) > max_bytes:
-        raise TooLargeError("body", f"must be at most {max_bytes} bytes")
+def redis_available(request: Request) -> None:
+    """503 at once (Retry-After) while the health probe sees Redis hung or down, instead of
+    waiting a socket timeout per request."""
+    health = getattr(request.app.state, "redis_health", None)
+    if isinstance(health, RedisHealth):
+        health.check()
+
+
+async def read_body(request: Request, max_bytes: int | None = None) -> bytes:
+    """The body, read while streaming: 413 as soon as it passes the limit (a declared
+    Content-Length over the limit is refused before reading anything). Gunzipped when
+    `Content-Encoding: gzip` (the SDKs compress batches), at most the limit uncompressed too:
+    the decompression stops there, so a small gzip bomb cannot expand in memory."""
+    limit = max_bytes or state(request)["settings"].limits.body_bytes
+    body = getattr(request.state, "raw_body", None)  # a handler may read it twice
+    if not isinstance(body, bytes):
+        body = await _stream_body(request, limit)
+        request.state.raw_body = body
+    elif len(body) > limit:
+        raise TooLargeError("body", f"must be at most {limit} bytes")
+    return _decoded(request, body, limit)
+
+
+async def _stream_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared[:20]) > limit):
+        raise TooLargeError("body", f"must be at most {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLargeError("body", f"must be at most {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decoded(request: Request, body: bytes, limit: int) -> bytes:
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding in ("", "identity"):
         return body
@@ -106,20 +121,63 @@ async def read_body(request: Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
         raise ValidationError("content-encoding", "must be gzip or identity")
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
-        raw = inflater.decompress(body, max_bytes + 1)
+        raw = inflater.decompress(body, limit + 1)
     except zlib.error as exc:
         raise ValidationError("body", f"is not valid gzip: {exc}") from exc
-    if len(raw) > max_bytes or inflater.unconsumed_tail:
-        raise TooLargeError("body", f"must be at most {max_bytes} bytes uncompressed")
+    if len(raw) > limit or inflater.unconsumed_tail:
+        raise TooLargeError("body", f"must be at most {limit} bytes uncompressed")
     return raw
 
 
-async def read_json(request: Request, max_bytes: int = MAX_BODY_BYTES) -> Any:
-    body = await read_body(request, max_bytes)
+async def read_json(request: Request, max_bytes: int | None = None) -> Any:
+    limits = state(request)["settings"].limits
+    return parse_json(await read_body(request, max_bytes or limits.body_bytes), limits)
+
+
+def parse_json(body: bytes, limits: Limits | None = None) -> Any:
+    """json.loads with bounded numbers (digits), no NaN/Infinity, and bounded nesting: what
+    every route parsing a body uses (a plain json.loads fails with a 5xx on 100k nested `[`)."""
+    limits = limits or Limits()
+
+    def whole(text: str) -> int:
+        if len(text.lstrip("-")) > limits.number_digits:
+            raise ValidationError(
+                "body", f"integers must have at most {limits.number_digits} digits"
+            )
+        return int(text)
+
+    def fraction(text: str) -> float:
+        value = float(text) if len(text) <= 2 * limits.number_digits else math.inf
+        if not math.isfinite(value):
+            raise ValidationError("body", "numbers must be finite, at most 40 characters")
+        return value
+
+    def constant(text: str) -> Any:
+        raise ValidationError("body", f"{text} is not valid JSON")
+
     try:
-        return json.loads(body)
+        value = json.loads(body, parse_int=whole, parse_float=fraction, parse_constant=constant)
+    except RecursionError:
+        raise ValidationError("body", f"is nested deeper than {limits.json_depth} levels") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValidationError("body", f"is not valid JSON: {exc}") from exc
+    if _depth(value) > limits.json_depth:
+        raise ValidationError("body", f"is nested deeper than {limits.json_depth} levels")
+    return value
+
+
+def _depth(value: Any) -> int:
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in node)
+    return deepest
 
 
 def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -128,6 +186,6 @@ def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> in
 
 def identity_param(request: Request) -> str:
     identity = request.path_params["user_id"]
-    if not ID_RE.match(identity):
-        raise ValidationError("user_id", "must be 1-64 characters of letters, digits or ._:@/+=-")
+    if not IDENTITY_RE.match(identity):
+        raise ValidationError("user_id", ID_RULE)
     return str(identity)

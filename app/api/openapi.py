@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Mount, Route
 Schema = dict[str, Any]
 F = TypeVar("F", bound=Callable[..., Any])
 ATTR = "__openapi_operations__"
-AUTH_SCHEMES = ("write_key", "admin")
+AUTH_SCHEMES = ("write_key", "shopper", "admin")
 # Starlette's converters ({id:path}) are not part of an OpenAPI path template.
 _CONVERTER = re.compile(r"{([^}:]+):[^}]+}")
 
@@ -66,7 +66,11 @@ def number(description: str | None = None, **kw: Any) -> Schema:
 BOOL: Schema = {"type": "boolean"}
 ANY_OBJECT: Schema = {"type": "object"}
 ID: Schema = string(
-    "1-64 characters of letters, digits or ._:@/+=-", pattern=r"^[A-Za-z0-9._:@/+=-]{1,64}$"
+    "1-64 characters of letters, digits or . _ @ + = -", pattern=r"^[A-Za-z0-9._@+=-]{1,64}$"
+)
+IDENTITY: Schema = string(
+    "a user id, or 'anon:' + an anonymous id (1-64 characters of letters, digits or . _ @ + = -)",
+    pattern=r"^(anon:)?[A-Za-z0-9._@+=-]{1,64}$",
 )
 ERROR: Schema = obj(
     {"error": string("machine-readable kind: invalid, unauthorized, not_found, unavailable, ..."),
@@ -103,7 +107,9 @@ class Param:
 class Operation:
     summary: str
     tag: str
-    auth: str | None = None  # None | "write_key" | "admin"
+    # None | "write_key" (client/server/admin key; a user id needs its shopper token with a
+    # client key) | "shopper" (server/admin key or the shopper's token) | "admin"
+    auth: str | None = None
     params: tuple[Param, ...] = ()
     request: Schema | None = None
     # status -> (description, JSON schema, or None for a non-JSON body)
@@ -149,6 +155,7 @@ def route_methods(routes: Iterable[BaseRoute]) -> list[tuple[str, str, Any]]:
 
 _STATUS_TEXT = {
     401: "missing or wrong credentials",
+    403: "no proof for this shopper: a server key or the shopper's token is needed",
     404: "not found",
     413: "body too large",
     422: "invalid input: names the field and the fix",
@@ -162,6 +169,11 @@ def _responses(op: Operation) -> dict[str, Any]:
     codes = dict(op.responses)
     if op.auth:
         codes.setdefault(401, (_STATUS_TEXT[401], ERROR))
+        codes.setdefault(429, (_STATUS_TEXT[429], ERROR))
+    if op.auth in ("write_key", "shopper"):
+        codes.setdefault(403, (_STATUS_TEXT[403], ERROR))
+    if op.request is not None:
+        codes.setdefault(413, (_STATUS_TEXT[413], ERROR))
     codes.setdefault(503, (_STATUS_TEXT[503], ERROR))
     for code, (text, schema) in sorted(codes.items()):
         entry: dict[str, Any] = {"description": text}
@@ -177,6 +189,8 @@ def _responses(op: Operation) -> dict[str, Any]:
 def _security(auth: str | None) -> list[dict[str, list[str]]]:
     if auth == "write_key":  # either scheme works (alternatives)
         return [{"writeKeyBasic": []}, {"writeKeyHeader": []}]
+    if auth == "shopper":
+        return [{"shopperToken": []}, {"serverBearer": []}, {"adminBearer": []}]
     if auth == "admin":
         return [{"adminBearer": []}]
     return []
@@ -231,9 +245,24 @@ def document(routes: Iterable[BaseRoute], *, version: str, title: str) -> dict[s
                     "type": "http",
                     "scheme": "basic",
                     "description": "Segment/RudderStack SDK style: the write key as the user "
-                    "name, an empty password (a public source id, not a secret).",
+                    "name, an empty password. A client key (public) needs the shopper's token "
+                    "in each message naming a user id; a server key (secret) does not "
+                    "(docs/security.md).",
                 },
                 "writeKeyHeader": {"type": "apiKey", "in": "header", "name": "X-Write-Key"},
+                "shopperToken": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Shopper-Token",
+                    "description": "The shopper's token, minted by the retailer's backend: "
+                    "v1.<expiry>.<base64url HMAC-SHA256 of 'v1\\n<user id>\\n<expiry>'> "
+                    "(docs/security.md).",
+                },
+                "serverBearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Authorization: Bearer <a RETAIL_SERVER_KEYS key> (secret).",
+                },
                 "adminBearer": {
                     "type": "http",
                     "scheme": "bearer",

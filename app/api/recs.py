@@ -33,11 +33,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from app.api import deps
+from app.api import auth, deps
 from app.api.openapi import (
     ANY_OBJECT,
     ERROR,
     ID,
+    IDENTITY,
     Operation,
     Param,
     arr,
@@ -51,7 +52,7 @@ from app.catalog.index import load_catalog_config
 from app.catalog.search import Filters, ProductSearch
 from app.catalog.vectorizers import get_vectorizer
 from app.core.errors import RedisSetupError, ValidationError
-from app.core.events import ID_RE
+from app.core.events import ID_RE, ID_RULE, IDENTITY_RE
 from app.core.settings import EngineConfig
 from app.core.taxonomy import SLUG_RE
 from app.recs import model as rec_model
@@ -101,6 +102,7 @@ def install_recommendations(app: Starlette) -> None:
             experiments = engine.experiments if engine is not None else None
             rec = Recommender(client, settings.engine, cfg, experiments=experiments,
                               content_knn=search_knn(client, settings.engine))  # fmt: skip
+            rec.health = getattr(a.state, "redis_health", None)
             if getattr(a.state, "rec_background", True):
                 await deps.blocking(rec.start)
             else:
@@ -166,14 +168,14 @@ def _price(params: Mapping[str, str], name: str) -> float:
 
 
 def parse_rec_request(user: str, params: Mapping[str, str]) -> RecRequest:
-    if not ID_RE.match(user):
-        raise ValidationError("user_id", "must be 1-64 characters of letters, digits or ._:@/+=-")
+    if not IDENTITY_RE.match(user):
+        raise ValidationError("user_id", ID_RULE)
     surface = params.get("surface") or "home"
     if surface not in SURFACES:
         raise ValidationError("surface", f"must be one of {', '.join(SURFACES)}")
     item = params.get("item") or None
     if item is not None and not ID_RE.match(item):
-        raise ValidationError("item", "must be 1-64 characters of letters, digits or ._:@/+=-")
+        raise ValidationError("item", ID_RULE)
     if surface == "product" and item is None:
         raise ValidationError("item", "is required on the product surface")
     raw_k = params.get("k") or "10"
@@ -198,8 +200,8 @@ def parse_rec_request(user: str, params: Mapping[str, str]) -> RecRequest:
 
 
 @operation(Operation("Ranked recommendations for a shopper (never empty for a valid request)",
-    "recommendations", params=(
-        Param("user_id", "path", ID),
+    "recommendations", auth="shopper", params=(
+        Param("user_id", "path", IDENTITY),
         Param("surface", schema=string(enum=["home", "product", "cart"], default="home")),
         Param("item", schema=ID, description="the anchor item (product surface)"),
         Param("k", schema=integer(minimum=1, maximum=50, default=10)),
@@ -211,8 +213,10 @@ def parse_rec_request(user: str, params: Mapping[str, str]) -> RecRequest:
         422: ("invalid parameter", ERROR)}))  # fmt: skip
 async def get_recommendations(request: Request) -> Response:
     req = parse_rec_request(request.path_params["user_id"], request.query_params)
+    auth.authorize_read(request, req.user)
     rec = recommender(request)
-    resp = await deps.blocking(rec.serve, req)
+    # Own pool: writes stuck on a hung Redis never queue a recommendation behind them.
+    resp = await deps.blocking_read(rec.serve, req)
     return JSONResponse(rec.as_json(resp))
 
 
@@ -239,7 +243,7 @@ async def get_recommender(request: Request) -> Response:
 def _exp_id(request: Request) -> str:
     exp_id = str(request.path_params["exp_id"])
     if not ID_RE.match(exp_id):
-        raise ValidationError("id", "must be 1-64 characters of letters, digits or ._:@/+=-")
+        raise ValidationError("id", ID_RULE)
     return exp_id
 
 

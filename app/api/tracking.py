@@ -10,8 +10,8 @@ and `message`, the fields the SDKs read.
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from app.api import deps
+from app.api import auth, deps
 from app.api.openapi import (
     ANY_OBJECT,
     ERROR,
@@ -32,7 +32,14 @@ from app.api.openapi import (
     operation,
     string,
 )
-from app.core.errors import AuthError, RedisSetupError, TooLargeError, ValidationError
+from app.core.errors import (
+    AuthError,
+    ForbiddenError,
+    RateLimitedError,
+    RedisSetupError,
+    TooLargeError,
+    ValidationError,
+)
 from app.ingest import users
 from app.ingest.segment import (
     MAX_BATCH_BYTES,
@@ -97,15 +104,24 @@ TRACKING_ERROR = obj(
 )  # fmt: skip
 _ERRORS: dict[int, tuple[str, Any]] = {
     400: ("unreadable body or an invalid message (the SDKs do not retry it)", TRACKING_ERROR),
+    403: (
+        "a message naming a user without its shopper token (client key; not retried)",
+        TRACKING_ERROR,
+    ),
+    429: ("rate limited: retry after Retry-After", TRACKING_ERROR),
     413: ("body over the size limit", TRACKING_ERROR),
     503: ("Redis unavailable: retry (messageId makes it safe)", TRACKING_ERROR),
 }
 
 
-def tracking_error(status: int, code: str, message: str) -> Response:
+def tracking_error(
+    status: int, code: str, message: str, retry_after_s: float | None = None
+) -> Response:
+    headers = {"retry-after": str(max(1, math.ceil(retry_after_s)))} if retry_after_s else None
     return JSONResponse(
         {"success": False, "code": code, "message": message, "error": code, "detail": message},
         status_code=status,
+        headers=headers,
     )
 
 
@@ -127,10 +143,10 @@ async def _read(request: Request, max_bytes: int) -> tuple[Any, int]:
         raise _Reply(tracking_error(413, "too_large", exc.message)) from None
     except ValidationError as exc:
         raise _Reply(tracking_error(400, "invalid", f"{exc.field}: {exc.message}")) from None
-    try:
-        return json.loads(raw), len(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _Reply(tracking_error(400, "invalid", f"body is not valid JSON: {exc}")) from None
+    try:  # bounded nesting and numbers (a plain json.loads fails with a 5xx on 100k `[`)
+        return deps.parse_json(raw, deps.state(request)["settings"].limits), len(raw)
+    except ValidationError as exc:
+        raise _Reply(tracking_error(400, "invalid", f"{exc.field}: {exc.message}")) from None
 
 
 class _Reply(Exception):
@@ -140,12 +156,15 @@ class _Reply(Exception):
         self.response = response
 
 
-def _authorise(request: Request, body: Any) -> None:
+def _authorise(request: Request, body: Any) -> auth.Caller:
+    """The caller's key kind (app/api/auth.py decides per message what it may send)."""
     key = body.get("writeKey") if isinstance(body, Mapping) else None
     try:
-        deps.require_write_key(request, key)
+        return deps.require_write_key(request, key)
     except AuthError as exc:
         raise _Reply(tracking_error(401, "unauthorized", str(exc))) from None
+    except RateLimitedError as exc:
+        raise _Reply(tracking_error(429, "rate_limited", str(exc), exc.retry_after_s)) from None
 
 
 def _count(actions: Sequence[Action | None], types: Sequence[str], outcomes: Sequence[Outcome],
@@ -161,6 +180,7 @@ def _count(actions: Sequence[Action | None], types: Sequence[str], outcomes: Seq
 
 async def _apply(
     request: Request,
+    who: auth.Caller,
     messages: Sequence[Any],
     sent_at: Any,
     default_type: str | None,
@@ -170,7 +190,15 @@ async def _apply(
     tcfg = _sink(request).cfg
     actions: list[Action | None] = []
     errors: list[dict[str, Any]] = []
-    for i, msg in enumerate(messages):
+    problems = auth.authorize_write(request, who, list(messages))
+    for i, (msg, problem) in enumerate(zip(messages, problems, strict=True)):
+        if problem is not None:  # never applied; the SDKs do not retry a 4xx
+            actions.append(None)
+            mid = msg.get("messageId") if isinstance(msg, Mapping) else None
+            errors.append({"index": i, "messageId": mid if isinstance(mid, str) else None,
+                           "field": "context.shopper_token", "reason": problem,
+                           "error": "forbidden"})  # fmt: skip
+            continue
         try:
             actions.append(translate(msg, received_ms=received, batch_sent_at=sent_at,
                                      default_type=default_type, cfg=tcfg,
@@ -185,10 +213,12 @@ async def _apply(
                         exc.message)  # fmt: skip
     valid = [a for a in actions if a is not None]
     try:
+        if valid:
+            deps.redis_available(request)  # the breaker: fail fast while Redis hangs
         applied = iter(await deps.blocking(_sink(request).apply, valid))
     except (redis.RedisError, RedisSetupError) as exc:
         # Retryable for the SDKs; messageId dedup makes the retry safe.
-        raise _Reply(tracking_error(503, "unavailable", f"Redis: {exc}")) from exc
+        raise _Reply(tracking_error(503, "unavailable", f"Redis: {exc}", 1.0)) from exc
     reasons = {e["index"]: e["reason"] for e in errors}
     outcomes = [next(applied) if a is not None else Outcome("rejected", reasons[i])
                 for i, a in enumerate(actions)]  # fmt: skip
@@ -220,11 +250,12 @@ BATCH_OP = Operation(
 async def post_batch(request: Request) -> Response:
     try:
         body, size = await _read(request, MAX_BATCH_BYTES)
-        _authorise(request, body)
+        who = _authorise(request, body)
         batch = body.get("batch") if isinstance(body, Mapping) else None
         if not isinstance(batch, list):
             return tracking_error(400, "invalid", 'body must be {"batch": [messages...]}')
-        _actions, outcomes, errors = await _apply(request, batch, body.get("sentAt"), None, size)
+        _actions, outcomes, errors = await _apply(request, who, batch, body.get("sentAt"), None,
+                                                  size)  # fmt: skip
     except _Reply as reply:
         return reply.response
     counts = {s: sum(1 for o in outcomes if o.status == s)
@@ -235,12 +266,15 @@ async def post_batch(request: Request) -> Response:
 async def _single(request: Request, mtype: str) -> Response:
     try:
         body, size = await _read(request, MAX_MESSAGE_BYTES)
-        _authorise(request, body)
+        who = _authorise(request, body)
         if not isinstance(body, Mapping):
             return tracking_error(400, "invalid", "body must be one message object")
-        actions, outcomes, errors = await _apply(request, [body], body.get("sentAt"), mtype, size)
+        actions, outcomes, errors = await _apply(request, who, [body], body.get("sentAt"), mtype,
+                                                 size)  # fmt: skip
     except _Reply as reply:
         return reply.response
+    if errors and errors[0].get("error") == "forbidden":
+        return tracking_error(403, "forbidden", errors[0]["reason"])
     if errors:
         return tracking_error(400, "invalid", f"{errors[0]['field']}: {errors[0]['reason']}")
     action = actions[0]
@@ -310,8 +344,12 @@ async def post_identify(request: Request) -> Response:
     except _Reply as reply:
         return reply.response
     if isinstance(body, Mapping) and not SEGMENT_FIELDS.intersection(body):
-        deps.require_write_key(request)
+        who = deps.require_write_key(request)
         user_id, anon, traits = users.parse_identify(body)
+        (problem,) = auth.authorize_write(request, who, [body])
+        if problem is not None:
+            raise ForbiddenError(problem)
+        deps.redis_available(request)
         st = deps.state(request)
         result = await deps.blocking(
             users.identify, st["redis"], st["settings"].engine, user_id, anon, traits

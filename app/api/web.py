@@ -9,6 +9,8 @@ Mounted by `app.api.app.create_app` (`routes += web_routes()`), next to `Metrics
 | GET    | /static/...                           | -    | the pages' JS/CSS (StaticFiles)        |
 | GET    | /v1/demo/config                       | -    | what the storefront needs: the PUBLIC  |
 |        |                                       |      | write key, shoppers, categories, APIs  |
+| POST   | /v1/demo/token {"user_id"}            | -    | a shopper token for a DEMO shopper (the|
+|        |                                       |      | demo server plays the retailer backend)|
 | GET    | /v1/browse?category=&min_price=       | -    | catalog listing without a query        |
 |        |   &max_price=&in_stock=&sort=&k=&offset |      | (FT.SEARCH on the index alias)         |
 | GET    | /metrics                              | *    | Prometheus text (all workers' totals)  |
@@ -50,6 +52,7 @@ from app.api.openapi import (
     operation,
     string,
 )
+from app.core import tokens
 from app.core.errors import ValidationError
 from app.core.events import ID_RE
 from app.core.taxonomy import CATEGORIES
@@ -76,6 +79,7 @@ SORTS = {
     "price_desc": ("price", "DESC"),
     "newest": ("created_ms", "DESC"),
 }
+DEMO_TOKEN_TTL_S = 3600
 MAX_BROWSE_K = 60
 MAX_OFFSET = 1000
 
@@ -194,8 +198,40 @@ def web_routes(config: WebConfig | None = None) -> list[BaseRoute]:
             },
         })  # fmt: skip
 
+    @operation(
+        Operation(
+            "A shopper token for a demo shopper (the demo server plays the retailer backend)",
+            "pages",
+            request=obj({"user_id": string("one of the demo shoppers")}, required=["user_id"]),
+            responses={
+                200: ("the token", obj({"user_id": string(), "token": string(),
+                                        "expires_at": integer()})),
+                404: ("the demo page is off", ERROR),
+                422: ("not a demo shopper", ERROR),
+                503: ("RETAIL_IDENTITY_SECRET is not set", ERROR),
+            },
+        )
+    )  # fmt: skip
+    async def demo_token(request: Request) -> Response:
+        """The demo server as the retailer's backend: a token for a demo shopper (its 'login'
+        is picking a shopper in the page). Real shops mint tokens for their logged-in user."""
+        if not cfg.demo_page:
+            return JSONResponse({"error": "not_found", "detail": "the demo page is off"}, 404)
+        secret = deps.state(request)["settings"].identity_secret
+        if secret is None:
+            return JSONResponse({"error": "unavailable", "detail": "shopper tokens need "
+                                 "RETAIL_IDENTITY_SECRET"}, 503)  # fmt: skip
+        body = await deps.read_json(request)
+        user = body.get("user_id") if isinstance(body, dict) else None
+        if not any(user == shopper for shopper, _ in cfg.shoppers):
+            raise ValidationError("user_id", "must be one of the demo shoppers")
+        token = tokens.mint(str(secret), str(user), ttl_s=DEMO_TOKEN_TTL_S)
+        expires = int(token.split(".")[1])
+        return JSONResponse({"user_id": user, "token": token, "expires_at": expires})
+
     return [
         Route("/", storefront, methods=["GET"]),
+        Route("/v1/demo/token", demo_token, methods=["POST"]),
         Route("/dashboard", dashboard, methods=["GET"]),
         Route("/v1/demo/config", demo_config),
         Route("/v1/browse", browse),

@@ -44,7 +44,7 @@ from app.catalog.vectorizers import (
 )
 from app.core.batching import batched
 from app.core.errors import SearchIndexError, ValidationError
-from app.core.events import ID_RE
+from app.core.events import ID_RE, ID_RULE
 from app.core.keys import Keys, tag
 from app.core.settings import ROOT
 from app.core.taxonomy import SLUG_RE, category_for
@@ -168,7 +168,7 @@ class ProductRecord:
 def validate_record(rec: ProductRecord) -> None:
     """Raise ValidationError(field, message) for the first bad field."""
     if not ID_RE.match(rec.item_id):
-        raise ValidationError("item_id", "must be 1-64 characters of letters, digits or ._:@/+=-")
+        raise ValidationError("item_id", ID_RULE)
     if not rec.title.strip() or len(rec.title) > MAX_TITLE:
         raise ValidationError("title", f"must be 1-{MAX_TITLE} characters")
     if not (0 < rec.price <= 1_000_000) or rec.price != rec.price:

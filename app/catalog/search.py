@@ -70,7 +70,7 @@ from app.catalog.index import (
 )
 from app.catalog.vectorizers import STOPWORDS, WORD_RE, TextVectorizer, embed_texts
 from app.core.errors import SearchIndexError, ValidationError
-from app.core.events import ID_RE
+from app.core.events import ID_RULE, IDENTITY_RE
 from app.core.keys import Keys
 from app.core.settings import EngineConfig
 from app.core.taxonomy import SLUG_RE
@@ -202,8 +202,8 @@ def parse_search(params: Mapping[str, str]) -> SearchRequest:
     filters = parse_filters(params)
     k = int_param(params, "k", 10, 1, MAX_K)
     user = params.get("user") or None
-    if user is not None and not ID_RE.match(user):
-        raise ValidationError("user", "must be 1-64 characters of letters, digits or ._:@/+=-")
+    if user is not None and not IDENTITY_RE.match(user):
+        raise ValidationError("user", ID_RULE)
     return SearchRequest(str(params.get("q")), words, filters, k, user)
 
 

@@ -18,8 +18,10 @@ from pathlib import Path
 import redis
 from starlette.datastructures import Secret
 
-from app.cli.common import redis_for
+from app.cli.common import redis_for, redis_servers
+from app.core import tokens
 from app.core.errors import EngineError
+from app.core.events import ID_RULE, IDENTITY_RE
 from app.core.logs import configure_logging
 from app.core.settings import Settings, load_settings
 from app.redis import embedded as redis_stack
@@ -54,7 +56,7 @@ def cmd_redis(args: argparse.Namespace, settings: Settings) -> int:
     if settings.redis_url:
         print("REDIS_URL is set: nothing to start", file=sys.stderr)
         return 2
-    with redis_for(settings, port=args.port) as url:
+    with redis_for(settings, port=args.port, user="admin") as url:
         with redis.Redis.from_url(url) as client:
             lib = functions.load(client)
         print(f"Functions library {lib.name} {lib.version} loaded")
@@ -86,7 +88,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     settings = dataclasses.replace(
         settings, host=args.host or settings.host, port=args.port or settings.port
     )
-    with redis_for(settings) as url:
+    with redis_for(settings, user="app") as url:
         _serve(dataclasses.replace(settings, redis_url=url))
     return 0
 
@@ -106,9 +108,14 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from loaders import replay
 
     write_key = next(iter(settings.write_keys), None) or f"wk_demo_{secrets.token_hex(6)}"
+    server_key = next(iter(settings.server_keys), None) or f"sk_demo_{secrets.token_urlsafe(18)}"
     admin_key = str(settings.admin_key) if settings.admin_key else secrets.token_urlsafe(24)
-    with redis_for(settings) as url:
-        with redis.Redis.from_url(url) as client:
+    identity_secret = (
+        str(settings.identity_secret) if settings.identity_secret else secrets.token_urlsafe(32)
+    )
+    example_token = tokens.mint(identity_secret, "c17850", ttl_s=24 * 3600)
+    with redis_servers(settings) as urls:
+        with redis.Redis.from_url(urls.worker) as client:
             lib = functions.ensure_current(client, load_if_stale=True)
             print(f"Functions library {lib.version} loaded")
             _load_catalog(client, settings)
@@ -124,13 +131,24 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
             load_sample_profiles(client, settings)
         settings = dataclasses.replace(
-            settings, redis_url=url, write_keys=frozenset({write_key}), admin_key=Secret(admin_key)
-        )
-        base = f"http://{settings.host}:{settings.port}"
-        print(
-            f"""
+            settings, redis_url=urls.app, write_keys=frozenset({write_key}),
+            server_keys=frozenset({server_key}), admin_key=Secret(admin_key),
+            identity_secret=Secret(identity_secret),
+        )  # fmt: skip
+        print(_demo_banner(settings, server_key, example_token))
+        _serve(settings)
+    return 0
+
+
+def _demo_banner(settings: Settings, server_key: str, example_token: str) -> str:
+    """What `make demo` prints once the API is up: the session's keys and what to try."""
+    base = f"http://{settings.host}:{settings.port}"
+    write_key = next(iter(settings.write_keys))
+    admin_key = str(settings.admin_key)
+    return f"""
 API on {base}  (Ctrl-C stops the app and Redis)
-  public write key : {write_key}
+  public write key : {write_key}   (browsers: events for a user id carry its shopper token)
+  secret server key: {server_key}   (backends, server SDKs: any shopper)
   secret admin key : {admin_key}   (shown once; set RETAIL_ADMIN_KEY to choose your own)
 
 Try:
@@ -138,22 +156,23 @@ Try:
   curl '{base}/v1/trending?type=purchase&k=5'
   curl '{base}/v1/search?q=heart+lantern&max_price=5&in_stock=true&k=5'
   curl '{base}/v1/items/85123A/similar?k=5'
-  curl '{base}/v1/recommendations/c17850?k=5'
+  curl '{base}/v1/recommendations/c17850?k=5' -H 'X-Shopper-Token: {example_token}'
   open {base}/ (storefront demo) and {base}/dashboard (live metrics)
   curl -X POST {base}/v1/events -H 'X-Write-Key: {write_key}' \\
        -H 'content-type: application/json' -d '{{"event_id":"demo-1","type":"view",
-       "user_id":"c17850","session_id":"s1","item_id":"85123A"}}'
+       "user_id":"c17850","session_id":"s1","item_id":"85123A",
+       "context":{{"shopper_token":"{example_token}"}}}}'
   curl {base}/v1/users/c17850/profile -H 'Authorization: Bearer {admin_key}'   (synced traits)
+  (the token above is c17850's for 24 h, minted with the session's RETAIL_IDENTITY_SECRET;
+   the storefront gets tokens for its shoppers from /v1/demo/token, as a retailer backend
+   would hand them to its logged-in shoppers; events for a user id need one: docs/security.md)
   curl {base}/v1/users/c17850/session -H 'Authorization: Bearer {admin_key}'
-  Segment / RudderStack SDKs: host (data plane URL) {base}, write key {write_key}
+  Segment / RudderStack server SDKs: host (data plane URL) {base}, write key {server_key}
   curl -X POST {base}/v1/track -u '{write_key}:' -H 'content-type: application/json' \\
        -d '{{"messageId":"demo-2","userId":"c17850","event":"Product Viewed",
-       "properties":{{"product_id":"85123A"}}}}'
+       "properties":{{"product_id":"85123A"}},"context":{{"shopper_token":"{example_token}"}}}}'
   API contract: {base}/openapi.json, readable at {base}/docs
 """
-        )
-        _serve(settings)
-    return 0
 
 
 def _load_catalog(client: redis.Redis, settings: Settings) -> None:
@@ -169,6 +188,19 @@ def _load_catalog(client: redis.Redis, settings: Settings) -> None:
     print(f"loading the real catalog from {settings.sample_data} ...")
     report = load_online_retail(client, cfg, ckeys, settings.sample_data, vectorizer, progress=True)
     print(report.summary())
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    """Mint a shopper token (what a retailer's backend does; docs/security.md)."""
+    if settings.identity_secret is None:
+        print("set RETAIL_IDENTITY_SECRET (the secret shopper tokens are signed with)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if not IDENTITY_RE.match(args.user_id) or args.user_id.startswith("anon:"):
+        print(f"user id {args.user_id!r}: {ID_RULE}", file=sys.stderr)
+        return 2
+    print(tokens.mint(str(settings.identity_secret), args.user_id, ttl_s=args.ttl))
+    return 0
 
 
 def cmd_redis_cli(args: argparse.Namespace, settings: Settings) -> int:
@@ -213,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     from app.cli.profiles import add_profile_commands
 
     add_profile_commands(sub)
+
+    p = sub.add_parser("token", help="mint a shopper token (needs RETAIL_IDENTITY_SECRET)")
+    p.add_argument("user_id")
+    p.add_argument("--ttl", type=int, default=tokens.DEFAULT_TTL_S, help="seconds (3600)")
+    p.set_defaults(fn=cmd_token)
 
     p = sub.add_parser("redis-cli", help="the bundled redis-cli (with its OpenSSL 1.1 runtime)")
     p.add_argument("rest", nargs=argparse.REMAINDER)

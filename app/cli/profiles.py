@@ -48,9 +48,11 @@ def cmd_profiles_load(args: argparse.Namespace, settings: Settings) -> int:
     if args.dry_run:
         report = profiles.sync(path, mapping, None, **common)
     elif args.url:
-        key = args.write_key or next(iter(sorted(settings.write_keys)), None)
+        # Profiles name known users: a backend job sends them with a server key (a public
+        # client key would need each user's shopper token: docs/security.md).
+        key = args.write_key or next(iter(sorted(settings.server_keys)), None)
         if not key:
-            raise ValidationError("--write-key", "needed with --url (or set RETAIL_WRITE_KEYS)")
+            raise ValidationError("--write-key", "needed with --url (or set RETAIL_SERVER_KEYS)")
         report = profiles.sync(path, mapping, profiles.http_sender(args.url, key), **common)
     else:
         with redis_for(settings) as url, redis.Redis.from_url(url) as client:
@@ -86,5 +88,6 @@ def add_profile_commands(sub: Any) -> None:
     q.add_argument("--batch", type=int, default=500, help="identify calls per batch (500)")
     q.add_argument("--dry-run", action="store_true", help="read and validate, send nothing")
     q.add_argument("--url", default=None, help="a running server (else straight to Redis)")
-    q.add_argument("--write-key", default=None, help="with --url (default: RETAIL_WRITE_KEYS)")
+    q.add_argument("--write-key", default=None,
+                   help="a server key, with --url (default: RETAIL_SERVER_KEYS)")  # fmt: skip
     q.set_defaults(fn=cmd_profiles_load)

@@ -35,12 +35,29 @@ class ValidationError(EngineError):
         self.message = message
 
 
-class TooLargeError(ValidationError):
-    """A body or message over its size limit (HTTP 413)."""
-
-
 class AuthError(EngineError):
-    """Missing or wrong API key."""
+    """Missing or wrong API key (HTTP 401)."""
+
+
+class ForbiddenError(EngineError):
+    """A valid key, but no proof for the shopper the request is about (HTTP 403: the Segment
+    SDKs do not retry a 4xx other than 429)."""
+
+
+class TooLargeError(ValidationError):
+    """A body or message over its size limit (HTTP 413, answered before reading the rest)."""
+
+
+class RateLimitedError(EngineError):
+    """Too many requests from one key or address (HTTP 429 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RedisUnavailableError(RedisSetupError):
+    """Redis does not answer (the health probe saw it hang or refuse): HTTP 503, Retry-After."""
 
 
 class FunctionError(EngineError):
@@ -70,8 +87,21 @@ LUA_ERROR_CODES: dict[str, type[FunctionError]] = {
 }
 
 
+class RedisOutOfMemoryError(EngineError):
+    """Redis is at maxmemory (policy noeviction): the write was refused, nothing was evicted
+    (HTTP 503 with Retry-After, and an alert in the log)."""
+
+
+class RedisPermissionError(EngineError):
+    """The ACL user may not run this command or touch this key: a deployment error (HTTP 500)."""
+
+
 def from_redis_error(exc: redis.ResponseError) -> EngineError:
     """Turn a Function's error reply into its typed Python error (others pass as FunctionError)."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return RedisOutOfMemoryError(f"Redis is out of memory: {exc}")
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return RedisPermissionError(f"Redis refused (ACL): {exc}")
     text = str(exc)
     code = text.split(" ", 1)[0]
     cls = LUA_ERROR_CODES.get(code)

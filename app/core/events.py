@@ -18,14 +18,23 @@ from app.core.errors import ValidationError
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "remove_from_cart", "purchase", "search")
 ITEM_TYPES = frozenset({"view", "click", "add_to_cart", "remove_from_cart"})
-# Ids become part of key names (inside a {hash tag}): no braces, no spaces, bounded length.
-ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,64}$")
+# Ids become part of key names (inside a {hash tag}): a documented alphabet (docs/security.md)
+# with no braces (they would move the hash tag), no ':' (the key plan's separator, and the
+# `anon:` identity prefix), no '/' or spaces, no control characters; \A...\Z is a full match
+# even with `.match` (`$` would accept a trailing newline).
+ID_ALPHABET = "letters, digits or . _ @ + = -"
+ID_RULE = f"must be 1-64 characters of {ID_ALPHABET}"
+ID_RE = re.compile(r"\A[A-Za-z0-9._@+=-]{1,64}\Z")
+# A shopper's identity: a user id, or "anon:" + an anonymous id.
+ANON_PREFIX = "anon:"
+IDENTITY_RE = re.compile(r"\A(?:anon:)?[A-Za-z0-9._@+=-]{1,64}\Z")
 EVENT_ID_MAX = 128
 MAX_ITEMS = 200
 MAX_QUERY = 256
 MAX_PROPS_BYTES = 4096
 MIN_TS_MS = 946_684_800_000  # 2000-01-01: anything older is a unit mistake (s vs ms)
 MAX_FUTURE_MS = 5 * 60 * 1000  # tolerated client clock skew
+LABEL_RULE = "must be a string of at most 64 printable characters, without { or }"
 PROP_STRINGS = ("query", "surface", "rec_id", "variant", "category")
 
 
@@ -92,8 +101,13 @@ def _id(obj: Mapping[str, Any], name: str, required: bool = True) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not ID_RE.match(value):
-        raise ValidationError(name, "must be 1-64 characters of letters, digits or ._:@/+=-")
+        raise ValidationError(name, ID_RULE)
     return value
+
+
+def _label_ok(value: str) -> bool:
+    # Categories become part of feature key names (user x category): printable, no braces.
+    return len(value) <= 64 and value.isprintable() and "{" not in value and "}" not in value
 
 
 def _number(value: Any, name: str, *, minimum: float = 0.0) -> float:
@@ -118,8 +132,8 @@ def _line(obj: Any, name: str, default_category: str) -> Line:
     qty = _qty(obj.get("qty", 1), f"{name}.qty")
     price = _number(obj.get("price", 0.0), f"{name}.price")
     category = obj.get("category", default_category) or ""
-    if not isinstance(category, str) or len(category) > 64:
-        raise ValidationError(f"{name}.category", "must be a string of at most 64 characters")
+    if not isinstance(category, str) or not _label_ok(category):
+        raise ValidationError(f"{name}.category", LABEL_RULE)
     return Line(item_id, qty, price, category)
 
 
@@ -137,8 +151,9 @@ def parse_event(obj: Any, *, now_ms: int | None = None) -> Event:
         raise ValidationError("type", f"must be one of {', '.join(EVENT_TYPES)}")
     identity = identity_for(_id(obj, "user_id", False), _id(obj, "anonymous_id", False))
     session_id = obj.get("session_id", "") or ""
-    if not isinstance(session_id, str) or len(session_id) > 128:
-        raise ValidationError("session_id", "must be a string of at most 128 characters")
+    # Written into the session document by the Lua side without escaping: the id alphabet.
+    if not isinstance(session_id, str) or (session_id and not ID_RE.match(session_id)):
+        raise ValidationError("session_id", ID_RULE)
 
     ts = obj.get("ts", now)
     if isinstance(ts, bool) or not isinstance(ts, int):
@@ -157,8 +172,8 @@ def parse_event(obj: Any, *, now_ms: int | None = None) -> Event:
         if name in props and not isinstance(props[name], str):
             raise ValidationError(f"props.{name}", "must be a string")
     category = props.get("category", "") or ""
-    if len(category) > 64:
-        raise ValidationError("props.category", "must be at most 64 characters")
+    if not _label_ok(category):
+        raise ValidationError("props.category", LABEL_RULE)
 
     lines: tuple[Line, ...] = ()
     query = ""

@@ -59,6 +59,21 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Abuse limits (docs/security.md). Token buckets per process; 0 turns a bucket off."""
+
+    per_write_key_rps: float = 1000.0  # requests/s per write key (client or server) ...
+    per_write_key_burst: float = 2000.0
+    per_address_rps: float = 200.0  # ... and per client address, on every /v1 route
+    per_address_burst: float = 400.0
+    auth_failures: int = 5  # failed admin/server keys per address before slowing down ...
+    auth_lockout_s: float = 1.0  # ... by this, doubling per further failure (cap 60 s)
+    body_bytes: int = 1_000_000
+    json_depth: int = 32
+    number_digits: int = 20
+
+
+@dataclass(frozen=True)
 class Settings:
     redis_url: str | None
     host: str
@@ -69,6 +84,17 @@ class Settings:
     sample_data: Path
     log_json: bool
     engine: EngineConfig = field(default_factory=EngineConfig)
+    # Who may write and read what (docs/security.md). `write_keys` are public client keys
+    # (browsers, apps); `server_keys` secret backend keys; shopper tokens are signed with
+    # `identity_secret`. `verify_identity=False` is for local experiments only.
+    server_keys: frozenset[str] = frozenset()
+    identity_secret: Secret | None = None
+    verify_identity: bool = True
+    limits: Limits = field(default_factory=Limits)
+    # The app's Redis client: socket timeouts sized to the write budget (a hung Redis is
+    # detected by the breaker's probe long before these expire).
+    redis_timeout_s: float = 2.0
+    redis_maxmemory: str = "2gb"  # the embedded server's maxmemory (policy: noeviction)
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,13 +103,18 @@ ROOT = Path(__file__).resolve().parents[2]
 def load_settings(env_file: str | Path | None = ".env") -> Settings:
     """Read the environment once. Secrets are never defaulted: no admin key, no admin endpoints."""
     config = Config(env_file if env_file and Path(env_file).exists() else None)
-    write_keys = config("RETAIL_WRITE_KEYS", cast=str, default="")
+    write_keys = _key_set(config("RETAIL_WRITE_KEYS", cast=str, default=""))
+    server_keys = _key_set(config("RETAIL_SERVER_KEYS", cast=str, default=""))
+    if write_keys & server_keys:
+        raise ValueError("a key is in both RETAIL_WRITE_KEYS and RETAIL_SERVER_KEYS: keep "
+                         "public client keys and secret server keys apart")  # fmt: skip
     admin = config("RETAIL_ADMIN_KEY", cast=Secret, default=None)
+    identity = config("RETAIL_IDENTITY_SECRET", cast=Secret, default=None)
     return Settings(
         redis_url=config("REDIS_URL", cast=str, default=None) or None,
         host=config("RETAIL_HOST", cast=str, default="127.0.0.1"),
         port=config("RETAIL_PORT", cast=int, default=8000),
-        write_keys=frozenset(k.strip() for k in write_keys.split(",") if k.strip()),
+        write_keys=write_keys,
         admin_key=admin if admin is not None and str(admin) else None,
         data_dir=Path(config("RETAIL_DATA_DIR", cast=str, default=str(ROOT / "var"))),
         sample_data=Path(
@@ -97,4 +128,24 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         ),
         log_json=config("RETAIL_LOG_JSON", cast=bool, default=False),
         engine=EngineConfig(key_prefix=config("RETAIL_KEY_PREFIX", cast=str, default="rt:")),
+        server_keys=server_keys,
+        identity_secret=identity if identity is not None and str(identity) else None,
+        verify_identity=config("RETAIL_IDENTITY_VERIFICATION", cast=bool, default=True),
+        limits=Limits(
+            per_write_key_rps=config("RETAIL_RATE_PER_KEY", cast=float, default=1000.0),
+            per_write_key_burst=2 * config("RETAIL_RATE_PER_KEY", cast=float, default=1000.0),
+            per_address_rps=config("RETAIL_RATE_PER_ADDRESS", cast=float, default=200.0),
+            per_address_burst=2 * config("RETAIL_RATE_PER_ADDRESS", cast=float, default=200.0),
+            body_bytes=config("RETAIL_MAX_BODY_BYTES", cast=int, default=1_000_000),
+        ),
+        redis_timeout_s=config("RETAIL_REDIS_TIMEOUT_MS", cast=int, default=2000) / 1000,
+        redis_maxmemory=config("RETAIL_REDIS_MAXMEMORY", cast=str, default="2gb"),
     )
+
+
+def _key_set(raw: str) -> frozenset[str]:
+    keys = frozenset(k.strip() for k in raw.split(",") if k.strip())
+    for key in keys:
+        if not key.isascii() or not key.isprintable():
+            raise ValueError("write and server keys must be printable ASCII")
+    return keys

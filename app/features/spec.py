@@ -34,7 +34,7 @@ from typing import Any, Literal
 import yaml
 
 from app.core.errors import ValidationError
-from app.core.events import EVENT_TYPES, ID_RE, Event, Line
+from app.core.events import EVENT_TYPES, ID_RE, ID_RULE, IDENTITY_RE, Event, Line
 from app.core.settings import ROOT
 from app.core.units import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS, WEEK_MS
 
@@ -504,8 +504,8 @@ def check_entity_id(entity: str, entity_id: str) -> str:
         main, category = split_user_category(entity_id)
         if len(category) > 64 or not category.isprintable():
             raise ValidationError("id", "the category must be 1-64 printable characters")
-    if not ID_RE.match(main):
-        raise ValidationError("id", "must be 1-64 characters of letters, digits or ._:@/+=-")
+    if not (IDENTITY_RE if entity != "item" else ID_RE).match(main):
+        raise ValidationError("id", ID_RULE)
     return entity_id
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from app.core.errors import ValidationError, from_redis_error
-from app.core.events import ID_RE, identity_for
+from app.core.events import ID_RE, ID_RULE, identity_for
 from app.core.keys import Keys
 from app.core.settings import EngineConfig
 from app.redis import calls
@@ -61,14 +61,10 @@ def parse_identify(body: Any) -> tuple[str, str | None, dict[str, Any]]:
         raise ValidationError("body", "must be a JSON object")
     user_id = body.get("user_id")
     if not isinstance(user_id, str) or not ID_RE.match(user_id) or user_id.startswith("anon:"):
-        raise ValidationError(
-            "user_id", "is required: 1-64 characters of letters, digits or ._:@/+=-"
-        )
+        raise ValidationError("user_id", f"is required: {ID_RULE.removeprefix('must be ')}")
     anon = body.get("anonymous_id")
     if anon is not None and (not isinstance(anon, str) or not ID_RE.match(anon)):
-        raise ValidationError(
-            "anonymous_id", "must be 1-64 characters of letters, digits or ._:@/+=-"
-        )
+        raise ValidationError("anonymous_id", ID_RULE)
     return user_id, anon, validate_traits(body.get("traits"))
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import redis
 
 from app.core.errors import ValidationError
-from app.core.events import ID_RE, Event
+from app.core.events import ID_RE, ID_RULE, Event
 from app.recs import calls as rec_calls
 from app.recs.calls import Exposure, Increment
 from app.recs.keys import METRICS, NAME_RE, SURFACES, RecKeys
@@ -196,7 +196,7 @@ def parse_experiment(
 ) -> Experiment:
     """A definition from a request body (create, or replace keeping `created_ms`)."""
     if not ID_RE.match(exp_id):
-        raise ValidationError("id", "must be 1-64 characters of letters, digits or ._:@/+=-")
+        raise ValidationError("id", ID_RULE)
     if not isinstance(body, Mapping):
         raise ValidationError("body", "must be a JSON object")
     unknown = set(body) - {"id", "variants", "status", "surfaces", "salt", "description"}

@@ -47,6 +47,7 @@ from app.recs.experiments import DEFAULT, Assignment, ExperimentStore
 from app.recs.items import ItemCatalog, new_arrival
 from app.recs.keys import CACHED_SURFACES, NAME_RE, RecKeys
 from app.redis import calls
+from app.redis.health import RedisHealth
 
 log = logging.getLogger("retail.recommend")
 
@@ -487,6 +488,8 @@ class Recommender:
         self.content_knn = content_knn
         self.lru = LRU(self.cfg.lru_size)
         self.breaker = Breaker(self.cfg.breaker_open_s)
+        # The app's probe-fed breaker (app/redis/health.py): a hung Redis is skipped at once.
+        self.health: RedisHealth | None = None
         self.model: str | None = None
         self._model_lists: dict[str, ModelLists] = {}
         self.trending: list[tuple[str, float]] = []
@@ -1098,7 +1101,9 @@ class Recommender:
     def serve(self, req: RecRequest) -> RecResponse:
         """Answer a request: cache, inline, last-known-good, popularity. Never raises."""
         t0 = time.perf_counter()
-        self.experiments.maybe_refresh()
+        redis_up = not self.breaker.open and (self.health is None or self.health.up)
+        if redis_up and self._thread is None:  # with the thread, it refreshes experiments
+            self.experiments.maybe_refresh()
         assignment = self.experiments.assign(req.user, req.surface)
         model = assignment.model or self.model
         cacheable = (
@@ -1109,7 +1114,7 @@ class Recommender:
         ctx: RecContext | None = None
         reason = "redis_unavailable"
         resp: RecResponse | None = None
-        if not self.breaker.open:
+        if redis_up:
             try:
                 pipe = self.client.pipeline(transaction=False)
                 if cacheable:

@@ -25,6 +25,7 @@ from pathlib import Path
 import redis
 
 from app.core.errors import RedisSetupError
+from app.redis import acl
 
 REQUIRED_MODULES = {"search": 20800, "ReJSON": 20600, "timeseries": 11000, "bf": 20600}
 MIN_REDIS_VERSION = (7, 2)
@@ -146,13 +147,26 @@ class EmbeddedRedis:
     host: str = "127.0.0.1"
     appendfsync: str = "everysec"
     maxmemory: str | None = None
+    # ACL users for this key prefix (app/redis/acl.py); None: the open `default` user (tests).
+    acl_prefix: str | None = None
     log_to_file: bool = True
     remove_on_stop: bool = False  # temporary servers delete their folder when stopped
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    credentials: acl.Credentials | None = field(default=None, init=False)
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        """The admin's URL (with the ACL users), else the open server's."""
+        return self.url_for("admin")
+
+    def url_for(self, user: str) -> str:
+        """URL of one ACL user (admin, app, worker); the plain URL without ACL users."""
+        if self.credentials is None:
+            return f"redis://{self.host}:{self.port}/0"
+        return self.credentials.url(user, self.host, self.port)
+
+    def _admin(self, **kwargs: float) -> redis.Redis:
+        return redis.Redis.from_url(self.url, **kwargs)
 
     def command(self) -> list[str]:
         base = wheel_dir()
@@ -173,7 +187,11 @@ class EmbeddedRedis:
             "--loadmodule", str(lib / "redisbloom.so"),
         ]  # fmt: skip
         if self.maxmemory:
-            cmd += ["--maxmemory", self.maxmemory]
+            # noeviction: at the limit writes are refused (the app answers 503 and alerts);
+            # an evicting policy would silently drop shoppers' sessions and affinities.
+            cmd += ["--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction"]
+        if self.acl_prefix is not None:
+            cmd += ["--aclfile", str(self.data_dir / acl.ACL_FILE)]
         if self.log_to_file:
             cmd += ["--logfile", str(self.data_dir / "redis.log")]
         return cmd
@@ -182,6 +200,9 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port(self.host)
+        if self.acl_prefix is not None:
+            self.credentials = acl.load_or_create(self.data_dir)
+            acl.write_acl_file(self.data_dir, self.credentials, self.acl_prefix)
         env = server_env(self.data_dir.parent / ".runtime")
         stderr_path = self.data_dir / "redis.stderr"
         with stderr_path.open("wb") as stderr:
@@ -193,7 +214,7 @@ class EmbeddedRedis:
                 start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop it cleanly
             )
         deadline = time.monotonic() + timeout
-        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
+        client = self._admin(socket_connect_timeout=0.5)
         try:
             while True:
                 if self.proc.poll() is not None:
@@ -235,9 +256,7 @@ class EmbeddedRedis:
         if self.proc is None or self.proc.poll() is not None:
             return
         with contextlib.suppress(redis.RedisError):
-            redis.Redis(host=self.host, port=self.port, socket_timeout=timeout).shutdown(
-                nosave=True
-            )
+            self._admin(socket_timeout=timeout).shutdown(nosave=True)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -261,11 +280,15 @@ class EmbeddedRedis:
         self.stop()
 
 
-def temporary(appendfsync: str = "everysec") -> EmbeddedRedis:
+def temporary(
+    appendfsync: str = "everysec", *, acl_prefix: str | None = None, maxmemory: str | None = None
+) -> EmbeddedRedis:
     """An embedded server in a fresh temporary folder (tests and benchmarks)."""
     return EmbeddedRedis(
         Path(tempfile.mkdtemp(prefix="retail-redis-")) / "data",
         appendfsync=appendfsync,
+        acl_prefix=acl_prefix,
+        maxmemory=maxmemory,
         remove_on_stop=True,
     )
 

@@ -24,8 +24,9 @@ NOW = int(time.time() * 1000)
 @pytest.fixture
 def api(redis_url: str, cfg: EngineConfig, tmp_path: Path) -> Iterator[TestClient]:
     settings = Settings(
-        redis_url=redis_url, host="127.0.0.1", port=0, write_keys=frozenset({"wk_test"}),
-        admin_key=Secret("s3cret-admin"), data_dir=tmp_path, sample_data=tmp_path / "none",
+        redis_url=redis_url, host="127.0.0.1", port=0, server_keys=frozenset({"wk_test"}),
+        write_keys=frozenset(), admin_key=Secret("s3cret-admin"),
+        data_dir=tmp_path, sample_data=tmp_path / "none",
         log_json=True, engine=cfg,
     )  # fmt: skip
     with TestClient(create_app(settings)) as client:
@@ -103,11 +104,12 @@ def test_batch_reports_each_event(api: TestClient, client: redis.Redis, keys: Ke
     assert client.xlen(keys.log) == 2
 
 
-def test_session_and_profile_need_the_admin_key(api: TestClient) -> None:
+def test_session_and_profile_need_proof(api: TestClient) -> None:
     api.post(
         "/v1/events", json=view("e1", props={"category": "candles", "price": 3.0}), headers=WRITE
     )
-    assert api.get("/v1/users/42/session").status_code == 401
+    assert api.get("/v1/users/42/session").status_code == 403  # no key, no shopper token
+    assert api.get("/v1/users/42/session", headers={"Authorization": "Bearer x"}).status_code == 401
     session = api.get("/v1/users/42/session", headers=ADMIN)
     assert session.status_code == 200
     assert session.json()["session"]["recent"][0]["item"] == "A"

@@ -57,8 +57,12 @@ def test_auth_schemes_are_declared_per_operation(api: TestClient) -> None:
     assert {"writeKeyBasic": []} in events["security"]
     assert "requestBody" in events
     profile = doc["paths"]["/v1/users/{user_id}/profile"]["get"]
-    assert profile["security"] == [{"adminBearer": []}]
-    assert "401" in profile["responses"]
+    assert profile["security"] == [{"shopperToken": []}, {"serverBearer": []},
+                                   {"adminBearer": []}]  # fmt: skip
+    assert {"401", "403", "429"} <= set(profile["responses"])
+    recs = doc["paths"]["/v1/recommendations/{user_id}"]["get"]
+    assert recs["security"] == profile["security"]
+    assert doc["paths"]["/v1/experiments"]["get"]["security"] == [{"adminBearer": []}]
     assert doc["paths"]["/health"]["get"]["security"] == []
     # Starlette's {entity_id:path} converter is not part of the OpenAPI template.
     assert "/v1/features/{entity_type}/{entity_id}" in doc["paths"]

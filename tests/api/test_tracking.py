@@ -42,9 +42,12 @@ def track(mid: str, event: str, user: str = "u1", **props: Any) -> dict[str, Any
 @pytest.fixture
 def api(redis_url: str, cfg: EngineConfig, tmp_path: Path) -> Iterator[TestClient]:
     settings = Settings(
-        redis_url=redis_url, host="127.0.0.1", port=0, write_keys=frozenset({"wk_test"}),
+        redis_url=redis_url, host="127.0.0.1", port=0, write_keys=frozenset(),
         admin_key=Secret("s3cret-admin"), data_dir=tmp_path, sample_data=tmp_path / "none",
         log_json=True, engine=cfg,
+        # A backend's (server SDK's) key: it may write for any shopper (docs/security.md);
+        # the client-key rules are tested in tests/api/test_security.py.
+        server_keys=frozenset({"wk_test"}),
     )  # fmt: skip
     with TestClient(create_app(settings)) as client:
         yield client

@@ -63,8 +63,9 @@ def api(
 ) -> Iterator[TestClient]:
     Ingestor(client, cfg, phase2_hooks=[ingest_hook(fs, cfg)]).ingest(events())
     settings = Settings(
-        redis_url=redis_url, host="127.0.0.1", port=0, write_keys=frozenset({"wk"}),
-        admin_key=Secret("s3cret-admin"), data_dir=tmp_path, sample_data=tmp_path / "none",
+        redis_url=redis_url, host="127.0.0.1", port=0, server_keys=frozenset({"wk"}),
+        write_keys=frozenset(), admin_key=Secret("s3cret-admin"),
+        data_dir=tmp_path, sample_data=tmp_path / "none",
         log_json=False, engine=cfg,
     )  # fmt: skip
     app = create_app(settings)

@@ -106,9 +106,9 @@ def test_http_sender_against_a_live_server(
     redis_url: str, client: redis.Redis, cfg: EngineConfig, tmp_path: Path
 ) -> None:
     settings = Settings(
-        redis_url=redis_url, host="127.0.0.1", port=0, write_keys=frozenset({"wk_test"}),
+        redis_url=redis_url, host="127.0.0.1", port=0, write_keys=frozenset(),
         admin_key=Secret("s3cret-admin"), data_dir=tmp_path, sample_data=tmp_path / "none",
-        log_json=False, engine=cfg,
+        log_json=False, engine=cfg, server_keys=frozenset({"wk_test"}),  # a backend job's key
     )  # fmt: skip
     path = tmp_path / "p.csv"
     path.write_text("user_id,tier,orders\nh-1,gold,3\nh-2,silver,\n")

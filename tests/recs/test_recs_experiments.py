@@ -29,6 +29,8 @@ NOW = int(time.time() * 1000)
 ADMIN = {"Authorization": "Bearer s3cret-admin"}
 WRITE = {"X-Write-Key": "wk_test"}
 
+SERVER = {"X-Write-Key": "wk_test"}  # a backend's key: may read any shopper's lists
+
 
 def split(exp_id: str = "e1", a: float = 98, b: float = 2) -> Experiment:
     return Experiment(exp_id, (Variant("control", a), Variant("treatment", b, weights={"nn": 2})))
@@ -165,7 +167,7 @@ def test_a_variant_can_pin_a_model_version_and_its_weights(world: World) -> None
 
 @pytest.fixture
 def api(redis_url: str, world: World, tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(recs_app(redis_url, world, tmp_path)) as client:
+    with TestClient(recs_app(redis_url, world, tmp_path), headers=SERVER) as client:
         yield client
 
 

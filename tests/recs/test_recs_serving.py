@@ -28,6 +28,8 @@ from tests.recs_fixtures import (
 NOW = int(time.time() * 1000)
 ADMIN = {"Authorization": "Bearer s3cret-admin"}
 
+SERVER = {"X-Write-Key": "wk_test"}  # a backend's key: may read any shopper's lists
+
 
 world = world_fixture("tsrv")
 
@@ -227,7 +229,7 @@ def test_worker_refreshes_active_users_so_reads_hit_the_cache(world: World) -> N
 
 @pytest.fixture
 def api(redis_url: str, world: World, tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(recs_app(redis_url, world, tmp_path)) as client:
+    with TestClient(recs_app(redis_url, world, tmp_path), headers=SERVER) as client:
         yield client
 
 
@@ -267,7 +269,7 @@ def test_http_never_errors_when_redis_is_gone(
 ) -> None:
     server, w = private
     app = recs_app(server.url, w, tmp_path)
-    with TestClient(app) as client:
+    with TestClient(app, headers=SERVER) as client:
         assert client.get("/v1/recommendations/u1").json()["source"] == "inline"
         server.stop()
         bodies = []

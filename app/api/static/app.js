@@ -76,6 +76,29 @@
   }
 
   // -- identity, cart, events ---------------------------------------------------------------
+  // A known shopper's data needs a shopper token. A retailer's backend mints it for its
+  // logged-in shopper; here the demo server plays that backend (/v1/demo/token). Anonymous
+  // visitors need none: their random id is their proof.
+  async function shopperToken() {
+    if (!state.shopper || state.shopper.anon) return null;
+    const now = Date.now() / 1000;
+    const t = state.token;
+    if (t && t.user === state.shopper.id && t.expires - 60 > now) return t.token;
+    const r = await api('/v1/demo/token', {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ user_id: state.shopper.id }),
+    });
+    if (!r.ok) return null;
+    state.token = { user: state.shopper.id, token: r.body.token, expires: r.body.expires_at };
+    return r.body.token;
+  }
+  async function authed(path, opts) {
+    const token = await shopperToken();
+    const o = Object.assign({}, opts || {});
+    o.headers = Object.assign({}, o.headers || {});
+    if (token) o.headers['x-shopper-token'] = token;
+    return api(path, o);
+  }
   function recUser() { return state.shopper.anon ? 'anon:' + state.shopper.id : state.shopper.id; }
   function cartKey() { return 'retail-demo:cart:' + recUser(); }
   function saveCart() { save(cartKey(), state.cart); renderCartCount(); }
@@ -122,7 +145,10 @@
       properties: trackProperties(type, fields), timestamp: now, sentAt: now,
       context: { sessionId: state.sessionId, library: { name: 'retail-demo', version: '1' } },
     }, state.shopper.anon ? { anonymousId: state.shopper.id } : { userId: state.shopper.id });
-    const r = await api('/v1/track', {
+    // A known shopper's events carry the token the shop's backend (here: the demo server) gave.
+    const token = await shopperToken();
+    if (token) msg.context.shopper_token = token;
+    const r = await authed('/v1/track', {
       method: 'POST',
       headers: {
         'content-type': 'application/json',
@@ -246,7 +272,7 @@
     p.set('q', q);
     p.set('k', '24');
     p.set('user', recUser());
-    const r = await api('/v1/search?' + p.toString());
+    const r = await authed('/v1/search?' + p.toString());
     if (!r.ok) {
       view.innerHTML = `<div class="notice">Search failed: ${esc(r.body.field || '')} ${esc(r.body.detail || r.status)}</div>`;
       return;
@@ -405,7 +431,7 @@
     const ctx = recsContext();
     const qs = new URLSearchParams({ surface: ctx.surface, k: '8' });
     if (ctx.item) qs.set('item', ctx.item);
-    const r = await api(`/v1/recommendations/${encodeURIComponent(recUser())}?${qs}`);
+    const r = await authed(`/v1/recommendations/${encodeURIComponent(recUser())}?${qs}`);
     if (seq !== state.recsSeq) return; // a newer refresh is on its way
     if (!r.ok) {
       $('#recs-meta').innerHTML = `<span class="badge warn">${esc(r.body.error || r.status)}</span> ${esc(r.body.detail || '')}`;
