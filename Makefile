@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo serve test test-fast bench bench-peers lint format redis clean browser-deps
+.PHONY: help install demo demo-cluster redis-cluster serve test test-fast bench bench-peers lint format redis clean browser-deps
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,12 @@ bench-peers: .venv-peers/.installed ## bench/features.py with Feast side by side
 demo: $(STAMP) ## start embedded Redis Stack, load the real sample data, serve the API on :8000
 	$(PY) -m app.cli demo
 
+demo-cluster: $(STAMP) ## the same demo on a local 3-master Redis Cluster + search node (var/cluster)
+	$(PY) -m app.cli demo --cluster 3
+
+redis-cluster: $(STAMP) ## run a local 3-master Redis Cluster + search node on its own (Ctrl-C stops all)
+	$(PY) -m app.cli redis --cluster 3
+
 test: $(STAMP) browser-deps ## run the whole suite against a real embedded Redis Stack
 	$(PY) -m pytest
 
@@ -44,7 +50,7 @@ browser-deps: ## Chromium for tests/api/test_browser.py (Debian: apt-get when mi
 	else echo "no chromium and not root: tests/api/test_browser.py will be skipped"; fi
 
 bench: $(STAMP) ## run the benchmarks (each prints one JSON line last)
-	@for b in ingest search features recommend evaluate memory tracking hung_redis; do \
+	@for b in ingest search features recommend evaluate memory tracking hung_redis cluster; do \
 	    echo "== bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 
 lint: $(STAMP) ## ruff, ruff format --check, mypy --strict

@@ -27,6 +27,7 @@ import redis
 
 from app.redis import embedded as redis_stack
 from app.redis import library as functions
+from app.redis.connect import connect, is_cluster, primaries
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +39,7 @@ class Target:
     prefix: str  # unique namespace of this run; scripts add sub-prefixes below it
 
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url)
+        return connect(self.url)  # REDIS_URL=redis+cluster://... gives a cluster client
 
 
 @contextlib.contextmanager
@@ -52,7 +53,7 @@ def redis_target(name: str, lua_dir: Path | None = None) -> Iterator[Target]:
     url = os.environ.get("REDIS_URL")
     library = functions.build_library(lua_dir) if lua_dir else None
     if url:
-        with redis.Redis.from_url(url) as client:
+        with connect(url) as client:
             if library is not None:
                 functions.load(client, library)
             else:
@@ -60,8 +61,9 @@ def redis_target(name: str, lua_dir: Path | None = None) -> Iterator[Target]:
         try:
             yield Target(url, False, prefix)
         finally:
-            with redis.Redis.from_url(url) as client:
-                delete_prefix(client, prefix)
+            with connect(url) as client:
+                for node in primaries(client):
+                    delete_prefix(node, prefix, one_by_one=is_cluster(client))
         return
     server = redis_stack.temporary().start()
     try:
@@ -73,17 +75,28 @@ def redis_target(name: str, lua_dir: Path | None = None) -> Iterator[Target]:
         shutil.rmtree(server.data_dir.parent, ignore_errors=True)
 
 
-def delete_prefix(client: redis.Redis, prefix: str) -> int:
+def delete_prefix(client: redis.Redis, prefix: str, *, one_by_one: bool = False) -> int:
+    """UNLINK every key under `prefix` on this server; `one_by_one` on a cluster node (a
+    multi-key command must stay in one slot even on one node)."""
     n = 0
     batch: list[bytes] = []
     for key in client.scan_iter(match=prefix + "*", count=1000):
         batch.append(key)
         if len(batch) >= 1000:
-            n += int(client.unlink(*batch))
+            n += _unlink(client, batch, one_by_one)
             batch.clear()
     if batch:
-        n += int(client.unlink(*batch))
+        n += _unlink(client, batch, one_by_one)
     return n
+
+
+def _unlink(client: redis.Redis, keys: list[bytes], one_by_one: bool) -> int:
+    if not one_by_one:
+        return int(client.unlink(*keys))
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.unlink(key)
+    return sum(int(r) for r in pipe.execute())
 
 
 def percentile(values: Sequence[float], p: float) -> float:

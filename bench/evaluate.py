@@ -76,8 +76,7 @@ from app.catalog.index import CatalogConfig, CatalogKeys
 from app.catalog.vectorizers import get_vectorizer
 from app.core.events import Event, parse_event
 from app.core.settings import EngineConfig, load_settings
-from app.engine import build_engine
-from app.ingest.ingestor import Ingestor
+from app.engine import Engine, build_engine
 from app.recs.experiments import DEFAULT, Assignment
 from app.recs.keys import RecKeys
 from app.recs.model import Interactions, TrainConfig, train
@@ -211,27 +210,31 @@ def repeat_baseline(counts: Counter[str], k: int = K) -> list[str]:
 # -- engine ----------------------------------------------------------------------------------------
 
 
-def ingest_in_batches(ingestor: Ingestor, events: Sequence[dict[str, Any]], span_ms: int) -> None:
+def ingest_in_batches(engine: Engine, events: Sequence[dict[str, Any]], span_ms: int) -> None:
+    """The acknowledged path, then the aggregate workers' drain, batch by batch (as a live
+    shop with its workers keeping up)."""
     now = int(time.time() * 1000)
     batch: list[Event] = []
     for obj in events:
         ev = parse_event(obj, now_ms=now)
         if batch and (len(batch) >= 2000 or abs(ev.ts - batch[0].ts) > span_ms):
-            ingestor.ingest(batch)
+            engine.ingestor.ingest(batch)
+            engine.drain()
             batch = []
         batch.append(ev)
     if batch:
-        ingestor.ingest(batch)
+        engine.ingestor.ingest(batch)
+        engine.drain()
 
 
 @dataclass
 class EngineRun:
     rec: Recommender
-    ingestor: Ingestor
+    engine: Engine
     span_ms: int
 
     def ingest(self, events: Sequence[dict[str, Any]]) -> None:
-        ingest_in_batches(self.ingestor, events, self.span_ms)
+        ingest_in_batches(self.engine, events, self.span_ms)
 
 
 @contextmanager
@@ -271,9 +274,8 @@ def engine_for_fold(
                      (p.partition("=") for p in args.rec.split(",") if p.strip())}  # fmt: skip
         cfg = RecConfig(key_prefix=prefix, weights=weights, **overrides)
         rec = Recommender(client, engine, cfg)
-        ingestor = build_engine(client, engine, rec_config=cfg,
-                                experiments=rec.experiments).ingestor  # fmt: skip
-        run = EngineRun(rec, ingestor, engine.raw_retention_ms // 2)
+        built = build_engine(client, engine, rec_config=cfg, experiments=rec.experiments)
+        run = EngineRun(rec, built, engine.raw_retention_ms // 2)
         t0 = time.monotonic()
         replay = [ev for inv in train_inv for ev in inv.events]
         run.ingest(replay)

@@ -97,17 +97,19 @@ class DataSet:
 
 
 def ingest(client: redis.Redis, engine: EngineConfig, events: Sequence[dict[str, Any]]) -> float:
-    ingestor = build_engine(client, engine).ingestor  # the API's ingestion, every hook
+    built = build_engine(client, engine)  # the API's ingestion and workers, every hook
     now = int(time.time() * 1000) + 60_000
     t0 = time.monotonic()
     batch = []
     for obj in events:
         batch.append(parse_event(obj, now_ms=now))
         if len(batch) >= 2000:
-            ingestor.ingest(batch)
+            built.ingestor.ingest(batch)
+            built.drain()
             batch = []
     if batch:
-        ingestor.ingest(batch)
+        built.ingestor.ingest(batch)
+        built.drain()
     return time.monotonic() - t0
 
 

@@ -582,7 +582,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="delete this source's products the feed no longer lists")  # fmt: skip
     p.add_argument("--max-delete-fraction", type=float, default=0.2)
     for q in sub.choices.values():
-        q.add_argument("--redis-url", default=None, help="Redis Stack URL (default: $REDIS_URL)")
+        q.add_argument(
+            "--redis-url", default=None,
+            help="Redis Stack URL (default: $CATALOG_REDIS_URL, else $REDIS_URL)",
+        )  # fmt: skip
         q.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
         q.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
         q.add_argument("--no-index", action="store_true", help="do not create the index")
@@ -623,7 +626,8 @@ def run(args: argparse.Namespace, url: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    url = args.redis_url or load_settings().redis_url
+    # The catalog's server: CATALOG_REDIS_URL (the search node of a cluster), else REDIS_URL.
+    url = args.redis_url or load_settings().catalog_url
     if not url:
         print(
             "error: no Redis to load into: pass --redis-url redis://HOST:PORT or set REDIS_URL "

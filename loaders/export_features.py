@@ -43,6 +43,7 @@ from app.features.spec import (
     load_feature_set,
     resolve_names,
 )
+from app.redis.connect import connect
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
-    keys = Keys(settings.engine.key_prefix)
+    keys = settings.engine.keys()
     url = args.redis_url or settings.redis_url
     needs_redis = args.dump_log is not None or args.events is None
     if needs_redis and not url:
@@ -174,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.dump_log is not None:
-            with redis.Redis.from_url(str(url)) as client:
+            with connect(str(url)) as client:
                 n = dump_log(client, keys, args.dump_log)
             print(f"wrote {n:,} events to {args.dump_log}")
             return 0
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         if args.events is not None:
             report = export(fs, events_from_jsonl(args.events), entity, rows, args.out, names)
         else:
-            with redis.Redis.from_url(str(url)) as client:
+            with connect(str(url)) as client:
                 report = export(fs, events_from_log(client, keys), entity, rows, args.out, names)
     except (EngineError, OSError, redis.RedisError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

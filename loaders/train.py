@@ -38,6 +38,7 @@ from app.core.settings import EngineConfig, load_settings
 from app.recs.keys import RecKeys
 from app.recs.model import Interactions, TrainConfig, TrainReport, train
 from app.redis import embedded as redis_stack
+from app.redis.connect import connect
 from loaders import online_retail
 from loaders.online_retail import Product
 
@@ -106,16 +107,23 @@ def train_online_retail(
     content: bool = True,
     version: str | None = None,
     users: set[str] | None = None,
+    catalog_client: redis.Redis | None = None,
 ) -> TrainReport:
+    """`catalog_client`: where the product documents (and their vectors) live, when not on
+    `client` (the search node of a cluster)."""
     pairs, catalog = purchase_pairs(path, until_ms, users)
     if not pairs:
         raise EngineError("no purchases to train on (check --until and the file)")
     inter = Interactions.from_pairs(pairs)
     categories = {item: p.category for item, p in catalog.items()}
-    vectors = catalog_vectors(client, engine.key_prefix, inter.items, catalog) if content else None
+    products = catalog_client or client
+    vectors = (
+        catalog_vectors(products, engine.key_prefix, inter.items, catalog) if content else None
+    )
     until = f" until {until_ms}" if until_ms else ""
+    keys = RecKeys(engine.key_prefix, engine.partitions, engine.agg_shards)
     return train(
-        client, RecKeys(engine.key_prefix), inter, categories, cfg, vectors=vectors,
+        client, keys, inter, categories, cfg, vectors=vectors,
         version=version, source=f"online-retail {Path(path).name}{until}",
     )  # fmt: skip
 
@@ -148,12 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     cfg = TrainConfig(neighbours=args.neighbours, method=args.method, shrink=args.shrink)
     until = date_ms(args.until) if args.until else None
-    with redis.Redis.from_url(url) as client:
+    with connect(url) as client:
         try:
             redis_stack.probe(client)
+            catalog = connect(settings.catalog_redis_url) if settings.catalog_redis_url else None
             report = train_online_retail(
                 client, settings.engine, args.path, cfg, until_ms=until,
-                content=not args.no_content, version=args.version,
+                content=not args.no_content, version=args.version, catalog_client=catalog,
             )  # fmt: skip
         except (EngineError, redis.RedisError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)

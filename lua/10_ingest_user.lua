@@ -1,10 +1,10 @@
--- ingest_user: apply a batch of shopper events to per-user state (one or more users).
+-- Shopper state: the per-user half of `ingest_partition` (lua/80_ingest.lua, which holds the
+-- registered Function and its full contract; this file only defines local helpers).
 --
 -- Purpose: exactly-once effect of each event on the user's live state: dedup, session JSON,
---   decayed long-term affinities, "seen" Bloom filter. Returns the per-event outcome and the
---   co-occurrence pairs the events produced, which the client forwards to `ingest_aggregates`
---   (item keys live in other slots). All input is validated before the first write, so a bad
---   call writes nothing.
+--   decayed long-term affinities, "seen" Bloom filter; produces each accepted event's
+--   co-occurrence pairs, which `ingest_partition` writes into the partition log next to the
+--   event (the aggregate workers apply them to the item shards).
 --
 -- Hot path (why it looks like this): the session document is never decoded or re-encoded
 --   whole. One JSON.MGET of a small "hot" projection (session id, last_ts, counters, head,
@@ -13,12 +13,11 @@
 --   entry without reading the others. A full map is read only for late events (older than the
 --   session's last_ts) and for the amortised trim (see "Caps"). Session format: docs/keys.md.
 --
--- KEYS, 4 per user group g (g = 0..G-1), all with the same hash tag {user}:
---   KEYS[4g+1] u:{user}:session  JSON  current session document (see docs/keys.md)
---   KEYS[4g+2] u:{user}:dedup    ZSET  event_id -> ingest time ms (dedup window)
---   KEYS[4g+3] u:{user}:aff      ZSET  "cat:<c>" / "price:<band>" -> forward-decayed weight
---   KEYS[4g+4] u:{user}:seen     BF    items the user has interacted with
---   In cluster mode every call holds one slot's users only; standalone may mix users.
+-- KEYS, 4 per user group g (g = 0..G-1) after `kb` leading keys, all with the partition's tag:
+--   KEYS[kb+4g+1] u:{p<n>}:<user>:session  JSON  current session document (see docs/keys.md)
+--   KEYS[kb+4g+2] u:{p<n>}:<user>:dedup    ZSET  event_id -> ingest time ms (dedup window)
+--   KEYS[kb+4g+3] u:{p<n>}:<user>:aff      ZSET  "cat:<c>" / "price:<band>" -> decayed weight
+--   KEYS[kb+4g+4] u:{p<n>}:<user>:seen     BF    items the user has interacted with
 --
 -- ARGV (config, then groups):
 --   [1]  session_ttl_s      int  sliding TTL of the session document (refreshed at most every
@@ -42,10 +41,7 @@
 --   item ids and session ids: 1-64 characters of [A-Za-z0-9._:@/+=-] (they are written into
 --   JSON text without escaping); queries and categories are free text.
 --
--- Reply: { statuses, a1, b1, kind1, w1, a2, ... }
---   statuses: one char per event in input order: 'A' accepted, 'D' duplicate
---   pairs: item a, item b, kind ('v' co-viewed, 'b' co-bought), weight (string)
--- Errors: ERR_BADARG (bad field; nothing written), ERR_KEYS (key count mismatch).
+-- (ARGV[1..15] and the groups: the first part of ingest_partition's ARGV.)
 -- Writes: session (JSON.SET for a new document, else one JSON.MERGE; EXPIRE session_ttl_s),
 --   dedup (ZADD; trim and PEXPIRE window + 10 min), aff (ZINCRBY, EXPIRE user_ttl_s), seen
 --   (BF.INSERT NONSCALING, EXPIRE user_ttl_s). Maintenance (dedup trim, TTL refresh of
@@ -85,10 +81,11 @@ local function safe_id(value, name)
 end
 
 -- Validation pass: turn ARGV into tables, raising before anything is written.
-local function parse_groups(keys, argv)
+-- `kb`: KEYS index before the first group's keys. Returns the groups and the next ARGV position.
+local function parse_groups(keys, argv, kb)
   local n_groups = int(argv[15], 'n_groups')
-  if #keys ~= 4 * n_groups then
-    fail('ERR_KEYS', 'expected ' .. (4 * n_groups) .. ' keys for ' .. n_groups .. ' groups, got ' .. #keys)
+  if #keys < kb + 4 * n_groups then
+    fail('ERR_KEYS', 'expected ' .. (4 * n_groups) .. ' user keys for ' .. n_groups .. ' groups, got ' .. (#keys - kb))
   end
   local pos = 16
   local groups = {}
@@ -123,12 +120,28 @@ local function parse_groups(keys, argv)
       events[e] = ev
     end
     groups[g] = {
-      session = keys[4 * g - 3], dedup = keys[4 * g - 2], aff = keys[4 * g - 1], seen = keys[4 * g],
-      events = events,
+      session = keys[kb + 4 * g - 3], dedup = keys[kb + 4 * g - 2], aff = keys[kb + 4 * g - 1],
+      seen = keys[kb + 4 * g], events = events,
     }
   end
-  if argv[pos] ~= nil then fail('ERR_BADARG', 'trailing arguments after the last group') end
-  return groups
+  return groups, pos
+end
+
+-- Marks duplicates (ev.dup) without writing: ids already in the user's dedup set, and repeats
+-- of an id within the call. ZADD later writes exactly the ids found new here.
+local function mark_duplicates(groups)
+  for _, grp in ipairs(groups) do
+    if #grp.events > 0 then
+      local ids = {}
+      for i, ev in ipairs(grp.events) do ids[i] = ev.id end
+      local scores = redis.call('ZMSCORE', grp.dedup, unpack(ids))
+      local in_call = {}
+      for i, ev in ipairs(grp.events) do
+        ev.dup = scores[i] ~= false or in_call[ev.id] == true
+        in_call[ev.id] = true
+      end
+    end
+  end
 end
 
 -- The hot projection of one session (a JSON.MGET element), or nil: no document, or one in an
@@ -389,8 +402,8 @@ local function session_state(hot, grp, accepted, now)
   return st
 end
 
-local function ingest_user(keys, argv)
-  local cfg = {
+local function ingest_config(argv)
+  return {
     session_ttl = int(argv[1], 'session_ttl_s'),
     user_ttl = int(argv[2], 'user_ttl_s'),
     dedup_window = int(argv[3], 'dedup_window_ms'),
@@ -406,11 +419,15 @@ local function ingest_user(keys, argv)
     weights = parse_weights(argv[13] or ''),
     cart_cap = int(argv[14], 'cart_cap'),
   }
+end
+
+-- The shopper-state effects of parsed groups whose duplicates are marked (mark_duplicates).
+-- Returns the statuses ('A'/'D' per event, input order) and each group's accepted events in
+-- the order they were applied (event time), each with `ev.pairs` (its co-occurrence pairs).
+local function apply_user_groups(cfg, groups, now)
   local caps = {cfg.recent_cap, cfg.recent_cap, cfg.searches_cap}
-  local groups = parse_groups(keys, argv)
-  local now = now_ms()
   local statuses = {}
-  local reply_pairs = {}
+  local applied = {}
 
   -- One read of every session's hot projection.
   local mget = {}
@@ -424,16 +441,19 @@ local function ingest_user(keys, argv)
     local aff_inc, aff_order = {}, {}
 
     -- Late events must still land in order: apply accepted events sorted by event time.
-    local accepted = {}
+    local accepted, zadd = {}, {}
     for seq, ev in ipairs(grp.events) do
-      if redis.call('ZADD', grp.dedup, 'NX', now, ev.id) == 1 then
+      if not ev.dup then
         statuses[#statuses + 1] = 'A'
         ev.seq = seq
         accepted[#accepted + 1] = ev
+        zadd[#zadd + 1] = now
+        zadd[#zadd + 1] = ev.id
       else
         statuses[#statuses + 1] = 'D'
       end
     end
+    if #zadd > 0 then redis.call('ZADD', grp.dedup, unpack(zadd)) end
     -- Stable: equal times keep input order (all lines of one invoice share a time).
     table.sort(accepted, function(a, b)
       if a.ts == b.ts then return a.seq < b.seq end
@@ -468,12 +488,7 @@ local function ingest_user(keys, argv)
         apply_event(st, ev, cfg, pairs_out)
         session_dirty = true
       end
-      for _, p in ipairs(pairs_out) do
-        reply_pairs[#reply_pairs + 1] = p[1]
-        reply_pairs[#reply_pairs + 1] = p[2]
-        reply_pairs[#reply_pairs + 1] = p[3]
-        reply_pairs[#reply_pairs + 1] = '1'
-      end
+      ev.pairs = pairs_out
 
       -- Affinity increments are summed per member: one ZINCRBY per member and call.
       local w = cfg.weights[ev.type] or 0
@@ -545,11 +560,7 @@ local function ingest_user(keys, argv)
       end
       if refresh_ttl then redis.call('EXPIRE', grp.session, cfg.session_ttl) end
     end
+    applied[#applied + 1] = accepted
   end
-
-  local reply = {table.concat(statuses)}
-  for _, v in ipairs(reply_pairs) do reply[#reply + 1] = v end
-  return reply
+  return table.concat(statuses), applied
 end
-
-redis.register_function{function_name = 'ingest_user', callback = ingest_user}

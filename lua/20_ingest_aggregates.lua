@@ -1,16 +1,18 @@
--- ingest_aggregates: apply accepted events to the global and per-item aggregates.
+-- ingest_aggregates (local logic, not registered): apply logged events to the aggregates of
+-- one aggregate shard. Called by `apply_blocks` (lua/80_ingest.lua), which makes it
+-- exactly-once per log entry; the aggregate workers (app/ingest/aggregates.py) build its input.
 --
--- Purpose: the second half of ingestion, for events `ingest_user` accepted (so replays and
---   duplicates never count twice): interaction log, trending Top-K per event type and hour
---   bucket, Count-Min Sketch counts, per-item RedisTimeSeries counters, co-occurrence.
+-- Purpose: trending Top-K per event type and hour bucket, Count-Min Sketch counts, per-item
+--   RedisTimeSeries counters, co-occurrence. (k_log is always 0 in layout 2: the log is
+--   written by ingest_partition.)
 --   Increments to one Top-K / CMS key are summed in Lua and sent as one command per key.
 --   All input is validated before the first write.
 --
 -- KEYS: a de-duplicated list; ARGV refers to keys by 1-based index (0 = not in this call).
---   Patterns (see docs/keys.md): g:{g}:log (STREAM), g:{g}:wm (STRING, trending watermark ms),
---   g:{g}:trend:<type>:<hour> (TOPK), g:{g}:cms:<type> (CMS), i:{item}:ts:<type> (TS raw,
---   minute buckets), i:{item}:ts:<type>:1h (TS hourly sums), i:{item}:co:v / :co:b (ZSET).
---   A cluster client sends one call per slot: global keys in one, each item slot in another.
+--   Patterns (see docs/keys.md), all in one shard {a<n>}: g:{a<n>}:wm (STRING, the shard's
+--   trending watermark ms), g:{a<n>}:trend:<type>:<hour> (TOPK), g:{a<n>}:cms:<type> (CMS),
+--   i:{a<n>}:<item>:ts:<type> (TS raw, minute buckets), i:{a<n>}:<item>:ts:<type>:1h (TS
+--   hourly sums), i:{a<n>}:<item>:co:v / :co:b (ZSET).
 --
 -- ARGV:
 --   [1] log_maxlen         int  approximate cap of the log stream (XADD MAXLEN ~)
@@ -39,6 +41,15 @@
 --   co_cap, EXPIRE item_ttl_s).
 
 local MINUTE_MS = 60000
+-- Lua's unpack takes at most ~8,000 values: a worker step can carry far more (many blocks).
+local UNPACK_MAX = 3000
+
+-- `cmd key m1 v1 m2 v2 ...` in chunks of at most UNPACK_MAX arguments (an even number).
+local function call_member_chunks(cmd, key, args)
+  for i = 1, #args, UNPACK_MAX do
+    redis.call(cmd, key, unpack(args, i, math.min(i + UNPACK_MAX - 1, #args)))
+  end
+end
 
 local function ingest_aggregates(keys, argv)
   local log_maxlen = int(argv[1], 'log_maxlen')
@@ -151,7 +162,7 @@ local function ingest_aggregates(keys, argv)
       args[#args + 1] = member
       args[#args + 1] = trend_inc[key].members[member]
     end
-    redis.call('TOPK.INCRBY', key, unpack(args))
+    call_member_chunks('TOPK.INCRBY', key, args)
     redis.call('EXPIRE', key, trend_ttl)
   end
 
@@ -164,7 +175,7 @@ local function ingest_aggregates(keys, argv)
       args[#args + 1] = member
       args[#args + 1] = cms_inc[key].members[member]
     end
-    redis.call('CMS.INCRBY', key, unpack(args))
+    call_member_chunks('CMS.INCRBY', key, args)
   end
 
   -- Per-item series: one TS.MADD for every (series, minute) of the call; the series'
@@ -182,8 +193,12 @@ local function ingest_aggregates(keys, argv)
     end
   end
   local missing, missing_order = {}, {}
+  local res = {}
+  for i = 1, #madd, UNPACK_MAX do  -- UNPACK_MAX is a multiple of 3: whole samples per chunk
+    local part = redis.call('TS.MADD', unpack(madd, i, math.min(i + UNPACK_MAX - 1, #madd)))
+    for _, r in ipairs(part) do res[#res + 1] = r end
+  end
   if #madd > 0 then
-    local res = redis.call('TS.MADD', unpack(madd))
     for i, r in ipairs(res) do
       if type(r) == 'table' and r.err then
         local key = madd_refs[i][1]
@@ -231,4 +246,3 @@ local function ingest_aggregates(keys, argv)
   return {logged, counted, #co_pairs, dropped, tostring(old_wm), tostring(new_wm)}
 end
 
-redis.register_function{function_name = 'ingest_aggregates', callback = ingest_aggregates}

@@ -16,8 +16,11 @@ import redis
 
 from app.core.keys import Keys
 from app.core.settings import EngineConfig
+from app.redis import cluster
 from app.redis import embedded as redis_stack
 from app.redis import library as functions
+from app.redis.cluster import LocalCluster
+from app.redis.connect import connect
 
 
 @pytest.fixture(scope="session")
@@ -34,14 +37,30 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def local_cluster() -> Iterator[LocalCluster]:
+    """A local 3-master Redis Cluster and its search node, started once per test session (on
+    first use), with the library on every primary and on the search node. The cluster tests
+    (tests/test_cluster.py) use it; each test keeps its own key prefix there too."""
+    cl = cluster.temporary(3).start()
+    try:
+        with connect(cl.url) as conn:
+            functions.load(conn)
+        with redis.Redis.from_url(cl.catalog_url) as conn:
+            functions.load(conn)
+        yield cl
+    finally:
+        cl.stop()
+
+
+@pytest.fixture(scope="session")
 def _library(redis_url: str) -> functions.Library:
-    with redis.Redis.from_url(redis_url) as client:
+    with connect(redis_url) as client:  # every primary when REDIS_URL is a cluster
         return functions.load(client)
 
 
 @pytest.fixture
 def client(redis_url: str, _library: functions.Library) -> Iterator[redis.Redis]:
-    with redis.Redis.from_url(redis_url) as conn:
+    with connect(redis_url) as conn:
         yield conn
 
 
@@ -58,4 +77,4 @@ def cfg(prefix: str) -> EngineConfig:
 
 @pytest.fixture
 def keys(cfg: EngineConfig) -> Keys:
-    return Keys(cfg.key_prefix)
+    return cfg.keys()

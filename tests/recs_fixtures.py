@@ -21,9 +21,9 @@ from app.catalog.index import CatalogConfig, CatalogKeys, ProductRecord
 from app.catalog.vectorizers import get_vectorizer
 from app.core.events import parse_event
 from app.core.settings import EngineConfig
+from app.engine import Engine, build_engine
 from app.ingest.ingestor import Ingestor
 from app.recs.experiments import ExperimentStore
-from app.recs.hook import RecIngestHook
 from app.recs.keys import RecKeys
 from app.recs.model import Interactions, TrainConfig, TrainReport, train
 from app.recs.recommender import RecConfig, Recommender
@@ -73,18 +73,30 @@ class World:
     model: TrainReport
     ingestor: Ingestor
     store: ExperimentStore
+    catalog_client: redis.Redis | None = None
 
     def recommender(self, client: redis.Redis | None = None, **cfg: Any) -> Recommender:
         from dataclasses import replace
 
         c = replace(self.cfg, **cfg) if cfg else self.cfg
-        rec = Recommender(client or self.client, self.engine, c)
+        rec = Recommender(client or self.client, self.engine, c,
+                          catalog_client=self.catalog_client)  # fmt: skip
         rec.refresh()
         return rec
 
+    built: Engine | None = None
+
     def ingest(self, events: Sequence[dict[str, Any]]) -> None:
+        """Acknowledge, then apply the aggregates (history, popularity, attribution)."""
         now = int(time.time() * 1000)
         self.ingestor.ingest([parse_event(e, now_ms=now) for e in events])
+        if self.built is not None:
+            self.built.drain()
+
+    def rebuild(self, cfg: RecConfig) -> None:
+        """The engine again, with another recommender configuration."""
+        self.built = build_engine(self.client, self.engine, rec_config=cfg, experiments=self.store)
+        self.ingestor = self.built.ingestor
 
 
 def load_products(client: redis.Redis, prefix: str) -> None:
@@ -98,23 +110,34 @@ def load_products(client: redis.Redis, prefix: str) -> None:
     assert report.created == len(PRODUCTS), report.summary()
 
 
-def build_world(client: redis.Redis, prefix: str, cfg: RecConfig = REC_CFG) -> World:
+def build_world(
+    client: redis.Redis,
+    prefix: str,
+    cfg: RecConfig = REC_CFG,
+    *,
+    catalog_client: redis.Redis | None = None,
+) -> World:
+    """`catalog_client`: where the products go (a cluster's search node); default `client`."""
     from dataclasses import replace
+
+    from app.engine import build_engine
 
     engine = EngineConfig(key_prefix=prefix)
     cfg = replace(cfg, key_prefix=prefix)
     keys = RecKeys(prefix)
-    load_products(client, prefix)
+    products = catalog_client or client
+    load_products(products, prefix)
     pairs = [(f"m{i}", item) for i, basket in enumerate(BASKETS) for item in basket]
     categories = {item: cat for item, cat, *_ in PRODUCTS}
     from loaders.train import catalog_vectors
 
-    vectors = catalog_vectors(client, prefix, categories, {})
+    vectors = catalog_vectors(products, prefix, categories, {})
     report = train(client, keys, Interactions.from_pairs(pairs), categories,
                    TrainConfig(shrink=0.5), vectors=vectors)  # fmt: skip
     store = ExperimentStore(client, keys)
-    ingestor = Ingestor(client, engine, phase2_hooks=[RecIngestHook(engine, cfg, store)])
-    return World(client, engine, cfg, keys, CatalogKeys(prefix), report, ingestor, store)
+    built = build_engine(client, engine, rec_config=cfg, experiments=store)
+    return World(client, engine, cfg, keys, CatalogKeys(prefix), report, built.ingestor, store,
+                 catalog_client, built)  # fmt: skip
 
 
 def event(event_id: str, etype: str, user: str, item: str, ts: int, **extra: Any) -> dict[str, Any]:
@@ -157,7 +180,7 @@ def world_fixture(stem: str) -> Any:
     return world
 
 
-def recs_app(redis_url: str, world: World, data_dir: Any) -> Any:
+def recs_app(redis_url: str, world: World, data_dir: Any, catalog_url: str | None = None) -> Any:
     """The HTTP app against `redis_url` with the world's recommender config, refreshed inline
     (no background worker), keys wk_test / s3cret-admin."""
     from starlette.datastructures import Secret
@@ -169,7 +192,7 @@ def recs_app(redis_url: str, world: World, data_dir: Any) -> Any:
         redis_url=redis_url, host="127.0.0.1", port=0, server_keys=frozenset({"wk_test"}),
         write_keys=frozenset(), admin_key=Secret("s3cret-admin"),
         data_dir=data_dir, sample_data=data_dir / "none",
-        log_json=False, engine=world.engine,
+        log_json=False, engine=world.engine, catalog_redis_url=catalog_url,
     )  # fmt: skip
     app = create_app(settings)  # create_app installs the recommender
     app.state.rec_config = world.cfg

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 JOBS = {"catalog", "replay", "train"}
+CLUSTER_JOBS = {"cluster-init", "catalog-cluster", "replay-cluster", "train-cluster"}
 ENGINE = {"app", "worker", *JOBS}
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 
@@ -24,7 +25,7 @@ def test_compose_file_is_sound() -> None:
     for name, svc in services.items():
         image = svc.get("image", "")
         assert ":" in image and not image.endswith(":latest"), f"{name}: pin the image tag"
-        if name not in JOBS:
+        if name not in JOBS | CLUSTER_JOBS:
             assert "healthcheck" in svc, f"{name}: needs a healthcheck"
             assert svc["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
         for port in svc.get("ports", []):
@@ -134,3 +135,36 @@ def test_dockerfile_is_slim_pinned_and_non_root() -> None:
         assert (ROOT / folder).is_dir(), folder
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".env", ".venv", "var", ".git"} <= set(ignored)
+
+
+def test_cluster_profile_runs_the_engine_on_three_masters_and_a_search_node() -> None:
+    """`docker compose --profile cluster up`: docs/cluster.md."""
+    cluster = {n for n, s in SERVICES.items() if s.get("profiles") == ["cluster"]}
+    nodes = {"redis-c1", "redis-c2", "redis-c3"}
+    assert nodes | {"redis-search", "cluster-init", "app-cluster", "worker-cluster"} <= cluster
+    assert cluster >= CLUSTER_JOBS
+    for node in nodes:
+        args = SERVICES[node]["environment"]["REDIS_ARGS"]
+        assert "--cluster-enabled yes" in args and "--appendonly yes" in args, node
+        assert "redis-stack-server:7.4" in SERVICES[node]["image"]
+    assert "--cluster-enabled" not in SERVICES["redis-search"]["environment"]["REDIS_ARGS"]
+    create = SERVICES["cluster-init"]["command"][-1]
+    assert "--cluster create" in create and all(f"{n}:6379" in create for n in nodes)
+    assert "cluster_state:ok" in create  # a second `up` does not try to create it again
+    assert set(SERVICES["cluster-init"]["depends_on"]) == nodes
+    for name in cluster - nodes - {"redis-search", "cluster-init"}:
+        svc = SERVICES[name]
+        assert svc["image"] == SERVICES["app"]["image"], name
+        env = svc["environment"]
+        assert env["REDIS_URL"].startswith("redis+cluster://"), name
+        assert all(f"{n}:6379" in env["REDIS_URL"] for n in nodes), name
+        assert env["CATALOG_REDIS_URL"].startswith("redis://redis-search:6379"), name
+        assert env["RETAIL_ADMIN_KEY"] in ("${RETAIL_ADMIN_KEY:-}", "${RETAIL_ADMIN_KEY}")
+        assert svc["restart"] == ("no" if name in CLUSTER_JOBS else "unless-stopped"), name
+        for dep, spec in svc["depends_on"].items():
+            assert dep in cluster and spec["condition"] in CONDITIONS, (name, dep)
+    # The URL parses into the three seeds the engine's connect() takes.
+    from urllib.parse import urlsplit
+
+    url = SERVICES["app-cluster"]["environment"]["REDIS_URL"]
+    assert urlsplit(url).netloc.split(",") == [f"{n}:6379" for n in sorted(nodes)]

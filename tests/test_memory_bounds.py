@@ -12,11 +12,11 @@ from dataclasses import replace
 import redis
 
 from app.core.events import parse_event
-from app.core.keys import Keys
 from app.core.settings import EngineConfig
-from app.features.online import PackedState, ingest_hook, state_key
+from app.engine import build_engine
+from app.features.online import PackedState, state_key
 from app.features.spec import load_feature_set
-from app.ingest.ingestor import Ingestor
+from app.redis.calls import BLOCK_LISTS
 
 FIXED_SIZE_TYPES = {b"TopK-TYPE", b"CMSk-TYPE"}
 
@@ -50,12 +50,15 @@ def test_every_key_is_bounded(client: redis.Redis, cfg: EngineConfig) -> None:
     small = replace(
         cfg, log_maxlen=500, recent_cap=10, cart_cap=10, searches_cap=5, dedup_cap=200, co_cap=5
     )
-    keys = Keys(small.key_prefix)
+    keys = small.keys()
     now = int(time.time() * 1000)
     events = [parse_event(e, now_ms=now) for e in _workload(now)]
-    ingestor = Ingestor(client, small)
+    engine = build_engine(client, small)
     for start in range(0, len(events), 250):
-        ingestor.ingest(events[start : start + 250])
+        engine.ingestor.ingest(events[start : start + 250])
+        engine.drain()
+    # What the workers leave: marks per (kind, partition), leases with a TTL, one layout hash.
+    marks_max = len(BLOCK_LISTS) * small.partitions
 
     seen_types: set[str] = set()
     for raw_key in client.scan_iter(match=small.key_prefix + "*", count=1000):
@@ -65,12 +68,18 @@ def test_every_key_is_bounded(client: redis.Redis, cfg: EngineConfig) -> None:
         if kind in FIXED_SIZE_TYPES:
             seen_types.add(kind.decode())
             continue
-        if key == keys.log:
+        if key in keys.logs:
             # MAXLEN ~ trims whole stream nodes (100 entries each): allow one node of slack.
             assert client.xlen(key) <= small.log_maxlen + 100
             continue
-        if key == keys.watermark:
+        if key in keys.watermarks:
             assert client.strlen(key) <= 20
+            continue
+        if key.endswith(":applied"):
+            assert client.hlen(key) <= marks_max
+            continue
+        if key == keys.layout:
+            assert client.hlen(key) == 3
             continue
         if kind == b"TSDB-TYPE":
             # Per-item series are bounded by their retention (minute: 8 d, hourly: 400 d).
@@ -107,12 +116,13 @@ def test_feature_states_are_bounded(client: redis.Redis, cfg: EngineConfig) -> N
     entity type's TTL, at most `max_buckets` buckets and at most `max_state_bytes` bytes, and
     the heavy shopper's 2,000 events over 50 minutes cost a few KB (docs/keys.md)."""
     fs = load_feature_set()
-    keys = Keys(cfg.key_prefix)
+    keys = cfg.keys()
     now = int(time.time() * 1000)
     events = [parse_event(e, now_ms=now) for e in _workload(now)]
-    ingestor = Ingestor(client, cfg, phase2_hooks=[ingest_hook(fs, cfg)])
+    engine = build_engine(client, cfg, features=fs)
     for start in range(0, len(events), 250):
-        ingestor.ingest(events[start : start + 250])
+        engine.ingestor.ingest(events[start : start + 250])
+        engine.drain()
     kinds: dict[str, int] = {}
     for raw_key in client.scan_iter(match=cfg.key_prefix + "*:fs*", count=1000):
         key = raw_key.decode()

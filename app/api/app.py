@@ -55,12 +55,15 @@ from app.core.events import EVENT_TYPES, parse_event
 from app.core.logs import configure_logging
 from app.core.settings import Settings, load_settings
 from app.engine import build_engine
+from app.ingest.aggregates import ingest_status
 from app.ingest.sessions import session_view
 from app.obs.middleware import MetricsMiddleware, RequestContextMiddleware
 from app.redis import calls
 from app.redis import embedded as redis_stack
 from app.redis import library as functions
+from app.redis.connect import catalog_connection, connect, is_cluster
 from app.redis.health import RedisHealth
+from app.redis.replication import wait_replicated
 
 log = logging.getLogger("retail.app")
 MAX_BATCH = 1000
@@ -87,7 +90,10 @@ EVENTS_REPLY = obj({
     "results": arr(obj({"event_id": {"type": ["string", "null"]},
                         "status": string(enum=["accepted", "duplicate", "rejected"]),
                         "field": string(), "reason": string()})),
+    "replicated": {"type": "boolean", "description": "with RETAIL_ACK_REPLICAS: on the replicas"},
 })  # fmt: skip
+NOT_REPLICATED = obj({**EVENTS_REPLY["properties"], "error": string(enum=["not_replicated"]),
+                      "lagging": arr(string()), "detail": string()})  # fmt: skip
 PROFILE = obj({
     "user_id": string(), "traits": ANY_OBJECT, "merged_anonymous_ids": arr(string()),
     "affinities": arr(obj({"attribute": string(), "score": number()})),
@@ -100,7 +106,10 @@ PROFILE = obj({
 
 @operation(Operation("Server, modules and Functions library status", "ops", responses={
     200: ("ok", obj({"status": string(enum=["ok"]), "library_version": string(),
-                     "expected_library_version": string()}, required=["status"])),
+                     "expected_library_version": string(),
+                     "cluster_primaries": arr(obj({"node": string(),
+                                                   "library_version": string()})),
+                     "catalog_library_version": string()}, required=["status"])),
     503: ("unreachable, a module missing, or a stale library", ERROR),
 }))  # fmt: skip
 async def health(request: Request) -> Response:
@@ -109,13 +118,33 @@ async def health(request: Request) -> Response:
     def check() -> dict[str, Any]:
         info = redis_stack.probe(st["redis"])
         live = functions.loaded_version(st["redis"])
-        return {**info, "library_version": live, "expected_library_version": st["library"].version}
+        body = {**info, "library_version": live,
+                "expected_library_version": st["library"].version}  # fmt: skip
+        if is_cluster(st["redis"]):
+            nodes = functions.node_versions(st["redis"])
+            body["cluster_primaries"] = [{"node": n, "library_version": v}
+                                         for n, v in nodes.items()]  # fmt: skip
+        if st["catalog_redis"] is not st["redis"]:
+            redis_stack.probe(st["catalog_redis"])
+            catalog_live = functions.loaded_version(st["catalog_redis"])
+            body["catalog_library_version"] = catalog_live
+        ingest = ingest_status(st["redis"], st["settings"].engine)
+        body["ingest"] = {
+            "freshness_p50_ms": ingest.freshness_p50_ms,
+            "freshness_p99_ms": ingest.freshness_p99_ms,
+            "log_lag_max": ingest.lag.max_lag, "log_lag_total": ingest.lag.total_lag,
+            "log_lag_limit": ingest.lag_limit, "alerts": ingest.alerts,
+        }  # fmt: skip
+        return body
 
     try:
         body = await deps.blocking(check)
     except (RedisSetupError, redis.RedisError) as exc:
         return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
-    ok = body["library_version"] == body["expected_library_version"]
+    # ok only when every primary and the catalog node run this code's library
+    expected = body["expected_library_version"]
+    ok = body["library_version"] == expected and body.get("catalog_library_version",
+                                                          expected) == expected  # fmt: skip
     body["status"] = "ok" if ok else "stale_library"
     return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -126,7 +155,9 @@ async def health(request: Request) -> Response:
                        obj({"events": arr(EVENT, min_items=1, max_items=MAX_BATCH)},
                            required=["events"])]},
     responses={200: ("per-event status", EVENTS_REPLY), 422: ("a single invalid event", ERROR),
-               413: ("body over 1 MB (uncompressed; Content-Encoding: gzip accepted)", ERROR)},
+               413: ("body over 1 MB (uncompressed; Content-Encoding: gzip accepted)", ERROR),
+               503: ("RETAIL_ACK_REPLICAS: not on the replicas in time; a retry is safe",
+                     NOT_REPLICATED)},
 ))  # fmt: skip
 async def post_events(request: Request) -> Response:
     """One event object, a list, or {"events": [...]}: per-event accepted/duplicate/rejected.
@@ -169,7 +200,27 @@ async def post_events(request: Request) -> Response:
         s: sum(1 for r in results if r["status"] == s)
         for s in ("accepted", "duplicate", "rejected")
     }
+    st = deps.state(request)
+    if st["settings"].ack_replicas and valid:
+        return await replicated_reply(st, {**counts, "results": results})
     return JSONResponse({**counts, "results": results})
+
+
+async def replicated_reply(st: deps.AppState, body: dict[str, Any]) -> Response:
+    """RETAIL_ACK_REPLICAS: 200 once every primary's replicas hold the batch; else 503 with the
+    per-event results (a retry is safe: the events already written answer `duplicate`)."""
+    cfg = st["settings"]
+    done = await deps.blocking(
+        lambda: wait_replicated(st["redis"], cfg.engine.key_prefix,
+                                replicas=cfg.ack_replicas, timeout_ms=cfg.ack_timeout_ms)
+    )  # fmt: skip
+    if done.ok:
+        return JSONResponse({**body, "replicated": True})
+    return JSONResponse(
+        {**body, "error": "not_replicated", "replicated": False, "lagging": list(done.lagging),
+         "detail": f"not on {cfg.ack_replicas} replica(s) within {cfg.ack_timeout_ms} ms: retry"},
+        status_code=503,
+    )  # fmt: skip
 
 
 @operation(Operation("A shopper's live session document", "users", auth="shopper",
@@ -314,31 +365,43 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 "REDIS_URL is not set: use `python -m app.cli serve` (starts the embedded "
                 "Redis Stack) or point REDIS_URL at a Redis Stack / Redis 8 server"
             )
-        client = redis.Redis.from_url(
+        client = connect(
             cfg.redis_url, health_check_interval=30, socket_timeout=cfg.redis_timeout_s,
             socket_connect_timeout=cfg.redis_timeout_s,
         )  # fmt: skip
+        catalog_client = catalog_connection(cfg, client)
         health = RedisHealth(cfg.redis_url)
         app.state.redis_health = health
+        stack = contextlib.ExitStack()
         try:
             redis_stack.probe(client)
-            library = functions.ensure_current(client, load_if_stale=True)
+            if catalog_client is not client:
+                redis_stack.probe(catalog_client)
+            library = functions.ensure_everywhere(client, catalog_client, load_if_stale=True)
             # A test or embedding app may set `app.state.rec_config` before start-up.
             engine = build_engine(
                 client, cfg.engine, rec_config=getattr(app.state, "rec_config", None)
             )
             health.start()
+            # The aggregate workers run in this process unless RETAIL_AGG_WORKERS=0 (then
+            # `python -m app.cli workers` runs them elsewhere).
+            threads = engine.start_workers(cfg.agg_workers) if cfg.agg_workers > 0 else None
+            stack.callback(lambda: threads.stop() if threads is not None else None)
             yield AppState(
                 settings=cfg,
                 redis=client,
+                catalog_redis=catalog_client,
                 engine=engine,
                 ingestor=engine.ingestor,
                 library=library,
                 keys=engine.keys,
             )
         finally:
+            stack.close()
             health.close()
             client.close()
+            if catalog_client is not client:
+                catalog_client.close()
 
     routes: list[BaseRoute] = [
         Route("/health", health),

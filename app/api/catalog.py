@@ -75,7 +75,7 @@ def product_search(request: Request) -> ProductSearch:
         st = deps.state(request)
         cfg = catalog_config(request)
         search = ProductSearch(
-            st["redis"], cfg, get_vectorizer(cfg.vectorizer), st["settings"].engine
+            st["catalog_redis"], cfg, get_vectorizer(cfg.vectorizer), st["settings"].engine
         )
         request.app.state.product_search = search
     return search

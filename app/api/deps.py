@@ -40,7 +40,8 @@ _read_pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="recs-read")
 
 class AppState(TypedDict):
     settings: Settings
-    redis: redis.Redis
+    redis: redis.Redis  # the engine's server or cluster
+    catalog_redis: redis.Redis  # products and their index (the search node on a cluster)
     engine: Engine
     ingestor: Ingestor
     library: functions.Library

@@ -38,6 +38,7 @@ from app.features import online
 from app.features import spec as features
 from app.features.online import FeatureRow
 from app.features.spec import FeatureSet
+from app.redis.connect import is_cluster
 
 ROW = obj({"id": string(), "as_of_ms": integer(), "features": ANY_OBJECT})
 
@@ -95,8 +96,9 @@ async def get_entity_features(request: Request) -> Response:
     names = features.resolve_names(fs, entity, _names(request.query_params.get("names")))
     as_of = online.parse_as_of(request.query_params.get("as_of"))
     (row,) = await deps.blocking(
-        online.get_features, st["redis"], fs, st["keys"], entity, [entity_id], names, as_of
-    )
+        lambda: online.get_features(st["redis"], fs, st["keys"], entity, [entity_id], names,
+                                    as_of, cluster=is_cluster(st["redis"]))
+    )  # fmt: skip
     return JSONResponse({"entity_type": entity, **_row_json(row), "version": fs.version})
 
 
@@ -125,8 +127,9 @@ async def post_entity_features(request: Request) -> Response:
     names = features.resolve_names(fs, entity, _names(body.get("names")))
     as_of = online.parse_as_of(body.get("as_of"))
     rows = await deps.blocking(
-        online.get_features, st["redis"], fs, st["keys"], entity, ids, names, as_of
-    )
+        lambda: online.get_features(st["redis"], fs, st["keys"], entity, ids, names, as_of,
+                                    cluster=is_cluster(st["redis"]))
+    )  # fmt: skip
     return JSONResponse(
         {"entity_type": entity, "version": fs.version, "rows": [_row_json(r) for r in rows]}
     )

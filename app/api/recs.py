@@ -53,7 +53,7 @@ from app.catalog.search import Filters, ProductSearch
 from app.catalog.vectorizers import get_vectorizer
 from app.core.errors import RedisSetupError, ValidationError
 from app.core.events import ID_RE, ID_RULE, IDENTITY_RE
-from app.core.settings import EngineConfig
+from app.core.settings import EngineConfig, Settings
 from app.core.taxonomy import SLUG_RE
 from app.recs import model as rec_model
 from app.recs.experiments import ExperimentStore, parse_experiment
@@ -74,9 +74,22 @@ MAX_K = 50
 MAX_PRICE = 1_000_000.0
 
 
-def build_recommender(redis_url: str, engine: EngineConfig) -> Recommender:
+def build_recommender(settings: Settings) -> Recommender:
+    engine = settings.engine
     cfg = load_rec_config(key_prefix=engine.key_prefix)
-    return Recommender(timeout_client(redis_url, cfg.budget_ms / 1000), engine, cfg)
+    assert settings.redis_url is not None  # checked by the caller
+    client = timeout_client(settings.redis_url, cfg.budget_ms / 1000)
+    return Recommender(client, engine, cfg, catalog_client=catalog_timeout_client(
+        settings, client, cfg.budget_ms / 1000))  # fmt: skip
+
+
+def catalog_timeout_client(
+    settings: Settings, client: redis.Redis, timeout_s: float
+) -> redis.Redis:
+    """The recommender's catalog reads: the search node when CATALOG_REDIS_URL is set."""
+    if settings.catalog_redis_url is None:
+        return client
+    return timeout_client(settings.catalog_redis_url, timeout_s)
 
 
 def install_recommendations(app: Starlette) -> None:
@@ -98,10 +111,12 @@ def install_recommendations(app: Starlette) -> None:
             cfg = getattr(a.state, "rec_config", None) or load_rec_config(key_prefix=prefix)
             cfg = replace(cfg, key_prefix=prefix)
             client = timeout_client(settings.redis_url, cfg.budget_ms / 1000)
+            catalog = catalog_timeout_client(settings, client, cfg.budget_ms / 1000)
             engine = state.get("engine")
             experiments = engine.experiments if engine is not None else None
             rec = Recommender(client, settings.engine, cfg, experiments=experiments,
-                              content_knn=search_knn(client, settings.engine))  # fmt: skip
+                              catalog_client=catalog,
+                              content_knn=search_knn(catalog, settings.engine))  # fmt: skip
             rec.health = getattr(a.state, "redis_health", None)
             if getattr(a.state, "rec_background", True):
                 await deps.blocking(rec.start)
@@ -118,6 +133,8 @@ def install_recommendations(app: Starlette) -> None:
             finally:
                 await deps.blocking(rec.close)
                 rec.client.close()
+                if catalog is not client:
+                    catalog.close()
 
     app.router.lifespan_context = lifespan
 
@@ -144,7 +161,7 @@ def recommender(request: Request) -> Recommender:
         settings = deps.state(request)["settings"]
         if not settings.redis_url:
             raise RedisSetupError("REDIS_URL is not set")
-        rec = build_recommender(settings.redis_url, settings.engine)
+        rec = build_recommender(settings)
         rec.start()
         weakref.finalize(request.app, rec.close)
         request.app.state.recommender = rec

@@ -56,6 +56,7 @@ from app.core import tokens
 from app.core.errors import ValidationError
 from app.core.events import ID_RE
 from app.core.taxonomy import CATEGORIES
+from app.ingest.aggregates import ingest_status
 from app.obs.middleware import MetricsMiddleware
 from app.obs.registry import DEFAULT, MetricsConfig, Registry, load_metrics_config
 from app.obs.series import MetricKeys
@@ -307,6 +308,15 @@ async def prometheus(request: Request) -> Response:
             "retail_metrics_source_redis": 1.0 if totals.source == "redis" else 0.0,
             "retail_metrics_series_dropped": float(registry.dropped),
         }
+        try:
+            ingest = ingest_status(client, deps.state(request)["settings"].engine)
+            gauges["retail_ingest_log_lag_max"] = float(ingest.lag.max_lag)
+            gauges["retail_ingest_log_lag_total"] = float(ingest.lag.total_lag)
+            if ingest.freshness_p50_ms is not None and ingest.freshness_p99_ms is not None:
+                gauges["retail_ingest_freshness_p50_ms"] = ingest.freshness_p50_ms
+                gauges["retail_ingest_freshness_p99_ms"] = ingest.freshness_p99_ms
+        except redis.RedisError:
+            pass
         if flusher is not None:
             gauges["retail_metrics_flush_failures"] = float(flusher.failures)
             if flusher.last_flush_ms:
@@ -326,6 +336,16 @@ async def stats(request: Request) -> Response:
     window = deps.int_param(request, "window_s", 60, 10, 7200)
     client = deps.state(request)["redis"]
     body = await deps.blocking(lambda: stats_json(client, registry, cfg, window_s=window))
+    try:
+        ingest = await deps.blocking(ingest_status, client, deps.state(request)["settings"].engine)
+        body["ingest"] = {
+            "freshness_p50_ms": ingest.freshness_p50_ms,
+            "freshness_p99_ms": ingest.freshness_p99_ms,
+            "log_lag_max": ingest.lag.max_lag,
+            "alerts": ingest.alerts,
+        }
+    except redis.RedisError as exc:
+        body["ingest"] = {"error": str(exc)}
     if flusher is not None:
         body["flusher"] = {
             "last_flush_ms": flusher.last_flush_ms,

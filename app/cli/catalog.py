@@ -17,8 +17,6 @@ import argparse
 import json
 from typing import Any
 
-import redis
-
 from app.catalog.index import (
     CatalogKeys,
     create_index,
@@ -34,7 +32,7 @@ from loaders import catalog as catalog_loader
 
 
 def cmd_catalog_index(args: argparse.Namespace, settings: Settings) -> int:
-    from app.cli.common import redis_for
+    from app.cli.common import clients, servers_for
 
     cfg = load_catalog_config()
     ckeys = CatalogKeys(settings.engine.key_prefix)
@@ -42,7 +40,7 @@ def cmd_catalog_index(args: argparse.Namespace, settings: Settings) -> int:
         print("catalog index drop removes the search index (and with --delete-docs the products):")
         print("add --yes to confirm")
         return 2
-    with redis_for(settings) as url, redis.Redis.from_url(url) as client:
+    with servers_for(settings) as (found, _app), clients(found) as (_, client):
         if args.action == "info":
             print(json.dumps(index_info(client, ckeys), indent=2, default=str))
             return 0
@@ -62,12 +60,13 @@ def cmd_catalog_index(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_catalog_load(args: argparse.Namespace, settings: Settings) -> int:
-    from app.cli.common import redis_for
+    from app.cli.common import servers_for
 
     if args.redis_url:
         return catalog_loader.run(args, args.redis_url)
-    with redis_for(settings) as url:
-        return catalog_loader.run(args, url)
+    with servers_for(settings) as (found, _app):
+        assert found.catalog_url is not None
+        return catalog_loader.run(args, found.catalog_url)
 
 
 def add_catalog_commands(sub: Any) -> None:

@@ -14,13 +14,11 @@ import argparse
 import json
 from typing import Any
 
-import redis
-
-from app.core.keys import Keys
 from app.core.settings import Settings
 from app.features.online import get_features, parse_as_of
 from app.features.spec import ENTITY_TYPES, default_feature_set
 from app.redis import library as functions
+from app.redis.connect import is_cluster
 from loaders import export_features
 
 
@@ -33,15 +31,15 @@ def cmd_features_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_features_get(args: argparse.Namespace, settings: Settings) -> int:
-    from app.cli.common import redis_for
+    from app.cli.common import clients, servers_for
 
     fs = default_feature_set()
     names = args.names.split(",") if args.names else None
-    with redis_for(settings) as url, redis.Redis.from_url(url) as client:
+    with servers_for(settings) as (found, _app), clients(found) as (client, _):
         functions.ensure_current(client, load_if_stale=True)
         rows = get_features(
-            client, fs, Keys(settings.engine.key_prefix), args.entity, args.ids, names,
-            parse_as_of(args.as_of),
+            client, fs, settings.engine.keys(), args.entity, args.ids, names,
+            parse_as_of(args.as_of), cluster=is_cluster(client),
         )  # fmt: skip
     out = [{"id": r.entity_id, "as_of_ms": r.as_of_ms, "features": r.values} for r in rows]
     print(json.dumps(out, indent=2))

@@ -18,7 +18,7 @@ from pathlib import Path
 import redis
 from starlette.datastructures import Secret
 
-from app.cli.common import redis_for, redis_servers
+from app.cli.common import clients, cluster_for, redis_for, servers_for
 from app.core import tokens
 from app.core.errors import EngineError
 from app.core.events import ID_RULE, IDENTITY_RE
@@ -26,6 +26,7 @@ from app.core.logs import configure_logging
 from app.core.settings import Settings, load_settings
 from app.redis import embedded as redis_stack
 from app.redis import library as functions
+from app.redis.connect import connect
 
 log = logging.getLogger("retail.cli")
 
@@ -56,6 +57,8 @@ def cmd_redis(args: argparse.Namespace, settings: Settings) -> int:
     if settings.redis_url:
         print("REDIS_URL is set: nothing to start", file=sys.stderr)
         return 2
+    if args.cluster:
+        return _run_cluster(settings, args.cluster, args.replicas)
     with redis_for(settings, port=args.port, user="admin") as url:
         with redis.Redis.from_url(url) as client:
             lib = functions.load(client)
@@ -67,40 +70,93 @@ def cmd_redis(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _run_cluster(settings: Settings, masters: int, replicas: int) -> int:
+    with cluster_for(settings, masters, replicas) as found, clients(found) as (client, catalog):
+        lib = functions.ensure_everywhere(client, catalog, load_if_stale=True)
+        print(f"Functions library {lib.name} {lib.version} on every primary and the search node")
+        print(f"use it with:\n  export REDIS_URL={found.redis_url}\n"
+              f"  export CATALOG_REDIS_URL={found.catalog_redis_url}")  # fmt: skip
+        print("Ctrl-C stops every node")
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+    return 0
+
+
 def cmd_functions(args: argparse.Namespace, settings: Settings) -> int:
+    """`load`: FUNCTION LOAD REPLACE on every primary (also: a master added to a cluster);
+    `version`: each primary's live version against these sources (exit 1 when any differs)."""
     if not settings.redis_url:
-        print("set REDIS_URL (the server to load the library into)", file=sys.stderr)
+        print("set REDIS_URL (the server or cluster to load the library into)", file=sys.stderr)
         return 2
-    with redis.Redis.from_url(settings.redis_url) as client:
+    with connect(settings.redis_url) as client:
         redis_stack.probe(client)
+        expected = functions.build_library().version
         if args.action == "load":
             lib = functions.load(client)
             print(f"loaded {lib.name} {lib.version}")
-        else:
-            expected = functions.build_library().version
-            live = functions.loaded_version(client)
-            print(f"live: {live or '(none)'}  expected: {expected}")
-            return 0 if live == expected else 1
-    return 0
+        stale = 0
+        for node, live in functions.node_versions(client).items():
+            print(f"{node}  live: {live or '(none)'}  expected: {expected}")
+            stale += live != expected
+        return 1 if stale else 0
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     settings = dataclasses.replace(
         settings, host=args.host or settings.host, port=args.port or settings.port
     )
-    with redis_for(settings, user="app") as url:
-        _serve(dataclasses.replace(settings, redis_url=url))
+    with servers_for(settings, cluster=args.cluster, replicas=args.replicas, user="app") as (
+        found,
+        _app,
+    ):
+        _serve(found)
     return 0
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from loaders import replay
 
-    with redis_for(settings) as url, redis.Redis.from_url(url) as client:
+    with servers_for(settings) as (found, _app), clients(found) as (client, _):
         functions.ensure_current(client, load_if_stale=True)
         report = replay.replay(client, settings.engine, Path(args.file or settings.sample_data),
                                limit=args.limit, progress=True)  # fmt: skip
     print(report.summary())
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
+    """Aggregate workers on their own (the app runs one in-process unless RETAIL_AGG_WORKERS=0)."""
+    import signal
+    import threading
+
+    from app.engine import build_engine
+
+    with redis_for(settings) as url, redis.Redis.from_url(url) as client:
+        functions.ensure_current(client, load_if_stale=True)
+        engine = build_engine(client, settings.engine)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        worker = engine.worker(args.worker, args.of)
+        print(f"aggregate worker {args.worker} of {args.of}: {len(worker.assigned)} partitions",
+              flush=True)  # fmt: skip
+        try:
+            worker.run(stop)
+        except KeyboardInterrupt:
+            stop.set()
+        print(f"stopped after {worker.stats.entries:,} log entries", flush=True)
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace, settings: Settings) -> int:
+    """Delete every key under the prefix (to rebuild a data set made by an older layout)."""
+    from app.ingest.layout import reset_prefix
+
+    if not args.yes:
+        print(f"this deletes every key under {settings.engine.key_prefix!r}: add --yes")
+        return 2
+    with redis_for(settings) as url, redis.Redis.from_url(url) as client:
+        n = reset_prefix(client, settings.engine.key_prefix)
+    print(f"deleted {n:,} keys under {settings.engine.key_prefix!r}; now replay or `make demo`")
     return 0
 
 
@@ -114,11 +170,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         str(settings.identity_secret) if settings.identity_secret else secrets.token_urlsafe(32)
     )
     example_token = tokens.mint(identity_secret, "c17850", ttl_s=24 * 3600)
-    with redis_servers(settings) as urls:
-        with redis.Redis.from_url(urls.worker) as client:
-            lib = functions.ensure_current(client, load_if_stale=True)
+    with servers_for(settings, cluster=args.cluster, replicas=args.replicas) as (found, app_s):
+        with clients(found) as (client, catalog):
+            lib = functions.ensure_everywhere(client, catalog, load_if_stale=True)
             print(f"Functions library {lib.version} loaded")
-            _load_catalog(client, settings)
+            _load_catalog(catalog, settings)
             print(f"replaying the real Online Retail purchases from {settings.sample_data} ...")
             report = replay.replay(client, settings.engine, settings.sample_data,
                                    limit=args.limit, progress=True)  # fmt: skip
@@ -126,12 +182,14 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             from loaders.train import train_online_retail
 
             print("training the item-item model on the real purchases ...")
-            print(train_online_retail(client, settings.engine, settings.sample_data).summary())
+            trained = train_online_retail(client, settings.engine, settings.sample_data,
+                                          catalog_client=catalog)  # fmt: skip
+            print(trained.summary())
             from app.cli.profiles import load_sample_profiles
 
             load_sample_profiles(client, settings)
         settings = dataclasses.replace(
-            settings, redis_url=urls.app, write_keys=frozenset({write_key}),
+            app_s, write_keys=frozenset({write_key}),
             server_keys=frozenset({server_key}), admin_key=Secret(admin_key),
             identity_secret=Secret(identity_secret),
         )  # fmt: skip
@@ -207,26 +265,45 @@ def cmd_redis_cli(args: argparse.Namespace, settings: Settings) -> int:
     return redis_stack.run_cli(args.rest, settings.data_dir / ".runtime")
 
 
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", type=int, default=0, metavar="N",
+                   help="start a local Redis Cluster of N (>= 3) masters plus a search node "
+                        "(var/cluster) instead of the single embedded server")  # fmt: skip
+    p.add_argument("--replicas", type=int, default=0, help="replicas per master (--cluster)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="retail", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="embedded Redis Stack + real sample data + API on :8000")
     p.add_argument("--limit", type=int, default=None, help="replay only the first N events")
+    _cluster_args(p)
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("serve", help="serve the API (embedded Redis unless REDIS_URL is set)")
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    _cluster_args(p)
     p.set_defaults(fn=cmd_serve)
 
-    p = sub.add_parser("redis", help="run the embedded Redis Stack on its own")
+    p = sub.add_parser("redis", help="run the embedded Redis Stack (or a local cluster) alone")
     p.add_argument("--port", type=int, default=6379)
+    _cluster_args(p)
     p.set_defaults(fn=cmd_redis)
 
-    p = sub.add_parser("functions", help="load or check the Functions library (needs REDIS_URL)")
+    p = sub.add_parser("functions", help="load or check the Functions library on every primary")
     p.add_argument("action", choices=["load", "version"])
     p.set_defaults(fn=cmd_functions)
+
+    p = sub.add_parser("workers", help="aggregate workers: derive aggregates from the logs")
+    p.add_argument("--worker", type=int, default=0, help="this worker's index (default 0)")
+    p.add_argument("--of", type=int, default=1, help="number of workers (default 1)")
+    p.set_defaults(fn=cmd_workers)
+
+    p = sub.add_parser("reset", help="delete every key under the prefix (rebuild a data set)")
+    p.add_argument("--yes", action="store_true", help="really delete")
+    p.set_defaults(fn=cmd_reset)
 
     p = sub.add_parser("replay", help="replay the Online Retail purchases as events")
     p.add_argument("--file", default=None, help="CSV(.gz) in the Online Retail layout")

@@ -22,6 +22,7 @@ from app.engine import build_engine
 from app.ingest.segment import load_tracking_config
 from app.ingest.tracking import TrackingSink
 from app.redis import library as functions
+from app.redis.connect import connect
 from loaders import profiles
 
 
@@ -55,7 +56,7 @@ def cmd_profiles_load(args: argparse.Namespace, settings: Settings) -> int:
             raise ValidationError("--write-key", "needed with --url (or set RETAIL_SERVER_KEYS)")
         report = profiles.sync(path, mapping, profiles.http_sender(args.url, key), **common)
     else:
-        with redis_for(settings) as url, redis.Redis.from_url(url) as client:
+        with redis_for(settings) as url, connect(url) as client:
             functions.ensure_current(client, load_if_stale=True)
             engine = build_engine(client, settings.engine)
             sink = TrackingSink(client, settings.engine, engine.ingestor, load_tracking_config())

@@ -30,11 +30,11 @@ from app.redis import library as functions
 
 
 def cmd_recs(args: argparse.Namespace, settings: Settings) -> int:
-    from app.cli.common import redis_for
+    from app.cli.common import clients, servers_for
 
     engine = settings.engine
-    keys = RecKeys(engine.key_prefix)
-    with redis_for(settings) as url, redis.Redis.from_url(url) as client:
+    keys = RecKeys(engine.key_prefix, engine.partitions, engine.agg_shards)
+    with servers_for(settings) as (found, _app), clients(found) as (client, catalog):
         functions.ensure_current(client, load_if_stale=True)
         action = args.recs_command
         if action == "train":
@@ -44,7 +44,7 @@ def cmd_recs(args: argparse.Namespace, settings: Settings) -> int:
                 client, engine, Path(args.path or settings.sample_data),
                 TrainConfig(neighbours=args.neighbours),
                 until_ms=date_ms(args.until) if args.until else None,
-                content=not args.no_content,
+                content=not args.no_content, catalog_client=catalog,
             )  # fmt: skip
             print(report.summary())
         elif action == "model":

@@ -81,9 +81,19 @@ class WrongTypeError(FunctionError):
     code = "ERR_WRONGTYPE"
 
 
+class BlockOverlapError(FunctionError):
+    """`apply_blocks` got a block that straddles what its slot already applied."""
+
+    code = "ERR_OVERLAP"
+
+
+class DataLayoutError(RedisSetupError):
+    """The data in Redis was written by another key layout or partition count."""
+
+
 # The Lua side raises exactly these codes (see lua/00_common.lua: `fail(code, msg)`).
 LUA_ERROR_CODES: dict[str, type[FunctionError]] = {
-    cls.code: cls for cls in (BadArgumentError, KeyLayoutError, WrongTypeError)
+    cls.code: cls for cls in (BadArgumentError, KeyLayoutError, WrongTypeError, BlockOverlapError)
 }
 
 

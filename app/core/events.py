@@ -202,3 +202,22 @@ def parse_event(obj: Any, *, now_ms: int | None = None) -> Event:
             raise ValidationError("props.query", f"must be at most {MAX_QUERY} characters")
         query = query.strip()
     return Event(event_id, etype, identity, session_id, ts, lines, query, dict(props))
+
+
+def event_from_payload(obj: Mapping[str, Any]) -> Event:
+    """A log entry's `data` JSON (app.core.events.Event.payload) -> Event."""
+    props = obj.get("props") or {}
+    default_category = props.get("category") or "" if isinstance(props, Mapping) else ""
+    lines = tuple(
+        Line(
+            str(it[0]), int(it[1]), float(it[2]),
+            str(it[3]) if len(it) > 3 else str(default_category),
+        )
+        for it in obj.get("items") or []
+    )  # fmt: skip
+    etype = str(obj["type"])
+    query = str(props.get("query", "")).strip() if etype == "search" else ""
+    return Event(
+        str(obj["event_id"]), etype, str(obj["user"]), str(obj.get("session_id") or ""),
+        int(obj["ts"]), lines, query, dict(props),
+    )  # fmt: skip

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from starlette.config import Config
 from starlette.datastructures import Secret
 
+from app.core.keys import DEFAULT_AGG_SHARDS, DEFAULT_PARTITIONS, Keys
 from app.core.units import DAY_S, HOUR_MS
 
 # Forward-decay epoch of the affinity scores (2010-01-01T00:00:00Z): before the sample data.
@@ -20,6 +22,11 @@ class EngineConfig:
     """Tunables the Functions receive in ARGV. Documented in docs/keys.md (bytes per user/item)."""
 
     key_prefix: str = "rt:"
+    # Shopper partitions (unit of ordering, atomicity and distribution) and aggregate shards
+    # (global aggregates split by item hash). Fixed when a deployment is created: the layout
+    # key records them and the engine refuses a different value (app/ingest/layout.py).
+    partitions: int = DEFAULT_PARTITIONS
+    agg_shards: int = DEFAULT_AGG_SHARDS
     session_ttl_s: int = 30 * 60  # a session ends after 30 min without events (sliding)
     user_ttl_s: int = 90 * DAY_S  # affinities and seen-filter live 90 days after the last event
     profile_ttl_s: int = 365 * DAY_S  # traits live a year after the last identify
@@ -41,7 +48,9 @@ class EngineConfig:
     weights: tuple[tuple[str, float], ...] = (
         ("view", 1.0), ("click", 2.0), ("add_to_cart", 4.0), ("purchase", 8.0),
     )  # fmt: skip
-    log_maxlen: int = 200_000  # ~300 B an entry: ~60 MB at the cap
+    # Per partition log: ~300 B an entry; 64 x 5,000 entries: ~100 MB at the cap. The aggregate
+    # workers normally trail by well under a second; /health alerts at half the cap.
+    log_maxlen: int = 5_000
     trend_ttl_s: int = 2 * DAY_S
     trend_window_h: int = 24
     trend_half_life_ms: int = 2 * HOUR_MS
@@ -54,8 +63,29 @@ class EngineConfig:
     # Standalone servers take many users per FCALL; a cluster client groups by slot instead.
     users_per_call: int = 64
 
+    def keys(self) -> Keys:
+        return Keys(self.key_prefix, self.partitions, self.agg_shards)
+
     def weights_arg(self) -> str:
         return ",".join(f"{name}={value:g}" for name, value in self.weights)
+
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def cluster_url(url: str) -> str:
+    """`redis://h:p/0` -> `redis+cluster://h:p` (a cluster has only database 0)."""
+    parts = urlsplit(url)
+    if parts.scheme in CLUSTER_SCHEMES:
+        return url
+    scheme = {"redis": "redis+cluster", "rediss": "rediss+cluster"}.get(parts.scheme)
+    if scheme is None:
+        raise ValueError(f"REDIS_CLUSTER needs a redis:// or rediss:// URL, got {url!r}")
+    return urlunsplit((scheme, parts.netloc, "", parts.query, ""))
+
+
+def is_cluster_url(url: str) -> bool:
+    return urlsplit(url).scheme in CLUSTER_SCHEMES
 
 
 @dataclass(frozen=True)
@@ -75,6 +105,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class Settings:
+    # `redis+cluster://...` selects Redis Cluster (app/redis/connect.py); REDIS_CLUSTER=1 turns
+    # a redis:// URL into that form here, so every entry point sees one setting.
     redis_url: str | None
     host: str
     port: int
@@ -84,6 +116,21 @@ class Settings:
     sample_data: Path
     log_json: bool
     engine: EngineConfig = field(default_factory=EngineConfig)
+    # Aggregate worker threads inside the app process (0: none; load_settings defaults to 1).
+    agg_workers: int = 0
+    # The catalog and its search index (CATALOG_REDIS_URL): on a cluster, a non-clustered Redis
+    # Stack; None = the same server as REDIS_URL (single server).
+    catalog_redis_url: str | None = None
+    # RETAIL_ACK_REPLICAS > 0: POST /v1/events answers 200 only once that many replicas of every
+    # primary hold the batch (WAIT; app/redis/replication.py), else 503 so the sender retries.
+    ack_replicas: int = 0
+    ack_timeout_ms: int = 100
+
+    @property
+    def catalog_url(self) -> str | None:
+        """Where products live: CATALOG_REDIS_URL, else REDIS_URL (a cluster needs the former)."""
+        return self.catalog_redis_url or self.redis_url
+
     # Who may write and read what (docs/security.md). `write_keys` are public client keys
     # (browsers, apps); `server_keys` secret backend keys; shopper tokens are signed with
     # `identity_secret`. `verify_identity=False` is for local experiments only.
@@ -109,9 +156,12 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         raise ValueError("a key is in both RETAIL_WRITE_KEYS and RETAIL_SERVER_KEYS: keep "
                          "public client keys and secret server keys apart")  # fmt: skip
     admin = config("RETAIL_ADMIN_KEY", cast=Secret, default=None)
+    redis_url = config("REDIS_URL", cast=str, default=None) or None
+    if redis_url and config("REDIS_CLUSTER", cast=bool, default=False):
+        redis_url = cluster_url(redis_url)
     identity = config("RETAIL_IDENTITY_SECRET", cast=Secret, default=None)
     return Settings(
-        redis_url=config("REDIS_URL", cast=str, default=None) or None,
+        redis_url=redis_url,
         host=config("RETAIL_HOST", cast=str, default="127.0.0.1"),
         port=config("RETAIL_PORT", cast=int, default=8000),
         write_keys=write_keys,
@@ -127,7 +177,15 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
             )
         ),
         log_json=config("RETAIL_LOG_JSON", cast=bool, default=False),
-        engine=EngineConfig(key_prefix=config("RETAIL_KEY_PREFIX", cast=str, default="rt:")),
+        agg_workers=config("RETAIL_AGG_WORKERS", cast=int, default=1),
+        engine=EngineConfig(
+            key_prefix=config("RETAIL_KEY_PREFIX", cast=str, default="rt:"),
+            partitions=config("RETAIL_PARTITIONS", cast=int, default=DEFAULT_PARTITIONS),
+            agg_shards=config("RETAIL_AGG_SHARDS", cast=int, default=DEFAULT_AGG_SHARDS),
+        ),
+        catalog_redis_url=config("CATALOG_REDIS_URL", cast=str, default=None) or None,
+        ack_replicas=config("RETAIL_ACK_REPLICAS", cast=int, default=0),
+        ack_timeout_ms=config("RETAIL_ACK_TIMEOUT_MS", cast=int, default=100),
         server_keys=server_keys,
         identity_secret=identity if identity is not None and str(identity) else None,
         verify_identity=config("RETAIL_IDENTITY_VERIFICATION", cast=bool, default=True),

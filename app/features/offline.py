@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from app.core.events import EVENT_TYPES, Event, Line, parse_event
+from app.core.events import EVENT_TYPES, Event, Line, event_from_payload, parse_event
 from app.core.keys import Keys
 from app.features.spec import (
     REVENUE_UNITS,
@@ -45,6 +45,7 @@ from app.features.spec import (
     resolve_names,
     route,
 )
+from app.ingest.log import merged_log
 from app.redis.calls import text
 
 FLOAT_RTOL = 1e-9  # decayed_sum: online vs offline (summation order differs)
@@ -237,25 +238,6 @@ def compare_rows(
 # -- event sources ----------------------------------------------------------------------------
 
 
-def event_from_payload(obj: Mapping[str, Any]) -> Event:
-    """A log entry's `data` JSON (app.core.events.Event.payload) -> Event."""
-    props = obj.get("props") or {}
-    default_category = props.get("category") or "" if isinstance(props, Mapping) else ""
-    lines = tuple(
-        Line(
-            str(it[0]), int(it[1]), float(it[2]),
-            str(it[3]) if len(it) > 3 else str(default_category),
-        )
-        for it in obj.get("items") or []
-    )  # fmt: skip
-    etype = str(obj["type"])
-    query = str(props.get("query", "")).strip() if etype == "search" else ""
-    return Event(
-        str(obj["event_id"]), etype, str(obj["user"]), str(obj.get("session_id") or ""),
-        int(obj["ts"]), lines, query, dict(props),
-    )  # fmt: skip
-
-
 def _is_payload(obj: Mapping[str, Any]) -> bool:
     items = obj.get("items")
     return "user" in obj and isinstance(items, list) and all(isinstance(i, list) for i in items)
@@ -264,20 +246,12 @@ def _is_payload(obj: Mapping[str, Any]) -> bool:
 def log_payloads(
     client: redis.Redis, keys: Keys, *, start: str = "-", end: str = "+", page: int = 5000
 ) -> Iterator[str]:
-    """The `data` JSON of the log Stream's entries, oldest first (as far back as its MAXLEN
-    kept them)."""
-    cursor = start
-    while True:
-        entries = client.xrange(keys.log, min=cursor, max=end, count=page)
-        if not entries:
-            return
-        for _entry_id, fields in entries:
-            data = (fields or {}).get(b"data")
-            if data:
-                yield text(data)
-        cursor = "(" + text(entries[-1][0])
-        if len(entries) < page:
-            return
+    """The `data` JSON of the partition logs' entries, merged oldest first by log id (as far
+    back as each partition's MAXLEN kept them)."""
+    for _partition, _entry_id, fields in merged_log(client, keys, start=start, end=end, page=page):
+        data = fields.get(b"data")
+        if data:
+            yield text(data)
 
 
 def events_from_log(

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import redis
@@ -24,7 +24,6 @@ from redis.crc import key_slot
 from app.core.errors import ValidationError, from_redis_error
 from app.core.events import Event
 from app.core.keys import Keys
-from app.core.settings import EngineConfig
 from app.features.spec import (
     ENTITY_TYPES,
     KMV_BYTES,
@@ -40,8 +39,9 @@ from app.features.spec import (
     route,
     split_user_category,
 )
-from app.ingest.ingestor import Phase2Hook
-from app.redis.calls import Args, fcall_ro, text
+from app.ingest.aggregates import BlockHook, LogBlock
+from app.redis.calls import Args, Block, BlockCall, KeyTable, fcall_ro, text
+from app.redis.connect import is_cluster
 from app.redis.slots import call_groups
 
 STATE_FORMAT = 1  # first element of every packed state (lua/70_features.lua STATE_FORMAT)
@@ -56,7 +56,7 @@ def state_key(keys: Keys, entity: str, entity_id: str) -> str:
     if entity == "user":
         return keys.user(entity_id, "fs")
     if entity == "item":
-        return keys.item(entity_id, "fs")
+        return keys.item_agg(entity_id, "fs")  # in the item's aggregate shard (workers)
     if entity == "user_category":
         user, category = split_user_category(entity_id)
         return keys.user(user, f"fsc:{category}")
@@ -134,14 +134,71 @@ def ingest_calls(
     ]
 
 
-def ingest_hook(
-    fs: FeatureSet, cfg: EngineConfig, *, cluster: bool = False, work_per_call: int = WORK_PER_CALL
-) -> Phase2Hook:
-    """The `Ingestor(phase2_hooks=[...])` extension that keeps the online features current."""
-    keys = Keys(cfg.key_prefix)
+def ack_feature_section(fs: FeatureSet, keys: Keys, events: Sequence[Event]) -> Args | None:
+    """The user and user x category feature work of one `ingest_partition` call: its keys
+    and the argv section (lua/80_ingest.lua), events referred to by their 1-based position in
+    the call (`events` is in the call's input order). None when no feature uses them."""
+    touched: dict[EntityRef, list[tuple[int, Touch]]] = defaultdict(list)
+    for pos, ev in enumerate(events, start=1):
+        for ref, touches in route(fs, [ev]).items():
+            if ref[0] != "item":
+                touched[ref] += [(pos, t) for t in touches]
+    if not touched:
+        return None
+    key_list: list[str] = []
+    argv: list[Any] = [len(touched), fs.spec]
+    for (entity, entity_id), rows in touched.items():
+        key_list.append(state_key(keys, entity, entity_id))
+        argv += [len(key_list), entity, len(rows)]
+        for pos, touch in rows:
+            ev = touch.event
+            argv += [pos, ev.type, ev.ts, ev.identity, ev.session_id, len(touch.lines)]
+            for ln in touch.lines:
+                argv += [ln.item_id, ln.qty, ln.price, ln.category]
+    return key_list, argv
 
-    def hook(events: Sequence[Event]) -> list[tuple[str, Args]]:
-        return ingest_calls(fs, keys, events, cluster=cluster, work_per_call=work_per_call)
+
+def ack_features(fs: FeatureSet, keys: Keys) -> Callable[[Sequence[Event]], Args | None]:
+    """The Ingestor's `ack_features`: shopper features inside the acknowledged call."""
+
+    def section(events: Sequence[Event]) -> Args | None:
+        return ack_feature_section(fs, keys, events)
+
+    return section
+
+
+def item_feature_hook(fs: FeatureSet, keys: Keys) -> BlockHook:
+    """The aggregate workers' hook for item features: per shard one `apply_blocks` call of
+    kind `features` with every block's item touches in that shard."""
+
+    def hook(blocks: Sequence[LogBlock]) -> list[BlockCall]:
+        per_shard: dict[int, tuple[KeyTable, list[Block]]] = {}
+        for block in blocks:
+            routed = [
+                (ref, touches)
+                for ref, touches in route(fs, block.events).items()
+                if ref[0] == "item"
+            ]
+            by_shard: dict[int, list[tuple[EntityRef, list[Touch]]]] = defaultdict(list)
+            for ref, touches in routed:
+                by_shard[keys.shard(ref[1])].append((ref, touches))
+            for shard, groups in by_shard.items():
+                table, shard_blocks = per_shard.setdefault(shard, (KeyTable(), []))
+                args: list[Any] = []
+                for (entity, entity_id), touches in groups:
+                    args += [table.ref(state_key(keys, entity, entity_id)), entity, len(touches)]
+                    for touch in touches:
+                        ev = touch.event
+                        args += [ev.type, ev.ts, ev.identity, ev.session_id, len(touch.lines)]
+                        for ln in touch.lines:
+                            args += [ln.item_id, ln.qty, ln.price, ln.category]
+                shard_blocks.append(
+                    Block(block.partition, block.first_id, block.last_id, [(len(groups), args)])
+                )
+        return [
+            BlockCall(keys.applied(shard), "features", [fs.spec], table.keys, shard_blocks)
+            for shard, (table, shard_blocks) in sorted(per_shard.items())
+        ]
 
     return hook
 
@@ -420,6 +477,15 @@ def _fetch_states(
 ) -> tuple[list[bytes | None], int | None]:
     """The packed states (MGET per slice of READ_SLICE keys; with `cluster`, per hash slot) in
     one pipelined round trip, and the server time in ms when asked."""
+    if cluster and is_cluster(client):
+        # redis-py refuses MGET inside a cluster pipeline (multi-key); its mget_nonatomic
+        # groups the keys by slot and sends one MGET per slot, node by node.
+        now = None
+        if need_time:
+            sec, usec = client.time()
+            now = int(sec) * 1000 + int(usec) // 1000
+        raw = cast(Any, client).mget_nonatomic(keys)
+        return [_blob(b) for b in raw], now
     if cluster:
         groups: dict[int, list[int]] = defaultdict(list)
         for i, k in enumerate(keys):

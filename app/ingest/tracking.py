@@ -17,7 +17,6 @@ import redis
 
 from app.core.errors import FunctionError, from_redis_error
 from app.core.events import Event
-from app.core.keys import Keys
 from app.core.settings import EngineConfig
 from app.ingest import users
 from app.ingest.ingestor import Ingestor
@@ -39,7 +38,7 @@ class TrackingSink:
         self.engine = engine
         self.ingestor = ingestor
         self.cfg = cfg
-        self.keys = Keys(engine.key_prefix)
+        self.keys = engine.keys()
 
     def apply(self, actions: Sequence[Action]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(actions)

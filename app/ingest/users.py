@@ -19,7 +19,6 @@ import redis
 
 from app.core.errors import ValidationError, from_redis_error
 from app.core.events import ID_RE, ID_RULE, identity_for
-from app.core.keys import Keys
 from app.core.settings import EngineConfig
 from app.redis import calls
 
@@ -75,7 +74,7 @@ def identify(
     anonymous_id: str | None,
     traits: dict[str, Any],
 ) -> IdentifyResult:
-    keys = Keys(cfg.key_prefix)
+    keys = cfg.keys()
     anon_identity = identity_for(None, anonymous_id) if anonymous_id else ""
     exported = None
     if anon_identity:

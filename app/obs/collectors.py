@@ -13,7 +13,7 @@ from app.redis import calls
 
 
 class IngestMetrics:
-    """A phase-2 hook for `app.ingest.ingestor.Ingestor`: counts the accepted events of each batch
+    """An observer of `app.ingest.ingestor.Ingestor`: counts the accepted events of each batch
     (by type) and conversions/revenue per `props.variant`; adds no Function call."""
 
     def __init__(self, registry: Registry | None = None) -> None:

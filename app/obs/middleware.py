@@ -12,13 +12,13 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 import anyio
-import redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.logs import REQUEST_ID
 from app.obs.collectors import IngestMetrics, StatsCollector
 from app.obs.flusher import Flusher
 from app.obs.registry import DEFAULT, UNMATCHED, MetricsConfig, Registry, load_metrics_config
+from app.redis.connect import connect
 
 log = logging.getLogger("retail.http")
 
@@ -85,7 +85,7 @@ class MetricsMiddleware:
     flusher's lifecycle (started after the app's lifespan startup, stopped at shutdown).
 
     At startup it also hooks into the lifespan state: `IngestMetrics` is added to
-    `state["ingestor"].phase2_hooks`, and the Recommender's counters (`state["recommender"]`
+    `state["ingestor"].observers`, and the Recommender's counters (`state["recommender"]`
     or `app.state.recommender`) are collected at each flush.
     """
 
@@ -172,7 +172,7 @@ class MetricsMiddleware:
         if app_state is not None:
             app_state.metrics = self
         ingestor = state.get("ingestor")
-        hooks = getattr(ingestor, "phase2_hooks", None)
+        hooks = getattr(ingestor, "observers", None)
         if isinstance(hooks, list) and not any(isinstance(h, IngestMetrics) for h in hooks):
             hooks.append(IngestMetrics(self.registry))
 
@@ -186,7 +186,7 @@ class MetricsMiddleware:
         self.registry.add_collector(self._collector)
         url = getattr(settings, "redis_url", None)
         if cfg.enabled and url:
-            client = redis.Redis.from_url(
+            client = connect(
                 url, socket_timeout=cfg.socket_timeout_s,
                 socket_connect_timeout=cfg.socket_timeout_s, max_connections=4,
             )  # fmt: skip

@@ -25,6 +25,7 @@ from app.obs.registry import (
     bucket_upper_ms,
 )
 from app.obs.series import MetricKeys, cmd, field_of, parse_field
+from app.redis.connect import node_of
 
 # -- reading back (for /metrics and /v1/stats) ------------------------------------------------
 
@@ -105,7 +106,8 @@ def mrange(
     if agg:
         args += ["AGGREGATION", agg, bucket_ms]
     args += ["FILTER", f"prefix={prefix}", f"kind={kind}", f"res={res}", *extra_filters]
-    return parse_mrange(cmd(client, *args))
+    # TS.MRANGE names no key: on a cluster it must go to the node of the `{m}` slot.
+    return parse_mrange(cmd(node_of(client, MetricKeys(prefix).totals), *args))
 
 
 # -- Prometheus text format ---------------------------------------------------------------------

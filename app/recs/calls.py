@@ -258,12 +258,14 @@ def rec_hot_args(
     half_life_ms: int,
     cap: int,
     ttl_s: int,
+    key: str | None = None,
 ) -> Args:
-    """entries: (item, weight, ts_ms) of accepted interactions."""
+    """entries: (item, weight, ts_ms) of accepted interactions; `key`: one part of the split
+    popularity (`RecKeys.hot_shards`), default the global `hot`."""
     argv: list[Any] = [epoch_ms, half_life_ms, cap, ttl_s]
     for item, weight, ts in entries:
         argv += [item, num(weight), ts]
-    return [keys.hot], argv
+    return [key or keys.hot], argv
 
 
 # -- exp_track -----------------------------------------------------------------------------------

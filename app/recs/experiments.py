@@ -428,6 +428,12 @@ class ExperimentStore:
     # attribution (ingestion phase 2)
     def attribution_calls(self, events: Sequence[Event]) -> list[tuple[str, rec_calls.Args]]:
         """exp_track calls for accepted events that carry a known `props.variant`."""
+        return [("exp_track", args) for _exp_id, args in self.attribution_by_experiment(events)]
+
+    def attribution_by_experiment(
+        self, events: Sequence[Event]
+    ) -> list[tuple[str, rec_calls.Args]]:
+        """(experiment id, exp_track arguments) for events that carry a known variant."""
         incs: dict[str, list[Increment]] = {}
         for ev in events:
             metric = EVENT_METRIC.get(ev.type)
@@ -443,7 +449,7 @@ class ExperimentStore:
             if ev.type == "purchase":
                 revenue = sum(ln.qty * ln.price for ln in ev.lines)
                 out.append(Increment(v.name, "revenue", ev.ts, round(revenue, 6)))
-        return [("exp_track", self.track_args(exp_id, i)) for exp_id, i in incs.items()]
+        return [(exp_id, self.track_args(exp_id, i)) for exp_id, i in incs.items()]
 
     # report
     def report(

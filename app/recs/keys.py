@@ -6,6 +6,8 @@ per entity keeps each Function call in one cluster slot:
   user        `u:{<user>}:hist`, `u:{<user>}:recs:<surface>`, `u:{<user>}:peers:<model>`
   item        `i:{<item>}:nn:<model>`, `i:{<item>}:cn:<model>`         (with the item's keys)
   global      `g:{g}:rec:*`, `g:{g}:exp:defs`                          (with the global keys)
+  split       `g:{g<i>.<k>}:rec:hot` (cluster: real-time popularity in `hot_shards` parts by item
+              hash; tags from app/core/tags.py spread the parts evenly over the masters)
   experiment  `x:{<experiment>}:n`, `x:{<experiment>}:log`, `x:{<experiment>}:ts:<variant>:<metric>`
 
 See docs/recommendations.md for types, bounds and TTLs.
@@ -14,15 +16,22 @@ See docs/recommendations.md for types, bounds and TTLs.
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 
 from app.core.keys import Keys, tag
+from app.core.tags import spread_tag
 
 # Model versions and variant/metric names appear in key names outside any hash tag.
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,48}$")
 SURFACES = ("home", "product", "cart")
 CACHED_SURFACES = ("home", "cart")
 METRICS = ("exposures", "clicks", "carts", "purchases", "revenue")
+
+
+def hot_shard_of(item: str, n: int) -> int:
+    """Which part of the split real-time popularity holds `item` (stable across processes)."""
+    return zlib.crc32(item.encode()) % n if n > 1 else 0
 
 
 def _name(value: str, what: str) -> str:
@@ -89,6 +98,13 @@ class RecKeys(Keys):
     def hot(self) -> str:
         """ZSET item -> real-time popularity, forward-decayed (capped)."""
         return self.glob("rec:hot")
+
+    def hot_shards(self, n: int) -> list[str]:
+        """`hot` split n ways by item hash (`hot_shard_of`), one hash tag per part, so that on a
+        cluster the per-batch writes spread over the masters; n <= 1: the one global key."""
+        if n <= 1:
+            return [self.hot]
+        return [f"{self.prefix}g:{tag(spread_tag('g', i, n))}:rec:hot" for i in range(n)]
 
     @property
     def rec_stats(self) -> str:

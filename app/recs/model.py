@@ -297,7 +297,7 @@ def _version_keys(client: redis.Redis, keys: RecKeys, version: str) -> list[str]
     for kind in ("nn", "cn"):
         pattern = f"{keys.prefix}i:{{*}}:{kind}:{version}"
         found += [_s(k) for k in client.scan_iter(match=pattern, count=1000)]
-    pattern = f"{keys.prefix}u:{{*}}:peers:{version}"
+    pattern = f"{keys.prefix}u:{{*}}:*:peers:{version}"  # u:{p<n>}:<user>:peers:<version>
     found += [_s(k) for k in client.scan_iter(match=pattern, count=1000)]
     glob = keys.glob(f"rec:*:{version}*")
     found += [_s(k) for k in client.scan_iter(match=glob, count=1000)]

@@ -2,8 +2,8 @@
 
     python -m app.recs.worker [--consumer NAME] [--debounce-ms 300] [--max-delay-ms 2000]
 
-It reads the interaction log (`g:{g}:log`, written by `ingest_aggregates`) through a consumer
-group (`recs`), so several workers share the work and a crashed worker's entries are picked
+It reads the partition logs (`log:{p<n>}`, written by `ingest_partition`) through a consumer
+group (`recs`) on each, so several workers share the work and a crashed worker's entries are picked
 up again (its own pending entries on restart; other consumers' after `claim_idle_ms` via
 XAUTOCLAIM). Per shopper it waits until no new event came for `debounce_ms` (or at most
 `max_delay_ms` after the first), then computes and caches the `home` list (and the `cart`
@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
@@ -38,25 +38,32 @@ from app.recs.keys import RecKeys
 from app.recs.recommender import Recommender, load_rec_config
 from app.redis import embedded as redis_stack
 from app.redis import library as functions
+from app.redis.connect import catalog_connection, connect
 
 log = logging.getLogger("retail.worker")
 GROUP = "recs"
 SKIP_TYPES = frozenset({"search"})
 
 
-def _entries(reply: Any) -> list[Any]:
-    """The entries of a one-stream XREADGROUP reply (RESP2 list or RESP3 map)."""
+def _entries(reply: Any) -> list[tuple[str, Any, Any]]:
+    """(stream, entry id, fields) of a multi-stream XREADGROUP reply (RESP2 list or RESP3 map)."""
     if not reply:
         return []
-    if isinstance(reply, dict):
-        return list(next(iter(reply.values()))[0] if reply else [])
-    return list(reply[0][1])
+    rows = reply.items() if isinstance(reply, dict) else [(r[0], r[1]) for r in reply]
+    out: list[tuple[str, Any, Any]] = []
+    for stream, entries in rows:
+        name = stream.decode() if isinstance(stream, bytes) else str(stream)
+        if isinstance(reply, dict):
+            entries = entries[0]
+        out += [(name, entry_id, fields) for entry_id, fields in entries]
+    return out
 
 
 @dataclass
 class _Pending:
     first_ms: float
     last_ms: float
+    stream: str = ""  # a shopper's entries are all in its partition's log
     ids: list[bytes] = field(default_factory=list)
     attempts: int = 0
     not_before_ms: float = 0.0
@@ -88,8 +95,8 @@ class RecWorker:
     ) -> None:
         self.client = client
         self.rec = rec
-        self.keys = RecKeys(rec.engine.key_prefix)
-        self.stream = self.keys.log
+        self.keys = RecKeys(rec.engine.key_prefix, rec.engine.partitions, rec.engine.agg_shards)
+        self.streams = self.keys.logs
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.debounce_ms = debounce_ms
@@ -104,40 +111,42 @@ class RecWorker:
         self._last_claim = 0.0
 
     def ensure_group(self) -> None:
-        """Create the consumer group at the stream's end (new events only); idempotent."""
-        try:
-            self.client.xgroup_create(self.stream, self.group, id="$", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        """Create the consumer group at each log's end (new events only); idempotent."""
+        pipe = self.client.pipeline(transaction=False)
+        for stream in self.streams:
+            pipe.xgroup_create(stream, self.group, id="$", mkstream=True)
+        for reply in pipe.execute(raise_on_error=False):
+            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+                raise reply
 
-    def _schedule(self, entries: Sequence[Any], now_ms: float) -> None:
-        for entry_id, fields in entries:
+    def _schedule(self, entries: Sequence[tuple[str, Any, Any]], now_ms: float) -> None:
+        for stream, entry_id, fields in entries:
             if not fields:  # deleted by MAXLEN trimming meanwhile
-                self._ack([entry_id])
+                self._ack(stream, [entry_id])
                 continue
             self.stats.entries += 1
             etype = fields.get(b"type", b"").decode()
             user = fields.get(b"user", b"").decode()
             if not user or etype in SKIP_TYPES:
-                self._ack([entry_id])
+                self._ack(stream, [entry_id])
                 continue
             p = self.pending.get(user)
             if p is None:
-                p = self.pending[user] = _Pending(now_ms, now_ms)
+                p = self.pending[user] = _Pending(now_ms, now_ms, stream)
             p.last_ms = now_ms
             p.ids.append(entry_id)
 
-    def _ack(self, ids: Sequence[bytes]) -> None:
+    def _ack(self, stream: str, ids: Sequence[bytes]) -> None:
         if ids:
-            self.stats.acked += int(self.client.xack(self.stream, self.group, *ids))
+            self.stats.acked += int(self.client.xack(stream, self.group, *ids))
 
     def read(self, block_ms: int | None = None) -> int:
         """Read entries into the pending set: first this consumer's own unacknowledged ones
         (after a restart), then stale ones of dead consumers, then new ones."""
         now_ms = time.monotonic() * 1000
         if not self._backlog_read:
-            reply = self.client.xreadgroup(self.group, self.consumer, {self.stream: "0"},
+            reply = self.client.xreadgroup(self.group, self.consumer,
+                                           dict.fromkeys(self.streams, "0"),
                                            count=self.batch)  # fmt: skip
             entries = _entries(reply)
             self._schedule(entries, now_ms)
@@ -146,13 +155,15 @@ class RecWorker:
             return len(entries)
         if time.monotonic() - self._last_claim > self.claim_idle_ms / 1000:
             self._last_claim = time.monotonic()
-            claimed = self.client.xautoclaim(self.stream, self.group, self.consumer,
-                                             self.claim_idle_ms, count=self.batch)  # fmt: skip
-            entries = claimed[1] if claimed else []
-            self.stats.claimed += len(entries)
-            self._schedule(entries, now_ms)
+            for stream in self.streams:
+                claimed = self.client.xautoclaim(stream, self.group, self.consumer,
+                                                 self.claim_idle_ms, count=self.batch)  # fmt: skip
+                rows = [(stream, eid, f) for eid, f in (claimed[1] if claimed else [])]
+                self.stats.claimed += len(rows)
+                self._schedule(rows, now_ms)
         block = self.block_ms if block_ms is None else block_ms
-        reply = self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"},
+        reply = self.client.xreadgroup(self.group, self.consumer,
+                                       dict.fromkeys(self.streams, ">"),
                                        count=self.batch, block=block or None)  # fmt: skip
         entries = _entries(reply)
         self._schedule(entries, now_ms)
@@ -186,7 +197,7 @@ class RecWorker:
             else:
                 self.stats.refreshed += 1
                 done += 1
-            self._ack(p.ids)
+            self._ack(p.stream, p.ids)
             del self.pending[user]
         return done
 
@@ -225,20 +236,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: set REDIS_URL or pass --redis-url", file=sys.stderr)
         return 2
     engine: EngineConfig = settings.engine
-    client = redis.Redis.from_url(url)
+    client = connect(url)
     try:
         redis_stack.probe(client)
         functions.ensure_current(client, load_if_stale=False)
+        catalog = catalog_connection(replace(settings, redis_url=url), client)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rec = Recommender(client, engine, load_rec_config(key_prefix=engine.key_prefix))
+    rec = Recommender(client, engine, load_rec_config(key_prefix=engine.key_prefix),
+                      catalog_client=catalog)  # fmt: skip
     worker = RecWorker(client, rec, consumer=args.consumer, debounce_ms=args.debounce_ms,
                        max_delay_ms=args.max_delay_ms)  # fmt: skip
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    log.info("worker %s on %s (group %s)", worker.consumer, worker.stream, worker.group)
+    log.info("worker %s on %d partition logs (group %s)", worker.consumer, len(worker.streams),
+             worker.group)  # fmt: skip
     rec.refresh()
     gc.freeze()  # libraries and caches out of the cyclic GC's full collections
     try:

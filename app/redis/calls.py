@@ -7,7 +7,7 @@ queued in a pipeline (`pipe.fcall(name, len(keys), *keys, *argv)`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,6 @@ from app.core.errors import from_redis_error
 from app.core.events import Event
 from app.core.keys import Keys, hour_start
 from app.core.settings import EngineConfig
-from app.core.units import HOUR_MS
 
 Args = tuple[list[str], list[Any]]
 
@@ -43,12 +42,22 @@ def fcall_ro(client: redis.Redis | redis.client.Pipeline, name: str, args: Args)
         raise from_redis_error(exc) from exc
 
 
-# -- ingest_user -----------------------------------------------------------------------------
+# -- ingest_partition ------------------------------------------------------------------------
 
 
-def ingest_user_args(cfg: EngineConfig, keys: Keys, groups: Sequence[Sequence[Event]]) -> Args:
-    """Each group holds the events of one user (the group's first event names the user)."""
-    key_list: list[str] = []
+def ingest_partition_args(
+    cfg: EngineConfig,
+    keys: Keys,
+    partition: int,
+    groups: Sequence[Sequence[Event]],
+    features: Args | None = None,
+) -> Args:
+    """One partition's events, grouped by shopper (a group's first event names the user).
+
+    `features`: the feature section (app/features/spec.py `ack_feature_section`): its keys
+    follow the user keys; its argv refers to them 1-based and to events by input position.
+    """
+    key_list: list[str] = [keys.log_of(partition)]
     argv: list[Any] = [
         cfg.session_ttl_s, cfg.user_ttl_s, cfg.dedup_window_ms, cfg.dedup_cap, cfg.recent_cap,
         cfg.searches_cap, cfg.aff_epoch_ms, cfg.aff_half_life_ms, cfg.co_window_ms,
@@ -56,34 +65,42 @@ def ingest_user_args(cfg: EngineConfig, keys: Keys, groups: Sequence[Sequence[Ev
         len(groups),
     ]  # fmt: skip
     for events in groups:
-        key_list += keys.user_group(events[0].identity)
+        user = events[0].identity
+        if keys.partition(user) != partition:
+            raise ValueError(f"user {user!r} is not in partition {partition}")
+        key_list += keys.user_group(user)
         argv.append(len(events))
         for ev in events:
             argv += [ev.event_id, ev.type, ev.session_id, ev.ts, ev.query, len(ev.lines)]
             for ln in ev.lines:
                 argv += [ln.item_id, ln.qty, ln.price, ln.category]
+    argv.append(cfg.log_maxlen)
+    for events in groups:
+        for ev in events:
+            argv += [ev.identity, ev.payload()]
+    if features is None:
+        argv.append(0)
+    else:
+        key_list += features[0]
+        argv += features[1]
     return key_list, argv
 
 
 @dataclass(frozen=True)
-class UserIngestResult:
-    statuses: str  # one char per event: 'A' accepted, 'D' duplicate
-    pairs: list[tuple[str, str, str, float]]  # (item a, item b, kind, weight)
+class PartitionResult:
+    statuses: str  # one char per event, input order: 'A' accepted, 'D' duplicate
+    logged: int
+    last_id: str
 
 
-def parse_ingest_user(reply: Sequence[Any]) -> UserIngestResult:
-    statuses = text(reply[0])
-    rest = [text(x) for x in reply[1:]]
-    pairs = [
-        (rest[i], rest[i + 1], rest[i + 2], float(rest[i + 3])) for i in range(0, len(rest), 4)
-    ]
-    return UserIngestResult(statuses, pairs)
+def parse_ingest_partition(reply: Sequence[Any]) -> PartitionResult:
+    return PartitionResult(text(reply[0]), int(reply[1]), text(reply[2]))
 
 
-# -- ingest_aggregates -----------------------------------------------------------------------
+# -- apply_blocks ------------------------------------------------------------------------------
 
 
-class _KeyTable:
+class KeyTable:
     """De-duplicated KEYS list; `ref` returns the 1-based index ARGV uses."""
 
     def __init__(self) -> None:
@@ -98,77 +115,51 @@ class _KeyTable:
         return idx
 
 
-COUNTED_TYPES = frozenset({"view", "click", "add_to_cart", "purchase"})
+# Which lists of each kind are preceded by their record count (lua/80_ingest.lua BLOCK_KINDS).
+BLOCK_LISTS: dict[str, tuple[bool, ...]] = {
+    "aggregates": (True, True),
+    "features": (True,),
+    "rec_hot": (False,),
+    "rec_track": (False,),
+    "exp_track": (True, True),
+}
+BlockList = tuple[int, list[Any]]  # (record count, arguments)
 
 
-def ingest_aggregates_args(
-    cfg: EngineConfig,
-    keys: Keys,
-    events: Iterable[Event],
-    pairs: Iterable[tuple[str, str, str, float]],
-    *,
-    include_global: bool = True,
-    include_item: Any = None,
-) -> Args:
-    """Accepted events and co-occurrence pairs -> one `ingest_aggregates` call.
+@dataclass(frozen=True)
+class Block:
+    """One partition's share of a call: its effects of the log entries first_id..last_id."""
 
-    `include_item(item_id) -> bool` selects the item keys for this call (cluster clients split
-    per slot); `include_global` toggles the log/trending/CMS keys.
-    """
-    table = _KeyTable()
-    want_item = include_item or (lambda _item: True)
-    g = include_global
-    body: list[Any] = []
-    n_events = 0
-    for ev in events:
-        item_lines = [ln for ln in ev.lines if want_item(ln.item_id)] if ev.lines else []
-        if not g and (not item_lines or ev.type not in COUNTED_TYPES):
-            continue
-        n_events += 1
-        if ev.type == "search":
-            # Trending searches: the normalised query stands in for the item (no series).
-            q = " ".join(ev.query.lower().split())
-            body += [
-                ev.event_id, ev.type, ev.identity, ev.ts, ev.payload() if g else "",
-                table.ref(keys.log) if g else 0, table.ref(keys.watermark) if g else 0,
-                1 if g else 0,
-            ]  # fmt: skip
-            if g:
-                body += [
-                    q,
-                    1,
-                    table.ref(keys.trend("search", ev.ts)),
-                    table.ref(keys.cms("search")),
-                    0,
-                    0,
-                ]
-            continue
-        counted = ev.type in COUNTED_TYPES
-        body += [
-            ev.event_id, ev.type, ev.identity, ev.ts, ev.payload() if g else "",
-            table.ref(keys.log) if g else 0, table.ref(keys.watermark) if g else 0,
-            len(item_lines) if counted else 0,
-        ]  # fmt: skip
-        if not counted:
-            continue
-        trend = table.ref(keys.trend(ev.type, ev.ts)) if g else 0
-        cms = table.ref(keys.cms(ev.type)) if g else 0
-        for ln in item_lines:
-            raw, hourly = keys.item_series(ln.item_id, ev.type)
-            body += [ln.item_id, ln.qty, trend, cms, table.ref(raw), table.ref(hourly)]
-    pair_args: list[Any] = []
-    n_pairs = 0
-    for a, b, kind, weight in pairs:
-        for src, dst in ((a, b), (b, a)):
-            if want_item(src):
-                pair_args += [table.ref(keys.co(src, kind)), dst, weight]
-                n_pairs += 1
-    argv: list[Any] = [
-        cfg.log_maxlen, cfg.trend_ttl_s, cfg.item_ttl_s, cfg.co_cap, cfg.raw_retention_ms,
-        cfg.hour_retention_ms, cfg.topk, cfg.cms_width, cfg.trend_window_h * HOUR_MS, n_events,
-        *body, n_pairs, *pair_args,
-    ]  # fmt: skip
-    return table.keys, argv
+    partition: int
+    first_id: str
+    last_id: str
+    lists: list[BlockList]
+
+
+@dataclass(frozen=True)
+class BlockCall:
+    """One `apply_blocks` call: a kind's logic on one slot, for one or more partitions."""
+
+    applied_key: str
+    kind: str
+    header: list[Any]
+    keys: list[str]
+    blocks: list[Block]
+
+
+def apply_blocks_args(call: BlockCall) -> Args:
+    lists = BLOCK_LISTS[call.kind]
+    argv: list[Any] = [call.kind, len(call.header), *call.header, len(call.blocks)]
+    for block in call.blocks:
+        if len(block.lists) != len(lists):
+            raise ValueError(f"{call.kind} takes {len(lists)} lists per block")
+        argv += [f"p{block.partition}", block.first_id, block.last_id]
+        for counted, (n_records, args) in zip(lists, block.lists, strict=True):
+            if counted:
+                argv.append(n_records)
+            argv.append(len(args))
+            argv += args
+    return [call.applied_key, *call.keys], argv
 
 
 # -- user_profile / export_user / identify_user ----------------------------------------------
@@ -234,12 +225,12 @@ def identify_user_args(
 
 
 def trending_args(
-    cfg: EngineConfig, keys: Keys, event_type: str, watermark_ms: int, k: int
+    cfg: EngineConfig, keys: Keys, shard: int, event_type: str, watermark_ms: int, k: int
 ) -> Args:
     newest = hour_start(watermark_ms)
     starts = [newest - h * 3_600_000 for h in range(cfg.trend_window_h)]
     return (
-        [keys.trend(event_type, s) for s in starts],
+        [keys.trend(shard, event_type, s) for s in starts],
         [watermark_ms, cfg.trend_half_life_ms, k, *starts],
     )
 
@@ -254,13 +245,23 @@ class TrendingItem:
 def trending(
     client: redis.Redis, cfg: EngineConfig, keys: Keys, event_type: str, k: int = 10
 ) -> tuple[int | None, list[TrendingItem]]:
-    raw_wm = client.get(keys.watermark)
-    if raw_wm is None:
+    """Trending now, merged over the aggregate shards (an item lives in one shard, so the
+    merge is a sort). The watermark is the newest event time of any shard."""
+    pipe = client.pipeline(transaction=False)
+    for key in keys.watermarks:
+        pipe.get(key)
+    marks = [int(v) for v in pipe.execute() if v is not None]
+    if not marks:
         return None, []
-    watermark = int(raw_wm)
-    reply = fcall_ro(client, "trending", trending_args(cfg, keys, event_type, watermark, k))
-    items = [
-        TrendingItem(text(reply[i]), float(text(reply[i + 1])), int(float(text(reply[i + 2]))))
-        for i in range(0, len(reply), 3)
-    ]
-    return watermark, items
+    watermark = max(marks)
+    pipe = client.pipeline(transaction=False)
+    for shard in range(keys.agg_shards):
+        fcall_ro(pipe, "trending", trending_args(cfg, keys, shard, event_type, watermark, k))
+    items: list[TrendingItem] = []
+    for reply in pipe.execute():
+        items += [
+            TrendingItem(text(reply[i]), float(text(reply[i + 1])), int(float(text(reply[i + 2]))))
+            for i in range(0, len(reply), 3)
+        ]
+    items.sort(key=lambda it: (-it.score, it.item_id))
+    return watermark, items[:k]

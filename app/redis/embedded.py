@@ -26,6 +26,7 @@ import redis
 
 from app.core.errors import RedisSetupError
 from app.redis import acl
+from app.redis.connect import node_name, primaries
 
 REQUIRED_MODULES = {"search": 20800, "ReJSON": 20600, "timeseries": 11000, "bf": 20600}
 MIN_REDIS_VERSION = (7, 2)
@@ -81,7 +82,8 @@ def openssl11_dir(cache_dir: Path) -> Path | None:
             if link.resolve() == found[0].resolve():
                 continue
             link.unlink()
-        link.symlink_to(found[0])
+        with contextlib.suppress(FileExistsError):  # another server starting at the same time
+            link.symlink_to(found[0])
     return target
 
 
@@ -103,7 +105,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def probe(client: redis.Redis) -> dict[str, object]:
-    """Check server version and modules; one clear error line when something is missing."""
+    """Check server version and modules (of every primary of a cluster); one clear error line
+    when something is missing."""
+    found: dict[str, object] = {}
+    for node in primaries(client):
+        try:
+            found = _probe_node(node)
+        except RedisSetupError as exc:
+            raise RedisSetupError(f"{node_name(node)}: {exc}") from exc
+    return found
+
+
+def _probe_node(client: redis.Redis) -> dict[str, object]:
     try:
         info = client.info("server")
         modules = client.module_list()
@@ -151,6 +164,7 @@ class EmbeddedRedis:
     acl_prefix: str | None = None
     log_to_file: bool = True
     remove_on_stop: bool = False  # temporary servers delete their folder when stopped
+    extra_args: tuple[str, ...] = ()  # e.g. the cluster options (app/redis/cluster.py)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     credentials: acl.Credentials | None = field(default=None, init=False)
 
@@ -192,6 +206,7 @@ class EmbeddedRedis:
             cmd += ["--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction"]
         if self.acl_prefix is not None:
             cmd += ["--aclfile", str(self.data_dir / acl.ACL_FILE)]
+        cmd += self.extra_args
         if self.log_to_file:
             cmd += ["--logfile", str(self.data_dir / "redis.log")]
         return cmd

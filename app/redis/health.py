@@ -16,6 +16,7 @@ import time
 import redis
 
 from app.core.errors import RedisUnavailableError
+from app.redis.connect import connect, disconnect
 
 log = logging.getLogger("retail.redis.health")
 
@@ -24,7 +25,7 @@ class RedisHealth:
     def __init__(self, url: str, *, interval_s: float = 0.2, timeout_s: float = 0.25) -> None:
         self.interval_s = interval_s
         self.timeout_s = timeout_s
-        self._client = redis.Redis.from_url(
+        self._client = connect(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, max_connections=2
         )
         self._down_since: float | None = None
@@ -61,7 +62,7 @@ class RedisHealth:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self.trip(f"{type(exc).__name__}: {exc}")
             # A hung server keeps the half-read connection: start the next probe afresh.
-            self._client.connection_pool.disconnect()
+            disconnect(self._client)
             return False
         except redis.RedisError as exc:  # e.g. LOADING or NOPERM: it answers, so it is up
             log.debug("health probe: %s", exc)

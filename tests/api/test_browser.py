@@ -28,6 +28,7 @@ import redis
 
 from app.core.keys import Keys
 from app.core.settings import ROOT, EngineConfig
+from app.ingest.log import log_length, merged_log
 from app.ingest.sessions import session_view
 from app.redis import library as functions
 from tests.web_fixtures import ADMIN_KEY, full_app, serving
@@ -218,9 +219,9 @@ def test_storefront_in_chromium(
     session = session_view(doc, EngineConfig())
     assert bought in {p["item"] for p in session["purchased"]}
     assert session["counters"].get("search") == 1
-    assert client.xlen(keys.log) >= 5
+    assert log_length(client, keys) >= 5
     # The click on the recommendation carried its attribution, as a storefront must send it.
-    logged = [json.loads(f[b"data"]) for _, f in client.xrange(keys.log)]
+    logged = [json.loads(f[b"data"]) for _, _, f in merged_log(client, keys)]
     clicks = [e for e in logged if e["type"] == "click" and e["user"] == SHOPPER]
     assert clicks and clicks[0]["items"][0][0] == bought
     assert clicks[0]["props"]["rec_id"].startswith("r-") and clicks[0]["props"]["variant"]

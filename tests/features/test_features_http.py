@@ -18,10 +18,10 @@ from app.api.features import feature_routes
 from app.core.events import Event, parse_event
 from app.core.keys import Keys
 from app.core.settings import EngineConfig, Settings
+from app.engine import build_engine
 from app.features.offline import events_from_log
 from app.features.online import (
     get_features,
-    ingest_hook,
 )
 from app.features.spec import (
     DAY_MS,
@@ -29,7 +29,6 @@ from app.features.spec import (
     FeatureSet,
     load_feature_set,
 )
-from app.ingest.ingestor import Ingestor
 from loaders import export_features
 
 ADMIN = {"Authorization": "Bearer s3cret-admin"}
@@ -61,7 +60,9 @@ def events() -> list[Event]:
 def api(
     redis_url: str, cfg: EngineConfig, fs: FeatureSet, client: redis.Redis, tmp_path: Path
 ) -> Iterator[TestClient]:
-    Ingestor(client, cfg, phase2_hooks=[ingest_hook(fs, cfg)]).ingest(events())
+    engine = build_engine(client, cfg, features=fs)
+    engine.ingestor.ingest(events())
+    engine.drain()
     settings = Settings(
         redis_url=redis_url, host="127.0.0.1", port=0, server_keys=frozenset({"wk"}),
         write_keys=frozenset(), admin_key=Secret("s3cret-admin"),

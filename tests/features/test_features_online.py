@@ -16,6 +16,7 @@ from app.core.errors import BadArgumentError, KeyLayoutError
 from app.core.events import Event, parse_event
 from app.core.keys import Keys
 from app.core.settings import EngineConfig
+from app.engine import build_engine
 from app.features.offline import OfflineStore, compare_rows
 from app.features.online import (
     ENTITY_COST,
@@ -23,7 +24,6 @@ from app.features.online import (
     get_features,
     get_features_fcall,
     ingest_calls,
-    ingest_hook,
     state_key,
 )
 from app.features.spec import (
@@ -34,7 +34,6 @@ from app.features.spec import (
     compile_definitions,
     load_feature_set,
 )
-from app.ingest.ingestor import Ingestor
 from app.redis.calls import fcall, fcall_ro
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % DAY_MS  # 2023-11-14 00:00 UTC
@@ -278,10 +277,12 @@ def test_spec_change_starts_new_state_and_drops_the_old(client: redis.Redis, key
 def test_duplicates_count_once_through_the_ingestor(
     client: redis.Redis, cfg: EngineConfig, keys: Keys, fs: FeatureSet
 ) -> None:
-    ingestor = Ingestor(client, cfg, phase2_hooks=[ingest_hook(fs, cfg)])
+    engine = build_engine(client, cfg, features=fs)
     batch = [ev("v1", "view", T0), ev("v2", "view", T0 + 1000)]
-    assert ingestor.ingest(batch).accepted == 2
-    assert ingestor.ingest(batch).duplicates == 2
+    assert engine.ingestor.ingest(batch).accepted == 2
+    assert engine.ingestor.ingest(batch).duplicates == 2
+    engine.drain()
+    engine.drain()
     assert value(client, fs, keys, "user_views_1h", "u1", T0 + 5 * MINUTE_MS) == 2
     assert value(client, fs, keys, "item_views_1h", "A", T0 + 5 * MINUTE_MS) == 2
 

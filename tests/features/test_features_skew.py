@@ -33,11 +33,11 @@ import yaml
 from app.core.events import Event, parse_event
 from app.core.keys import Keys
 from app.core.settings import EngineConfig
+from app.engine import build_engine
 from app.features.offline import Mismatch, OfflineStore, compare_rows
 from app.features.online import (
     PackedState,
     get_features,
-    ingest_hook,
 )
 from app.features.spec import (
     DAY_MS,
@@ -46,7 +46,6 @@ from app.features.spec import (
     FeatureSet,
     compile_definitions,
 )
-from app.ingest.ingestor import Ingestor
 from app.redis import library as functions
 from loaders.browsing import synthetic_browsing
 from loaders.online_retail import purchase_events
@@ -121,16 +120,17 @@ def replayed(redis_url: str, _library: functions.Library) -> Iterator[Replayed]:
     events = slice_events()
     batches = arrival_batches(events, rng)
     client = redis.Redis.from_url(redis_url)
-    ingestor = Ingestor(
-        client, cfg_default,
-        phase2_hooks=[ingest_hook(default, cfg_default), ingest_hook(deep, cfg_deep)],
-    )  # fmt: skip
-    keys_default = Keys(cfg_default.key_prefix)
+    # Two engines, one per feature set: the same events acknowledged and applied twice.
+    engines = [build_engine(client, cfg_default, features=default),
+               build_engine(client, cfg_deep, features=deep)]  # fmt: skip
+    keys_default = cfg_default.keys()
     arrived: list[Event] = []
     lockstep: list[Lockstep] = []
     for i, batch in enumerate(batches):
-        report = ingestor.ingest(batch)
-        assert report.accepted == len(batch)
+        for engine in engines:
+            report = engine.ingestor.ingest(batch)
+            assert report.accepted == len(batch)
+            engine.drain()
         arrived += batch
         if i % 4 == 3:
             # "Serving now": as of just after the newest event so far, for recent entities.

@@ -7,12 +7,15 @@ from typing import Any
 
 import pytest
 import redis
+from redis.crc import key_slot
 
 from app.core.errors import BadArgumentError, ValidationError
 from app.core.events import parse_event
 from app.core.keys import Keys
 from app.core.settings import EngineConfig
+from app.engine import build_engine
 from app.ingest.ingestor import Ingestor
+from app.ingest.log import log_length
 from app.ingest.sessions import session_view
 from app.redis import calls
 
@@ -30,7 +33,11 @@ def ev(event_id: str, etype: str = "view", user: str = "u1", item: str | None = 
 
 
 def ingest(client: redis.Redis, cfg: EngineConfig, *bodies: dict[str, Any]) -> list[str]:
-    return Ingestor(client, cfg).ingest([parse_event(b) for b in bodies]).statuses
+    """Acknowledge through the engine's path, then let a worker apply the aggregates."""
+    engine = build_engine(client, cfg)
+    statuses = engine.ingestor.ingest([parse_event(b) for b in bodies]).statuses
+    engine.drain()
+    return statuses
 
 
 def session_of(client: redis.Redis, cfg: EngineConfig, user: str = "u1") -> dict[str, Any]:
@@ -49,7 +56,7 @@ def test_duplicate_event_ids_have_no_effect(
     before = {
         "session": client.json().get(keys.user("u1", "session")),
         "aff": client.zrange(keys.user("u1", "aff"), 0, -1, withscores=True),
-        "log": client.xlen(keys.log),
+        "log": log_length(client, keys),
         "ts": client.execute_command("TS.RANGE", keys.item_series("A", "view")[0], "-", "+"),
     }
     again = ingest(client, cfg, ev("e1", props={"category": "candles", "price": 3.0}),
@@ -58,7 +65,7 @@ def test_duplicate_event_ids_have_no_effect(
     after = {
         "session": client.json().get(keys.user("u1", "session")),
         "aff": client.zrange(keys.user("u1", "aff"), 0, -1, withscores=True),
-        "log": client.xlen(keys.log),
+        "log": log_length(client, keys),
         "ts": client.execute_command("TS.RANGE", keys.item_series("A", "view")[0], "-", "+"),
     }
     assert after == before
@@ -70,7 +77,7 @@ def test_duplicate_within_one_batch_counts_once(
 ) -> None:
     assert ingest(client, cfg, ev("x"), ev("x")) == ["accepted", "duplicate"]
     assert client.json().get(keys.user("u1", "session"), "$.counters.view") == [1]
-    assert client.xlen(keys.log) == 1
+    assert log_length(client, keys) == 1
 
 
 def test_rejected_call_writes_nothing(client: redis.Redis, cfg: EngineConfig, keys: Keys) -> None:
@@ -81,27 +88,30 @@ def test_rejected_call_writes_nothing(client: redis.Redis, cfg: EngineConfig, ke
     # ... and the Function itself validates every event before its first write: a batch whose
     # last event is malformed leaves no key behind, not even for the valid events before it.
     good = parse_event(ev("ok1"))
-    key_list, argv = calls.ingest_user_args(cfg, keys, [[good, good]])
-    argv[-7] = "not-a-number"  # the second event's ts
+    part = keys.partition("u1")
+    key_list, argv = calls.ingest_partition_args(cfg, keys, part, [[good, good]])
+    # The second event's ts: before log_maxlen, 2 x (user, payload) and the feature count.
+    argv[-13] = "not-a-number"
     with pytest.raises(redis.ResponseError, match="ERR_BADARG ts must be a number"):
-        client.fcall("ingest_user", len(key_list), *key_list, *argv)
+        client.fcall("ingest_partition", len(key_list), *key_list, *argv)
     assert client.keys(cfg.key_prefix + "*") == []
 
 
 def test_function_errors_map_to_typed_python_errors(
     client: redis.Redis, cfg: EngineConfig, keys: Keys
 ) -> None:
-    key_list, argv = calls.ingest_user_args(cfg, keys, [[parse_event(ev("t1"))]])
+    part = keys.partition("u1")
+    key_list, argv = calls.ingest_partition_args(cfg, keys, part, [[parse_event(ev("t1"))]])
     argv[14] = 2  # claims two groups but passes one group's keys
     from app.core.errors import KeyLayoutError, from_redis_error
 
     with pytest.raises(redis.ResponseError) as err:
-        client.fcall("ingest_user", len(key_list), *key_list, *argv)
+        client.fcall("ingest_partition", len(key_list), *key_list, *argv)
     assert isinstance(from_redis_error(err.value), KeyLayoutError)
     argv[14] = 1
     argv[16 + 1] = "teleport"  # unknown event type
     with pytest.raises(redis.ResponseError) as err:
-        client.fcall("ingest_user", len(key_list), *key_list, *argv)
+        client.fcall("ingest_partition", len(key_list), *key_list, *argv)
     assert isinstance(from_redis_error(err.value), BadArgumentError)
     assert client.keys(cfg.key_prefix + "*") == []
 
@@ -153,7 +163,7 @@ def test_cart_and_purchase_flow(client: redis.Redis, cfg: EngineConfig, keys: Ke
     assert sum(float(v) for _, v in client.execute_command("TS.RANGE", raw, "-", "+")) == 3.0
     info = client.execute_command("TS.INFO", raw)  # RESP3: a map
     assert info[b"rules"] == {hourly.encode(): [3_600_000, b"SUM", 0]}
-    assert client.execute_command("CMS.QUERY", keys.cms("purchase"), "C") == [3]
+    assert client.execute_command("CMS.QUERY", keys.cms(keys.shard("C"), "purchase"), "C") == [3]
 
 
 def test_new_session_resets_but_keeps_cart(
@@ -242,18 +252,24 @@ def test_trending_follows_the_watermark(client: redis.Redis, cfg: EngineConfig, 
     assert items[1].count == 8 and items[1].score < items[0].score
 
 
-def test_many_users_in_one_call_and_cluster_grouping(
+def test_many_users_one_call_per_partition(
     client: redis.Redis, cfg: EngineConfig, keys: Keys
 ) -> None:
     bodies = [
         ev(f"m{i}", user=f"user{i % 150}", item=f"I{i % 40}", ts=NOW - 1000 + i) for i in range(600)
     ]
     events = [parse_event(b) for b in bodies]
-    standalone = Ingestor(client, cfg).ingest(events[:300])
-    assert standalone.accepted == 300
-    clustered = Ingestor(client, cfg, cluster=True).ingest(events)
-    assert clustered.statuses == ["duplicate"] * 300 + ["accepted"] * 300
-    assert client.xlen(keys.log) == 600
+    ingestor = Ingestor(client, cfg)
+    planned = ingestor.partition_calls(events)
+    # One call per partition, and every key of a call in that partition's slot.
+    assert len(planned) == len({keys.partition(f"user{u}") for u in range(150)})
+    for _order, (key_list, _argv) in planned:
+        assert len({key_slot(k.encode()) for k in key_list}) == 1
+    first = ingestor.ingest(events[:300])
+    assert first.accepted == 300
+    second = ingestor.ingest(events)
+    assert second.statuses == ["duplicate"] * 300 + ["accepted"] * 300
+    assert log_length(client, keys) == 600
     total = sum(client.json().get(keys.user(f"user{u}", "session"), "$.counters.view")[0]
                 for u in range(150))  # fmt: skip
     assert total == 600
@@ -283,7 +299,7 @@ def test_out_of_order_batch_older_than_series_retention(
         ),
     ]
     assert ingest(client, cfg, *bodies) == ["accepted"] * 3
-    assert client.xlen(keys.log) == 3
+    assert log_length(client, keys) == 3
     raw, hourly = keys.item_series("X", "purchase")
 
     def values(key: str) -> list[float]:
@@ -301,7 +317,7 @@ def test_out_of_order_batch_older_than_series_retention(
         items=[{"item_id": "X", "qty": 5, "price": 1.0}],
     )
     assert ingest(client, cfg, late) == ["accepted"]
-    assert client.xlen(keys.log) == 4
+    assert log_length(client, keys) == 4
     assert values(raw) == [2.0]
 
 
@@ -322,12 +338,46 @@ def test_stale_trending_buckets_are_dropped(
     hour = 3_600_000
     start = NOW - 72 * hour
     ingest(client, cfg, ev("h0", item="A", ts=start))
-    old_bucket = keys.trend("view", start)
+    old_bucket = keys.trend(keys.shard("A"), "view", start)
     assert client.exists(old_bucket) == 1
     for h in range(1, 30):  # the watermark advances hour by hour, as in a replay
         ingest(client, cfg, ev(f"h{h}", item="A", user=f"x{h}", ts=start + h * hour))
     assert client.exists(old_bucket) == 0
-    live = [k for k in client.scan_iter(match=keys.glob("trend:view:*"))]
+    live = [k for k in client.scan_iter(match=keys.agg(keys.shard("A"), "trend:view:*"))]
     assert len(live) <= cfg.trend_window_h + 1
     _, items = calls.trending(client, cfg, keys, "view", 1)
     assert items[0].item_id == "A"
+
+
+def test_identify_across_partitions_is_retry_safe(
+    client: redis.Redis, cfg: EngineConfig, keys: Keys
+) -> None:
+    """The anonymous id and the user hash to different partitions; a merge interrupted after
+    its write to the user (before the anonymous keys are deleted) is completed by a retry and
+    adds nothing twice."""
+    from app.core.events import identity_for
+    from app.ingest import users
+
+    home = keys.partition("buyer")
+    anon_id = next(
+        f"a{i}" for i in range(100) if keys.partition(identity_for(None, f"a{i}")) != home
+    )
+    anon = identity_for(None, anon_id)
+    body = ev("an1", user="x", item="A", props={"category": "candles", "price": 3.0})
+    del body["user_id"]
+    body["anonymous_id"] = anon_id
+    assert (
+        ingest(client, cfg, body, {**body, "event_id": "an2", "item_id": "B"}) == ["accepted"] * 2
+    )
+    # The crash: identify_user ran, the anonymous keys were not deleted yet.
+    exported = calls.fcall_ro(client, "export_user", calls.export_user_args(keys, anon))
+    calls.fcall(client, "identify_user",
+                calls.identify_user_args(cfg, keys, "buyer", anon, {}, exported))  # fmt: skip
+    assert client.exists(keys.user(anon, "session")) == 1
+    retry = users.identify(client, cfg, "buyer", anon_id, {})
+    assert retry.status == "already_merged"
+    assert client.exists(keys.user(anon, "session")) == 0
+    session = client.json().get(keys.user("buyer", "session"))
+    assert session["counters"] == {"view": 2}  # merged once, not twice
+    aff = dict(calls.user_profile(client, cfg, keys, "buyer").affinities)
+    assert aff["cat:candles"] == pytest.approx(2.0, rel=1e-3)

@@ -130,7 +130,7 @@ def test_weights_parse(lua: Any) -> None:
 
 def test_library_registers_every_function_once(lua: Any) -> None:
     names = set(_to_py(lua.registered))
-    assert {"ingest_user", "ingest_aggregates", "user_profile", "export_user", "identify_user",
+    assert {"ingest_partition", "apply_blocks", "user_profile", "export_user", "identify_user",
             "trending", "library_version", "catalog_upsert", "catalog_update",
             "catalog_item"} <= names  # fmt: skip
     # Each name registered once: the registry is a mapping, so compare with the Lua sources.

@@ -16,6 +16,7 @@ import redis
 
 from app.core.keys import Keys
 from app.core.settings import EngineConfig
+from app.ingest.log import log_length
 from app.ingest.sessions import session_view
 from app.redis import calls
 from loaders import online_retail as orl
@@ -103,16 +104,19 @@ def test_replay_then_rerun_is_all_duplicates(
     assert first.batches == -(-expected.events // 500)
     assert first.skipped.kept == expected.events
     assert first.skipped.kept + first.skipped.skipped == HEAD_LINES - 1
-    assert first.pairs > 0  # lines of one invoice are co-bought
-    assert client.xlen(keys.log) == expected.events
-    wm = client.get(keys.watermark)
-    assert wm is not None and int(wm) == expected.newest_ms
+    assert first.logged == expected.events
+    assert first.aggregated == expected.events  # the replay applied its aggregates as it went
+    assert log_length(client, keys) == expected.events
+    marks = [int(v) for v in client.mget(keys.watermarks) if v is not None]
+    assert marks and max(marks) == expected.newest_ms
+    # Lines of one invoice are co-bought: some item has co-bought neighbours.
+    assert any(client.scan_iter(match=f"{cfg.key_prefix}i:*:co:b", count=1000))
 
     # Without the checkpoint, the per-event dedup alone makes the re-run a no-op.
     second = rp.replay(client, cfg, head_file, batch_size=500, progress=False, resume=False)
     assert second.sent == expected.events
     assert second.accepted == 0 and second.duplicates == expected.events
-    assert client.xlen(keys.log) == expected.events  # nothing logged twice
+    assert log_length(client, keys) == expected.events  # nothing logged twice
     assert "duplicates" in second.summary()
 
 
@@ -149,7 +153,7 @@ def test_limit_stops_early(
     assert (report.total, report.read, report.sent, report.accepted) == (120, 120, 120, 120)
     assert report.batches == 3
     assert report.skipped.kept == 120
-    assert client.xlen(keys.log) == 120
+    assert log_length(client, keys) == 120
     nothing = rp.replay(client, cfg, head_file, limit=0, progress=False)
     assert (nothing.total, nothing.sent, nothing.batches) == (0, 0, 0)
 
@@ -224,7 +228,7 @@ def test_main_replays(
     assert rp.main(argv) == 0
     out = capsys.readouterr()
     assert "accepted 40, duplicates 0" in out.out and out.err == ""
-    assert client.xlen(keys.log) == 40
+    assert log_length(client, keys) == 40
     assert rp.main([*argv[:2], "--path", str(tmp_path / "missing.csv")]) == 2
 
 
@@ -262,13 +266,13 @@ def test_checkpoint_makes_a_rerun_a_noop_after_the_dedup_window(
 ) -> None:
     rp.replay(client, cfg, head_file, limit=700, batch_size=300, progress=False)
     # Simulate the 24 h dedup window having passed: every dedup set is gone.
-    for key in client.scan_iter(match=keys.user("*", "dedup")):
+    for key in client.scan_iter(match=f"{cfg.key_prefix}u:*:dedup"):
         client.delete(key)
     resumed = rp.replay(client, cfg, head_file, batch_size=300, progress=False)
     assert resumed.resumed_from == 700
     assert resumed.sent == expected.events - 700
     assert resumed.accepted == expected.events - 700
-    assert client.xlen(keys.log) == expected.events  # nothing replayed twice
+    assert log_length(client, keys) == expected.events  # nothing replayed twice
     again = rp.replay(client, cfg, head_file, progress=False)
     assert again.sent == 0 and again.resumed_from == expected.events
     assert client.ttl(rp.checkpoint_key(cfg, head_file)) > 0

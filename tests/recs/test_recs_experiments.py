@@ -171,7 +171,9 @@ def api(redis_url: str, world: World, tmp_path: Path) -> Iterator[TestClient]:
         yield client
 
 
-def test_http_experiments_need_the_admin_key_and_report_counts(api: TestClient) -> None:
+def test_http_experiments_need_the_admin_key_and_report_counts(
+    api: TestClient, world: World
+) -> None:
     body = {"variants": [{"name": "control", "traffic": 98}, {"name": "b", "traffic": 2}],
             "description": "98/2"}  # fmt: skip
     assert api.put("/v1/experiments/web-ab", json=body).status_code == 401
@@ -189,6 +191,8 @@ def test_http_experiments_need_the_admin_key_and_report_counts(api: TestClient) 
     click = event("wc1", "click", "webuser", rec["items"][0]["item_id"], NOW,
                   props=rec["tracking"])  # fmt: skip
     assert api.post("/v1/events", json=click, headers=WRITE).json()["accepted"] == 1
+    assert world.built is not None
+    world.built.drain()  # the aggregate worker attributes the click (from the log)
     report = api.get("/v1/experiments/web-ab", headers=ADMIN).json()
     rows = {r["variant"]: r for r in report["variants"]}
     mine = rows[rec["variant"].split(":")[1]]

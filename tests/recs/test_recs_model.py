@@ -180,9 +180,7 @@ def test_peers_recent_purchases_are_candidates_with_their_reason(world: World) -
 def test_every_recommendation_key_is_bounded(world: World) -> None:
     w = world
     rec = w.recommender(hist_cap=5)
-    from app.recs.hook import RecIngestHook
-
-    w.ingestor.phase2_hooks[:] = [RecIngestHook(w.engine, rec.cfg, w.store)]
+    w.rebuild(rec.cfg)
     items = ["K1", "K2", "K3", "K4", "K5", "K6", "L1", "L2", "L3", "L4", "P1", "P2", "P3"]
     for u in range(5):
         user = f"mem{u}"

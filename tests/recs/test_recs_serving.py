@@ -11,6 +11,7 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
+from app.ingest.log import group_lag
 from app.recs.recommender import RecConfig, RecList, RecRequest, timeout_client
 from app.recs.worker import RecWorker
 from app.redis import embedded as redis_stack
@@ -222,8 +223,7 @@ def test_worker_refreshes_active_users_so_reads_hit_the_cache(world: World) -> N
     assert w.client.ttl(w.keys.recs("busy", "home")) > 0
     resp = rec.serve(RecRequest("busy", "home", None, 5))
     assert resp.source == "cache"
-    info = w.client.xinfo_groups(w.keys.log)[0]
-    assert info["pending"] == 0
+    assert group_lag(w.client, w.keys, "recs").pending == 0
     rec.close()
 
 

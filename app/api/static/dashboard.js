@@ -108,6 +108,7 @@
 
   function tiles(s) {
     const recs = s.recommendations || {};
+    const ing = s.ingest || {};
     const variants = Object.entries(s.variants || {});
     const conv = variants.map(([v, m]) => `${v}: ${m.purchase || 0}`).join(' · ');
     const purchases = variants.reduce((n, [, m]) => n + (m.purchase || 0), 0);
@@ -120,6 +121,10 @@
       ['Rec fallbacks', (recs.served || {}).fallback || 0,
         recs.fallback_rate == null ? '' : fmt(100 * recs.fallback_rate, 1) + ' % of lists'],
       ['Attributed purchases', variants.length ? purchases : '–', conv ? 'by variant: ' + conv : 'no props.variant yet'],
+      ['Aggregate freshness p99', ing.freshness_p99_ms == null ? '–' : fmt(ing.freshness_p99_ms) + ' ms',
+        (ing.freshness_p50_ms == null ? 'no worker published yet' : `p50 ${fmt(ing.freshness_p50_ms)} ms`) +
+        ` · log lag ${ing.log_lag_max == null ? '–' : ing.log_lag_max}` +
+        ((ing.alerts || []).length ? ' · ALERT: ' + ing.alerts[0] : '')],
     ];
     $('#tiles').innerHTML = rows.map(([label, value, sub]) =>
       `<div class="tile"><div class="label">${esc(label)}</div><div class="value">${esc(value)}</div>` +

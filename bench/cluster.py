@@ -1,0 +1,212 @@
+"""Redis Cluster balance: per-master shares of server time and memory, ingest events/s, recommend
+latency, on a local 3-master cluster (plus its search node) started by this script.
+
+Run from the repo root: `.venv/bin/python -m bench.cluster [--quick] [--events N]`.
+
+1. Start a local cluster (`app/redis/cluster.py`: 3 masters, no replicas, AOF everysec) and the
+   search node; load the Functions library on every primary and on the search node.
+2. Load the real Online Retail catalog into the search node, then replay the first --events
+   purchase events (default 60,000; --quick 15,000) through the engine assembly (the HTTP
+   API's path) with a `RedisCluster` client, and train the item model on them.
+3. Per master: INFO commandstats (usec of every command since CONFIG RESETSTAT before the
+   replay) and INFO memory (used_memory minus the empty node's), as shares of the total; the key
+   families each master holds (`u:{*}:session`, `g:{g}:log`, ...).
+4. `Recommender.serve` for random replayed shoppers (--requests, default 2,000): p50/p99 ms.
+5. Baseline, same run: the same catalog, replay, training and requests on one embedded server
+   (`single_*`); `cluster_cost_ratio` = cluster usec per event (all masters) / single-server.
+
+The last line is one JSON object. Goal (issue 15): every master's share of time and memory
+within 1/3 +- 5 points, and no master holding a key family the others lack. On this 2-core
+machine the figures measure shares and per-event server cost; throughput for more masters is a
+projection from them (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from app.catalog.index import CatalogKeys, create_index, load_catalog_config
+from app.catalog.vectorizers import get_vectorizer
+from app.core.settings import ROOT, EngineConfig
+from app.recs.recommender import Recommender, RecRequest, load_rec_config
+from app.redis import cluster, embedded
+from app.redis import library as functions
+from app.redis.connect import connect, node_name, primaries
+from bench._common import emit_json, percentile
+from loaders.catalog import load_online_retail
+from loaders.replay import replay
+from loaders.train import train_online_retail
+
+DATA = ROOT / "data" / "online-retail" / "online-retail-2010-12_2011-09.csv.gz"
+PREFIX = "bc:"
+TAG_RE = re.compile(r"\{[^}]*\}")
+
+
+def server_usec(node: redis.Redis) -> float:
+    stats: dict[str, Any] = node.info("commandstats")
+    return sum(float(v.get("usec", 0)) for k, v in stats.items() if k.startswith("cmdstat_"))
+
+
+def used_memory(node: redis.Redis) -> int:
+    return int(node.info("memory")["used_memory"])
+
+
+def families(node: redis.Redis) -> Counter[str]:
+    """Key families of this run on one node: the key with its hash tag's content hidden."""
+    out: Counter[str] = Counter()
+    for key in node.scan_iter(match=PREFIX + "*", count=2000):
+        name = key.decode()[len(PREFIX) :]
+        # `{g}` is the one global tag; any other tag is one of many (shopper, item, part)
+        fam = TAG_RE.sub(lambda m: m.group(0) if m.group(0) == "{g}" else "{*}", name)
+        fam = re.sub(r":\d{10,}", ":<t>", fam)  # hour buckets
+        fam = re.sub(r":v\d{8,}(:[a-z_]+)?", ":<model>", fam)  # model versions (+ category)
+        out[fam] += 1
+    return out
+
+
+def shares(values: Sequence[float]) -> list[float]:
+    total = sum(values) or 1.0
+    return [round(v / total, 4) for v in values]
+
+
+def measure_recommend(client: redis.Redis, catalog: redis.Redis, users: list[str],
+                      n: int) -> dict[str, float]:  # fmt: skip
+    engine = EngineConfig(key_prefix=PREFIX)
+    rec = Recommender(client, engine, load_rec_config(key_prefix=PREFIX), catalog_client=catalog)
+    rec.refresh()
+    rng = random.Random(7)
+    took, fallbacks = [], 0
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            resp = rec.serve(RecRequest(rng.choice(users), "home", None, 10))
+            took.append((time.perf_counter() - t0) * 1000)
+            fallbacks += bool(resp.fallback)
+    finally:
+        rec.close()
+    return {"recommend_p50_ms": round(percentile(took, 50), 3),
+            "recommend_p99_ms": round(percentile(took, 99), 3),
+            "recommend_fallbacks": fallbacks, "recommend_requests": n}  # fmt: skip
+
+
+def load_catalog(catalog: redis.Redis) -> None:
+    ccfg = load_catalog_config()
+    ckeys = CatalogKeys(PREFIX)
+    vectorizer = get_vectorizer(ccfg.vectorizer)
+    create_index(catalog, ckeys, vectorizer)
+    load_online_retail(catalog, ccfg.__class__(key_prefix=PREFIX), ckeys, DATA, vectorizer,
+                       progress=False)  # fmt: skip
+
+
+def single_server(n_events: int, n_requests: int, users: list[str]) -> dict[str, float]:
+    """The same replay, training and requests on one embedded server: the baseline."""
+    server = embedded.temporary().start()
+    try:
+        with redis.Redis.from_url(server.url) as client:
+            functions.load(client)
+            load_catalog(client)
+            client.config_resetstat()
+            engine = EngineConfig(key_prefix=PREFIX)
+            t0 = time.perf_counter()
+            report = replay(client, engine, DATA, limit=n_events, progress=False)
+            took = time.perf_counter() - t0 - report.scan_seconds
+            usec = server_usec(client)
+            train_online_retail(client, engine, DATA, content=False)
+            recs = measure_recommend(client, client, users, n_requests) if users else {}
+        per_event = usec / max(report.accepted, 1)
+        return {"single_events_per_s": round(report.accepted / took, 1),
+                "single_server_usec_per_event": round(per_event, 2),
+                **{f"single_{k}": v for k, v in recs.items()}}  # fmt: skip
+    finally:
+        server.stop()
+
+
+def run(n_events: int, n_requests: int) -> dict[str, Any]:
+    cl = cluster.temporary(3).start()
+    try:
+        client = connect(cl.url)
+        catalog = redis.Redis.from_url(cl.catalog_url)
+        functions.load(client)
+        functions.load(catalog)
+        nodes = primaries(client)
+        names = [node_name(n) for n in nodes]
+        empty_mem = [used_memory(n) for n in nodes]
+
+        load_catalog(catalog)
+        for node in nodes:
+            node.config_resetstat()
+        engine = EngineConfig(key_prefix=PREFIX)
+        t0 = time.perf_counter()
+        report = replay(client, engine, DATA, limit=n_events, progress=False)
+        replay_s = time.perf_counter() - t0 - report.scan_seconds
+        usec = [server_usec(n) for n in nodes]
+        mem = [used_memory(n) - e for n, e in zip(nodes, empty_mem, strict=True)]
+
+        train_online_retail(client, engine, DATA, content=False, catalog_client=catalog)
+        fams = [families(n) for n in nodes]
+        every = set.intersection(*(set(f) for f in fams))
+        only_some = sorted(set.union(*(set(f) for f in fams)) - every)
+        users = [f"c{u}" for u in _replayed_users(nodes)]
+        recs = measure_recommend(client, catalog, users, n_requests) if users else {}
+        return {
+            "bench": "cluster", "masters": 3, "events": report.accepted,
+            "ingest_events_per_s": round(report.accepted / replay_s, 1),
+            "server_usec_per_event": round(sum(usec) / max(report.accepted, 1), 2),
+            "time_share": dict(zip(names, shares(usec), strict=True)),
+            "memory_share": dict(zip(names, shares(mem), strict=True)),
+            "max_time_share_off_third_pts": round(max(abs(s - 1 / 3) for s in shares(usec))
+                                                   * 100, 1),
+            "max_memory_share_off_third_pts": round(max(abs(s - 1 / 3) for s in shares(mem))
+                                                     * 100, 1),
+            "families_not_on_every_master": {
+                f: [names[i] for i, fam in enumerate(fams) if f in fam] for f in only_some
+            },
+            **recs, "users": users,
+        }  # fmt: skip
+    finally:
+        cl.stop()
+
+
+def _replayed_users(nodes: list[redis.Redis]) -> list[str]:
+    """Shopper ids with a live history, read from the masters (up to 2,000)."""
+    out: list[str] = []
+    pattern = PREFIX + "u:{*}:hist"
+    for node in nodes:
+        for key in node.scan_iter(match=pattern, count=2000):
+            tag = key.decode()[len(PREFIX) + 3 :].split("}", 1)[0]
+            if tag.startswith("c"):
+                out.append(tag[1:])
+            if len(out) >= 2000:
+                return out
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="15,000 events, 500 requests (CI)")
+    parser.add_argument("--events", type=int, default=None)
+    parser.add_argument("--requests", type=int, default=None)
+    args = parser.parse_args(argv)
+    n_events = args.events or (15_000 if args.quick else 60_000)
+    n_requests = args.requests or (500 if args.quick else 2_000)
+    result = run(n_events, n_requests)
+    base = single_server(n_events, n_requests, result.pop("users"))
+    result.update(base)
+    result["cluster_cost_ratio"] = round(
+        result["server_usec_per_event"] / base["single_server_usec_per_event"], 3
+    )
+    emit_json(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
