@@ -13,7 +13,7 @@
 local REC = {}
 
 REC.SOURCES = {nn = true, co = true, ct = true, cat = true, tr = true, pop = true, rb = true,
-               uk = true, new = true}
+               uk = true, new = true, rise = true}
 REC.TIERS = {'cold', 'content', 'collab'}
 REC.SURFACES = {home = true, product = true, cart = true}
 REC.PERSONAL = {nn = true, co = true, ct = true, rb = true}  -- sources tied to an anchor
@@ -23,7 +23,9 @@ REC.PERSONAL = {nn = true, co = true, ct = true, rb = true}  -- sources tied to 
 --             cat top items of the user's categories, tr trending now, pop global popularity,
 --             rb buy-again (history items themselves; only with repurchase on),
 --             uk similar shoppers' recent items (user-kNN: the model's peers x their history),
---             new new arrivals (catalog created_ms within a window, decayed by age)
+--             new new arrivals (catalog created_ms within a window, decayed by age),
+--             rise items selling above their usual rate lately (recent popularity in excess
+--             of the long-run share)
 --   anchors:  view/click/add_to_cart/purchase (a session item by its last event type, decayed
 --             by recency), cart (a cart line), context (the product page's item), hist
 --             (long-term history, relative to the user's strongest item, at least hist_floor)
@@ -42,6 +44,7 @@ REC.DEFAULT_WEIGHTS = {
   ['collab.tr'] = 0.5, ['collab.pop'] = 0.5, ['collab.rb'] = 1,
   uk = 5.0, ['cold.uk'] = 1, ['content.uk'] = 1, ['collab.uk'] = 1,
   new = 3.0, ['cold.new'] = 0, ['content.new'] = 0, ['collab.new'] = 1,
+  rise = 1.0, ['cold.rise'] = 0, ['content.rise'] = 0, ['collab.rise'] = 1,
 }
 
 -- Reason of an anchor by the session event that made it an anchor.
@@ -198,8 +201,8 @@ end
 
 -- Source codes of the candidate block: 'anchor * 10 + source' in one number, so a source costs
 -- two arguments (code, value). Sources: 1 nn, 2 co, 3 ct, 4 cat, 5 tr, 6 pop, 7 rb, 8 uk,
--- 9 new.
-REC.SOURCE_CODES = {'nn', 'co', 'ct', 'cat', 'tr', 'pop', 'rb', 'uk', 'new'}
+-- 9 new, 0 rise.
+REC.SOURCE_CODES = {[0] = 'rise', 'nn', 'co', 'ct', 'cat', 'tr', 'pop', 'rb', 'uk', 'new'}
 
 -- Parse the candidate block of ARGV (starting at `pos`) into flat arrays: no table per
 -- candidate or per source (Lua spends ~60-80 ns per argument; tables would double that).
@@ -400,6 +403,141 @@ local function rec_context(keys, argv)
   return reply
 end
 
+-- The steps of `recommend` (below): parse ARGV, read the user's keys, filter and score, reply.
+
+-- ARGV of `recommend`, validated (nothing is read before it all parses).
+function REC.parse_argv(argv)
+  local p = {
+    now = int(argv[1], 'now_ms'),
+    k = int(argv[2], 'k'),
+    surface = argv[3],
+    context_item = argv[4] or '',
+    w = REC.weights(argv[5]),
+    per_cat = int(argv[6], 'per_category'),
+    half_life = int(argv[7], 'half_life_ms'),
+    content_min = int(argv[8], 'content_min'),
+    collab_min = int(argv[9], 'collab_min'),
+    repurchase = int(argv[10], 'repurchase') == 1,
+    excluded = REC.set(argv[11]),
+    guards = REC.guards(argv[12]),
+    min_price = num(argv[13], 'min_price'),
+    max_price = num(argv[14], 'max_price'),
+    only = REC.set(argv[15]),
+    share = num(argv[16], 'personal_share'),
+  }
+  p.has_only = next(p.only) ~= nil
+  if p.k < 1 or p.k > 200 then fail('ERR_BADARG', 'k must be 1..200, got ' .. p.k) end
+  if not REC.SURFACES[p.surface] then fail('ERR_BADARG', 'unknown surface ' .. tostring(p.surface)) end
+  if p.half_life <= 0 then fail('ERR_BADARG', 'half_life_ms must be > 0') end
+  p.live_share = num(argv[17], 'live_share')
+  local n_anchors = int(argv[18], 'n_anchors')
+  p.anchors = {}
+  for i = 1, n_anchors do p.anchors[i] = nonempty(argv[18 + i], 'anchor') end
+  p.n_cands = int(argv[19 + n_anchors], 'n_candidates')
+  local pos
+  p.C, p.S, pos = REC.parse_candidates(argv, 20 + n_anchors, p.n_cands, n_anchors)
+  if argv[pos] ~= nil then fail('ERR_BADARG', 'trailing arguments after the last candidate') end
+  return p
+end
+
+-- What `recommend` reads (user slot only): session, tier, affinities, the anchors' history
+-- weights (relative to the strongest item), traits, the seen set (unless repurchase), cart.
+function REC.read_user(p, session_key, hist_key, aff_key, seen_key, profile_key)
+  local u = {now = p.now}
+  if u.now == 0 then u.now = now_ms() end
+  u.session = REC.read_session(session_key, false)
+  u.interactions = REC.interactions(seen_key)
+  u.tier = REC.tier(u.interactions, p.content_min, p.collab_min)
+  u.cat_aff, u.band_aff = REC.affinities(aff_key)
+  u.hist = {}
+  if #p.anchors > 0 then
+    local top = redis.call('ZREVRANGE', hist_key, 0, 0, 'WITHSCORES')
+    local hmax = tonumber(top[2] or '0')
+    if hmax > 0 then
+      local scores = redis.call('ZMSCORE', hist_key, unpack(p.anchors))
+      for i, a in ipairs(p.anchors) do
+        if scores[i] then u.hist[a] = tonumber(scores[i]) / hmax end
+      end
+    end
+  end
+  u.traits = {}
+  local raw = redis.call('JSON.GET', profile_key, '$.traits')
+  if raw then
+    local t = cjson.decode(raw)[1]
+    if type(t) == 'table' then u.traits = t end
+  end
+  u.seen = {}
+  if not p.repurchase then
+    for _, e in ipairs(u.session.recent) do u.seen[e.item] = true end
+    if p.n_cands > 0 and redis.call('EXISTS', seen_key) == 1 then
+      local flags = redis.call('BF.MEXISTS', seen_key, unpack(p.C.item))
+      for i, f in ipairs(flags) do
+        if f == 1 then u.seen[p.C.item[i]] = true end
+      end
+    end
+  end
+  u.in_cart = {}
+  for _, line in ipairs(u.session.cart) do u.in_cart[line.item] = true end
+  return u
+end
+
+-- Drop what must not be shown (each reason counted, in first-seen order), score the rest.
+-- Returns the scored candidates, the counts by reason and the reasons' order.
+function REC.filter_and_score(p, u, aw, live)
+  local C, guards, traits = p.C, p.guards, u.traits
+  local filtered, forder = {}, {}
+  local function drop(reason)
+    if filtered[reason] == nil then filtered[reason] = 0; forder[#forder + 1] = reason end
+    filtered[reason] = filtered[reason] + 1
+  end
+  local m = REC.tier_weights(p.w, u.tier)
+  local scored, done = {}, {}
+  for i = 1, p.n_cands do
+    local item, category, price, flags = C.item[i], C.category[i], C.price[i], C.flags[i]
+    local guarded = false
+    if flags ~= '' then
+      for flag, _ in pairs(REC.set(flags)) do
+        local trait = guards[flag]
+        if trait ~= nil and not REC.truthy(traits[trait]) then guarded = true end
+      end
+    end
+    if done[item] then drop('duplicate')
+    elseif item == p.context_item then drop('context')
+    elseif u.in_cart[item] then drop('cart')
+    elseif u.seen[item] then drop('seen')
+    elseif not C.stock[i] then drop('out_of_stock')
+    elseif guarded then drop('guarded')
+    elseif p.excluded[category] then drop('excluded')
+    elseif (p.has_only and not p.only[category]) or (p.min_price > 0 and price < p.min_price)
+        or (p.max_price > 0 and price > p.max_price) then drop('filtered')
+    else
+      local score, src, anchor, lsrc, lanchor = REC.score(C, p.S, i, m, p.w, aw, u.cat_aff,
+                                                          u.band_aff, live)
+      scored[#scored + 1] = {item = item, category = category, score = score,
+                             best_src = src, best_anchor = anchor,
+                             personal = anchor > 0 and REC.PERSONAL[src] == true,
+                             live = lanchor > 0, live_src = lsrc, live_anchor = lanchor}
+    end
+    done[item] = true
+  end
+  return scored, filtered, forder
+end
+
+-- The reason of a chosen candidate and the anchor it names ('' = none): its strongest
+-- source, or its live role when the live_share slots placed it.
+function REC.reason(c, anchors, areason, live)
+  local src, a, roles = c.best_src, c.best_anchor, areason
+  if c.by_live then src, a, roles = c.live_src, c.live_anchor, live end
+  if src == 'ct' and a > 0 then return 'similar', anchors[a] end
+  if (src == 'nn' or src == 'co') and a > 0 then return roles[a], anchors[a] end
+  if src == 'rb' then return 'rebuy', '' end
+  if src == 'uk' then return 'peers', '' end
+  if src == 'cat' then return 'category', '' end
+  if src == 'tr' or src == 'rise' then return 'trending', '' end
+  if src == 'new' then return 'new', '' end
+  return 'popular', ''
+end
+
 -- recommend (no-writes): score, filter, diversify and explain candidates for one user.
 --
 -- KEYS (all with the user's tag):
@@ -435,7 +573,7 @@ end
 --     item, category, price (num), in_stock (0|1), popularity (0..1), flags ('a,b' | ''),
 --     n_sources, then n_sources x (code, value 0..1); code = anchor index * 10 + source,
 --     anchor index 0 = global, source 1 nn | 2 co | 3 ct | 4 cat | 5 tr | 6 pop | 7 rb | 8 uk |
---     9 new
+--     9 new | 0 rise
 --     (see REC.DEFAULT_WEIGHTS); e.g. code 31 = nn neighbour of anchor 3
 -- Reply: {tier, interactions, n_candidates, filtered ('reason=n,...'),
 --         then per item: item, score (string), reason, anchor ('' = none), category}
@@ -449,110 +587,15 @@ end
 local function recommend(keys, argv)
   if #keys ~= 5 then fail('ERR_KEYS', 'expected 5 keys (session, hist, aff, seen, profile), got ' .. #keys) end
   local session_key, hist_key, aff_key, seen_key, profile_key = keys[1], keys[2], keys[3], keys[4], keys[5]
-  local now = int(argv[1], 'now_ms')
-  local k = int(argv[2], 'k')
-  local surface = argv[3]
-  local context_item = argv[4] or ''
-  local w = REC.weights(argv[5])
-  local per_cat = int(argv[6], 'per_category')
-  local half_life = int(argv[7], 'half_life_ms')
-  local content_min = int(argv[8], 'content_min')
-  local collab_min = int(argv[9], 'collab_min')
-  local repurchase = int(argv[10], 'repurchase') == 1
-  local excluded = REC.set(argv[11])
-  local guards = REC.guards(argv[12])
-  local min_price = num(argv[13], 'min_price')
-  local max_price = num(argv[14], 'max_price')
-  local only = REC.set(argv[15])
-  local share = num(argv[16], 'personal_share')
-  local has_only = next(only) ~= nil
-  if k < 1 or k > 200 then fail('ERR_BADARG', 'k must be 1..200, got ' .. k) end
-  if not REC.SURFACES[surface] then fail('ERR_BADARG', 'unknown surface ' .. tostring(surface)) end
-  if half_life <= 0 then fail('ERR_BADARG', 'half_life_ms must be > 0') end
+  local p = REC.parse_argv(argv)
 
-  local live_share = num(argv[17], 'live_share')
-  local n_anchors = int(argv[18], 'n_anchors')
-  local anchors = {}
-  for i = 1, n_anchors do anchors[i] = nonempty(argv[18 + i], 'anchor') end
-  local n_cands = int(argv[19 + n_anchors], 'n_candidates')
-  local C, S, pos = REC.parse_candidates(argv, 20 + n_anchors, n_cands, n_anchors)
-  if argv[pos] ~= nil then fail('ERR_BADARG', 'trailing arguments after the last candidate') end
+  local u = REC.read_user(p, session_key, hist_key, aff_key, seen_key, profile_key)
+  local aw, areason, live = REC.anchor_weights(p.anchors,
+    {context = p.context_item, recent = u.session.recent, cart = u.session.cart, hist = u.hist},
+    p.w, u.now, p.half_life)
 
-  -- Reads (user slot only).
-  if now == 0 then now = now_ms() end
-  local s = REC.read_session(session_key, false)
-  local interactions = REC.interactions(seen_key)
-  local tier = REC.tier(interactions, content_min, collab_min)
-  local cat_aff, band_aff = REC.affinities(aff_key)
-  local hist = {}
-  if n_anchors > 0 then
-    local top = redis.call('ZREVRANGE', hist_key, 0, 0, 'WITHSCORES')
-    local hmax = tonumber(top[2] or '0')
-    if hmax > 0 then
-      local scores = redis.call('ZMSCORE', hist_key, unpack(anchors))
-      for i, a in ipairs(anchors) do
-        if scores[i] then hist[a] = tonumber(scores[i]) / hmax end
-      end
-    end
-  end
-  local traits = {}
-  local raw = redis.call('JSON.GET', profile_key, '$.traits')
-  if raw then
-    local t = cjson.decode(raw)[1]
-    if type(t) == 'table' then traits = t end
-  end
-  local seen = {}
-  if not repurchase then
-    for _, e in ipairs(s.recent) do seen[e.item] = true end
-    if n_cands > 0 and redis.call('EXISTS', seen_key) == 1 then
-      local flags = redis.call('BF.MEXISTS', seen_key, unpack(C.item))
-      for i, f in ipairs(flags) do
-        if f == 1 then seen[C.item[i]] = true end
-      end
-    end
-  end
-  local in_cart = {}
-  for _, line in ipairs(s.cart) do in_cart[line.item] = true end
-
-  local aw, areason, live = REC.anchor_weights(anchors,
-    {context = context_item, recent = s.recent, cart = s.cart, hist = hist}, w, now, half_life)
-
-  -- Filter, then score.
-  local filtered, forder = {}, {}
-  local function drop(reason)
-    if filtered[reason] == nil then filtered[reason] = 0; forder[#forder + 1] = reason end
-    filtered[reason] = filtered[reason] + 1
-  end
-  local m = REC.tier_weights(w, tier)
-  local scored, done = {}, {}
-  for i = 1, n_cands do
-    local item, category, price, flags = C.item[i], C.category[i], C.price[i], C.flags[i]
-    local guarded = false
-    if flags ~= '' then
-      for flag, _ in pairs(REC.set(flags)) do
-        local trait = guards[flag]
-        if trait ~= nil and not REC.truthy(traits[trait]) then guarded = true end
-      end
-    end
-    if done[item] then drop('duplicate')
-    elseif item == context_item then drop('context')
-    elseif in_cart[item] then drop('cart')
-    elseif seen[item] then drop('seen')
-    elseif not C.stock[i] then drop('out_of_stock')
-    elseif guarded then drop('guarded')
-    elseif excluded[category] then drop('excluded')
-    elseif (has_only and not only[category]) or (min_price > 0 and price < min_price)
-        or (max_price > 0 and price > max_price) then drop('filtered')
-    else
-      local score, src, anchor, lsrc, lanchor = REC.score(C, S, i, m, w, aw, cat_aff, band_aff, live)
-      scored[#scored + 1] = {item = item, category = category, score = score,
-                             best_src = src, best_anchor = anchor,
-                             personal = anchor > 0 and REC.PERSONAL[src] == true,
-                             live = lanchor > 0, live_src = lsrc, live_anchor = lanchor}
-    end
-    done[item] = true
-  end
-  local top, skipped = REC.diversify(scored, k, per_cat, share, live_share)
+  local scored, filtered, forder = REC.filter_and_score(p, u, aw, live)
+  local top, skipped = REC.diversify(scored, p.k, p.per_cat, p.share, p.live_share)
   if skipped > 0 then
     forder[#forder + 1] = 'diversity'
     filtered.diversity = skipped
@@ -560,23 +603,9 @@ local function recommend(keys, argv)
 
   local parts = {}
   for _, r in ipairs(forder) do parts[#parts + 1] = r .. '=' .. filtered[r] end
-  local reply = {tier, interactions, n_cands, table.concat(parts, ',')}
+  local reply = {u.tier, u.interactions, p.n_cands, table.concat(parts, ',')}
   for _, c in ipairs(top) do
-    local reason, anchor = 'popular', ''
-    local src, a, roles = c.best_src, c.best_anchor, areason
-    if c.by_live then  -- placed for the live session: named after its live role
-      src, a, roles = c.live_src, c.live_anchor, live
-    end
-    if src == 'ct' and a > 0 then
-      reason, anchor = 'similar', anchors[a]
-    elseif (src == 'nn' or src == 'co') and a > 0 then
-      reason, anchor = roles[a], anchors[a]
-    elseif src == 'rb' then reason = 'rebuy'
-    elseif src == 'uk' then reason = 'peers'
-    elseif src == 'cat' then reason = 'category'
-    elseif src == 'tr' then reason = 'trending'
-    elseif src == 'new' then reason = 'new'
-    end
+    local reason, anchor = REC.reason(c, p.anchors, areason, live)
     reply[#reply + 1] = c.item
     reply[#reply + 1] = tostring(c.score)
     reply[#reply + 1] = reason

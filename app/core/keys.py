@@ -3,11 +3,12 @@
 Layout 2 (log-first, partitioned; docs/keys.md):
 
 - Shoppers are hashed into `partitions` partitions (crc32 of the identity). Every key of a
-  shopper and the partition's event log share the partition's hash tag `{p<n>}`:
-  `u:{p17}:<user>:session`, `log:{p17}`. One acknowledged Function call per partition.
-- Global aggregates are split `agg_shards` ways by item hash (tag `{a<n>}`): trending Top-K,
+  shopper and the partition's event log share the partition's hash tag `{p<n>.<k>}`
+  (`spread_tag`: even over a cluster's masters): `u:{p17.41}:<user>:session`,
+  `log:{p17.41}`. One acknowledged Function call per partition.
+- Global aggregates are split `agg_shards` ways by item hash (tag `{a<n>.<k>}`): trending Top-K,
   Count-Min Sketch, the per-item series, co-occurrence and item features of an item live in
-  its shard: `g:{a3}:trend:view:<hour>`, `i:{a3}:<item>:ts:view`. No slot holds all of them.
+  its shard: `g:{a3.7}:trend:view:<hour>`, `i:{a3.7}:<item>:ts:view`. No slot holds all of them.
 - What stays global (`{g}`: the recommender's model pointers and real-time popularity,
   experiment definitions) is small and written by workers or the trainer, not per event.
 """
@@ -18,6 +19,7 @@ import hashlib
 import zlib
 from dataclasses import dataclass
 
+from app.core.tags import spread_tag
 from app.core.units import HOUR_MS
 
 LAYOUT_VERSION = 2
@@ -55,9 +57,13 @@ class Keys:
     def partition(self, identity: str) -> int:
         return bucket_of(identity, self.partitions)
 
+    def partition_tag(self, partition: int) -> str:
+        """`p<n>.<k>`: spread evenly over a cluster's masters (app/core/tags.py)."""
+        return spread_tag("p", partition, self.partitions)
+
     def log_of(self, partition: int) -> str:
         """STREAM: the partition's event log (written by `ingest_partition` only)."""
-        return f"{self.prefix}log:{{p{partition}}}"
+        return f"{self.prefix}log:{{{self.partition_tag(partition)}}}"
 
     @property
     def logs(self) -> list[str]:
@@ -65,11 +71,13 @@ class Keys:
 
     def part(self, partition: int, part: str) -> str:
         """A partition-level key (e.g. `applied`: the watermarks of partition-slot workers)."""
-        return f"{self.prefix}part:{{p{partition}}}:{part}"
+        return f"{self.prefix}part:{{{self.partition_tag(partition)}}}:{part}"
 
     # -- users ---------------------------------------------------------------
     def user(self, user: str, part: str) -> str:
-        return f"{self.prefix}u:{{p{self.partition(user)}}}:{_plain(user)}:{part}"
+        return (
+            f"{self.prefix}u:{{{self.partition_tag(self.partition(user))}}}:{_plain(user)}:{part}"
+        )
 
     def user_group(self, user: str) -> list[str]:
         """The four keys `ingest_partition` takes per user, in its KEYS order."""
@@ -86,8 +94,12 @@ class Keys:
         """The aggregate shard of an item (or of a normalised search query)."""
         return bucket_of(member, self.agg_shards)
 
+    def shard_tag(self, shard: int) -> str:
+        """`a<n>.<k>`: spread evenly over a cluster's masters (app/core/tags.py)."""
+        return spread_tag("a", shard, self.agg_shards)
+
     def agg(self, shard: int, part: str) -> str:
-        return f"{self.prefix}g:{{a{shard}}}:{part}"
+        return f"{self.prefix}g:{{{self.shard_tag(shard)}}}:{part}"
 
     def applied(self, shard: int) -> str:
         """HASH `<kind>:<partition>` -> last applied log id: the shard's exactly-once marks."""
@@ -108,7 +120,7 @@ class Keys:
 
     def item_agg(self, item: str, part: str) -> str:
         """An item's aggregate key, in the item's shard."""
-        return f"{self.prefix}i:{{a{self.shard(item)}}}:{_plain(item)}:{part}"
+        return f"{self.prefix}i:{{{self.shard_tag(self.shard(item))}}}:{_plain(item)}:{part}"
 
     def item_series(self, item: str, event_type: str) -> tuple[str, str]:
         raw = self.item_agg(item, f"ts:{event_type}")

@@ -17,9 +17,10 @@ from app.recs.keys import RecKeys
 Args = tuple[list[str], list[Any]]
 
 # Candidate sources the `recommend` Function knows (see REC.DEFAULT_WEIGHTS in the Lua), with
-# their codes: a source travels as `anchor index * 10 + code` (REC.SOURCE_CODES).
-SOURCES = ("nn", "co", "ct", "cat", "tr", "pop", "rb", "uk", "new")
-SOURCE_CODE = {name: i for i, name in enumerate(SOURCES, start=1)}
+# their codes: a source travels as `anchor index * 10 + code` (REC.SOURCE_CODES; 'rise', the
+# tenth, has code 0).
+SOURCES = ("nn", "co", "ct", "cat", "tr", "pop", "rb", "uk", "new", "rise")
+SOURCE_CODE = {name: i % 10 for i, name in enumerate(SOURCES, start=1)}
 
 
 def text(value: Any) -> str:

@@ -69,6 +69,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "collab.pop": 0.5, "collab.rb": 1,
     "uk": 5.0, "cold.uk": 1, "content.uk": 1, "collab.uk": 1,
     "new": 3.0, "cold.new": 0, "content.new": 0, "collab.new": 1,
+    "rise": 1.0, "cold.rise": 0, "content.rise": 0, "collab.rise": 1,
 }  # fmt: skip
 WEIGHT_NAMES = frozenset(DEFAULT_WEIGHTS)
 
@@ -97,6 +98,25 @@ def hist_anchor_weight(ctx: RecContext, item: str, floor: float) -> float:
     strongest, raised to `floor` (REC.anchor_weights applies the same rule)."""
     w = ctx.hist_weight.get(item, 0.0)
     return max(w, floor) if w > 0 else 0.0
+
+
+def rising_items(
+    recent: Sequence[tuple[str, float]], usual: Mapping[str, float], n: int
+) -> list[tuple[str, float]]:
+    """The `n` items of `recent` (item, recent popularity) selling most above their usual
+    rate, normalised to 0..1, best first. Within these items, an item's expected recent
+    popularity is its share of their `usual` (long-run) popularity times their recent total;
+    the value is the excess, recent x (1 - 1 / lift). Items at or below their usual rate are
+    left out; an item without a usual rate counts all its recent popularity."""
+    total_recent = sum(v for _, v in recent if v > 0)
+    total_usual = sum(usual.get(item, 0.0) for item, _ in recent)
+    excess: list[tuple[str, float]] = []
+    for item, v in recent:
+        share = usual.get(item, 0.0) / total_usual if total_usual > 0 else 0.0
+        extra = v - total_recent * share
+        if v > 0 and extra > 0:
+            excess.append((item, extra))
+    return _normalised(sorted(excess, key=lambda x: (-x[1], x[0]))[:n])
 
 
 class BudgetExceeded(EngineError):
@@ -131,25 +151,26 @@ class RecConfig:
     # candidate gathering
     n_recent: int = 8
     n_cart: int = 8
-    n_hist: int = 40  # validation, two folds, all lists: 40 anchors 0.4926, 20 anchors 0.4872
+    n_hist: int = 40  # history anchors, strongest first (docs/recommendations.md: why 40)
     n_cats: int = 3
     max_anchors: int = 56
     neighbours: int = 20  # per session anchor and list
     hist_neighbours: int = 10  # per history anchor and list
-    # lists read for history anchors: the model neighbours only (content and co-bought add
-    # nothing measurable there: validation 0.4926 vs 0.4905, two folds, at ~25 % more inline time)
+    # lists read for history anchors: the model neighbours only (content and co-bought lists
+    # there add no measurable quality and cost inline time; figures in the docs)
     hist_lists: tuple[str, ...] = ("nn",)
     co_shrink: float = 3.0  # co-occurrence count c -> c / (c + shrink)
     co_view_share: float = 0.5  # co-viewed counts this much of co-bought
     n_trending: int = 30
     n_popular: int = 60
+    n_rising: int = 30  # 'rise' candidates: items selling above their usual rate lately
     n_category: int = 15
     # similar shoppers (user-kNN): the model's peers of the user, and what they bought lately
     n_peers: int = 100  # peers read per request (the trainer keeps TrainConfig.peers)
     peer_items: int = 30  # strongest history items read per peer
     n_peer_candidates: int = 60  # candidates taken from the peers' items
-    # ~4 us each in the Function. Validation HR@10: 100 -> 80 0.4655 both (cosine model); 80 -> 60
-    # 0.4659 -> 0.4650 (EASE)
+    # candidates sent to `recommend`: parsing and scoring them is most of the Function's cost
+    # (~4 us each); more did not score better on validation (docs/recommendations.md)
     max_candidates: int = 60
     max_sources: int = 8  # per candidate, the strongest (weight x value) are sent
     # new arrivals: a candidate whose catalog `created_ms` lies within the window before now
@@ -173,7 +194,7 @@ class RecConfig:
     # inline p99 (a request waits for the GIL up to the 5 ms switch interval).
     lists_refresh_s: float = 5.0
     # long-term history (rec_track, via the ingestion hook)
-    hist_half_life_ms: int = 14 * 86_400_000  # 30 -> 14 days: +0.03 HR@10 on validation
+    hist_half_life_ms: int = 14 * 86_400_000  # chosen on validation (docs: 14 vs 30 days)
     hist_cap: int = 100
     hist_weights: tuple[tuple[str, float], ...] = (
         ("view", 1.0), ("click", 2.0), ("add_to_cart", 4.0), ("purchase", 8.0),
@@ -433,6 +454,36 @@ def _normalised(pairs: Sequence[tuple[Any, Any]]) -> list[tuple[str, float]]:
     return [(m, s / top) for m, s in out] if top > 0 else []
 
 
+@dataclass
+class CandidatePool:
+    """Candidates found so far: item -> {(source, anchor index): value} (the strongest value
+    of each pair) and the estimated score term of each, which ranks the candidates sent."""
+
+    anchors: list[str]  # anchor index i refers to anchors[i - 1]; 0 = global
+    found: dict[str, dict[tuple[str, int], float]] = field(default_factory=dict)
+    est: dict[str, dict[tuple[str, int], float]] = field(default_factory=dict)
+    _index: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._index = {a: i for i, a in enumerate(self.anchors, start=1)}
+
+    def anchor_index(self, item: str) -> int:
+        """The index of an anchor, appending it when new (history anchors join as found)."""
+        i = self._index.get(item)
+        if i is None:
+            self.anchors.append(item)
+            i = self._index[item] = len(self.anchors)
+        return i
+
+    def put(self, item: str, src: str, anchor: int, value: float, term: float) -> None:
+        if value <= 0:
+            return
+        d = self.found.setdefault(item, {})
+        if value > d.get((src, anchor), 0.0):
+            d[(src, anchor)] = value
+            self.est.setdefault(item, {})[(src, anchor)] = term
+
+
 # -- the recommender -----------------------------------------------------------------------------
 
 ContentKnn = Callable[[str, int], list[tuple[str, float]]]
@@ -479,6 +530,7 @@ class Recommender:
         self.trending: list[tuple[str, float]] = []
         self.hot: list[tuple[str, float]] = []  # real-time popularity (rec_hot), normalised
         self._popular_cache: tuple[tuple[str | None, int], list[tuple[str, float]]] | None = None
+        self._rising_cache: tuple[int, list[tuple[str, float]]] | None = None
         self.snapshot: list[tuple[str, float, str]] = []  # (item, score, reason)
         self._knn_cache: OrderedDict[str, tuple[float, list[tuple[str, float]]]] = OrderedDict()
         self._stats: Counter[str] = Counter()
@@ -651,6 +703,26 @@ class Recommender:
         self._popular_cache = (key, ranked)
         return ranked
 
+    def rising(self) -> list[tuple[str, float]]:
+        """'rise' candidates: items selling above their usual rate lately, best first.
+
+        Among the items of `hot` (recent popularity, 14-day half-life), an item's lift is its
+        share of their recent popularity over its share of their long-run popularity (the
+        catalog's `popularity`: purchase lines); its value is the recent popularity in excess
+        of the usual, hot x (1 - 1 / lift), normalised to 0..1. A perennial best seller
+        scores ~0, a seasonal or newly adopted item high. Cached until `hot` is re-read."""
+        key = id(self.hot)
+        cached = self._rising_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        usual = {}
+        for item, _ in self.hot:
+            attr = self.catalog.get(item)
+            usual[item] = attr.popularity if attr is not None else 0.0
+        ranked = rising_items(self.hot, usual, self.cfg.n_rising)
+        self._rising_cache = (key, ranked)
+        return ranked
+
     def _rebuild_snapshot(self) -> None:
         """Popularity snapshot for fallbacks: trending now + the model's popularity, else the
         catalog's own popularity. Kept in process: it serves while Redis is unreachable."""
@@ -770,24 +842,40 @@ class Recommender:
         repurchase: bool,
         deadline: float | None,
     ) -> tuple[list[str], list[Candidate]]:
-        """Anchors and candidates (with attributes) for `recommend`.
-
-        Session anchors are sent one by one: the Function weighs them by the live session
-        (recency, cart, product page). History-only anchors are pre-summed per candidate and
-        source, exactly: for anchors h with history weight w_h (0..1, from rec_context) and
-        similarity v_h, the Function must add W * hist * sum_h(w_h * v_h); we send that sum
-        divided by w_t under the strongest contributor t, and the Function multiplies by its
-        anchor weight hist * w_t. Same score, one source instead of dozens per candidate, and
-        the reason still names a real item ("because you bought <t>").
-        """
-        c = self.cfg
-        n, nh = c.neighbours, c.hist_neighbours
+        """Anchors and candidates (with attributes) for `recommend`, in six steps: read the
+        anchors' lists and the peers' histories (one round trip); the session anchors'
+        sources; the history anchors' sums; the global sources (category tops, popularity,
+        trending, similar shoppers); the new-arrival boost; the best `max_candidates` by
+        estimated score."""
         session, hist = self.anchors(ctx, req)
+        lists, histories = self._read_anchor_lists(ctx, session, hist, model, deadline)
+        pool = CandidatePool(list(session))
+        self._add_session_sources(pool, ctx, session, lists, model, weights, repurchase)
+        self._add_history_sources(pool, ctx, session, hist, lists, model, weights, repurchase)
+        now_ms = req.now_ms or int(time.time() * 1000)
+        self._add_global_sources(pool, ctx, model, weights, histories, now_ms)
+        self._add_new_arrival_boost(pool, weights, now_ms)
+        return pool.anchors, self._ranked_candidates(pool)
+
+    def _read_anchor_lists(
+        self,
+        ctx: RecContext,
+        session: Sequence[str],
+        hist: Sequence[str],
+        model: str | None,
+        deadline: float | None,
+    ) -> tuple[dict[str, dict[str, list[tuple[str, float]]]], dict[str, Any]]:
+        """(anchor -> list kind -> (item, score), peer -> raw history), one pipeline.
+
+        Session anchors read every list (`neighbours` entries each): model (`nn`) and content
+        (`cn`) neighbours, co-bought (`cob`) and co-viewed (`cov`); history anchors only the
+        kinds in `hist_lists` (`hist_neighbours` each). Then the model's peers' histories."""
+        c = self.cfg
         session_set = set(session)
         specs: list[tuple[str, int]] = []  # (sorted set, entries), in reply order
         plan: list[tuple[str, str]] = []  # (anchor, list kind) of the first len(plan) specs
-        for a in session + hist:
-            in_session = a in session
+        for a in [*session, *hist]:
+            in_session = a in session_set
             keys: list[tuple[str, str]] = []
             if model:
                 keys += [("nn", self.keys.nn(a, model)), ("cn", self.keys.cn(a, model))]
@@ -796,7 +884,7 @@ class Recommender:
                 keys.append(("cov", self.keys.co(a, "v")))
             else:
                 keys = [(kind, zkey) for kind, zkey in keys if kind in c.hist_lists]
-            size = n if in_session else nh
+            size = c.neighbours if in_session else c.hist_neighbours
             for kind, zkey in keys:
                 specs.append((zkey, size))
                 plan.append((a, kind))
@@ -806,60 +894,85 @@ class Recommender:
         replies = self.read_lists(specs)
         if deadline is not None and time.perf_counter() > deadline:
             raise BudgetExceeded("budget spent gathering neighbours")
-        fetched: dict[str, dict[str, list[tuple[str, float]]]] = {}
+        lists: dict[str, dict[str, list[tuple[str, float]]]] = {}
         for (a, kind), raw in zip(plan, replies[: len(plan)], strict=True):
-            fetched.setdefault(a, {})[kind] = pairs(raw)
-        histories = dict(zip(peers, replies[len(plan) :], strict=True))
+            lists.setdefault(a, {})[kind] = pairs(raw)
+        return lists, dict(zip(peers, replies[len(plan) :], strict=True))
 
-        def lists_of(a: str) -> list[tuple[str, list[tuple[str, float]]]]:
-            got = fetched.get(a, {})
-            out: list[tuple[str, list[tuple[str, float]]]] = []
-            if model:
-                out.append(("nn", got.get("nn", [])))
-            # content neighbours where they were read (history anchors skip them unless
-            # hist_lists names them); the on-demand KNN stands in for a missing model list
-            if "cn" in got or a in session_set:
-                out.append(("ct", got.get("cn") or (self._knn(a) or [])))
-            co: dict[str, float] = {}
-            for item, cnt in got.get("cob", []):
-                co[item] = cnt / (cnt + c.co_shrink)
-            for item, cnt in got.get("cov", []):
-                v = c.co_view_share * cnt / (cnt + c.co_shrink)
-                if v > co.get(item, 0.0):
-                    co[item] = v
-            out.append(("co", list(co.items())))
-            return out
+    def _sources_of(
+        self,
+        a: str,
+        lists: Mapping[str, Mapping[str, list[tuple[str, float]]]],
+        model: str | None,
+        in_session: bool,
+    ) -> list[tuple[str, list[tuple[str, float]]]]:
+        """The (source, [(item, value)]) lists of one anchor: nn, ct, co."""
+        c = self.cfg
+        got = lists.get(a, {})
+        out: list[tuple[str, list[tuple[str, float]]]] = []
+        if model:
+            out.append(("nn", got.get("nn", [])))
+        # content neighbours where they were read (history anchors skip them unless
+        # hist_lists names them); the on-demand KNN stands in for a missing model list
+        if "cn" in got or in_session:
+            out.append(("ct", got.get("cn") or (self._knn(a) or [])))
+        co: dict[str, float] = {}
+        for item, cnt in got.get("cob", []):
+            co[item] = cnt / (cnt + c.co_shrink)
+        for item, cnt in got.get("cov", []):
+            v = c.co_view_share * cnt / (cnt + c.co_shrink)
+            if v > co.get(item, 0.0):
+                co[item] = v
+        out.append(("co", list(co.items())))
+        return out
 
-        # (item, src, anchor index) -> value; est: (item, src, anchor) -> estimated term
-        found: dict[str, dict[tuple[str, int], float]] = {}
-        est: dict[str, dict[tuple[str, int], float]] = {}
-
-        def put(item: str, src: str, anchor: int, value: float, term: float) -> None:
-            if value <= 0:
-                return
-            d = found.setdefault(item, {})
-            if value > d.get((src, anchor), 0.0):
-                d[(src, anchor)] = value
-                est.setdefault(item, {})[(src, anchor)] = term
-
-        anchors = list(session)
-        index = {a: i for i, a in enumerate(anchors, start=1)}
-        for a in session:
-            for src, found_pairs in lists_of(a):
+    def _add_session_sources(
+        self,
+        pool: CandidatePool,
+        ctx: RecContext,
+        session: Sequence[str],
+        lists: Mapping[str, Mapping[str, list[tuple[str, float]]]],
+        model: str | None,
+        weights: Mapping[str, float],
+        repurchase: bool,
+    ) -> None:
+        """Session anchors are sent one by one: the Function weighs each by the live session
+        (recency, cart line, product page)."""
+        for i, a in enumerate(session, start=1):
+            for src, found_pairs in self._sources_of(a, lists, model, in_session=True):
                 w = weights.get(src, 0.0)
                 for item, v in found_pairs:
                     v = min(v, 1.0)
-                    put(item, src, index[a], v, w * v)
+                    pool.put(item, src, i, v, w * v)
             if repurchase and (a in ctx.hist_weight or a in ctx.recent):
-                put(a, "rb", index[a], 1.0, weights.get("rb", 0.0))
+                pool.put(a, "rb", i, 1.0, weights.get("rb", 0.0))
+
+    def _add_history_sources(
+        self,
+        pool: CandidatePool,
+        ctx: RecContext,
+        session: Sequence[str],
+        hist: Sequence[str],
+        lists: Mapping[str, Mapping[str, list[tuple[str, float]]]],
+        model: str | None,
+        weights: Mapping[str, float],
+        repurchase: bool,
+    ) -> None:
+        """History-only anchors, pre-summed per candidate and source, exactly: for anchors h
+        with history weight w_h (0..1, from rec_context) and similarity v_h, the Function must
+        add W * hist * sum_h(w_h * v_h); we send that sum divided by w_t under the strongest
+        contributor t, and the Function multiplies by its anchor weight hist * w_t. Same
+        score, one source instead of dozens per candidate, and the reason still names a real
+        item ("because you bought <t>")."""
         sums: dict[tuple[str, str], float] = {}
         floor = weights.get("hist_floor", 0.0)
         top: dict[tuple[str, str], tuple[float, str]] = {}
+        session_set = set(session)
         for h in hist:
             hw = hist_anchor_weight(ctx, h, floor)
             if hw < 1e-6:
                 continue
-            for src, found_pairs in lists_of(h):
+            for src, found_pairs in self._sources_of(h, lists, model, h in session_set):
                 for item, v in found_pairs:
                     if v <= 0:
                         continue
@@ -875,38 +988,60 @@ class Recommender:
         hist_w = weights.get("hist", 0.0)
         for (item, src), total in sums.items():
             t = top[(item, src)][1]
-            if t not in index:
-                anchors.append(t)
-                index[t] = len(anchors)
-            put(item, src, index[t], total / hist_anchor_weight(ctx, t, floor),
-                weights.get(src, 0.0) * hist_w * total)  # fmt: skip
+            pool.put(item, src, pool.anchor_index(t), total / hist_anchor_weight(ctx, t, floor),
+                     weights.get(src, 0.0) * hist_w * total)  # fmt: skip
+
+    def _add_global_sources(
+        self,
+        pool: CandidatePool,
+        ctx: RecContext,
+        model: str | None,
+        weights: Mapping[str, float],
+        histories: Mapping[str, Any],
+        now_ms: int,
+    ) -> None:
+        """Sources tied to no anchor: the tops of the shopper's categories (the Function
+        weighs them by the category's affinity), popularity, trending, similar shoppers."""
+        c = self.cfg
         lists = self.model_lists(model) if model else None
         if lists is not None:
             for cat in ctx.categories[: c.n_cats]:
                 for item, s in lists.categories.get(cat, [])[: c.n_category]:
-                    put(item, "cat", 0, s, weights.get("cat", 0.0) * s)
+                    pool.put(item, "cat", 0, s, weights.get("cat", 0.0) * s)
         for item, s in self.popular(model)[: c.n_popular]:
-            put(item, "pop", 0, s, weights.get("pop", 0.0) * s)
+            pool.put(item, "pop", 0, s, weights.get("pop", 0.0) * s)
         for item, s in self.trending[: c.n_trending]:
-            put(item, "tr", 0, s, weights.get("tr", 0.0) * s)
-        now_ms = req.now_ms or int(time.time() * 1000)
+            pool.put(item, "tr", 0, s, weights.get("tr", 0.0) * s)
+        if weights.get("rise", 0.0) > 0:
+            for item, s in self.rising():
+                pool.put(item, "rise", 0, s, weights["rise"] * s)
         if histories:
             for item, s in self.peer_scores(ctx, histories, now_ms):
-                put(item, "uk", 0, s, weights.get("uk", 0.0) * s)
-        w_new = weights.get("new", 0.0)
-        if w_new > 0:
-            # A boost, not a source of its own: only what another source found. As candidates
-            # of their own, new products crowded out better-supported items (validation HR@10
-            # 0.4755 vs 0.4832 as a boost). Bounded by the candidates found, not the catalog.
-            since = now_ms - c.new_window_ms
-            for item in found:  # put() only adds sources to items already found
-                attr = self.catalog.get(item)
-                if attr is not None and attr.created_ms >= since:
-                    v = new_arrival(attr.created_ms, now_ms, c.new_window_ms, c.new_half_life_ms)
-                    put(item, "new", 0, v, w_new * v)
+                pool.put(item, "uk", 0, s, weights.get("uk", 0.0) * s)
 
-        total_est = {item: sum(d.values()) for item, d in est.items()}
-        keep = sorted(found, key=lambda i: (-total_est[i], i))[: c.max_candidates]
+    def _add_new_arrival_boost(
+        self, pool: CandidatePool, weights: Mapping[str, float], now_ms: int
+    ) -> None:
+        """A boost, not a source of its own: only candidates another source found get it (as
+        candidates of their own, new products crowd out better-supported items; see
+        docs/recommendations.md). Bounded by the candidates found, not by the catalog."""
+        c = self.cfg
+        w_new = weights.get("new", 0.0)
+        if w_new <= 0:
+            return
+        since = now_ms - c.new_window_ms
+        for item in list(pool.found):
+            attr = self.catalog.get(item)
+            if attr is not None and attr.created_ms >= since:
+                v = new_arrival(attr.created_ms, now_ms, c.new_window_ms, c.new_half_life_ms)
+                pool.put(item, "new", 0, v, w_new * v)
+
+    def _ranked_candidates(self, pool: CandidatePool) -> list[Candidate]:
+        """The `max_candidates` with the highest estimated score, with their attributes and
+        their `max_sources` strongest sources; items the catalog does not know are dropped."""
+        c = self.cfg
+        total_est = {item: sum(d.values()) for item, d in pool.est.items()}
+        keep = sorted(pool.found, key=lambda i: (-total_est[i], i))[: c.max_candidates]
         catalog_known = len(self.catalog) > 0
         out: list[Candidate] = []
         for item in keep:
@@ -918,11 +1053,11 @@ class Recommender:
             else:
                 cand = Candidate(item, attr.category, attr.price, attr.in_stock,
                                  self.catalog.popularity(attr), attr.flags)  # fmt: skip
-            terms = est[item]
-            ranked = sorted(found[item].items(), key=lambda kv: -terms[kv[0]])
+            terms = pool.est[item]
+            ranked = sorted(pool.found[item].items(), key=lambda kv: -terms[kv[0]])
             cand.sources = [(src, a, v) for (src, a), v in ranked[: c.max_sources]]
             out.append(cand)
-        return anchors, out
+        return out
 
     def params(self, req: RecRequest, assignment: Assignment, k: int) -> RecParams:
         c = self.cfg

@@ -241,3 +241,19 @@ def test_recommend_is_read_only(world: World) -> None:
     with pytest.raises(redis.ResponseError, match="write flag"):
         w.client.fcall_ro("rec_track", 0, 0, 0, 1, 1, "")
     rec.close()
+
+
+def test_rise_source_scores_by_its_weight_and_reads_as_trending(world: World) -> None:
+    w = world
+    cands = [cand("R1", sources=[("tr", 0, 0.2)]),
+             cand("R2", sources=[("tr", 0, 0.2), ("rise", 0, 0.8)])]  # fmt: skip
+    weights = {**DEFAULT_WEIGHTS, "rise": 2.0, "cold.rise": 1.5}
+    reply = call(w, "rise-user", cands, now_ms=NOW, weights=weights)
+    by_item = {it.item_id: it for it in reply.items}
+    assert reply.tier == "cold"
+    extra = 2.0 * 1.5 * 0.8
+    assert by_item["R2"].score - by_item["R1"].score == pytest.approx(extra)
+    assert by_item["R2"].reason == "trending"
+    off = call(w, "rise-user", cands, now_ms=NOW, weights={**DEFAULT_WEIGHTS, "rise": 0.0})
+    scores = {it.item_id: it.score for it in off.items}
+    assert scores["R2"] == pytest.approx(scores["R1"])

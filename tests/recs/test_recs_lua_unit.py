@@ -157,9 +157,16 @@ def test_candidates_parse_flat_and_validate(lua: Any) -> None:
     bad[7] = "38"  # anchor 3 of 2
     err = lua.error_of(lua.parse_candidates, table(lua, bad), 1, 1, 2)
     assert err == "ERR_BADARG candidate I1: bad source code 38"
-    bad[7] = "20"  # source 0 does not exist (1 nn .. 9 new)
+    bad[7] = "2.5"  # not a whole code
     err = lua.error_of(lua.parse_candidates, table(lua, bad), 1, 1, 2)
-    assert err == "ERR_BADARG candidate I1: bad source code 20"
+    assert err == "ERR_BADARG candidate I1: bad source code 2.5"
+    bad[7] = "-1"  # a negative anchor
+    err = lua.error_of(lua.parse_candidates, table(lua, bad), 1, 1, 2)
+    assert err == "ERR_BADARG candidate I1: bad source code -1"
+    rise = list(block)
+    rise[7] = "20"  # source 0 is 'rise' (1 nn .. 9 new, 0 rise)
+    _, s, _ = lua.parse_candidates(table(lua, rise), 1, 1, 2)
+    assert (s["src"][1], s["anchor"][1]) == ("rise", 2)
 
 
 def test_score_sums_sources_and_names_the_strongest(lua: Any) -> None:
