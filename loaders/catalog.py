@@ -100,10 +100,11 @@ class FeedRow:
     item_id: str | None = None  # when known, also for errors (protects it from deletion)
 
 
-def online_retail_rows(path: str | Path) -> tuple[list[FeedRow], SkipReport]:
+def online_retail_rows(path: str | Path, shift_ms: int = 0) -> tuple[list[FeedRow], SkipReport]:
     """The Online Retail catalog as feed rows. A product aggregates many CSV rows, so its
     errors name the item id (line_no 0). The category is left empty: `content_of` derives it
-    from the title with `app.core.taxonomy.category_for` and marks it `derived`."""
+    from the title with `app.core.taxonomy.category_for` and marks it `derived`. `shift_ms`
+    moves `created_ms` like a shifted replay moves its events (the demo's "ends now")."""
     scan = online_retail.scan(path)
     rows = []
     for code, p in scan.catalog.items():
@@ -114,7 +115,7 @@ def online_retail_rows(path: str | Path) -> tuple[list[FeedRow], SkipReport]:
             stock=synthetic_stock(code),
             stock_mode="initial",
             popularity=float(p.purchase_lines),
-            created_ms=p.first_seen_ms,
+            created_ms=p.first_seen_ms + shift_ms,
             source=ONLINE_RETAIL_SOURCE,
             stock_source="synthetic",
         )
@@ -530,9 +531,11 @@ def load_online_retail(
     ckeys: CatalogKeys,
     path: str | Path,
     vectorizer: TextVectorizer,
+    *,
+    shift_ms: int = 0,
     **kwargs: Any,
 ) -> LoadReport:
-    rows, skipped = online_retail_rows(path)
+    rows, skipped = online_retail_rows(path, shift_ms)
     report = load_rows(
         client, cfg, ckeys, rows, vectorizer, source=ONLINE_RETAIL_SOURCE, total=len(rows),
         **kwargs,

@@ -348,6 +348,7 @@ class CatalogScan:
     catalog: dict[str, Product]
     report: SkipReport
     events: int  # purchase events `purchase_events` yields for the same file
+    last_event_ms: int = 0  # the newest of those events' times
 
 
 def scan(path: str | Path) -> CatalogScan:
@@ -356,9 +357,11 @@ def scan(path: str | Path) -> CatalogScan:
     accs: dict[str, _Acc] = {}
     events = EventFilter()
     n_events = 0
+    last_event = 0
     for row in read_rows(path, report):
         if events.reason(row) is None:
             n_events += 1
+            last_event = max(last_event, row.ts_ms)
         if not row.stock_code:
             report.add(EMPTY_STOCK_CODE, row.line_no)
             continue
@@ -390,7 +393,7 @@ def scan(path: str | Path) -> CatalogScan:
             codes=tuple(sorted(acc.codes)),
         )
     report.kept = len(catalog)
-    return CatalogScan(catalog, report, n_events)
+    return CatalogScan(catalog, report, n_events, last_event)
 
 
 def build_catalog(path: str | Path) -> tuple[dict[str, Product], SkipReport]:

@@ -15,6 +15,7 @@ the catalog loader would. See `app/recs/model.py` for the similarity, the keys a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -107,6 +108,7 @@ def train_online_retail(
     content: bool = True,
     version: str | None = None,
     users: set[str] | None = None,
+    fingerprint: str = "",
     catalog_client: redis.Redis | None = None,
 ) -> TrainReport:
     """`catalog_client`: where the product documents (and their vectors) live, when not on
@@ -125,7 +127,16 @@ def train_online_retail(
     return train(
         client, keys, inter, categories, cfg, vectors=vectors,
         version=version, source=f"online-retail {Path(path).name}{until}",
+        fingerprint=fingerprint,
     )  # fmt: skip
+
+
+def training_fingerprint(path: str | Path, cfg: TrainConfig | None = None) -> str:
+    """Names what a model is trained from: the data file's bytes and the training settings
+    (a model with the same fingerprint would come out the same, so it can be reused)."""
+    digest = hashlib.sha256(Path(path).read_bytes())
+    digest.update(repr(cfg or TrainConfig()).encode())
+    return digest.hexdigest()[:24]
 
 
 def date_ms(text: str) -> int:

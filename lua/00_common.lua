@@ -106,6 +106,23 @@ local function decayed_value(score, at, epoch, half_life)
   return math.exp(math.log(score) - (at - epoch) / half_life * math.log(2))
 end
 
+-- The seen-filter (Bloom, per user): `capacity` items at `error` in a first sub-filter, then
+-- scaling (EXPANSION 2) up to SEEN_MAX_FACTOR x capacity items (4 sub-filters: 1+2+4+8).
+-- A fixed-size (NONSCALING) filter silently refused every item past its capacity, so heavy
+-- buyers (1,000+ distinct items in the sample) were offered what they had already bought.
+-- Past the cap nothing more is recorded (memory bound: ~22 KB at 1,000 x 1 %).
+local SEEN_MAX_FACTOR = 15
+
+local function seen_insert(key, capacity, error_rate, items)
+  local room = capacity * SEEN_MAX_FACTOR
+  if redis.call('EXISTS', key) == 1 then room = room - tonumber(redis.call('BF.CARD', key)) end
+  if room <= 0 or #items == 0 then return end
+  local batch = items
+  if #items > room then batch = {unpack(items, 1, room)} end
+  redis.call('BF.INSERT', key, 'CAPACITY', capacity, 'ERROR', error_rate, 'EXPANSION', 2,
+    'ITEMS', unpack(batch))
+end
+
 -- library_version (no-writes): the version string app/redis/library.py computed when loading.
 -- KEYS none, ARGV none. Reply: string.
 local function library_version(keys, argv)

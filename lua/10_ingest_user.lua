@@ -31,7 +31,7 @@
 --   [8]  aff_half_life_ms   int  affinity half-life
 --   [9]  co_window_ms       int  max |ts difference| for a co-occurrence pair
 --   [10] co_recent_n        int  pair a new item with at most this many recent session items
---   [11] bloom_capacity     int  seen-filter capacity (NONSCALING: fixed size)
+--   [11] bloom_capacity     int  seen-filter first capacity (scales to 15x, then stops)
 --   [12] bloom_error        num  seen-filter false-positive rate at capacity
 --   [13] weights            str  "view=1,click=2,..." affinity weight per event type
 --   [14] cart_cap           int  cart lines kept (the least recently touched line is dropped)
@@ -44,7 +44,7 @@
 -- (ARGV[1..15] and the groups: the first part of ingest_partition's ARGV.)
 -- Writes: session (JSON.SET for a new document, else one JSON.MERGE; EXPIRE session_ttl_s),
 --   dedup (ZADD; trim and PEXPIRE window + 10 min), aff (ZINCRBY, EXPIRE user_ttl_s), seen
---   (BF.INSERT NONSCALING, EXPIRE user_ttl_s). Maintenance (dedup trim, TTL refresh of
+--   (BF.INSERT scaling to 15x capacity, see seen_insert; EXPIRE user_ttl_s). Maintenance (dedup trim, TTL refresh of
 --   dedup/aff/seen) runs when a session document starts, when a key is first written in the
 --   session, and then at most every MAINT_EVERY_MS of server time or MAINT_EVENTS events: the
 --   session (30 min TTL) carries that bookkeeping, so a hot user pays for it once.
@@ -517,8 +517,7 @@ local function apply_user_groups(cfg, groups, now)
       redis.call('EXPIRE', grp.aff, cfg.user_ttl); fresh.a = true
     end
     if #seen_items > 0 then
-      redis.call('BF.INSERT', grp.seen, 'CAPACITY', cfg.bloom_capacity, 'ERROR', cfg.bloom_error,
-        'NONSCALING', 'ITEMS', unpack(seen_items))
+      seen_insert(grp.seen, cfg.bloom_capacity, cfg.bloom_error, seen_items)
       if maint or not string.find(flags, 's', 1, true) then
         redis.call('EXPIRE', grp.seen, cfg.user_ttl); fresh.s = true
       end

@@ -165,8 +165,7 @@ local function identify_user(keys, argv)
         for item, _ in pairs(anon_session.purchased or {}) do items[#items + 1] = item end
         for item, _ in pairs(anon_session.cart or {}) do items[#items + 1] = item end
         if #items > 0 then
-          redis.call('BF.INSERT', seen_key, 'CAPACITY', bloom_capacity, 'ERROR', bloom_error,
-            'NONSCALING', 'ITEMS', unpack(items))
+          seen_insert(seen_key, bloom_capacity, bloom_error, items)
           redis.call('EXPIRE', seen_key, user_ttl)
         end
         merged_items = #items

@@ -48,7 +48,14 @@ def _workload(now: int) -> list[dict[str, object]]:
 
 def test_every_key_is_bounded(client: redis.Redis, cfg: EngineConfig) -> None:
     small = replace(
-        cfg, log_maxlen=500, recent_cap=10, cart_cap=10, searches_cap=5, dedup_cap=200, co_cap=5
+        cfg,
+        log_maxlen=500,
+        recent_cap=10,
+        cart_cap=10,
+        searches_cap=5,
+        dedup_cap=200,
+        co_cap=5,
+        bloom_capacity=10,
     )
     keys = small.keys()
     now = int(time.time() * 1000)
@@ -106,9 +113,11 @@ def test_every_key_is_bounded(client: redis.Redis, cfg: EngineConfig) -> None:
     assert usage[keys.user("heavy", "session")] < 9_000, usage
     assert usage[keys.user("heavy", "dedup")] < 160 * small.dedup_cap, usage
     assert sum(usage.values()) < 9_000 + 160 * small.dedup_cap + 3_000, usage
-    # The seen filter is fixed-size (NONSCALING) however many items the user touched.
+    # The seen filter scales (x2) up to 15x its first capacity, then records nothing more,
+    # however many items the user touched (300 here).
     info = client.execute_command("BF.INFO", keys.user("heavy", "seen"))
-    assert info[b"Number of filters"] == 1 and info[b"Capacity"] == small.bloom_capacity
+    assert info[b"Number of filters"] == 4, info
+    assert info[b"Number of items inserted"] <= 15 * small.bloom_capacity, info
 
 
 def test_feature_states_are_bounded(client: redis.Redis, cfg: EngineConfig) -> None:

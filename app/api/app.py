@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import redis
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -38,6 +39,8 @@ from app.api.openapi import (
     string,
 )
 from app.api.tracking import tracking_routes
+from app.catalog.facts import catalog_prices, event_items, unknown_items, with_catalog_prices
+from app.catalog.index import CatalogKeys
 from app.core.errors import (
     AuthError,
     BadArgumentError,
@@ -58,6 +61,7 @@ from app.engine import build_engine
 from app.ingest.aggregates import ingest_status
 from app.ingest.sessions import session_view
 from app.obs.middleware import MetricsMiddleware, RequestContextMiddleware
+from app.obs.registry import DEFAULT as DEFAULT_REGISTRY
 from app.redis import calls
 from app.redis import embedded as redis_stack
 from app.redis import library as functions
@@ -193,9 +197,23 @@ async def post_events(request: Request) -> Response:
                           "reason": exc.message}  # fmt: skip
     if valid:
         deps.redis_available(request)
-        report = await deps.blocking(deps.state(request)["ingestor"].ingest, valid)
+        st = deps.state(request)
+        prices = await deps.blocking(
+            catalog_prices, st["redis"], CatalogKeys(st["keys"].prefix), event_items(valid)
+        )
+        valid = [with_catalog_prices(ev, prices) for ev in valid]
+        report = await deps.blocking(st["ingestor"].ingest, valid)
+        unknown_accepted = 0
         for pos, ev, status in zip(positions, valid, report.statuses, strict=True):
             results[pos] = {"event_id": ev.event_id, "status": status}
+            missing = unknown_items(ev, prices)
+            if missing:  # accepted all the same: catalog feeds lag behind the storefront
+                results[pos] |= {"warning": "unknown_item", "unknown_items": missing[:10]}
+                unknown_accepted += status == "accepted"
+        if unknown_accepted:
+            mw = getattr(request.app.state, "metrics", None)  # the app's MetricsMiddleware
+            registry = mw.registry if isinstance(mw, MetricsMiddleware) else DEFAULT_REGISTRY
+            registry.inc("events.unknown_item", unknown_accepted)
     counts = {
         s: sum(1 for r in results if r["status"] == s)
         for s in ("accepted", "duplicate", "rejected")
@@ -287,7 +305,14 @@ async def get_trending(request: Request) -> Response:
     watermark, items = await deps.blocking(
         calls.trending, st["redis"], st["settings"].engine, st["keys"], event_type, k
     )
-    hits = [{"item_id": it.item_id, "score": round(it.score, 4), "count": it.count} for it in items]
+    # Titles from the recommender's in-process catalog copy (no extra Redis round trip).
+    rec = getattr(request.state, "recommender", None)
+    catalog = getattr(rec, "catalog", None)
+    hits = []
+    for it in items:
+        attr = catalog.get(it.item_id) if catalog is not None else None
+        hits.append({"item_id": it.item_id, "title": attr.title if attr else None,
+                     "score": round(it.score, 4), "count": it.count})  # fmt: skip
     return JSONResponse({"type": event_type, "as_of_ms": watermark, "items": hits})
 
 
@@ -326,6 +351,18 @@ async def engine_error(request: Request, exc: Exception) -> Response:
         return _error("unavailable", str(exc), 503, RETRY_AFTER_S)
     log.exception("engine error", exc_info=exc)
     return _error("engine_error", str(exc), 500)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (unknown route 404, wrong method 405) as JSON like the others."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    detail = exc.detail
+    if exc.status_code == 404:
+        detail = f"no route {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    return JSONResponse({"error": code, "detail": detail}, exc.status_code, headers=exc.headers)
 
 
 async def redis_error(request: Request, exc: Exception) -> Response:
@@ -430,7 +467,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Middleware(MetricsMiddleware),  # inside: sees the request id, times the app
             Middleware(AddressLimitMiddleware),
         ],
-        exception_handlers={EngineError: engine_error, redis.RedisError: redis_error},
+        exception_handlers={
+            EngineError: engine_error,
+            redis.RedisError: redis_error,
+            HTTPException: http_error,
+        },
     )
     install_recommendations(app)  # its routes, a Recommender per app (lifespan), ingestion hook
     app.state.guard = auth.Guard(cfg.limits)

@@ -9,6 +9,7 @@ ingestion hook).
 |--------|-----------------------------|-------|-----------------------------------------------|
 | GET    | /v1/recommendations/{user}  | -     | a list; with age, tier, variant and source    |
 |        |   ?surface=&item=&k=&category=&min_price=&max_price=                                |
+|        |   &as_of=<ms> (admin): computed at that time, uncached (replays, backtests)         |
 | GET    | /v1/recommender             | admin | model version, caches, serving counters       |
 | GET    | /v1/experiments             | admin | every experiment definition                   |
 | PUT    | /v1/experiments/{id}        | admin | create or replace a definition                |
@@ -52,7 +53,7 @@ from app.catalog.index import load_catalog_config
 from app.catalog.search import Filters, ProductSearch
 from app.catalog.vectorizers import get_vectorizer
 from app.core.errors import RedisSetupError, ValidationError
-from app.core.events import ID_RE, ID_RULE, IDENTITY_RE
+from app.core.events import ID_RE, ID_RULE, IDENTITY_RE, MAX_FUTURE_MS, MIN_TS_MS
 from app.core.settings import EngineConfig, Settings
 from app.core.taxonomy import SLUG_RE
 from app.recs import model as rec_model
@@ -122,6 +123,7 @@ def install_recommendations(app: Starlette) -> None:
                 await deps.blocking(rec.start)
             else:
                 await deps.blocking(rec.refresh)
+            await deps.blocking(rec.warm_up)  # the first shopper's request is not a cold one
             # Move what exists now (libraries, caches) out of the cyclic GC's reach: its full
             # collections otherwise scan ~70k library objects and pause requests 20-40 ms.
             gc.freeze()
@@ -210,7 +212,21 @@ def parse_rec_request(user: str, params: Mapping[str, str]) -> RecRequest:
     lo, hi = _price(params, "min_price"), _price(params, "max_price")
     if lo and hi and lo > hi:
         raise ValidationError("min_price", "must not be above max_price")
-    return RecRequest(user, surface, item, k, RecFilters(cats, lo, hi))
+    return RecRequest(user, surface, item, k, RecFilters(cats, lo, hi), _as_of(params))
+
+
+def _as_of(params: Mapping[str, str]) -> int:
+    """`as_of` (ms since the epoch): compute as if the clock said so; 0 when absent."""
+    raw = params.get("as_of")
+    if raw is None or raw == "":
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError("as_of", "must be an integer (ms since the epoch)") from None
+    if not MIN_TS_MS <= value <= int(time.time() * 1000) + MAX_FUTURE_MS:
+        raise ValidationError("as_of", "must be ms since the epoch, after 2000 and not ahead")
+    return value
 
 
 # -- endpoints ----------------------------------------------------------------------------------
@@ -232,6 +248,11 @@ async def get_recommendations(request: Request) -> Response:
     req = parse_rec_request(request.path_params["user_id"], request.query_params)
     auth.authorize_read(request, req.user)
     rec = recommender(request)
+    if req.now_ms:
+        # An explicit clock replays history (backtests): admin only, computed, never cached.
+        deps.require_admin_key(request)
+        resp = await deps.blocking_read(rec.at_time, req)
+        return JSONResponse({**rec.as_json(resp), "as_of_ms": req.now_ms})
     # Own pool: writes stuck on a hung Redis never queue a recommendation behind them.
     resp = await deps.blocking_read(rec.serve, req)
     return JSONResponse(rec.as_json(resp))

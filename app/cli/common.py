@@ -3,13 +3,19 @@ cluster) and the two connections (engine, catalog)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import errno
+import logging
+import signal
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import redis
 
+from app.core.errors import ConfigError
 from app.core.settings import Settings
 from app.redis import cluster as local_cluster
 from app.redis import embedded
@@ -30,6 +36,42 @@ class RedisUrls:
         return {"admin": self.admin, "app": self.app, "worker": self.worker}[user]
 
 
+def check_can_start(settings: Settings, what: str = "the API") -> socket.socket:
+    """Before anything starts or loads: the data folder is free (the embedded server's, when
+    REDIS_URL is unset: its holder is named), then the port, which is taken now and handed
+    to the server later (`serve_api`): a second start cannot take it while this one loads."""
+    lock = embedded.DataDirLock(settings.data_dir / "redis")
+    if not settings.redis_url and lock.path.exists():  # no file: nobody can hold it
+        lock.acquire()  # raises naming the holder
+        lock.release()
+    return reserve_port(settings.host, settings.port, what)
+
+
+def reserve_port(host: str, port: int, what: str = "the API") -> socket.socket:
+    """A listening socket on `host:port`, or one line saying why not (not after minutes of
+    loading). Connections made before the server starts wait in its backlog."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    # What hypercorn sets too: a port in TIME_WAIT after our own restart is not "busy".
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)  # listening: another SO_REUSEADDR socket can no longer bind it
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is already in use, so {what} cannot start there: "
+                "stop the other server or set RETAIL_PORT (or --port)"
+            ) from None
+        raise ConfigError(f"cannot bind {what} to {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+def check_port_free(host: str, port: int, what: str = "the API") -> None:
+    """Fail now, in one line, when `host:port` is taken (the port is not kept)."""
+    reserve_port(host, port, what).close()
+
+
 @contextlib.contextmanager
 def redis_servers(settings: Settings, *, port: int = 0) -> Iterator[RedisUrls]:
     """REDIS_URL when set; else the embedded Redis Stack on `var/redis` (kept across runs),
@@ -43,16 +85,19 @@ def redis_servers(settings: Settings, *, port: int = 0) -> Iterator[RedisUrls]:
         maxmemory=settings.redis_maxmemory,
     )  # fmt: skip
     print(f"starting embedded Redis Stack 7.4 (data: {server.data_dir}, AOF everysec) ...")
-    server.start()
-    print(f"Redis Stack ready on {server.host}:{server.port} (ACL users admin, app, worker; "
-          f"passwords in {server.data_dir / 'credentials.json'})")  # fmt: skip
+    # start() inside the try: a signal right after it returns must still stop the server.
     try:
+        server.start()
+        print(f"Redis Stack ready on {server.host}:{server.port} (ACL users admin, app, "
+              f"worker; passwords in {server.data_dir / 'credentials.json'})")  # fmt: skip
         with redis.Redis.from_url(server.url) as admin:
             functions.ensure_current(admin, load_if_stale=True)
         yield RedisUrls(server.url_for("admin"), server.url_for("app"), server.url_for("worker"))
     finally:
-        print("stopping Redis ...")
-        server.stop()
+        if server.proc is not None:
+            print("stopping Redis ...", flush=True)
+            server.stop()
+            print(f"Redis stopped; data kept in {server.data_dir}", flush=True)
 
 
 @contextlib.contextmanager
@@ -60,6 +105,38 @@ def redis_for(settings: Settings, *, port: int = 0, user: str = "worker") -> Ite
     """The URL of one role (see `redis_servers`); loaders and workers by default."""
     with redis_servers(settings, port=port) as urls:
         yield urls.of(user)
+
+
+def serve_api(settings: Settings, listener: socket.socket | None = None) -> None:
+    """Serve the API until SIGINT/SIGTERM, on `listener` (from `check_can_start`, reserved
+    before anything loaded) or else on host:port."""
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config as HyperConfig
+
+    from app.api.app import create_app
+
+    config = HyperConfig()
+    # hypercorn takes the descriptor over (fd://) and closes it when it stops.
+    config.bind = [f"fd://{listener.detach()}" if listener else f"{settings.host}:{settings.port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")  # through our (JSON) handler
+    app = create_app(settings)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        asyncio.run(run())
+    finally:
+        # asyncio resets SIGTERM to the default (exit at once) when its loop closes; the
+        # caller still has Redis to stop.
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

@@ -6,19 +6,26 @@ Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import logging
-import secrets
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import redis
-from starlette.datastructures import Secret
 
-from app.cli.common import clients, cluster_for, redis_for, servers_for
+from app.cli.common import (
+    check_can_start,
+    check_port_free,
+    clients,
+    cluster_for,
+    redis_for,
+    serve_api,
+    servers_for,
+)
+from app.cli.demo import cmd_demo
 from app.core import tokens
 from app.core.errors import EngineError
 from app.core.events import ID_RULE, IDENTITY_RE
@@ -31,34 +38,13 @@ from app.redis.connect import connect
 log = logging.getLogger("retail.cli")
 
 
-def _serve(settings: Settings, workers_note: bool = True) -> None:
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config as HyperConfig
-
-    from app.api.app import create_app
-
-    config = HyperConfig()
-    config.bind = [f"{settings.host}:{settings.port}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")  # through our (JSON) handler
-    app = create_app(settings)
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
-
-    asyncio.run(run())
-
-
 def cmd_redis(args: argparse.Namespace, settings: Settings) -> int:
     if settings.redis_url:
         print("REDIS_URL is set: nothing to start", file=sys.stderr)
         return 2
     if args.cluster:
         return _run_cluster(settings, args.cluster, args.replicas)
+    check_port_free("127.0.0.1", args.port, "the embedded Redis")
     with redis_for(settings, port=args.port, user="admin") as url:
         with redis.Redis.from_url(url) as client:
             lib = functions.load(client)
@@ -105,11 +91,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     settings = dataclasses.replace(
         settings, host=args.host or settings.host, port=args.port or settings.port
     )
+    listener = check_can_start(settings)
     with servers_for(settings, cluster=args.cluster, replicas=args.replicas, user="app") as (
         found,
         _app,
     ):
-        _serve(found)
+        serve_api(found, listener)
     return 0
 
 
@@ -158,94 +145,6 @@ def cmd_reset(args: argparse.Namespace, settings: Settings) -> int:
         n = reset_prefix(client, settings.engine.key_prefix)
     print(f"deleted {n:,} keys under {settings.engine.key_prefix!r}; now replay or `make demo`")
     return 0
-
-
-def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from loaders import replay
-
-    write_key = next(iter(settings.write_keys), None) or f"wk_demo_{secrets.token_hex(6)}"
-    server_key = next(iter(settings.server_keys), None) or f"sk_demo_{secrets.token_urlsafe(18)}"
-    admin_key = str(settings.admin_key) if settings.admin_key else secrets.token_urlsafe(24)
-    identity_secret = (
-        str(settings.identity_secret) if settings.identity_secret else secrets.token_urlsafe(32)
-    )
-    example_token = tokens.mint(identity_secret, "c17850", ttl_s=24 * 3600)
-    with servers_for(settings, cluster=args.cluster, replicas=args.replicas) as (found, app_s):
-        with clients(found) as (client, catalog):
-            lib = functions.ensure_everywhere(client, catalog, load_if_stale=True)
-            print(f"Functions library {lib.version} loaded")
-            _load_catalog(catalog, settings)
-            print(f"replaying the real Online Retail purchases from {settings.sample_data} ...")
-            report = replay.replay(client, settings.engine, settings.sample_data,
-                                   limit=args.limit, progress=True)  # fmt: skip
-            print(report.summary())
-            from loaders.train import train_online_retail
-
-            print("training the item-item model on the real purchases ...")
-            trained = train_online_retail(client, settings.engine, settings.sample_data,
-                                          catalog_client=catalog)  # fmt: skip
-            print(trained.summary())
-            from app.cli.profiles import load_sample_profiles
-
-            load_sample_profiles(client, settings)
-        settings = dataclasses.replace(
-            app_s, write_keys=frozenset({write_key}),
-            server_keys=frozenset({server_key}), admin_key=Secret(admin_key),
-            identity_secret=Secret(identity_secret),
-        )  # fmt: skip
-        print(_demo_banner(settings, server_key, example_token))
-        _serve(settings)
-    return 0
-
-
-def _demo_banner(settings: Settings, server_key: str, example_token: str) -> str:
-    """What `make demo` prints once the API is up: the session's keys and what to try."""
-    base = f"http://{settings.host}:{settings.port}"
-    write_key = next(iter(settings.write_keys))
-    admin_key = str(settings.admin_key)
-    return f"""
-API on {base}  (Ctrl-C stops the app and Redis)
-  public write key : {write_key}   (browsers: events for a user id carry its shopper token)
-  secret server key: {server_key}   (backends, server SDKs: any shopper)
-  secret admin key : {admin_key}   (shown once; set RETAIL_ADMIN_KEY to choose your own)
-
-Try:
-  curl {base}/health
-  curl '{base}/v1/trending?type=purchase&k=5'
-  curl '{base}/v1/search?q=heart+lantern&max_price=5&in_stock=true&k=5'
-  curl '{base}/v1/items/85123A/similar?k=5'
-  curl '{base}/v1/recommendations/c17850?k=5' -H 'X-Shopper-Token: {example_token}'
-  open {base}/ (storefront demo) and {base}/dashboard (live metrics)
-  curl -X POST {base}/v1/events -H 'X-Write-Key: {write_key}' \\
-       -H 'content-type: application/json' -d '{{"event_id":"demo-1","type":"view",
-       "user_id":"c17850","session_id":"s1","item_id":"85123A",
-       "context":{{"shopper_token":"{example_token}"}}}}'
-  curl {base}/v1/users/c17850/profile -H 'Authorization: Bearer {admin_key}'   (synced traits)
-  (the token above is c17850's for 24 h, minted with the session's RETAIL_IDENTITY_SECRET;
-   the storefront gets tokens for its shoppers from /v1/demo/token, as a retailer backend
-   would hand them to its logged-in shoppers; events for a user id need one: docs/security.md)
-  curl {base}/v1/users/c17850/session -H 'Authorization: Bearer {admin_key}'
-  Segment / RudderStack server SDKs: host (data plane URL) {base}, write key {server_key}
-  curl -X POST {base}/v1/track -u '{write_key}:' -H 'content-type: application/json' \\
-       -d '{{"messageId":"demo-2","userId":"c17850","event":"Product Viewed",
-       "properties":{{"product_id":"85123A"}},"context":{{"shopper_token":"{example_token}"}}}}'
-  API contract: {base}/openapi.json, readable at {base}/docs
-"""
-
-
-def _load_catalog(client: redis.Redis, settings: Settings) -> None:
-    """Search index + the real catalog (idempotent: unchanged products are not rewritten)."""
-    from app.catalog.index import CatalogKeys, create_index, load_catalog_config
-    from app.catalog.vectorizers import get_vectorizer
-    from loaders.catalog import load_online_retail
-
-    cfg = load_catalog_config()
-    ckeys = CatalogKeys(cfg.key_prefix)
-    vectorizer = get_vectorizer(cfg.vectorizer)
-    print(create_index(client, ckeys, vectorizer).summary())
-    print(f"loading the real catalog from {settings.sample_data} ...")
-    report = load_online_retail(client, cfg, ckeys, settings.sample_data, vectorizer, progress=True)
-    print(report.summary())
 
 
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
@@ -334,10 +233,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(Exception):
+    """SIGTERM outside the server loop (while Redis starts or data loads)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    # Python's default for SIGTERM ends the process at once: no `finally`, so the embedded
+    # Redis (its own session) kept running, holding the data folder. Unwind instead.
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = load_settings()
     configure_logging(json_lines=settings.log_json)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.fn(args, settings))
     except EngineError as exc:
@@ -345,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Terminated:
+        return 143
 
 
 if __name__ == "__main__":

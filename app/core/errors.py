@@ -22,6 +22,10 @@ class SearchIndexError(RedisSetupError):
     than the app uses, or a vectorizer is unavailable (HTTP 503, like other setup errors)."""
 
 
+class ConfigError(EngineError):
+    """The process cannot start as configured (a busy port, a locked data folder, ...)."""
+
+
 class LibraryVersionError(EngineError):
     """The Functions library loaded in Redis is not the one this code ships."""
 

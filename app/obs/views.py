@@ -243,6 +243,8 @@ def stats_json(
             "ingested": int(totals.total("events.ingested")),
             "per_s": _rate(recent.total("events.ingested"), window_ms),
             "by_type": _by_label(totals, "events.ingested", "type"),
+            # Accepted events naming an item the catalog does not know (POST /v1/events).
+            "unknown_item": int(totals.total("events.unknown_item")),
         },
         "recommendations": _recommendations(totals),
         "variants": _variants(totals),
@@ -257,8 +259,8 @@ def stats_json(
 
 # Counters `stats_json` shows in their own sections (the rest go under "counters").
 SHOWN_COUNTERS = frozenset({
-    "http.requests", "events.ingested", "recs.served", "recs.fallbacks", "recs.conversions",
-    "recs.revenue",
+    "http.requests", "events.ingested", "events.unknown_item", "recs.served", "recs.fallbacks",
+    "recs.conversions", "recs.revenue",
 })  # fmt: skip
 
 

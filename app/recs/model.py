@@ -382,8 +382,10 @@ def train(
     vectors: tuple[Sequence[str], np.ndarray] | None = None,
     version: str | None = None,
     source: str = "",
+    fingerprint: str = "",
 ) -> TrainReport:
-    """Compute the model from `inter`, write it under a new version, flip the pointer."""
+    """Compute the model from `inter`, write it under a new version, flip the pointer.
+    `fingerprint` (kept in the registry) names the inputs, for `matching_model`."""
     cfg = cfg or TrainConfig()
     t0 = time.monotonic()
     version = version or new_version()
@@ -417,7 +419,7 @@ def train(
         "neighbours": cfg.neighbours, "method": item_method(len(items), cfg),
         "ease_lambda": cfg.ease_lambda, "shrink": cfg.shrink, "user_weighting": cfg.user_weighting,
         "content_lists": cn_lists, "peers": cfg.peers, "peer_lists": peer_lists,
-        "categories": sorted(by_cat), "ttl_s": cfg.ttl_s,
+        "categories": sorted(by_cat), "ttl_s": cfg.ttl_s, "fingerprint": fingerprint,
     }  # fmt: skip
     # The flip: pointer and registry together (one slot, one transaction).
     pipe = client.pipeline(transaction=True)
@@ -450,6 +452,19 @@ def retire_old_versions(
             client.hdel(keys.models, v)
             retired.append(v)
     return sorted(retired), sorted(kept)
+
+
+def matching_model(client: redis.Redis, keys: RecKeys, fingerprint: str) -> str | None:
+    """The current model version when it was trained from inputs named `fingerprint` and its
+    lists still exist (they expire with `TrainConfig.ttl_s`); else None (train again)."""
+    raw = client.get(keys.model_pointer)
+    if raw is None or not fingerprint:
+        return None
+    version = _s(raw)
+    meta = client.hget(keys.models, version)
+    if meta is None or json.loads(meta).get("fingerprint") != fingerprint:
+        return None
+    return version if client.exists(keys.popular(version)) else None
 
 
 def model_info(client: redis.Redis, keys: RecKeys) -> dict[str, Any]:

@@ -23,6 +23,7 @@ process, so it works while Redis is unreachable). Every fallback is counted.
 from __future__ import annotations
 
 import contextlib
+import copy
 import heapq
 import json
 import logging
@@ -88,6 +89,7 @@ REASONS = {
     "popular": "popular right now",
 }
 KNN_TTL_S = 600.0
+PATIENT_TIMEOUT_S = 10.0  # socket timeout of `at_time`'s clients (backtests, no budget)
 TIER_NAMES = {"cold": "cold_start", "content": "content_based", "collab": "collaborative"}
 
 
@@ -401,9 +403,10 @@ def flat_pairs(raw: Any) -> Any:
     return zip(it, it, strict=True)
 
 
-def resp2_twin(client: redis.Redis) -> redis.Redis:
-    """A client with the same connection settings speaking RESP2 (flat replies); for a cluster
-    client, a cluster twin (redis-py speaks RESP3 by default, also on a cluster)."""
+def resp2_twin(client: redis.Redis, **overrides: Any) -> redis.Redis:
+    """A client with the same connection settings speaking RESP2 (flat replies), or with
+    `overrides` (e.g. `protocol`, `socket_timeout`; standalone only); for a cluster client, a
+    cluster twin (redis-py speaks RESP3 by default, also on a cluster)."""
     if is_cluster(client):
         return resp2_cluster_twin(client)
     # redis-py adds internal RESP3-only settings (maintenance notifications, their originals)
@@ -415,6 +418,7 @@ def resp2_twin(client: redis.Redis) -> redis.Redis:
         if not k.startswith(internal)
     }
     kwargs["protocol"] = 2
+    kwargs.update(overrides)
     pool = redis.ConnectionPool(
         connection_class=client.connection_pool.connection_class,
         max_connections=client.connection_pool.max_connections,
@@ -535,6 +539,7 @@ class Recommender:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error_log = 0.0
+        self._patient_view: Recommender | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -563,6 +568,10 @@ class Recommender:
             self._flush_stats()
         if self._lists_client is not self.client:
             self._lists_client.close()
+        view, self._patient_view = self._patient_view, None
+        if view is not None and view.client is not self.client:
+            view.client.close()
+            view._lists_client.close()
 
     # -- counters -----------------------------------------------------------------------------
     def count(self, name: str, n: int = 1) -> None:
@@ -1130,12 +1139,81 @@ class Recommender:
 
     def _fresh(self, lst: RecList, ctx: RecContext, assignment: Assignment, model: str | None,
                now_ms: int) -> bool:  # fmt: skip
+        # Event times alone miss events at the same time as the list's newest one (the sample
+        # has minute resolution: a second invoice in the same minute) or older (late): the
+        # seen-filter's count moves with every new item, so both must match.
         return (
             lst.as_of_ts >= ctx.last_ts
+            and lst.interactions == ctx.interactions
             and now_ms - lst.computed_ms <= self.cfg.cache_max_age_s * 1000
             and lst.variant == assignment.label
             and lst.model == model
         )
+
+    def warm_up(self, user: str = "warmup:0") -> list[str]:
+        """Run what a first request runs, once per surface, before traffic arrives.
+
+        A first product page otherwise pays for cold connections (two pools), the first
+        Function calls, the search index's first KNN query and Python's first-call costs
+        (lazy imports, caches), and fell back on the 50 ms budget on a busy machine. Read-only:
+        `compute` (FCALL_RO), no cache write, no exposure; `user` has no state, and the
+        context item is the most popular one. Best effort: returns what ran.
+        """
+        done: list[str] = []
+        item = self.snapshot[0][0] if self.snapshot else None
+        requests = [RecRequest(user, "home", None, self.cfg.cache_k)]
+        if item is not None:
+            requests.append(RecRequest(user, "product", item, self.cfg.cache_k))
+            if self.content_knn is not None:
+                self._knn_cache.pop(item, None)
+                done.append(f"content_knn:{len(self._knn(item) or [])}")
+        for req in requests:
+            try:
+                self.compute(req)
+            except (redis.RedisError, EngineError, ValueError) as exc:
+                self._log_error(f"warm-up {req.surface}: {exc}")
+                continue
+            done.append(req.surface)
+        self.count("warmed_up", len(done))
+        return done
+
+    def _patient(self) -> Recommender:
+        """This recommender (same catalog, model, lists, caches) on clients without the
+        serving budget's socket timeout: a backtest on a busy machine must not turn a slow
+        call into an error. Made once."""
+        if is_cluster(self.client):
+            return self  # the cluster client keeps its own timeouts and retries
+        with self._lock:
+            view = self._patient_view
+        if view is None:
+            view = copy.copy(self)
+            protocol = self.client.connection_pool.connection_kwargs.get("protocol") or 2
+            view.client = resp2_twin(
+                self.client, protocol=protocol, socket_timeout=PATIENT_TIMEOUT_S
+            )
+            view._lists_client = resp2_twin(view.client)
+            view._patient_view = view
+            with self._lock:
+                if self._patient_view is None:
+                    self._patient_view = view
+                else:  # another thread made one first
+                    view.client.close()
+                    view._lists_client.close()
+                view = self._patient_view
+        return view
+
+    def at_time(self, req: RecRequest) -> RecResponse:
+        """A list computed as of `req.now_ms` (replays and backtests through the API): the
+        same computation as `serve`'s inline step, with no budget, cache, fallback or
+        exposure (a backtest must score what the engine ranks, and must not count as
+        traffic). Raises on Redis errors."""
+        t0 = time.perf_counter()
+        if req.now_ms <= 0:
+            raise ValueError("at_time needs req.now_ms")
+        assignment = self.experiments.assign(req.user, req.surface)
+        lst = self._patient().compute(req, assignment)
+        self.count("served.as_of")
+        return self._response(req, lst, "inline", None, None, assignment, t0)
 
     def serve(self, req: RecRequest) -> RecResponse:
         """Answer a request: cache, inline, last-known-good, popularity. Never raises."""
@@ -1146,7 +1224,10 @@ class Recommender:
         assignment = self.experiments.assign(req.user, req.surface)
         model = assignment.model or self.model
         cacheable = (
-            req.surface in CACHED_SURFACES and req.filters.empty and req.k <= self.cfg.cache_k
+            req.surface in CACHED_SURFACES
+            and req.filters.empty
+            and req.k <= self.cfg.cache_k
+            and not req.now_ms  # a list of another time is not the shopper's current one
         )
         deadline = t0 + self.cfg.budget_ms / 1000
         cached: RecList | None = None
@@ -1196,8 +1277,14 @@ class Recommender:
         if resp is None:
             # What the live session already holds (read before the failure, if it was) never
             # comes back from an older list: e.g. the item bought a second ago.
-            done = set(ctx.recent) | set(ctx.cart) if ctx is not None else set()
-            resp = self._fallback(req, cached, reason, assignment, t0, done)
+            # Without repurchase the long-term history is excluded too, as `recommend` does.
+            done: set[str] = set()
+            if ctx is not None:
+                done = set(ctx.recent) | set(ctx.cart)
+                if not self._repurchase(assignment):
+                    done |= set(ctx.hist)
+            check_seen = ctx is not None and reason in ("budget", "error")
+            resp = self._fallback(req, cached, reason, assignment, t0, done, check_seen)
         self.count(f"served.{resp.source}")
         if resp.fallback:
             self.count(f"fallback.{resp.fallback}.{resp.fallback_reason}")
@@ -1234,31 +1321,60 @@ class Recommender:
         assignment: Assignment,
         t0: float,
         exclude: set[str] | None = None,
+        check_seen: bool = False,
     ) -> RecResponse:
+        """Last good list, else the popularity snapshot, minus `exclude`; with `check_seen`
+        (Redis answered but the budget ran out) also minus what the seen-filter holds."""
         skip = (exclude or set()) | {req.item or ""}
         good = cached or self.lru.get(self._lru_key(req))
+        check_seen = check_seen and not self._repurchase(assignment)
+        if check_seen and good is not None:
+            skip |= self._seen_among(req.user, [it.item_id for it in good.items])
         if good is not None and any(it.item_id not in skip for it in good.items):
             kept = [it for it in good.items if it.item_id not in skip]
             lst = replace(good, items=kept)
             return self._response(req, lst, "fallback", "last_good", reason, assignment, t0)
         items: list[RecItem] = []
-        for item, score, why in self.snapshot:
+        chunk = max(4 * req.k, 40)
+        # The snapshot in chunks, each checked against the seen-filter in one call: a heavy
+        # buyer may have bought most of the top hundred.
+        for start in range(0, len(self.snapshot), chunk):
+            part = self.snapshot[start : start + chunk]
+            if check_seen:
+                skip |= self._seen_among(req.user, [item for item, _, _ in part])
+            for item, score, why in part:
+                if len(items) >= req.k:
+                    break
+                if item in skip:
+                    continue
+                attr = self.catalog.get(item)
+                category = attr.category if attr else ""
+                if attr is not None and (
+                    not attr.in_stock or not req.filters.admits(attr.category, attr.price)
+                ):
+                    continue
+                items.append(RecItem(item, score, why, "", category))
             if len(items) >= req.k:
                 break
-            if item in skip:
-                continue
-            attr = self.catalog.get(item)
-            category = attr.category if attr else ""
-            if attr is not None and (
-                not attr.in_stock or not req.filters.admits(attr.category, attr.price)
-            ):
-                continue
-            items.append(RecItem(item, score, why, "", category))
         lst = RecList(items, "cold", 0, 0, int(time.time() * 1000), assignment.label, self.model)
         resp = self._response(req, lst, "fallback", "popular", reason, assignment, t0)
         resp.tier = None
         resp.interactions = None
         return resp
+
+    def _seen_among(self, user: str, items: Sequence[str]) -> set[str]:
+        """The items the user's seen-filter holds (one BF.MEXISTS); empty when it fails."""
+        todo = list(dict.fromkeys(items))
+        if not todo:
+            return set()
+        seen_key = self.keys.rec_context_keys(user)[3]
+        try:
+            flags = self.client.execute_command("BF.MEXISTS", seen_key, *todo)  # type: ignore[no-untyped-call]
+        except redis.ResponseError:  # no filter yet (BF.MEXISTS on a missing key is 0s)
+            return set()
+        except (redis.ConnectionError, redis.TimeoutError):
+            return set()  # the fallback is served anyway; the history set still applies
+        return {item for item, f in zip(todo, flags, strict=True) if int(f) == 1}
 
     # -- presentation ------------------------------------------------------------------------------
     def reason_text(self, it: RecItem) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import shutil
 import signal
@@ -31,6 +32,7 @@ from app.redis.connect import node_name, primaries
 REQUIRED_MODULES = {"search": 20800, "ReJSON": 20600, "timeseries": 11000, "bf": 20600}
 MIN_REDIS_VERSION = (7, 2)
 OPENSSL_LIBS = ("libssl.so.1.1", "libcrypto.so.1.1")
+LOCK_FILE = "retail.lock"
 
 
 def wheel_dir() -> Path:
@@ -148,6 +150,51 @@ def _probe_node(client: redis.Redis) -> dict[str, object]:
     return {"redis_version": version, "modules": found}
 
 
+class DataDirLock:
+    """An exclusive `flock` on `<data_dir>/retail.lock`, held while a server uses the folder.
+
+    Two servers on one folder rewrite each other's append-only files (the second deletes the
+    AOF the first is still writing, and acknowledged writes vanish at the next restart), so a
+    second start must stop before it touches anything. The kernel drops the lock when its
+    holder dies, so a crash never leaves a stale lock behind; the file keeps the holder's pid
+    and command line only to name it in the error.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RedisSetupError(
+                f"data folder {self.path.parent} is in use by {holder}; stop it first or set "
+                "RETAIL_DATA_DIR to another folder"
+            ) from None
+        # orig_argv keeps `-m app.cli` (argv[0] would be .../__main__.py).
+        argv = getattr(sys, "orig_argv", sys.argv)
+        cmd = " ".join([Path(argv[0]).name, *argv[1:]])
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({cmd})".encode(), 0)
+        self._fd = fd
+
+    def fileno(self) -> int:
+        assert self._fd is not None, "lock not held"
+        return self._fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
 @dataclass
 class EmbeddedRedis:
     """A redis-server child process with the Redis Stack modules, AOF on (everysec).
@@ -166,6 +213,7 @@ class EmbeddedRedis:
     remove_on_stop: bool = False  # temporary servers delete their folder when stopped
     extra_args: tuple[str, ...] = ()  # e.g. the cluster options (app/redis/cluster.py)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _lock: DataDirLock | None = field(default=None, init=False, repr=False)
     credentials: acl.Credentials | None = field(default=None, init=False)
 
     @property
@@ -212,7 +260,24 @@ class EmbeddedRedis:
         return cmd
 
     def start(self, timeout: float = 20.0) -> EmbeddedRedis:
+        """Lock the data folder (a second server on it stops here), start, wait, probe."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        lock = DataDirLock(self.data_dir)
+        lock.acquire()
+        self._lock = lock
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self._stop(timeout=5.0)
+            self._release_lock()
+            raise
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _start(self, timeout: float) -> EmbeddedRedis:
         if not self.port:
             self.port = free_port(self.host)
         if self.acl_prefix is not None:
@@ -227,6 +292,9 @@ class EmbeddedRedis:
                 stdout=subprocess.DEVNULL if self.log_to_file else None,
                 stderr=stderr,
                 start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop it cleanly
+                # The server inherits the lock: the folder stays locked while it runs, even
+                # if this process dies without stopping it.
+                pass_fds=(self._lock.fileno(),) if self._lock is not None else (),
             )
         deadline = time.monotonic() + timeout
         client = self._admin(socket_connect_timeout=0.5)
@@ -264,6 +332,7 @@ class EmbeddedRedis:
         try:
             self._stop(timeout)
         finally:
+            self._release_lock()
             if self.remove_on_stop:
                 shutil.rmtree(self.data_dir.parent, ignore_errors=True)
 

@@ -226,3 +226,68 @@ def test_storefront_in_chromium(
     assert clicks and clicks[0]["items"][0][0] == bought
     assert clicks[0]["props"]["rec_id"].startswith("r-") and clicks[0]["props"]["variant"]
     assert clicks[0]["props"]["surface"] == "home"
+
+
+def test_a_freshly_started_dashboard_is_readable(
+    redis_url: str, cfg: EngineConfig, tmp_path: Path
+) -> None:
+    """Issue 16, item 13: right after start the latency chart was isolated dots at the right
+    edge with '– ms' legends, and the right-hand time label was cut ("01:48 I")."""
+    import time
+    import urllib.request
+
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    app = full_app(redis_url, cfg, tmp_path, catalog=False, recommendations=False)
+    errors: list[str] = []
+    with serving(app) as base, sync_playwright() as pw:
+        # A few seconds of traffic: the only data this fresh prefix has.
+        end = time.monotonic() + 12
+        while time.monotonic() < end:
+            urllib.request.urlopen(f"{base}/health").read()
+            time.sleep(0.5)
+        ctx = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
+            args=CHROMIUM_ARGS, viewport={"width": 1000, "height": 900},
+        )  # fmt: skip
+        try:
+            page = ctx.new_page()
+            page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+            page.goto(f"{base}/dashboard?window=60")
+            page.wait_for_function("document.body.dataset.loaded === '1'")
+            page.screenshot(path=str(ARTIFACTS / "dashboard-fresh.png"), full_page=True)
+            # Zoomed to the data since start, not a 60-minute axis with dots at its end.
+            assert page.evaluate("document.body.dataset.zoom") not in ("", None)
+            # Every time label lies inside its chart.
+            clipped = page.evaluate(
+                """() => [...document.querySelectorAll('svg')].flatMap((svg) => {
+                     const box = svg.getBoundingClientRect();
+                     return [...svg.querySelectorAll('text.tick-x')].filter((t) => {
+                       const r = t.getBoundingClientRect();
+                       return r.left < box.left - 0.5 || r.right > box.right + 0.5;
+                     }).map((t) => svg.id + ': ' + t.textContent);
+                   })"""
+            )
+            assert clipped == []
+            overlapping = page.evaluate(
+                """() => [...document.querySelectorAll('svg')].filter((svg) => {
+                     const r = [...svg.querySelectorAll('text.tick-x')]
+                       .map((t) => t.getBoundingClientRect());
+                     return r.some((a, i) => i > 0 && a.left < r[i - 1].right);
+                   }).map((svg) => svg.id)"""
+            )
+            assert overlapping == []
+            legend = page.inner_text("#l-p95")
+            assert "GET /health" in legend and "–" not in legend, legend
+            # The latency of /health is a line across the steps it was called in, not dots
+            # (a route called once, like /dashboard here, is still one dot).
+            health = page.locator("#c-p95 path", has=page.locator("title", has_text="GET /health"))
+            assert (health.get_attribute("d") or "").count("L") >= 1
+            # The axis spans the data: the first point is near the left edge, not at the end.
+            first_x = float((health.get_attribute("d") or "M0,").split(",")[0][1:])
+            width = page.evaluate("document.querySelector('#c-p95').viewBox.baseVal.width")
+            assert first_x < width / 2, (first_x, width)
+        finally:
+            ctx.close()
+    assert not errors, errors

@@ -62,9 +62,11 @@ def test_event_ingestion_needs_the_write_key(
 def test_single_event_accepted_then_duplicate(api: TestClient) -> None:
     first = api.post("/v1/events", json=view("e1"), headers=WRITE)
     assert first.status_code == 200
-    assert first.json()["results"] == [{"event_id": "e1", "status": "accepted"}]
+    # Item "A" is not in this test's (empty) catalog: accepted, and said so.
+    unknown = {"warning": "unknown_item", "unknown_items": ["A"]}
+    assert first.json()["results"] == [{"event_id": "e1", "status": "accepted", **unknown}]
     again = api.post("/v1/events", json=view("e1"), headers=WRITE)
-    assert again.json()["results"] == [{"event_id": "e1", "status": "duplicate"}]
+    assert again.json()["results"] == [{"event_id": "e1", "status": "duplicate", **unknown}]
 
 
 def test_invalid_single_event_is_422_naming_the_field(

@@ -362,7 +362,7 @@ def test_series_and_stats_json(client: redis.Redis, cfg: EngineConfig) -> None:
     assert 1.0 <= items["latency_ms"]["p50"] <= 3.0
     assert ep[("POST", "/v1/events")]["errors"] == 1
     assert stats["events"] == {"ingested": 7, "per_s": pytest.approx(7 / 60, rel=0.01),
-                               "by_type": {"view": 7}}  # fmt: skip
+                               "by_type": {"view": 7}, "unknown_item": 0}  # fmt: skip
     recs = stats["recommendations"]
     assert recs["served"] == {"cache": 3, "inline": 1, "fallback": 1}
     assert recs["cache_hit_rate"] == 0.6

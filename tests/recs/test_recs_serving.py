@@ -295,3 +295,16 @@ def test_live_share_is_configurable_and_checked(tmp_path: Path) -> None:
     env.write_text("RETAIL_REC_LIVE_SHARE=1.5\n")
     with pytest.raises(ValueError, match="RETAIL_REC_LIVE_SHARE"):
         load_rec_config(env)
+
+
+def test_start_up_warms_what_the_first_request_needs_without_writing(
+    api: TestClient, client: redis.Redis, world: World
+) -> None:
+    """Issue 16, item 7: the first product page fell back on its budget (cold connections,
+    first Function calls, first KNN query). Start-up now runs a home and a product list; it
+    is read-only: no cached list, no session, no exposure for the warm-up identity."""
+    body = api.get("/v1/recommender", headers=ADMIN).json()
+    assert body["counters"]["warmed_up"] >= 2, body["counters"]
+    assert list(client.scan_iter(match=f"{world.engine.key_prefix}*warmup*", count=1000)) == []
+    assert "served.inline" not in body["counters"]  # not counted as traffic
+    assert body["exposures_dropped"] == 0

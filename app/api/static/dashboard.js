@@ -50,12 +50,18 @@
       svg.appendChild(el('line', { x1: pad.l, x2: W - pad.r, y1: Y(v), y2: Y(v), stroke: '#eee' }));
       svg.appendChild(el('text', { x: pad.l - 6, y: Y(v) + 4, 'text-anchor': 'end', 'font-size': 10, fill: '#888' }, fmt(v)));
     }
-    const ticks = 6;
+    // As many time labels as fit (a seconds label is up to ~70 px wide at this size; the
+    // end labels are anchored inwards, so a gap needs more than one label width).
+    const ticks = Math.max(2, Math.min(6, Math.floor((W - pad.l - pad.r) / 115)));
+    const short = x1 - x0 < 10 * 60 * 1000;  // a zoomed axis: minutes alone would repeat
     for (let i = 0; i <= ticks; i++) {
       const t = x0 + ((x1 - x0) * i) / ticks;
       const d = new Date(t);
-      const label = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
-      svg.appendChild(el('text', { x: X(t), y: H - 6, 'text-anchor': 'middle', 'font-size': 10, fill: '#888' }, label));
+      const label = d.toLocaleTimeString([], short
+        ? { hour: '2-digit', minute: '2-digit', second: '2-digit' } : { hour: '2-digit', minute: '2-digit' });
+      // The end labels sit inside the plot: centred on the edge they were cut in half.
+      const anchor = i === 0 ? 'start' : i === ticks ? 'end' : 'middle';
+      svg.appendChild(el('text', { x: X(t), y: H - 6, 'text-anchor': anchor, 'font-size': 10, fill: '#888', class: 'tick-x' }, label));
     }
     if (!names.length) {
       svg.appendChild(el('text', { x: W / 2, y: H / 2, 'text-anchor': 'middle', fill: '#aaa', 'font-size': 12 }, 'no data in this window yet'));
@@ -66,7 +72,9 @@
       let d = '';
       let pen = false;
       series[name].forEach((v, j) => {
-        if (v == null) { pen = false; return; }
+        // Latency has no value in a step without requests: bridge such gaps (opts.bridge)
+        // instead of leaving isolated dots.
+        if (v == null) { if (!opts.bridge) pen = false; return; }
         d += `${pen ? 'L' : 'M'}${X(stamps[j]).toFixed(1)},${Y(v).toFixed(1)}`;
         pen = true;
       });
@@ -75,16 +83,21 @@
       svg.appendChild(path);
       // A point without a neighbour draws no line: mark it.
       const vals = series[name];
+      const alone = (j) => (opts.bridge
+        ? vals.filter((x) => x != null).length === 1 : vals[j - 1] == null && vals[j + 1] == null);
       vals.forEach((v, j) => {
-        if (v != null && vals[j - 1] == null && vals[j + 1] == null) {
+        if (v != null && alone(j)) {
           svg.appendChild(el('circle', { cx: X(stamps[j]), cy: Y(v), r: 2.5, fill: color }));
         }
       });
-      // The newest step is still filling: the legend shows the last complete one.
+      // The newest step is still filling: the legend shows the last complete one, or the
+      // filling one while it is the only one with a value (right after start).
       const done = series[name].slice(0, -1);
-      const last = [...done].reverse().find((v) => v != null);
+      let last = [...done].reverse().find((v) => v != null);
+      if (last == null) last = vals[vals.length - 1];
+      const shown = last == null ? 'no data yet' : fmt(last) + (opts.unit || '');
       legend.insertAdjacentHTML('beforeend',
-        `<span><i style="background:${color}"></i>${esc(name)} <b>${fmt(last)}</b>${esc(opts.unit || '')}</span>`);
+        `<span><i style="background:${color}"></i>${esc(name)} <b>${esc(shown)}</b></span>`);
     });
   }
   function sum(a) { return a.reduce((s, v) => s + (v || 0), 0); }
@@ -116,6 +129,7 @@
       ['Requests', s.requests.total, `${fmt(s.requests.rate_per_s)} /s now`],
       ['HTTP 5xx', s.requests.errors, ''],
       ['Events ingested', s.events.ingested, `${fmt(s.events.per_s)} /s now`],
+      ['Unknown items', s.events.unknown_item || 0, 'accepted events naming an item the catalog lacks'],
       ['Rec cache hit rate', recs.cache_hit_rate == null ? '–' : fmt(100 * recs.cache_hit_rate, 1) + ' %',
         `${(recs.served || {}).cache || 0} of ${Object.values(recs.served || {}).reduce((a, b) => a + b, 0)}`],
       ['Rec fallbacks', (recs.served || {}).fallback || 0,
@@ -140,19 +154,64 @@
         <td>${fmt(e.latency_ms.p99)}</td><td>${fmt(e.latency_ms_recent.p95)}</td></tr>`).join('');
   }
 
+  function stepFor(minutes) {
+    return minutes <= 15 ? 15 : minutes <= 60 ? 60 : minutes <= 360 ? 300 : 900;
+  }
+  // First step with any value (requests or latency), or null.
+  function firstData(ser) {
+    let first = null;
+    for (const group of ['requests', 'p95']) {
+      for (const vals of Object.values(ser[group] || {})) {
+        const j = vals.findIndex((v) => v != null && v > 0);
+        if (j >= 0 && (first == null || j < first)) first = j;
+      }
+    }
+    return first == null ? null : ser.timestamps[first];
+  }
+  // Right after start the data fills only the last steps of the window (a few dots at the
+  // right edge): zoom to the time since the first data, in 5 s steps, until it fills a
+  // quarter of the chosen window.
+  async function seriesFor(minutes) {
+    const step = stepFor(minutes);
+    const ser = await getJson(`/v1/stats/series?minutes=${minutes}&step_s=${step}`);
+    const first = firstData(ser);
+    if (first == null) return [ser, step, null];
+    const span = (ser.to_ms - first) / 60000;
+    if (span >= minutes / 4) return [ser, step, null];
+    const zoom = Math.min(minutes, Math.max(2, Math.ceil(span * 1.25) + 1));
+    const zstep = zoom <= 15 ? 5 : 15;
+    const zoomed = await getJson(`/v1/stats/series?minutes=${zoom}&step_s=${zstep}`);
+    return [fromFirstData(zoomed, 6), zstep, zoom];
+  }
+  // The series from one step before the first data on (at least `keep` steps): the axis
+  // spans the time the server has been running.
+  function fromFirstData(ser, keep) {
+    const first = firstData(ser);
+    const n = ser.timestamps.length;
+    if (first == null) return ser;
+    const from = Math.max(0, Math.min(ser.timestamps.indexOf(first) - 1, n - keep));
+    const out = { ...ser, timestamps: ser.timestamps.slice(from) };
+    for (const [k, v] of Object.entries(ser)) {
+      if (v && typeof v === 'object' && !Array.isArray(v)) {
+        out[k] = Object.fromEntries(Object.entries(v).map(([name, vals]) => [name, vals.slice(from)]));
+      }
+    }
+    return out;
+  }
+
   async function refresh() {
     const minutes = Number($('#window').value);
-    const step = minutes <= 15 ? 15 : minutes <= 60 ? 60 : minutes <= 360 ? 300 : 900;
     try {
-      const [s, ser] = await Promise.all([
+      const [s, [ser, step, zoom]] = await Promise.all([
         getJson('/v1/stats?window_s=60'),
-        getJson(`/v1/stats/series?minutes=${minutes}&step_s=${step}`),
+        seriesFor(minutes),
       ]);
+      document.body.dataset.zoom = zoom == null ? '' : String(zoom);
       tiles(s);
       endpointTable(s);
       const st = ser.timestamps;
       lineChart('#c-requests', '#l-requests', st, perSecond(ser.requests, step), { unit: '/s' });
-      lineChart('#c-p95', '#l-p95', st, ser.p95, { unit: ' ms' });
+      lineChart('#c-p95', '#l-p95', st, ser.p95, { unit: ' ms', bridge: true });
       lineChart('#c-events', '#l-events', st, perSecond(ser.events, step), { unit: '/s' });
       lineChart('#c-recs', '#l-recs', st, perSecond(ser.recs, step), { unit: '/s' });
       const errs = {};
@@ -166,7 +225,8 @@
       const flush = s.flusher && s.flusher.last_flush_ms
         ? `, last flush by this worker ${Math.round((Date.now() - s.flusher.last_flush_ms) / 1000)} s ago` : '';
       $('#status').textContent = `updated ${new Date().toLocaleTimeString()} · source ${s.source}` +
-        `${s.redis_error ? ' (Redis: ' + s.redis_error + ')' : ''} · ${ser.resolution} series, ${step} s steps${flush}`;
+        `${s.redis_error ? ' (Redis: ' + s.redis_error + ')' : ''} · ${ser.resolution} series, ${step} s steps` +
+        `${zoom ? ` · zoomed to the last ${zoom} min (data since start)` : ''}${flush}`;
       document.body.dataset.loaded = '1';
     } catch (e) {
       $('#status').textContent = `update failed: ${e.message}`;
