@@ -30,10 +30,10 @@ from app.features.spec import FeatureSet, default_feature_set
 from app.ingest.aggregates import AggregateWorker, BlockHook, FreshnessSink
 from app.ingest.ingestor import Ingestor, Observer
 from app.ingest.layout import ensure_layout
+from app.recs.config import RecConfig, load_rec_config
 from app.recs.experiments import ExperimentStore
 from app.recs.hook import RecBlockHook
 from app.recs.keys import RecKeys
-from app.recs.recommender import RecConfig, load_rec_config
 from app.redis.connect import is_cluster
 
 

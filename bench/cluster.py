@@ -37,7 +37,9 @@ import redis
 from app.catalog.index import CatalogKeys, create_index, load_catalog_config
 from app.catalog.vectorizers import get_vectorizer
 from app.core.settings import ROOT, EngineConfig
-from app.recs.recommender import Recommender, RecRequest, load_rec_config
+from app.recs.config import load_rec_config
+from app.recs.lists import RecRequest
+from app.recs.recommender import Recommender
 from app.redis import cluster, embedded
 from app.redis import library as functions
 from app.redis.connect import connect, node_name, primaries

@@ -77,10 +77,12 @@ from app.catalog.vectorizers import get_vectorizer
 from app.core.events import Event, parse_event
 from app.core.settings import EngineConfig, load_settings
 from app.engine import Engine, build_engine
+from app.recs.config import DEFAULT_WEIGHTS, RecConfig
 from app.recs.experiments import DEFAULT, Assignment
 from app.recs.keys import RecKeys
+from app.recs.lists import RecRequest
 from app.recs.model import Interactions, TrainConfig, train
-from app.recs.recommender import DEFAULT_WEIGHTS, RecConfig, Recommender, RecRequest
+from app.recs.recommender import Recommender
 from bench._baselines import (
     PEER_SETTINGS,
     ImplicitPeer,

@@ -59,10 +59,12 @@ from app.core.settings import EngineConfig, load_settings
 from app.core.taxonomy import CATEGORIES
 from app.engine import build_engine
 from app.recs import calls as rec_calls
+from app.recs.config import RecConfig
 from app.recs.experiments import DEFAULT
 from app.recs.keys import RecKeys
+from app.recs.lists import RecRequest
 from app.recs.model import Interactions, TrainConfig, train
-from app.recs.recommender import RecConfig, Recommender, RecRequest
+from app.recs.recommender import Recommender
 from app.redis import calls
 from bench._common import emit_json, percentile, redis_target, settle_aof
 from loaders import online_retail

@@ -23,10 +23,11 @@ from app.core.events import parse_event
 from app.core.settings import EngineConfig
 from app.engine import Engine, build_engine
 from app.ingest.ingestor import Ingestor
+from app.recs.config import RecConfig
 from app.recs.experiments import ExperimentStore
 from app.recs.keys import RecKeys
 from app.recs.model import Interactions, TrainConfig, TrainReport, train
-from app.recs.recommender import RecConfig, Recommender
+from app.recs.recommender import Recommender
 from loaders.catalog import FeedRow, load_rows
 
 PRODUCTS: list[tuple[str, str, str, float, int, tuple[str, ...]]] = [

@@ -292,7 +292,7 @@ def test_segment_batch_and_identify_on_the_cluster(api: TestClient) -> None:
 
 
 def test_list_reads_by_node_keep_the_order_of_the_specs(ccl: redis.Redis, world: World) -> None:
-    from app.recs.recommender import by_node_pipelines, resp2_twin
+    from app.recs.candidates import by_node_pipelines, resp2_twin
 
     keys = [f"{world.engine.key_prefix}i:{{bn{i}}}:nn:x" for i in range(24)]
     for i, key in enumerate(keys):

@@ -57,17 +57,12 @@ from app.core.events import ID_RE, ID_RULE, IDENTITY_RE, MAX_FUTURE_MS, MIN_TS_M
 from app.core.settings import EngineConfig, Settings
 from app.core.taxonomy import SLUG_RE
 from app.recs import model as rec_model
+from app.recs.candidates import ContentKnn
+from app.recs.config import WEIGHT_NAMES, load_rec_config
 from app.recs.experiments import ExperimentStore, parse_experiment
 from app.recs.keys import SURFACES
-from app.recs.recommender import (
-    WEIGHT_NAMES,
-    ContentKnn,
-    RecFilters,
-    Recommender,
-    RecRequest,
-    load_rec_config,
-    timeout_client,
-)
+from app.recs.lists import RecFilters, RecRequest
+from app.recs.recommender import Recommender, timeout_client
 
 SWITCH_INTERVAL_S = 0.001  # see the lifespan
 

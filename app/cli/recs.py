@@ -22,10 +22,12 @@ from typing import Any
 import redis
 
 from app.core.settings import Settings
+from app.recs.config import WEIGHT_NAMES, load_rec_config
 from app.recs.experiments import ExperimentStore, parse_experiment
 from app.recs.keys import SURFACES, RecKeys
+from app.recs.lists import RecRequest
 from app.recs.model import TrainConfig, model_info
-from app.recs.recommender import WEIGHT_NAMES, Recommender, RecRequest, load_rec_config
+from app.recs.recommender import Recommender
 from app.redis import library as functions
 
 

@@ -24,9 +24,9 @@ from typing import Any
 from app.core.settings import EngineConfig
 from app.ingest.aggregates import LogBlock
 from app.recs import calls as rec_calls
+from app.recs.config import RecConfig
 from app.recs.experiments import ExperimentStore
 from app.recs.keys import RecKeys, hot_shard_of
-from app.recs.recommender import RecConfig
 from app.redis.calls import Block, BlockCall
 
 log = logging.getLogger("retail.recs.ingest")

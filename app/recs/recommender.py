@@ -32,46 +32,40 @@ import time
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from operator import itemgetter
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import redis
-from redis.crc import key_slot
-from starlette.config import Config
 
 from app.core.errors import EngineError
 from app.core.settings import EngineConfig
 from app.recs import calls as rec_calls
 from app.recs.calls import Candidate, RecContext, RecItem, RecParams, RecReply
+from app.recs.candidates import (
+    CandidatePool,
+    ContentKnn,
+    ModelLists,
+    by_node_pipelines,
+    flat_pairs,
+    hist_anchor_weight,
+    normalised,
+    pairs,
+    resp2_twin,
+    rising_items,
+)
+from app.recs.config import DEFAULT_WEIGHTS, RecConfig
 from app.recs.experiments import DEFAULT, Assignment, ExperimentStore
 from app.recs.items import ItemCatalog, new_arrival
 from app.recs.keys import CACHED_SURFACES, NAME_RE, RecKeys
+from app.recs.lists import RecList, RecRequest, RecResponse
+from app.recs.resilience import LRU, Breaker, BudgetExceeded
 from app.redis import calls
-from app.redis.connect import connect, is_cluster, resp2_cluster_twin
+from app.redis.connect import connect, is_cluster
 from app.redis.health import RedisHealth
 
 log = logging.getLogger("retail.recommend")
 
-# Mirror of REC.DEFAULT_WEIGHTS in lua/60_recommend.lua (tests/recs/test_recs_lua_unit.py checks
-# they are equal). Meaning of each name: docs/recommendations.md, "Scoring".
-DEFAULT_WEIGHTS: dict[str, float] = {
-    "nn": 1.4, "co": 0.2, "ct": 0.2, "cat": 0.15, "tr": 0.1, "pop": 0.5, "rb": 1.0,
-    "view": 1.0, "click": 1.2, "add_to_cart": 1.5, "purchase": 1.0, "cart": 1.5,
-    "context": 2.0, "hist": 1.0, "hist_floor": 0.3,
-    "aff": 1.0, "price": 0.05, "prior": 0.05,
-    "cold.nn": 1, "cold.co": 1, "cold.ct": 1, "cold.cat": 1, "cold.tr": 1.5, "cold.pop": 1.5,
-    "cold.rb": 1,
-    "content.nn": 0.5, "content.co": 0.5, "content.ct": 1.5, "content.cat": 1, "content.tr": 1,
-    "content.pop": 1, "content.rb": 1,
-    "collab.nn": 1, "collab.co": 1, "collab.ct": 0.5, "collab.cat": 1, "collab.tr": 0.5,
-    "collab.pop": 0.5, "collab.rb": 1,
-    "uk": 5.0, "cold.uk": 1, "content.uk": 1, "collab.uk": 1,
-    "new": 3.0, "cold.new": 0, "content.new": 0, "collab.new": 1,
-    "rise": 1.0, "cold.rise": 0, "content.rise": 0, "collab.rise": 1,
-}  # fmt: skip
-WEIGHT_NAMES = frozenset(DEFAULT_WEIGHTS)
 
 REASONS = {
     "viewed": "because you viewed {anchor}",
@@ -93,400 +87,7 @@ PATIENT_TIMEOUT_S = 10.0  # socket timeout of `at_time`'s clients (backtests, no
 TIER_NAMES = {"cold": "cold_start", "content": "content_based", "collab": "collaborative"}
 
 
-def hist_anchor_weight(ctx: RecContext, item: str, floor: float) -> float:
-    """A history item's anchor weight before the weight 'hist': its interest relative to the
-    strongest, raised to `floor` (REC.anchor_weights applies the same rule)."""
-    w = ctx.hist_weight.get(item, 0.0)
-    return max(w, floor) if w > 0 else 0.0
-
-
-def rising_items(
-    recent: Sequence[tuple[str, float]], usual: Mapping[str, float], n: int
-) -> list[tuple[str, float]]:
-    """The `n` items of `recent` (item, recent popularity) selling most above their usual
-    rate, normalised to 0..1, best first. Within these items, an item's expected recent
-    popularity is its share of their `usual` (long-run) popularity times their recent total;
-    the value is the excess, recent x (1 - 1 / lift). Items at or below their usual rate are
-    left out; an item without a usual rate counts all its recent popularity."""
-    total_recent = sum(v for _, v in recent if v > 0)
-    total_usual = sum(usual.get(item, 0.0) for item, _ in recent)
-    excess: list[tuple[str, float]] = []
-    for item, v in recent:
-        share = usual.get(item, 0.0) / total_usual if total_usual > 0 else 0.0
-        extra = v - total_recent * share
-        if v > 0 and extra > 0:
-            excess.append((item, extra))
-    return _normalised(sorted(excess, key=lambda x: (-x[1], x[0]))[:n])
-
-
-class BudgetExceeded(EngineError):
-    """The inline computation ran out of its latency budget."""
-
-
-# -- configuration -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RecConfig:
-    """Recommendation tunables; documented in docs/recommendations.md."""
-
-    key_prefix: str = "rt:"
-    weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    per_category: int = 4  # diversity: at most 4 items of one category in a list
-    personal_share: float = 1.0  # blend of reasons (< 1: slots kept for popular-now items)
-    # At least half of the first i items reflect live intent of this session (views, clicks,
-    # cart, the product page) while such candidates remain: the similar-shoppers source,
-    # tuned offline on purchases, otherwise outscores a click from two seconds ago.
-    live_share: float = 0.5
-    recency_half_life_ms: int = 3_600_000  # a session item's anchor weight halves every hour
-    content_min: int = 1  # interactions (distinct items) for the content-based tier
-    collab_min: int = 10  # ... and for the collaborative tier
-    repurchase: bool = False  # variants may allow "buy again" on home
-    surface_exclusions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    restricted_categories: Mapping[str, str] = field(default_factory=dict)  # category -> flag
-    restricted_tags: Mapping[str, str] = field(
-        default_factory=lambda: {"age-restricted": "age", "age_restricted": "age", "18+": "age"}
-    )
-    guards: tuple[tuple[str, str], ...] = (("age", "age_verified"),)  # flag -> required trait
-    # candidate gathering
-    n_recent: int = 8
-    n_cart: int = 8
-    n_hist: int = 40  # history anchors, strongest first (docs/recommendations.md: why 40)
-    n_cats: int = 3
-    max_anchors: int = 56
-    neighbours: int = 20  # per session anchor and list
-    hist_neighbours: int = 10  # per history anchor and list
-    # lists read for history anchors: the model neighbours only (content and co-bought lists
-    # there add no measurable quality and cost inline time; figures in the docs)
-    hist_lists: tuple[str, ...] = ("nn",)
-    co_shrink: float = 3.0  # co-occurrence count c -> c / (c + shrink)
-    co_view_share: float = 0.5  # co-viewed counts this much of co-bought
-    n_trending: int = 30
-    n_popular: int = 60
-    n_rising: int = 30  # 'rise' candidates: items selling above their usual rate lately
-    n_category: int = 15
-    # similar shoppers (user-kNN): the model's peers of the user, and what they bought lately
-    n_peers: int = 100  # peers read per request (the trainer keeps TrainConfig.peers)
-    peer_items: int = 30  # strongest history items read per peer
-    n_peer_candidates: int = 60  # candidates taken from the peers' items
-    # candidates sent to `recommend`: parsing and scoring them is most of the Function's cost
-    # (~4 us each); more did not score better on validation (docs/recommendations.md)
-    max_candidates: int = 60
-    max_sources: int = 8  # per candidate, the strongest (weight x value) are sent
-    # new arrivals: a candidate whose catalog `created_ms` lies within the window before now
-    # gets the 'new' source, value 2^(-age / half-life)
-    new_window_ms: int = 90 * 86_400_000
-    new_half_life_ms: int = 30 * 86_400_000
-    trending_types: tuple[tuple[str, float], ...] = (
-        ("purchase", 1.0), ("add_to_cart", 0.7), ("view", 0.3),
-    )  # fmt: skip
-    # serving
-    budget_ms: float = 50.0  # inline computation budget (also the socket timeout)
-    cache_k: int = 20  # cached lists hold this many items (requests up to k=20 can hit)
-    cache_max_age_s: float = 300.0  # a cached list is fresh this long (and if no newer event)
-    lkg_ttl_s: int = 86_400  # the Redis copy lives a day: last-known-good
-    lru_size: int = 10_000  # in-process last-known-good lists
-    snapshot_size: int = 200  # in-process popularity snapshot
-    breaker_open_s: float = 1.0  # after a connection failure, skip Redis this long
-    refresh_s: float = 1.0  # background refresh of globals, catalog, experiments, stats
-    # ... except trending and real-time popularity, every `lists_refresh_s`: parsing them is
-    # ~2.5 ms of Python, and a background pass holding the GIL every second showed up in the
-    # inline p99 (a request waits for the GIL up to the 5 ms switch interval).
-    lists_refresh_s: float = 5.0
-    # long-term history (rec_track, via the ingestion hook)
-    hist_half_life_ms: int = 14 * 86_400_000  # chosen on validation (docs: 14 vs 30 days)
-    hist_cap: int = 100
-    hist_weights: tuple[tuple[str, float], ...] = (
-        ("view", 1.0), ("click", 2.0), ("add_to_cart", 4.0), ("purchase", 8.0),
-    )  # fmt: skip
-    # real-time popularity (rec_hot, via the ingestion hook): 14-day half-life, like the
-    # affinities (same epoch: scores stay finite until ~2044, see docs/keys.md)
-    hot_half_life_ms: int = 14 * 86_400_000
-    hot_cap: int = 5000
-    # On a cluster the real-time popularity is split this many ways by item hash (each part
-    # capped at 2 * hot_cap / hot_shards: the top few hundred read back are exact), so no one
-    # master takes every batch's write. A standalone server keeps one key.
-    hot_shards: int = 12
-    hot_weights: tuple[tuple[str, float], ...] = (
-        ("view", 0.05), ("click", 0.1), ("add_to_cart", 0.3), ("purchase", 1.0),
-    )  # fmt: skip
-    model_popularity_share: float = 0.5  # model popularity next to real-time popularity
-
-    def weights_for(self, assignment: Assignment) -> dict[str, float]:
-        return {**self.weights, **assignment.weights}
-
-
-def load_rec_config(env_file: str | Path | None = ".env", key_prefix: str = "rt:") -> RecConfig:
-    """Environment overrides: RETAIL_REC_BUDGET_MS, RETAIL_REC_CACHE_MAX_AGE_S,
-    RETAIL_REC_PER_CATEGORY, RETAIL_REC_WEIGHTS ('name=value,...'), RETAIL_REC_REPURCHASE,
-    RETAIL_REC_LIVE_SHARE (0..1; 0 turns the live-session slots off)."""
-    config = Config(env_file if env_file and Path(env_file).exists() else None)
-    weights = dict(DEFAULT_WEIGHTS)
-    spec = config("RETAIL_REC_WEIGHTS", cast=str, default="")
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        name, _, value = part.partition("=")
-        if name.strip() not in WEIGHT_NAMES:
-            raise ValueError(f"RETAIL_REC_WEIGHTS: unknown weight {name!r}")
-        weights[name.strip()] = float(value)
-    return RecConfig(
-        key_prefix=key_prefix,
-        weights=weights,
-        # Defaults are RecConfig's own (the values the evaluation measured), not copies.
-        budget_ms=config("RETAIL_REC_BUDGET_MS", cast=float, default=RecConfig.budget_ms),
-        cache_max_age_s=config(
-            "RETAIL_REC_CACHE_MAX_AGE_S", cast=float, default=RecConfig.cache_max_age_s
-        ),
-        per_category=config("RETAIL_REC_PER_CATEGORY", cast=int, default=RecConfig.per_category),
-        repurchase=config("RETAIL_REC_REPURCHASE", cast=bool, default=RecConfig.repurchase),
-        live_share=_share(
-            config("RETAIL_REC_LIVE_SHARE", cast=float, default=RecConfig.live_share)
-        ),
-    )
-
-
-def _share(value: float) -> float:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"RETAIL_REC_LIVE_SHARE must be within 0..1, got {value}")
-    return value
-
-
-# -- requests and results ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RecFilters:
-    categories: tuple[str, ...] = ()
-    min_price: float = 0.0
-    max_price: float = 0.0
-
-    @property
-    def empty(self) -> bool:
-        return not self.categories and self.min_price <= 0 and self.max_price <= 0
-
-    def key(self) -> str:
-        return f"{','.join(self.categories)}|{self.min_price:g}|{self.max_price:g}"
-
-    def admits(self, category: str, price: float) -> bool:
-        if self.categories and category not in self.categories:
-            return False
-        if self.min_price > 0 and price < self.min_price:
-            return False
-        return not (self.max_price > 0 and price > self.max_price)
-
-
-@dataclass(frozen=True)
-class RecRequest:
-    user: str
-    surface: str = "home"
-    item: str | None = None
-    k: int = 10
-    filters: RecFilters = field(default_factory=RecFilters)
-    now_ms: int = 0  # 0: the server's clock (replays pass event time)
-
-
-@dataclass
-class RecList:
-    """A computed list (what the cache and the LRU hold)."""
-
-    items: list[RecItem]
-    tier: str
-    interactions: int
-    as_of_ts: int  # the session's newest event time the list reflects
-    computed_ms: int  # wall clock
-    variant: str
-    model: str | None
-    candidates: int = 0
-    filtered: dict[str, int] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps({
-            "items": [it.as_cache() for it in self.items], "tier": self.tier,
-            "interactions": self.interactions, "as_of_ts": self.as_of_ts,
-            "computed_ms": self.computed_ms, "variant": self.variant, "model": self.model,
-        }, separators=(",", ":"))  # fmt: skip
-
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> RecList:
-        d = json.loads(raw)
-        return cls(
-            items=[RecItem.from_cache(r) for r in d["items"]], tier=d["tier"],
-            interactions=int(d["interactions"]), as_of_ts=int(d["as_of_ts"]),
-            computed_ms=int(d["computed_ms"]), variant=d["variant"], model=d.get("model"),
-        )  # fmt: skip
-
-
-@dataclass
-class RecResponse:
-    request: RecRequest
-    items: list[RecItem]
-    source: str  # cache | inline | fallback
-    fallback: str | None  # last_good | popular (when source is fallback)
-    fallback_reason: str | None  # redis_unavailable | timeout | budget | error
-    age_ms: int
-    tier: str | None
-    interactions: int | None
-    assignment: Assignment
-    model: str | None
-    rec_id: str
-    took_ms: float
-    filtered: dict[str, int] = field(default_factory=dict)
-
-
-# -- small in-process parts ----------------------------------------------------------------------
-
-
-class LRU:
-    """Bounded map of the last lists served per (user, surface, item, filters). Thread-safe."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._data: OrderedDict[tuple[str, ...], RecList] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, ...]) -> RecList | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def put(self, key: tuple[str, ...], value: RecList) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
-class Breaker:
-    """After a connection failure, calls skip Redis for `open_s` (no pile-up of timeouts)."""
-
-    def __init__(self, open_s: float) -> None:
-        self.open_s = open_s
-        self.until = 0.0
-
-    @property
-    def open(self) -> bool:
-        return time.monotonic() < self.until
-
-    def trip(self) -> None:
-        self.until = time.monotonic() + self.open_s
-
-    def reset(self) -> None:
-        self.until = 0.0
-
-
-@dataclass
-class ModelLists:
-    popular: list[tuple[str, float]]
-    categories: dict[str, list[tuple[str, float]]]
-
-
-def pairs(raw: Any) -> list[tuple[str, float]]:
-    """A raw ZRANGE ... WITHSCORES reply as (member, score): RESP2 flat [m, s, m, s, ...] or
-    RESP3 [[m, s], ...]."""
-    if not raw:
-        return []
-    if isinstance(raw[0], bytes):  # RESP2, the common case: ~7,000 members per inline request
-        return [(m.decode(), float(s)) for m, s in flat_pairs(raw)]
-    return [(rec_calls.text(m), float(s)) for m, s in flat_pairs(raw)]
-
-
-def flat_pairs(raw: Any) -> Any:
-    """(member, score) pairs of a raw ZRANGE ... WITHSCORES reply, members left raw."""
-    if not raw or isinstance(raw[0], list | tuple):
-        return raw or ()
-    it = iter(raw)
-    return zip(it, it, strict=True)
-
-
-def resp2_twin(client: redis.Redis, **overrides: Any) -> redis.Redis:
-    """A client with the same connection settings speaking RESP2 (flat replies), or with
-    `overrides` (e.g. `protocol`, `socket_timeout`; standalone only); for a cluster client, a
-    cluster twin (redis-py speaks RESP3 by default, also on a cluster)."""
-    if is_cluster(client):
-        return resp2_cluster_twin(client)
-    # redis-py adds internal RESP3-only settings (maintenance notifications, their originals)
-    # to the pool's kwargs; the twin takes the connection settings only.
-    internal = ("maint_notifications", "orig_", "himport_registry")
-    kwargs = {
-        k: v
-        for k, v in client.connection_pool.connection_kwargs.items()
-        if not k.startswith(internal)
-    }
-    kwargs["protocol"] = 2
-    kwargs.update(overrides)
-    pool = redis.ConnectionPool(
-        connection_class=client.connection_pool.connection_class,
-        max_connections=client.connection_pool.max_connections,
-        **kwargs,
-    )
-    return redis.Redis(connection_pool=pool)
-
-
-def by_node_pipelines(client: redis.Redis, specs: Sequence[tuple[str, int]]) -> list[Any]:
-    """`read_lists` on a cluster: one plain pipeline per node, each key's node taken from
-    redis-py's own slot map. redis-py's cluster pipeline works out every command's node from its
-    arguments in Python (~9 ms for the ~145 reads of an inline request, profiled); the slot of
-    a key alone is a fraction of that."""
-    cluster = cast(Any, client)
-    groups: dict[str, tuple[Any, list[int]]] = {}
-    for i, (key, _n) in enumerate(specs):
-        node = cluster.nodes_manager.get_node_from_slot(key_slot(key.encode()))
-        groups.setdefault(node.name, (node, []))[1].append(i)
-    out: list[Any] = [None] * len(specs)
-    for node, members in groups.values():
-        pipe = cluster.get_redis_connection(node).pipeline(transaction=False)
-        for i in members:
-            key, n = specs[i]
-            pipe.execute_command("ZRANGE", key, 0, n - 1, "REV", "WITHSCORES")
-        for i, reply in zip(members, pipe.execute(), strict=True):
-            out[i] = reply
-    return out
-
-
-def _normalised(pairs: Sequence[tuple[Any, Any]]) -> list[tuple[str, float]]:
-    out = [(rec_calls.text(m), float(s)) for m, s in pairs]
-    top = max((s for _, s in out), default=0.0)
-    return [(m, s / top) for m, s in out] if top > 0 else []
-
-
-@dataclass
-class CandidatePool:
-    """Candidates found so far: item -> {(source, anchor index): value} (the strongest value
-    of each pair) and the estimated score term of each, which ranks the candidates sent."""
-
-    anchors: list[str]  # anchor index i refers to anchors[i - 1]; 0 = global
-    found: dict[str, dict[tuple[str, int], float]] = field(default_factory=dict)
-    est: dict[str, dict[tuple[str, int], float]] = field(default_factory=dict)
-    _index: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self._index = {a: i for i, a in enumerate(self.anchors, start=1)}
-
-    def anchor_index(self, item: str) -> int:
-        """The index of an anchor, appending it when new (history anchors join as found)."""
-        i = self._index.get(item)
-        if i is None:
-            self.anchors.append(item)
-            i = self._index[item] = len(self.anchors)
-        return i
-
-    def put(self, item: str, src: str, anchor: int, value: float, term: float) -> None:
-        if value <= 0:
-            return
-        d = self.found.setdefault(item, {})
-        if value > d.get((src, anchor), 0.0):
-            d[(src, anchor)] = value
-            self.est.setdefault(item, {})[(src, anchor)] = term
-
-
 # -- the recommender -----------------------------------------------------------------------------
-
-ContentKnn = Callable[[str, int], list[tuple[str, float]]]
 
 
 class Recommender:
@@ -653,8 +254,8 @@ class Recommender:
                            withscores=True)  # fmt: skip
         replies = pipe.execute()
         lists = ModelLists(
-            _normalised(replies[0]),
-            {c: _normalised(r) for c, r in zip(cats, replies[1:], strict=True) if r},
+            normalised(replies[0]),
+            {c: normalised(r) for c, r in zip(cats, replies[1:], strict=True) if r},
         )
         with self._lock:
             self._model_lists[version] = lists
@@ -673,7 +274,7 @@ class Recommender:
                 if top > 0:
                     scores[it.item_id] = scores.get(it.item_id, 0.0) + weight * it.score / top
         ranked = sorted(scores.items(), key=lambda x: (-x[1], x[0]))[: self.cfg.n_trending]
-        self.trending = _normalised(ranked)
+        self.trending = normalised(ranked)
 
     def refresh_hot(self) -> None:
         n = max(self.cfg.n_popular, self.cfg.snapshot_size)
@@ -683,7 +284,7 @@ class Recommender:
             pipe.zrevrange(key, 0, n - 1, withscores=True)
         merged = [pair for raw in pipe.execute() for pair in pairs(raw)]
         merged.sort(key=lambda p: -p[1])
-        self.hot = _normalised(merged[:n])
+        self.hot = normalised(merged[:n])
 
     def popular(self, model: str | None) -> list[tuple[str, float]]:
         """'pop' candidates: real-time popularity, next to the model's (weighted by
@@ -773,7 +374,7 @@ class Recommender:
                 v = float(score) * scale
                 scores[member] = get(member, 0.0) + sim * (v if v < 1.0 else 1.0)
         best = heapq.nlargest(c.n_peer_candidates, scores.items(), key=itemgetter(1))
-        return _normalised(sorted(best, key=lambda x: (-x[1], x[0])))
+        return normalised(sorted(best, key=lambda x: (-x[1], x[0])))
 
     def read_lists(self, specs: Sequence[tuple[str, int]]) -> list[Any]:
         """The top entries of many sorted sets, in `specs` order: one pipeline of raw

@@ -34,8 +34,9 @@ import redis
 
 from app.core.errors import EngineError
 from app.core.settings import EngineConfig, load_settings
+from app.recs.config import load_rec_config
 from app.recs.keys import RecKeys
-from app.recs.recommender import Recommender, load_rec_config
+from app.recs.recommender import Recommender
 from app.redis import embedded as redis_stack
 from app.redis import library as functions
 from app.redis.connect import catalog_connection, connect

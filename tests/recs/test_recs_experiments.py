@@ -13,6 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from app.core.errors import ValidationError
+from app.recs.config import WEIGHT_NAMES
 from app.recs.experiments import (
     DEFAULT,
     Experiment,
@@ -22,7 +23,7 @@ from app.recs.experiments import (
     bucket_of,
     parse_experiment,
 )
-from app.recs.recommender import WEIGHT_NAMES, RecRequest
+from app.recs.lists import RecRequest
 from tests.recs_fixtures import World, event, recs_app, world_fixture
 
 NOW = int(time.time() * 1000)

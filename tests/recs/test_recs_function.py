@@ -12,8 +12,9 @@ from app.core.errors import BadArgumentError, KeyLayoutError
 from app.ingest import users
 from app.recs import calls as rec_calls
 from app.recs.calls import Candidate, RecParams
+from app.recs.config import DEFAULT_WEIGHTS
 from app.recs.experiments import DEFAULT
-from app.recs.recommender import DEFAULT_WEIGHTS, RecRequest
+from app.recs.lists import RecRequest
 from app.redis import calls
 from tests.recs_fixtures import (
     GUARDED,

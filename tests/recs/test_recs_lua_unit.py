@@ -9,8 +9,9 @@ import pytest
 
 from app.recs import calls as rec_calls
 from app.recs.calls import RecContext
+from app.recs.candidates import hist_anchor_weight
+from app.recs.config import DEFAULT_WEIGHTS
 from app.recs.keys import RecKeys
-from app.recs.recommender import DEFAULT_WEIGHTS, hist_anchor_weight
 from tests.lua_harness import execute_library
 
 HOUR = 3_600_000

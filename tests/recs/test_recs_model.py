@@ -11,6 +11,7 @@ import pytest
 from app.recs import calls as rec_calls
 from app.recs.experiments import Experiment, ExperimentStore, Variant
 from app.recs.keys import RecKeys
+from app.recs.lists import RecRequest
 from app.recs.model import (
     EASE_TOP1,
     Interactions,
@@ -23,7 +24,6 @@ from app.recs.model import (
     train,
     user_similarity,
 )
-from app.recs.recommender import RecRequest
 from app.redis import calls
 from tests.recs_fixtures import World, event, world_fixture
 

@@ -12,7 +12,7 @@ from app.catalog.vectorizers import get_vectorizer
 from app.recs import calls as rec_calls
 from app.recs.experiments import DEFAULT
 from app.recs.items import ItemCatalog, new_arrival
-from app.recs.recommender import RecRequest
+from app.recs.lists import RecRequest
 from app.redis import calls
 from loaders.catalog import FeedRow, load_rows
 from tests.recs_fixtures import World, event, world_fixture

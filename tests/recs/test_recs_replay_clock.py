@@ -26,8 +26,10 @@ from app.catalog.vectorizers import get_vectorizer
 from app.core.events import parse_event
 from app.core.settings import EngineConfig, Settings, load_settings
 from app.engine import build_engine
+from app.recs.config import RecConfig
 from app.recs.experiments import DEFAULT
-from app.recs.recommender import RecConfig, Recommender, RecRequest
+from app.recs.lists import RecRequest
+from app.recs.recommender import Recommender
 from loaders.catalog import load_rows, online_retail_rows
 from loaders.train import train_online_retail
 from tests.recs.test_recs_purchased import SPLIT_MS, invoices_by_user

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from app.recs import calls as rec_calls
-from app.recs.recommender import DEFAULT_WEIGHTS, rising_items
+from app.recs.candidates import rising_items
+from app.recs.config import DEFAULT_WEIGHTS
 
 
 def test_a_steady_best_seller_is_not_rising_and_a_seasonal_item_is() -> None:

@@ -12,7 +12,9 @@ import redis
 from starlette.testclient import TestClient
 
 from app.ingest.log import group_lag
-from app.recs.recommender import RecConfig, RecList, RecRequest, timeout_client
+from app.recs.config import RecConfig
+from app.recs.lists import RecList, RecRequest
+from app.recs.recommender import timeout_client
 from app.recs.worker import RecWorker
 from app.redis import embedded as redis_stack
 from app.redis import library as functions
@@ -282,7 +284,7 @@ def test_http_never_errors_when_redis_is_gone(
 
 
 def test_live_share_is_configurable_and_checked(tmp_path: Path) -> None:
-    from app.recs.recommender import load_rec_config
+    from app.recs.config import load_rec_config
 
     served = load_rec_config(tmp_path / "absent.env")  # no overrides: what was evaluated
     evaluated = RecConfig()
