@@ -51,19 +51,16 @@ local function call_member_chunks(cmd, key, args)
   end
 end
 
-local function ingest_aggregates(keys, argv)
-  local log_maxlen = int(argv[1], 'log_maxlen')
-  local trend_ttl = int(argv[2], 'trend_ttl_s')
-  local item_ttl = int(argv[3], 'item_ttl_s')
-  local co_cap = int(argv[4], 'co_cap')
-  local raw_retention = int(argv[5], 'raw_retention_ms')
-  local hour_retention = int(argv[6], 'hour_retention_ms')
-  local topk = int(argv[7], 'topk')
-  local cms_width = int(argv[8], 'cms_width')
-  local trend_window = int(argv[9], 'trend_window_ms')
+-- The validated input of ingest_aggregates (its ARGV layout above); raises before any write.
+local function agg_parse(keys, argv)
+  local cfg = {
+    log_maxlen = int(argv[1], 'log_maxlen'), trend_ttl = int(argv[2], 'trend_ttl_s'),
+    item_ttl = int(argv[3], 'item_ttl_s'), co_cap = int(argv[4], 'co_cap'),
+    raw_retention = int(argv[5], 'raw_retention_ms'),
+    hour_retention = int(argv[6], 'hour_retention_ms'), topk = int(argv[7], 'topk'),
+    cms_width = int(argv[8], 'cms_width'), trend_window = int(argv[9], 'trend_window_ms'),
+  }
   local n_events = int(argv[10], 'n_events')
-
-  -- Validation pass.
   local events = {}
   local pos = 11
   for e = 1, n_events do
@@ -96,19 +93,19 @@ local function ingest_aggregates(keys, argv)
     }
     pos = pos + 3
   end
+  return cfg, events, co_pairs
+end
 
-  -- Write pass. Sums per key first, so each Top-K/CMS/series gets one command per call.
-  local trend_inc, trend_order = {}, {}
-  local cms_inc, cms_order = {}, {}
-  local series_inc, series_order = {}, {}
-  local logged, counted, dropped = 0, 0, 0
-
-  local function add(tbl, order, key, member, by)
-    local bucket = tbl[key]
+-- Increments summed per key and member, keys and members in first-seen order, so each
+-- Top-K / CMS / series gets one command per call.
+local function agg_sums()
+  local sums = {by_key = {}, order = {}}
+  function sums.add(key, member, by)
+    local bucket = sums.by_key[key]
     if bucket == nil then
       bucket = {members = {}, list = {}}
-      tbl[key] = bucket
-      order[#order + 1] = key
+      sums.by_key[key] = bucket
+      sums.order[#sums.order + 1] = key
     end
     if bucket.members[member] == nil then
       bucket.members[member] = 0
@@ -116,6 +113,95 @@ local function ingest_aggregates(keys, argv)
     end
     bucket.members[member] = bucket.members[member] + by
   end
+  return sums
+end
+
+-- `cmd key member count ...` once per summed key, the key created by `create` when absent.
+local function agg_write_counts(sums, cmd, create, ttl)
+  for _, key in ipairs(sums.order) do
+    if redis.call('EXISTS', key) == 0 then create(key) end
+    local args = {}
+    for _, member in ipairs(sums.by_key[key].list) do
+      args[#args + 1] = member
+      args[#args + 1] = sums.by_key[key].members[member]
+    end
+    call_member_chunks(cmd, key, args)
+    if ttl then redis.call('EXPIRE', key, ttl) end
+  end
+end
+
+-- Per-item series: one TS.MADD for every (series, minute) of the call; the series'
+-- DUPLICATE_POLICY SUM turns a sample at an existing minute into an increment. Series that
+-- do not exist yet come back as per-element errors: create them (with the hourly rule) and
+-- add their samples then. A sample older than a series' retention (counted back from its
+-- newest sample) is refused by RedisTimeSeries and counted as dropped, not an error.
+-- Returns the number dropped, or nil and the error of an unexpected refusal.
+local function agg_write_series(series, cfg)
+  local madd, madd_refs = {}, {}
+  for _, key in ipairs(series.order) do
+    local s = series.by_key[key]
+    table.sort(s.list)
+    for _, minute in ipairs(s.list) do
+      madd[#madd + 1] = key; madd[#madd + 1] = minute; madd[#madd + 1] = s.members[minute]
+      madd_refs[#madd_refs + 1] = {key, minute}
+    end
+  end
+  local dropped = 0
+  local missing, missing_order = {}, {}
+  local res = {}
+  for i = 1, #madd, UNPACK_MAX do  -- UNPACK_MAX is a multiple of 3: whole samples per chunk
+    local part = redis.call('TS.MADD', unpack(madd, i, math.min(i + UNPACK_MAX - 1, #madd)))
+    for _, r in ipairs(part) do res[#res + 1] = r end
+  end
+  for i, r in ipairs(res) do
+    if type(r) == 'table' and r.err then
+      local key = madd_refs[i][1]
+      if string.find(r.err, 'older than retention', 1, true) then
+        dropped = dropped + 1
+      elseif missing[key] ~= nil then
+        table.insert(missing[key], madd_refs[i][2])
+      elseif string.find(r.err, 'not a TSDB key', 1, true) and redis.call('EXISTS', key) == 0 then
+        missing[key] = {madd_refs[i][2]}
+        missing_order[#missing_order + 1] = key
+      else
+        return nil, r.err
+      end
+    end
+  end
+  for _, key in ipairs(missing_order) do
+    local s = series.by_key[key]
+    redis.call('TS.CREATE', key, 'RETENTION', cfg.raw_retention, 'CHUNK_SIZE', 256,
+      'DUPLICATE_POLICY', 'SUM')
+    if s.hour_key then
+      if redis.call('EXISTS', s.hour_key) == 0 then
+        redis.call('TS.CREATE', s.hour_key, 'RETENTION', cfg.hour_retention, 'CHUNK_SIZE', 256,
+          'DUPLICATE_POLICY', 'SUM')
+      end
+      redis.call('TS.CREATERULE', key, s.hour_key, 'AGGREGATION', 'sum', 3600000)
+    end
+    for _, minute in ipairs(missing[key]) do
+      redis.call('TS.ADD', key, minute, s.members[minute])
+    end
+  end
+  return dropped
+end
+
+local function agg_write_co(co_pairs, cfg)
+  local co_keys = {}
+  for _, p in ipairs(co_pairs) do
+    redis.call('ZINCRBY', p.key, p.weight, p.other)
+    co_keys[p.key] = true
+  end
+  for key, _ in pairs(co_keys) do
+    if redis.call('ZCARD', key) > cfg.co_cap then
+      redis.call('ZREMRANGEBYRANK', key, 0, -(cfg.co_cap + 1))
+    end
+    redis.call('EXPIRE', key, cfg.item_ttl)
+  end
+end
+
+local function ingest_aggregates(keys, argv)
+  local cfg, events, co_pairs = agg_parse(keys, argv)
 
   -- The watermark (newest event time seen) decides what is still "trending now".
   local wm_key, old_wm, new_wm = nil, 0, 0
@@ -131,118 +217,35 @@ local function ingest_aggregates(keys, argv)
   end
   if wm_key ~= nil and new_wm > old_wm then redis.call('SET', wm_key, new_wm) end
 
+  local trend, cms, series = agg_sums(), agg_sums(), agg_sums()
+  local logged, counted = 0, 0
   for _, ev in ipairs(events) do
     if ev.log then
-      redis.call('XADD', ev.log, 'MAXLEN', '~', log_maxlen, '*',
+      redis.call('XADD', ev.log, 'MAXLEN', '~', cfg.log_maxlen, '*',
         'type', ev.type, 'user', ev.user, 'data', ev.payload)
       logged = logged + 1
     end
-    local trending_now = ev.ts >= new_wm - trend_window
+    local trending_now = ev.ts >= new_wm - cfg.trend_window
     -- Purchases count units bought; other events count one interaction.
     for _, it in ipairs(ev.items) do
       local units = 1
       if ev.type == 'purchase' then units = math.max(1, math.floor(it.qty)) end
-      if it.trend and trending_now then add(trend_inc, trend_order, it.trend, it.item, units) end
-      if it.cms then add(cms_inc, cms_order, it.cms, it.item, units) end
+      if it.trend and trending_now then trend.add(it.trend, it.item, units) end
+      if it.cms then cms.add(it.cms, it.item, units) end
       if it.ts then
-        local minute = ev.ts - (ev.ts % MINUTE_MS)
-        add(series_inc, series_order, it.ts, minute, units)
-        series_inc[it.ts].hour_key = it.ts_hour
+        series.add(it.ts, ev.ts - (ev.ts % MINUTE_MS), units)
+        series.by_key[it.ts].hour_key = it.ts_hour
       end
       counted = counted + 1
     end
   end
 
-  for _, key in ipairs(trend_order) do
-    if redis.call('EXISTS', key) == 0 then
-      redis.call('TOPK.RESERVE', key, topk, 1000, 5, 0.925)
-    end
-    local args = {}
-    for _, member in ipairs(trend_inc[key].list) do
-      args[#args + 1] = member
-      args[#args + 1] = trend_inc[key].members[member]
-    end
-    call_member_chunks('TOPK.INCRBY', key, args)
-    redis.call('EXPIRE', key, trend_ttl)
-  end
-
-  for _, key in ipairs(cms_order) do
-    if redis.call('EXISTS', key) == 0 then
-      redis.call('CMS.INITBYDIM', key, cms_width, 5)
-    end
-    local args = {}
-    for _, member in ipairs(cms_inc[key].list) do
-      args[#args + 1] = member
-      args[#args + 1] = cms_inc[key].members[member]
-    end
-    call_member_chunks('CMS.INCRBY', key, args)
-  end
-
-  -- Per-item series: one TS.MADD for every (series, minute) of the call; the series'
-  -- DUPLICATE_POLICY SUM turns a sample at an existing minute into an increment. Series that
-  -- do not exist yet come back as per-element errors: create them (with the hourly rule) and
-  -- add their samples then. A sample older than a series' retention (counted back from its
-  -- newest sample) is refused by RedisTimeSeries and counted as dropped, not an error.
-  local madd, madd_refs = {}, {}
-  for _, key in ipairs(series_order) do
-    local s = series_inc[key]
-    table.sort(s.list)
-    for _, minute in ipairs(s.list) do
-      madd[#madd + 1] = key; madd[#madd + 1] = minute; madd[#madd + 1] = s.members[minute]
-      madd_refs[#madd_refs + 1] = {key, minute}
-    end
-  end
-  local missing, missing_order = {}, {}
-  local res = {}
-  for i = 1, #madd, UNPACK_MAX do  -- UNPACK_MAX is a multiple of 3: whole samples per chunk
-    local part = redis.call('TS.MADD', unpack(madd, i, math.min(i + UNPACK_MAX - 1, #madd)))
-    for _, r in ipairs(part) do res[#res + 1] = r end
-  end
-  if #madd > 0 then
-    for i, r in ipairs(res) do
-      if type(r) == 'table' and r.err then
-        local key = madd_refs[i][1]
-        if string.find(r.err, 'older than retention', 1, true) then
-          dropped = dropped + 1
-        elseif missing[key] ~= nil then
-          table.insert(missing[key], madd_refs[i][2])
-        elseif string.find(r.err, 'not a TSDB key', 1, true) and redis.call('EXISTS', key) == 0 then
-          missing[key] = {madd_refs[i][2]}
-          missing_order[#missing_order + 1] = key
-        else
-          return redis.error_reply(r.err)
-        end
-      end
-    end
-  end
-  for _, key in ipairs(missing_order) do
-    local s = series_inc[key]
-    redis.call('TS.CREATE', key, 'RETENTION', raw_retention, 'CHUNK_SIZE', 256,
-      'DUPLICATE_POLICY', 'SUM')
-    if s.hour_key then
-      if redis.call('EXISTS', s.hour_key) == 0 then
-        redis.call('TS.CREATE', s.hour_key, 'RETENTION', hour_retention, 'CHUNK_SIZE', 256,
-          'DUPLICATE_POLICY', 'SUM')
-      end
-      redis.call('TS.CREATERULE', key, s.hour_key, 'AGGREGATION', 'sum', 3600000)
-    end
-    for _, minute in ipairs(missing[key]) do
-      redis.call('TS.ADD', key, minute, s.members[minute])
-    end
-  end
-
-  local co_keys = {}
-  for _, p in ipairs(co_pairs) do
-    redis.call('ZINCRBY', p.key, p.weight, p.other)
-    co_keys[p.key] = true
-  end
-  for key, _ in pairs(co_keys) do
-    if redis.call('ZCARD', key) > co_cap then
-      redis.call('ZREMRANGEBYRANK', key, 0, -(co_cap + 1))
-    end
-    redis.call('EXPIRE', key, item_ttl)
-  end
-
+  agg_write_counts(trend, 'TOPK.INCRBY',
+    function(key) redis.call('TOPK.RESERVE', key, cfg.topk, 1000, 5, 0.925) end, cfg.trend_ttl)
+  agg_write_counts(cms, 'CMS.INCRBY',
+    function(key) redis.call('CMS.INITBYDIM', key, cfg.cms_width, 5) end, nil)
+  local dropped, err = agg_write_series(series, cfg)
+  if dropped == nil then return redis.error_reply(err) end
+  agg_write_co(co_pairs, cfg)
   return {logged, counted, #co_pairs, dropped, tostring(old_wm), tostring(new_wm)}
 end
-
