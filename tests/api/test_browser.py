@@ -284,10 +284,12 @@ def test_a_freshly_started_dashboard_is_readable(
             # (a route called once, like /dashboard here, is still one dot).
             health = page.locator("#c-p95 path", has=page.locator("title", has_text="GET /health"))
             assert (health.get_attribute("d") or "").count("L") >= 1
-            # The axis spans the data: the first point is near the left edge, not at the end.
+            # The axis spans the data, not a 60-minute window with the points at its right end
+            # (there, 12 s of data starts at ~99.7 % of the width). How far in the first point
+            # sits depends on flush timing: under CI load it was seen at 63 %.
             first_x = float((health.get_attribute("d") or "M0,").split(",")[0][1:])
             width = page.evaluate("document.querySelector('#c-p95').viewBox.baseVal.width")
-            assert first_x < width / 2, (first_x, width)
+            assert first_x < width * 0.8, (first_x, width)
         finally:
             ctx.close()
     assert not errors, errors
