@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import redis
@@ -22,8 +22,10 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api import auth, deps
+from app.api.catalog import catalog_routes
 from app.api.contract import contract_routes
 from app.api.deps import AppState
+from app.api.features import feature_routes
 from app.api.openapi import (
     ANY_OBJECT,
     ERROR,
@@ -38,7 +40,9 @@ from app.api.openapi import (
     operation,
     string,
 )
+from app.api.recs import install_recommendations
 from app.api.tracking import tracking_routes
+from app.api.web import web_routes
 from app.catalog.facts import catalog_prices, event_items, unknown_items, with_catalog_prices
 from app.catalog.index import CatalogKeys
 from app.core.errors import (
@@ -391,9 +395,11 @@ def auth_metric(request: Request, name: str) -> None:
 # -- app --------------------------------------------------------------------------------------
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    cfg = settings or load_settings()
-    auth.check_verification_setting(cfg)
+def engine_lifespan(
+    cfg: Settings,
+) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[AppState]]:
+    """The app's lifespan: connect (data and search node), check the Functions on every
+    primary, assemble the engine, start its workers; yield the typed state; close it all."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[AppState]:
@@ -440,28 +446,26 @@ def create_app(settings: Settings | None = None) -> Starlette:
             if catalog_client is not client:
                 catalog_client.close()
 
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    cfg = settings or load_settings()
+    auth.check_verification_setting(cfg)
     routes: list[BaseRoute] = [
         Route("/health", health),
         Route("/v1/events", post_events, methods=["POST"]),
         Route("/v1/users/{user_id}/session", get_session),
         Route("/v1/users/{user_id}/profile", get_profile),
         Route("/v1/trending", get_trending),
+        *catalog_routes(),
+        *feature_routes(),
+        *web_routes(),
+        *tracking_routes(),
     ]
-    from app.api.catalog import catalog_routes  # local: app.api.catalog imports app.api.app
-
-    routes += catalog_routes()
-    from app.api.features import feature_routes  # local: it imports app.api.app
-
-    routes += feature_routes()
-    from app.api.web import web_routes  # local: app.api.web imports app.api.app
-
-    routes += web_routes()
-    routes += tracking_routes()
-    from app.api.recs import install_recommendations  # local: it imports app.api.app
-
     app = Starlette(
         routes=routes,
-        lifespan=lifespan,
+        lifespan=engine_lifespan(cfg),
         middleware=[
             Middleware(RequestContextMiddleware, json_logs=cfg.log_json),
             Middleware(MetricsMiddleware),  # inside: sees the request id, times the app

@@ -140,9 +140,15 @@ def _catalog_importable() -> bool:
     return True
 
 
-def web_routes(config: WebConfig | None = None) -> list[BaseRoute]:
-    cfg = config or load_web_config()
-    catalog_available = _catalog_importable()
+DEMO_PAGE_OFF = {"error": "not_found", "detail": "the demo page is off"}
+
+
+class DemoPages:
+    """The page handlers, over one `WebConfig` (read once when the routes are built)."""
+
+    def __init__(self, config: WebConfig) -> None:
+        self.cfg = config
+        self.catalog_available = _catalog_importable()
 
     @operation(
         Operation(
@@ -152,9 +158,9 @@ def web_routes(config: WebConfig | None = None) -> list[BaseRoute]:
             responses={200: ("HTML", None), 404: ("the demo page is off", ERROR)},
         )
     )
-    async def storefront(request: Request) -> Response:
-        if not cfg.demo_page:
-            return JSONResponse({"error": "not_found", "detail": "the demo page is off"}, 404)
+    async def storefront(self, request: Request) -> Response:
+        if not self.cfg.demo_page:
+            return JSONResponse(DEMO_PAGE_OFF, 404)
         return FileResponse(STATIC_DIR / "index.html", headers=NO_CACHE)
 
     @operation(
@@ -165,7 +171,7 @@ def web_routes(config: WebConfig | None = None) -> list[BaseRoute]:
             responses={200: ("HTML", None)},
         )
     )
-    async def dashboard(request: Request) -> Response:
+    async def dashboard(self, request: Request) -> Response:
         return FileResponse(STATIC_DIR / "dashboard.html", headers=NO_CACHE)
 
     @operation(
@@ -175,22 +181,24 @@ def web_routes(config: WebConfig | None = None) -> list[BaseRoute]:
             responses={200: ("config", ANY_OBJECT), 404: ("the demo page is off", ERROR)},
         )
     )
-    async def demo_config(request: Request) -> Response:
-        if not cfg.demo_page:
-            return JSONResponse({"error": "not_found", "detail": "the demo page is off"}, 404)
+    async def demo_config(self, request: Request) -> Response:
+        if not self.cfg.demo_page:
+            return JSONResponse(DEMO_PAGE_OFF, 404)
         settings = deps.state(request)["settings"]
         keys = sorted(settings.write_keys)
-        write_key = cfg.demo_write_key if cfg.demo_write_key in settings.write_keys else None
+        write_key = (
+            self.cfg.demo_write_key if self.cfg.demo_write_key in settings.write_keys else None
+        )
         write_key = write_key or (keys[0] if keys else None)
         return JSONResponse({
             # The PUBLIC write key (like an analytics SDK's): identifies the source; never the
             # admin key, which no page ever receives.
             "write_key": write_key,
-            "shoppers": [{"user_id": u, "label": label} for u, label in cfg.shoppers],
+            "shoppers": [{"user_id": u, "label": label} for u, label in self.cfg.shoppers],
             "categories": list(CATEGORIES),
             "apis": {
                 "events": True,
-                "browse": catalog_available,
+                "browse": self.catalog_available,
                 "search": _mounted(request, "/v1/search"),
                 "items": _mounted(request, "/v1/items/{item_id}"),
                 "similar": _mounted(request, "/v1/items/{item_id}/similar"),
@@ -213,28 +221,31 @@ def web_routes(config: WebConfig | None = None) -> list[BaseRoute]:
             },
         )
     )  # fmt: skip
-    async def demo_token(request: Request) -> Response:
+    async def demo_token(self, request: Request) -> Response:
         """The demo server as the retailer's backend: a token for a demo shopper (its 'login'
         is picking a shopper in the page). Real shops mint tokens for their logged-in user."""
-        if not cfg.demo_page:
-            return JSONResponse({"error": "not_found", "detail": "the demo page is off"}, 404)
+        if not self.cfg.demo_page:
+            return JSONResponse(DEMO_PAGE_OFF, 404)
         secret = deps.state(request)["settings"].identity_secret
         if secret is None:
             return JSONResponse({"error": "unavailable", "detail": "shopper tokens need "
                                  "RETAIL_IDENTITY_SECRET"}, 503)  # fmt: skip
         body = await deps.read_json(request)
         user = body.get("user_id") if isinstance(body, dict) else None
-        if not any(user == shopper for shopper, _ in cfg.shoppers):
+        if not any(user == shopper for shopper, _ in self.cfg.shoppers):
             raise ValidationError("user_id", "must be one of the demo shoppers")
         token = tokens.mint(str(secret), str(user), ttl_s=DEMO_TOKEN_TTL_S)
         expires = int(token.split(".")[1])
         return JSONResponse({"user_id": user, "token": token, "expires_at": expires})
 
+
+def web_routes(config: WebConfig | None = None) -> list[BaseRoute]:
+    pages = DemoPages(config or load_web_config())
     return [
-        Route("/", storefront, methods=["GET"]),
-        Route("/v1/demo/token", demo_token, methods=["POST"]),
-        Route("/dashboard", dashboard, methods=["GET"]),
-        Route("/v1/demo/config", demo_config),
+        Route("/", pages.storefront, methods=["GET"]),
+        Route("/v1/demo/token", pages.demo_token, methods=["POST"]),
+        Route("/dashboard", pages.dashboard, methods=["GET"]),
+        Route("/v1/demo/config", pages.demo_config),
         Route("/v1/browse", browse),
         Route("/metrics", prometheus),
         Route("/v1/stats", stats),
