@@ -184,65 +184,89 @@ def replay(
     done_before = int(client.hget(checkpoint, "read") or 0) if resume else 0
     report.resumed_from = min(done_before, total)
     bar = Progress(total, stream if stream is not None else sys.stderr, progress)
+    sender = BatchSender(client, cfg, ingestor, drain, report, checkpoint, bar, batch_size)
     # parse_event refuses events more than 5 min in the future; the data is 2010-2011.
     now_ms = int(time.time() * 1000)
-    batch: list[Event] = []
-    # The Ingestor applies a batch's aggregates user by user, not in time order, and
-    # RedisTimeSeries refuses a sample older than a series' retention (counted back from its
-    # newest sample). Cutting batches at half the raw retention keeps every batch applicable
-    # (the file is in time order; the 2010 Christmas break alone spans 15 days).
-    span_ms = max(cfg.raw_retention_ms // 2, 1)
     t1 = time.monotonic()
-
-    def flush() -> None:
-        result = ingestor.ingest(batch)
-        report.sent += len(batch)
-        report.accepted += result.accepted
-        report.duplicates += result.duplicates
-        report.logged += result.logged
-        report.batches += 1
-        if drain is not None:
-            # Aggregates follow the log; applying them batch by batch keeps the workers'
-            # lag (and the logs) short. With workers running elsewhere (the app), their
-            # partitions are leased and this applies nothing: they do.
-            report.aggregated += drain()
-        batch.clear()
-        client.hset(
-            checkpoint, mapping={"read": report.read, "updated_ms": int(time.time() * 1000)}
-        )
-        client.expire(checkpoint, CHECKPOINT_TTL_S)
-        bar.update(report.read)
-
     # With a limit, stop right after the last wanted event (the skip report then covers the
     # rows read so far); without one, read the whole file so the skip report is complete.
     try:
         for taken, obj in enumerate(events if limit != 0 else (), start=1):
             report.read = taken
-            if taken <= done_before:
-                if limit is not None and taken >= limit:
-                    break
-                continue
-            if shift_ms:
-                obj["ts"] += shift_ms
-            try:
-                ev = parse_event(obj, now_ms=now_ms)
-            except ValidationError as exc:
-                report.invalid[exc.field] += 1
-            else:
-                if batch and abs(ev.ts - batch[0].ts) > span_ms:
-                    flush()
-                batch.append(ev)
-            if len(batch) >= batch_size:
-                flush()
+            if taken > done_before:
+                if shift_ms:
+                    obj["ts"] += shift_ms
+                try:
+                    sender.add(parse_event(obj, now_ms=now_ms))
+                except ValidationError as exc:
+                    report.invalid[exc.field] += 1
             if limit is not None and taken >= limit:
                 break
-        if batch:
-            flush()
+        sender.flush()
     finally:
         events.close()
     report.seconds = time.monotonic() - t1
     bar.finish(report.read)
     return report
+
+
+class BatchSender:
+    """Batches parsed events into the Ingestor, drains the aggregates after each batch and
+    moves the checkpoint past what is fully ingested."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        cfg: EngineConfig,
+        ingestor: Ingestor,
+        drain: Callable[[], int] | None,
+        report: ReplayReport,
+        checkpoint: str,
+        bar: Progress,
+        batch_size: int,
+    ) -> None:
+        self.client, self.ingestor, self.drain = client, ingestor, drain
+        self.report, self.checkpoint, self.bar = report, checkpoint, bar
+        self.batch_size = batch_size
+        self.batch: list[Event] = []
+        # The Ingestor applies a batch's aggregates user by user, not in time order, and
+        # RedisTimeSeries refuses a sample older than a series' retention (counted back from
+        # its newest sample). Cutting batches at half the raw retention keeps every batch
+        # applicable (the file is in time order; the 2010 Christmas break alone spans 15 days).
+        self.span_ms = max(cfg.raw_retention_ms // 2, 1)
+
+    def add(self, ev: Event) -> None:
+        if self.batch and abs(ev.ts - self.batch[0].ts) > self.span_ms:
+            # `ev` is read but not in this batch: the checkpoint must stop before it.
+            self.flush(read=self.report.read - 1)
+        self.batch.append(ev)
+        if len(self.batch) >= self.batch_size:
+            self.flush()
+
+    def flush(self, read: int | None = None) -> None:
+        """Send the batch (nothing when empty); then the checkpoint moves to `read` (default:
+        every event read so far), the count of file events fully ingested."""
+        if not self.batch:
+            return
+        report = self.report
+        read = report.read if read is None else read
+        result = self.ingestor.ingest(self.batch)
+        report.sent += len(self.batch)
+        report.accepted += result.accepted
+        report.duplicates += result.duplicates
+        report.logged += result.logged
+        report.batches += 1
+        if self.drain is not None:
+            # Aggregates follow the log; applying them batch by batch keeps the workers'
+            # lag (and the logs) short. With workers running elsewhere (the app), their
+            # partitions are leased and this applies nothing: they do.
+            report.aggregated += self.drain()
+        self.batch.clear()
+        self.client.hset(
+            self.checkpoint, mapping={"read": read, "updated_ms": int(time.time() * 1000)}
+        )
+        self.client.expire(self.checkpoint, CHECKPOINT_TTL_S)
+        self.bar.update(read)
 
 
 def last_event_ms(path: str | Path) -> int:

@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from app.core.events import Event
 from app.core.keys import Keys
 from app.core.settings import EngineConfig
+from app.engine import build_engine
+from app.ingest.ingestor import IngestReport
 from app.ingest.log import log_length
 from app.ingest.sessions import session_view
 from app.redis import calls
@@ -276,3 +279,36 @@ def test_checkpoint_makes_a_rerun_a_noop_after_the_dedup_window(
     again = rp.replay(client, cfg, head_file, progress=False)
     assert again.sent == 0 and again.resumed_from == expected.events
     assert client.ttl(rp.checkpoint_key(cfg, head_file)) > 0
+
+
+def test_a_batch_cut_by_time_checkpoints_before_the_event_that_cut_it(
+    client: redis.Redis, cfg: EngineConfig, keys: Keys, tmp_path: Path
+) -> None:
+    # The Jan 13 event is read before the Jan 1-2 batch is sent (it is what cuts the batch):
+    # the checkpoint after that batch must not count it, or a crash before the next batch
+    # is sent would lose it on resume.
+    path = tmp_path / "cut.csv"
+    path.write_text(
+        ",".join(orl.COLUMNS) + "\n"
+        "1,85123A,WHITE HANGING HEART T-LIGHT HOLDER,1,2011-01-01 10:00:00,2.55,1.0,UK\n"
+        "2,22139,RETROSPOT TEA SET CERAMIC 11 PC,1,2011-01-02 10:00:00,4.95,2.0,UK\n"
+        "3,22139,RETROSPOT TEA SET CERAMIC 11 PC,1,2011-01-13 10:00:00,4.95,1.0,UK\n"
+    )
+    engine = build_engine(client, cfg)
+
+    class CrashOnSecondBatch:
+        calls = 0
+
+        def ingest(self, events: list[Event]) -> IngestReport:
+            self.calls += 1
+            if self.calls == 2:
+                raise ConnectionError("killed before the second batch")
+            return engine.ingestor.ingest(events)
+
+    with pytest.raises(ConnectionError):
+        rp.replay(client, cfg, path, progress=False, ingestor=CrashOnSecondBatch(),  # type: ignore[arg-type]
+                  drain=engine.drain)  # fmt: skip
+    assert client.hget(rp.checkpoint_key(cfg, path), "read") == b"2"
+    resumed = rp.replay(client, cfg, path, progress=False)
+    assert (resumed.resumed_from, resumed.accepted) == (2, 1)
+    assert log_length(client, keys) == 3
