@@ -25,7 +25,9 @@ from app.catalog.index import CatalogKeys, create_index
 from app.catalog.vectorizers import get_vectorizer
 from app.cli.main import main as cli_main
 from app.core.errors import LibraryVersionError, RedisSetupError
+from app.ingest.log import group_lag
 from app.recs.keys import hot_shard_of
+from app.recs.worker import RecWorker
 from app.redis import library as functions
 from app.redis.cluster import LocalCluster
 from app.redis.connect import connect, primaries
@@ -221,6 +223,32 @@ def test_recommendations_and_an_experiment_on_the_cluster(api: TestClient, world
         assert mine["counts"]["exposures"] == 1 and mine["counts"]["clicks"] == 1
     finally:
         assert api.delete("/v1/experiments/cl-ab", headers=ADMIN).status_code == 200
+
+
+def test_the_recs_worker_reads_every_partition_log_and_caches_the_lists(
+    ccl: redis.Redis, world: World
+) -> None:
+    """The list worker reads each partition log alone (one multi-stream read would be
+    CROSSSLOT): shoppers on every master get their lists cached and the group is drained."""
+    rec = world.recommender()
+    worker = RecWorker(ccl, rec, consumer="cl-w1", debounce_ms=0, block_ms=0)
+    try:
+        worker.ensure_group()
+        worker.read(0)  # earlier tests' entries: not this test's
+        worker.flush(force=True)
+        shoppers = [f"rw{u}" for u in range(9)]
+        batch = [event(f"rw-{u}-{i}", "view", s, ["K1", "L1", "P1"][i], NOW - 3000 + i)
+                 for u, s in enumerate(shoppers) for i in range(3)]  # fmt: skip
+        world.ingest(batch)
+        masters = {ccl.cluster_keyslot(world.keys.user(s, "session")) for s in shoppers}
+        assert len({ccl.nodes_manager.get_node_from_slot(slot).name for slot in masters}) == 3
+        assert worker.read(0) == len(batch)
+        assert set(worker.pending) == set(shoppers)
+        assert worker.flush() == len(shoppers)  # one computation per shopper
+        assert all(ccl.exists(world.keys.recs(s, "home")) for s in shoppers)
+        assert group_lag(ccl, world.keys, "recs").pending == 0
+    finally:
+        rec.close()
 
 
 # -- catalog, search, items on the search node ----------------------------------------------

@@ -3,11 +3,13 @@
     python -m app.recs.worker [--consumer NAME] [--debounce-ms 300] [--max-delay-ms 2000]
 
 It reads the partition logs (`log:{p<n>}`, written by `ingest_partition`) through a consumer
-group (`recs`) on each, so several workers share the work and a crashed worker's entries are picked
-up again (its own pending entries on restart; other consumers' after `claim_idle_ms` via
-XAUTOCLAIM). Per shopper it waits until no new event came for `debounce_ms` (or at most
-`max_delay_ms` after the first), then computes and caches the `home` list (and the `cart`
-list when the cart is not empty) with `Recommender.precompute`, and acknowledges the entries.
+group (`recs`) on each, one XREADGROUP per log (pipelined: each log is its own hash slot, so
+this works on a Redis Cluster), so several workers share the work and a crashed worker's
+entries are picked up again (its own pending entries on restart; other consumers' after
+`claim_idle_ms` via XAUTOCLAIM). Per shopper it waits until no new event came for
+`debounce_ms` (or at most `max_delay_ms` after the first), then computes and caches the
+`home` list (and the `cart` list when the cart is not empty) with `Recommender.precompute`,
+and acknowledges the entries.
 A burst of 20 clicks costs one computation, and the next read is a cache hit.
 
 Delivery is at least once: a list may be computed twice, never lost. A user whose refresh
@@ -26,6 +28,7 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -46,18 +49,12 @@ GROUP = "recs"
 SKIP_TYPES = frozenset({"search"})
 
 
-def _entries(reply: Any) -> list[tuple[str, Any, Any]]:
-    """(stream, entry id, fields) of a multi-stream XREADGROUP reply (RESP2 list or RESP3 map)."""
+def _entries(stream: str, reply: Any) -> list[tuple[str, Any, Any]]:
+    """(stream, entry id, fields) of a one-stream XREADGROUP reply (RESP2 list or RESP3 map)."""
     if not reply:
         return []
-    rows = reply.items() if isinstance(reply, dict) else [(r[0], r[1]) for r in reply]
-    out: list[tuple[str, Any, Any]] = []
-    for stream, entries in rows:
-        name = stream.decode() if isinstance(stream, bytes) else str(stream)
-        if isinstance(reply, dict):
-            entries = entries[0]
-        out += [(name, entry_id, fields) for entry_id, fields in entries]
-    return out
+    rows = next(iter(reply.values()))[0] if isinstance(reply, dict) else reply[0][1]
+    return [(stream, entry_id, fields) for entry_id, fields in rows]
 
 
 @dataclass
@@ -141,33 +138,51 @@ class RecWorker:
         if ids:
             self.stats.acked += int(self.client.xack(stream, self.group, *ids))
 
+    def _read_each(self, start: str) -> list[tuple[str, Any, Any]]:
+        """One XREADGROUP per partition log, pipelined: each log sits in its own hash slot, so
+        one multi-stream read would be CROSSSLOT on a cluster (a cluster pipeline sends each
+        node its own reads)."""
+        pipe = self.client.pipeline(transaction=False)
+        for stream in self.streams:
+            pipe.xreadgroup(self.group, self.consumer, {stream: start}, count=self.batch)
+        out: list[tuple[str, Any, Any]] = []
+        for stream, reply in zip(self.streams, pipe.execute(), strict=True):
+            out += _entries(stream, reply)
+        return out
+
+    def _claim_stale(self, now_ms: float) -> None:
+        """Take over entries another consumer read but left unacknowledged for claim_idle_ms."""
+        pipe = self.client.pipeline(transaction=False)
+        for stream in self.streams:
+            pipe.xautoclaim(stream, self.group, self.consumer, self.claim_idle_ms,
+                            count=self.batch)  # fmt: skip
+        for stream, claimed in zip(self.streams, pipe.execute(), strict=True):
+            rows = [(stream, eid, f) for eid, f in (claimed[1] if claimed else [])]
+            self.stats.claimed += len(rows)
+            self._schedule(rows, now_ms)
+
     def read(self, block_ms: int | None = None) -> int:
         """Read entries into the pending set: first this consumer's own unacknowledged ones
-        (after a restart), then stale ones of dead consumers, then new ones."""
+        (after a restart), then stale ones of dead consumers, then new ones. The reads do not
+        block (a blocking read per log would wait on each in turn): when nothing came, it
+        waits `block_ms` before returning (an idle worker polls every log ten times a second by
+        default; the debounce is a few of those turns)."""
         now_ms = time.monotonic() * 1000
         if not self._backlog_read:
-            reply = self.client.xreadgroup(self.group, self.consumer,
-                                           dict.fromkeys(self.streams, "0"),
-                                           count=self.batch)  # fmt: skip
-            entries = _entries(reply)
+            entries = self._read_each("0")
             self._schedule(entries, now_ms)
-            if len(entries) < self.batch:
+            per_log = Counter(stream for stream, _id, _fields in entries)
+            if max(per_log.values(), default=0) < self.batch:  # no log has more pending
                 self._backlog_read = True
             return len(entries)
         if time.monotonic() - self._last_claim > self.claim_idle_ms / 1000:
             self._last_claim = time.monotonic()
-            for stream in self.streams:
-                claimed = self.client.xautoclaim(stream, self.group, self.consumer,
-                                                 self.claim_idle_ms, count=self.batch)  # fmt: skip
-                rows = [(stream, eid, f) for eid, f in (claimed[1] if claimed else [])]
-                self.stats.claimed += len(rows)
-                self._schedule(rows, now_ms)
-        block = self.block_ms if block_ms is None else block_ms
-        reply = self.client.xreadgroup(self.group, self.consumer,
-                                       dict.fromkeys(self.streams, ">"),
-                                       count=self.batch, block=block or None)  # fmt: skip
-        entries = _entries(reply)
+            self._claim_stale(now_ms)
+        entries = self._read_each(">")
         self._schedule(entries, now_ms)
+        block = self.block_ms if block_ms is None else block_ms
+        if not entries and block:
+            time.sleep(block / 1000)
         return len(entries)
 
     def due(self, now_ms: float) -> list[str]:
@@ -203,7 +218,7 @@ class RecWorker:
         return done
 
     def step(self, block_ms: int | None = None) -> int:
-        """One loop turn: read (blocking up to block_ms), then refresh the due users."""
+        """One loop turn: read (waiting up to block_ms when idle), then refresh the due users."""
         self.read(block_ms)
         return self.flush()
 
