@@ -26,6 +26,10 @@ from app.catalog.vectorizers import get_vectorizer
 from app.cli.main import main as cli_main
 from app.core.errors import LibraryVersionError, RedisSetupError
 from app.ingest.log import group_lag
+from app.obs.flusher import Flusher
+from app.obs.registry import MetricsConfig, Registry
+from app.obs.series import PARTS, MetricKeys
+from app.obs.views import read_totals, series_json
 from app.recs.keys import hot_shard_of
 from app.recs.worker import RecWorker
 from app.redis import library as functions
@@ -275,6 +279,27 @@ def test_metrics_and_stats_answer_on_the_cluster(api: TestClient) -> None:
     assert api.get("/health").status_code == 200
     assert api.get("/metrics").status_code == 200
     assert api.get("/v1/stats").status_code == 200
+
+
+def test_metrics_of_processes_on_every_master_are_merged(ccl: redis.Redis, world: World) -> None:
+    """Each process flushes into its own part (one slot); parts sit on every master and the
+    readers (totals, TS.MRANGE per node) merge them."""
+    mcfg = MetricsConfig(key_prefix=world.engine.key_prefix)
+    keys = MetricKeys(mcfg.key_prefix)
+    by_master: dict[str, int] = {}
+    for part in range(PARTS):
+        node = ccl.nodes_manager.get_node_from_slot(ccl.cluster_keyslot(keys.all_totals()[part]))
+        by_master.setdefault(node.name, part)
+    assert len(by_master) == 3  # the parts are spread over every master
+    for part in by_master.values():
+        reg = Registry()
+        reg.inc("events.ingested", 5, type="click")
+        reg.observe_request("GET", "/v1/trending", 200, 4.0)
+        Flusher(reg, ccl, mcfg, part=part).flush()
+    assert read_totals(ccl, keys).total("events.ingested", type="click") == 15
+    series = series_json(ccl, mcfg, minutes=5, step_s=60)
+    assert sum(series["events"]["click"]) == 15
+    assert sum(series["requests"]["GET /v1/trending"]) == 3
 
 
 def test_real_time_popularity_is_split_over_every_master_and_merged_on_read(

@@ -7,22 +7,25 @@ in ONE pipeline:
 
 - `TS.MADD <series> * <value> ...`: counter deltas (DUPLICATE_POLICY SUM) and the interval's
   latency quantiles per route (DUPLICATE_POLICY MAX), at the server's clock;
-- `HINCRBYFLOAT <prefix>m:{m}:totals <field> <delta>`: cumulative counters and histogram
-  buckets, summed over every worker process (what `/metrics` renders).
+- `HINCRBYFLOAT <prefix>m:{m<i>.<k>}:totals <field> <delta>`: cumulative counters and
+  histogram buckets of this process's part (what `/metrics` renders, summed over the parts).
 
 Series are created once per process (TS.CREATE with RETENTION, DUPLICATE_POLICY and LABELS,
 plus compaction series and TS.CREATERULE; "already exists" from another worker is fine):
 
-  <prefix>m:{m}:<metric>:<label values>        raw, RETENTION raw_retention (2 h)
-  <prefix>m:{m}:<metric>:<label values>:1m     compaction: sum (counters), avg (p50) or
-                                                max (p95, p99) per minute, RETENTION 8 days
-  <prefix>m:{m}:<metric>:<label values>:1h     counters only: sum per hour, RETENTION 90 days
+  <prefix>m:{m<i>.<k>}:<metric>:<label values>      raw, RETENTION raw_retention (2 h)
+  <prefix>m:{m<i>.<k>}:<metric>:<label values>:1m   compaction: sum (counters), avg (p50) or
+                                                     max (p95, p99) per minute, RETENTION 8 days
+  <prefix>m:{m<i>.<k>}:<metric>:<label values>:1h   counters only: sum per hour, RETENTION 90 d
 
-One hash tag (`{m}`) for all of them, so TS.MRANGE, the pipeline and the compaction rules stay
-in one cluster slot. Route templates appear in key names with `<...>` instead of `{...}` (the
-only hash tag in a key is `{m}`); the labels keep the real template. Every key is bounded: the
-series by RETENTION, their number by `max_series` label sets per process (overflow label sets
-are counted as `other`), the totals hash by the same cap and a sliding TTL.
+`{m<i>.<k>}` is the hash tag of the process's part (one of `series.PARTS`, by host and pid;
+spread evenly over a cluster's masters), so this process's pipeline and its compaction rules
+stay in one slot while the processes spread over the masters; the readers (views.py) merge the
+parts (labels carry `part`). Route templates appear in key names with `<...>` instead of
+`{...}` (the only hash tag in a key is the part's); the labels keep the real template. Every
+key is bounded: the series by RETENTION, their number by `max_series` label sets per process
+(overflow label sets are counted as `other`) times the fixed number of parts, the totals hashes
+by the same cap and a sliding TTL.
 
 Other modules count things with `record(name, value, **labels)` (e.g. `record("recs.cache",
 1, result="hit")`); the ingest hook (`IngestMetrics`) counts accepted events per type and
@@ -57,11 +60,18 @@ log = logging.getLogger("retail.metrics")
 class Flusher:
     """Drains a Registry into RedisTimeSeries every `cfg.flush_s` seconds (daemon thread)."""
 
-    def __init__(self, registry: Registry, client: redis.Redis, cfg: MetricsConfig) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        client: redis.Redis,
+        cfg: MetricsConfig,
+        *,
+        part: int | None = None,
+    ) -> None:
         self.registry = registry
         self.client = client
         self.cfg = cfg
-        self.keys = MetricKeys(cfg.key_prefix)
+        self.keys = MetricKeys(cfg.key_prefix, part)  # part None: this process's own
         self._ensured: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -132,7 +142,8 @@ class Flusher:
         pipe = self.client.pipeline(transaction=False)
         c = self.cfg
         for key, (name, labels), kind, stat in todo:
-            base_labels = ["prefix", c.key_prefix, "metric", name, "kind", kind]
+            base_labels = ["prefix", c.key_prefix, "metric", name, "kind", kind,
+                           "part", str(self.keys.current_part)]  # fmt: skip
             for k, v in labels:
                 base_labels += [k, v]
             if stat:

@@ -21,7 +21,6 @@ from app.core.units import DAY_MS, HOUR_MS
 
 log = logging.getLogger("retail.metrics")
 
-TAG = "{m}"
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+){0,4}$")
 LABEL_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _LABEL_BAD = re.compile(r"[^A-Za-z0-9._/{}<>@+-]")

@@ -1,14 +1,27 @@
-"""Key and field names of the metrics in Redis: one hash tag `{m}` for every series and the
-totals hash, so TS.MRANGE, the flush pipeline and compaction rules stay in one slot."""
+"""Key and field names of the metrics in Redis, split in `PARTS` parts by process.
+
+Each process writes its series and its totals under one part's hash tag (`{m<i>.<k>}`, from
+`spread_tag`: the parts sit evenly over a cluster's masters), chosen by its host name and pid,
+so its flush pipeline and its compaction rules stay in one slot and no master carries every
+process's metrics. Processes that draw the same part share its keys (counter series add up:
+DUPLICATE_POLICY SUM). Readers merge the parts (views.py). The number of parts is fixed, so a
+dead process leaves no new keys behind: its part's series empty by RETENTION and its totals
+hash keeps counting for the processes that share the part (or expires by its TTL)."""
 
 from __future__ import annotations
 
+import os
+import socket
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from app.obs.registry import TAG, Labels, SeriesId
+from app.core.tags import spread_tag
+from app.obs.registry import Labels, SeriesId
+
+PARTS = 12  # metric parts: 4 per master on three, so a few processes seldom share a master
 
 # -- key and field names ------------------------------------------------------------------------
 
@@ -17,12 +30,26 @@ def _key_safe(value: str) -> str:
     return value.replace("{", "<").replace("}", ">")
 
 
+def process_part(parts: int = PARTS) -> int:
+    """This process's part: a hash of host name and pid (read at each call: a forked worker
+    gets its own)."""
+    return zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % parts
+
+
 @dataclass(frozen=True)
 class MetricKeys:
     prefix: str = "rt:"
+    part: int | None = None  # None: this process's part
+
+    @property
+    def current_part(self) -> int:
+        return process_part() if self.part is None else self.part
+
+    def tag(self, part: int | None = None) -> str:
+        return "{" + spread_tag("m", self.current_part if part is None else part, PARTS) + "}"
 
     def base(self) -> str:
-        return f"{self.prefix}m:{TAG}:"
+        return f"{self.prefix}m:{self.tag()}:"
 
     def series(self, sid: SeriesId, stat: str | None = None) -> str:
         name, labels = sid
@@ -33,7 +60,12 @@ class MetricKeys:
 
     @property
     def totals(self) -> str:
+        """This process's part of the totals."""
         return self.base() + "totals"
+
+    def all_totals(self) -> list[str]:
+        """Every part's totals hash (what a reader sums)."""
+        return [f"{self.prefix}m:{self.tag(i)}:totals" for i in range(PARTS)]
 
 
 def field_of(name: str, labels: Labels, extra: str = "") -> str:

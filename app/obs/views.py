@@ -25,7 +25,7 @@ from app.obs.registry import (
     bucket_upper_ms,
 )
 from app.obs.series import MetricKeys, cmd, field_of, parse_field
-from app.redis.connect import node_of
+from app.redis.connect import nodes_of
 
 # -- reading back (for /metrics and /v1/stats) ------------------------------------------------
 
@@ -46,23 +46,28 @@ class Totals:
 
 
 def read_totals(client: redis.Redis, keys: MetricKeys) -> Totals:
-    raw = client.hgetall(keys.totals)
+    """Every process's totals: the parts' hashes summed (one pipeline; per key on a cluster)."""
+    pipe = client.pipeline(transaction=False)
+    for key in keys.all_totals():
+        pipe.hgetall(key)
     counters: dict[SeriesId, float] = {}
     hists: dict[SeriesId, Histogram] = {}
-    for f, v in raw.items():
-        name, labels, extra = parse_field(_text(f))
-        sid = (name, tuple(sorted(labels.items())))
-        value = float(_text(v))
-        if not extra:
-            counters[sid] = value
-            continue
-        h = hists.setdefault(sid, Histogram())
-        if extra == "sum":
-            h.sum_ms = value
-        elif extra == "count":
-            h.count = int(value)
-        elif extra.startswith("b") and extra[1:].isdigit():
-            h.buckets[int(extra[1:])] = int(value)
+    for raw in pipe.execute():
+        for f, v in raw.items():
+            name, labels, extra = parse_field(_text(f))
+            sid = (name, tuple(sorted(labels.items())))
+            value = float(_text(v))
+            if not extra:
+                counters[sid] = counters.get(sid, 0.0) + value
+                continue
+            h = hists.setdefault(sid, Histogram())
+            if extra == "sum":
+                h.sum_ms += value
+            elif extra == "count":
+                h.count += int(value)
+            elif extra.startswith("b") and extra[1:].isdigit():
+                b = int(extra[1:])
+                h.buckets[b] = h.buckets.get(b, 0) + int(value)
     return Totals(counters, hists, "redis")
 
 
@@ -106,8 +111,11 @@ def mrange(
     if agg:
         args += ["AGGREGATION", agg, bucket_ms]
     args += ["FILTER", f"prefix={prefix}", f"kind={kind}", f"res={res}", *extra_filters]
-    # TS.MRANGE names no key: on a cluster it must go to the node of the `{m}` slot.
-    return parse_mrange(cmd(node_of(client, MetricKeys(prefix).totals), *args))
+    # TS.MRANGE names no key and reads one node: on a cluster, ask each node holding a part.
+    out: list[tuple[dict[str, str], list[tuple[int, float]]]] = []
+    for node in nodes_of(client, MetricKeys(prefix).all_totals()):
+        out += parse_mrange(cmd(node, *args))
+    return out
 
 
 # -- Prometheus text format ---------------------------------------------------------------------
@@ -330,12 +338,21 @@ def _has(labels: Labels, match: Mapping[str, str]) -> bool:
     return all(d.get(k) == v for k, v in match.items())
 
 
-SERIES_LABELS = frozenset({"prefix", "metric", "kind", "res", "stat"})
+SERIES_LABELS = frozenset({"prefix", "metric", "kind", "res", "stat", "part"})
 
 
 def _sid_from_labels(labels: Mapping[str, str]) -> SeriesId:
     rest = tuple(sorted((k, v) for k, v in labels.items() if k not in SERIES_LABELS))
     return labels.get("metric", "?"), rest
+
+
+def _merge_step(stat: str, values: Sequence[float | None]) -> float | None:
+    """One step of a latency quantile over the metrics parts (processes): the mean of their
+    medians for p50 (as the minute compaction averages), the worst for p95 and p99."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    return round(sum(present) / len(present), 4) if stat == "p50" else max(present)
 
 
 def series_json(
@@ -409,8 +426,11 @@ def series_json(
             add("conversions", f"{labels.get('variant', '?')}:{labels.get('type', '?')}", row)
     for stat, _ in QUANTILES:
         agg = "avg" if stat == "p50" else "max"
+        parts: dict[str, list[list[float | None]]] = {}  # route -> one row per metrics part
         for labels, samples in query("latency", agg, [f"stat={stat}"]):
             route = f"{labels.get('method', '')} {labels.get('route', '')}"
-            out[stat][route] = fill(samples, None)
+            parts.setdefault(route, []).append(fill(samples, None))
+        for route, rows in parts.items():
+            out[stat][route] = [_merge_step(stat, col) for col in zip(*rows, strict=True)]
     return {"from_ms": start, "to_ms": now, "step_s": step_s, "resolution": res,
             "timestamps": stamps, **out}  # fmt: skip

@@ -100,6 +100,20 @@ def node_of(client: redis.Redis, key: str) -> redis.Redis:
     return cast(redis.Redis, cluster.get_redis_connection(cluster.get_node_from_key(key)))
 
 
+def nodes_of(client: redis.Redis, keys: list[str]) -> list[redis.Redis]:
+    """The distinct nodes serving these keys' slots, one plain client each (cluster), else
+    `[client]`: for a keyless command over a family split in parts (TS.MRANGE per node)."""
+    if not isinstance(client, RedisCluster):
+        return [client]
+    cluster = cast(Any, client)
+    found: dict[str, redis.Redis] = {}
+    for key in keys:
+        node = cluster.get_node_from_key(key)
+        if node.name not in found:
+            found[node.name] = cluster.get_redis_connection(node)
+    return list(found.values())
+
+
 def catalog_connection(cfg: Settings, client: redis.Redis) -> redis.Redis:
     """The catalog's server: CATALOG_REDIS_URL, else the engine's own (single server only)."""
     if cfg.catalog_redis_url is None:

@@ -27,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 from app.core.events import parse_event
 from app.core.logs import JsonFormatter, RequestIdFilter, configure_logging
 from app.core.settings import EngineConfig
+from app.core.tags import spread_tag
 from app.obs.collectors import IngestMetrics, StatsCollector
 from app.obs.flusher import Flusher
 from app.obs.middleware import MetricsMiddleware, RequestContextMiddleware
@@ -43,7 +44,7 @@ from app.obs.registry import (
     load_metrics_config,
     record,
 )
-from app.obs.series import MetricKeys, field_of, parse_field
+from app.obs.series import PARTS, MetricKeys, field_of, parse_field
 from app.obs.views import local_totals, read_totals, render_prometheus, series_json, stats_json
 from tests.web_fixtures import ADMIN, WRITE, free_port, full_app
 
@@ -145,9 +146,11 @@ def test_totals_field_round_trip() -> None:
     labels = (("method", "GET"), ("route", "/v1/items/{item_id}"))
     field = field_of("http.latency_ms", labels, "b12")
     assert parse_field(field) == ("http.latency_ms", dict(labels), "b12")
-    key = MetricKeys("rt:").series(("http.latency_ms", labels), "p95")
-    assert key == "rt:m:{m}:http:latency_ms:GET:/v1/items/<item_id>:p95"
-    assert key.count("{") == 1  # the only hash tag is {m}
+    key = MetricKeys("rt:", part=3).series(("http.latency_ms", labels), "p95")
+    assert (
+        key == f"rt:m:{{{spread_tag('m', 3, PARTS)}}}:http:latency_ms:GET:/v1/items/<item_id>:p95"
+    )
+    assert key.count("{") == 1  # the only hash tag is the part's
 
 
 def _event(event_id: str, etype: str, **extra: Any) -> Any:
@@ -244,12 +247,13 @@ def test_flush_writes_bounded_series_with_compaction_rules(
     req_key = keys.series(
         ("http.requests", (("method", "GET"), ("route", "/v1/items/{item_id}"), ("status", "2xx")))
     )
-    assert req_key == f"{cfg.key_prefix}m:{{m}}:http:requests:GET:/v1/items/<item_id>:2xx"
+    assert req_key == f"{keys.base()}http:requests:GET:/v1/items/<item_id>:2xx"
     info = _ts_info(client, req_key)
     assert info["retentionTime"] == mcfg.raw_retention_ms
     assert _labels(info) == {
         "prefix": cfg.key_prefix, "metric": "http.requests", "kind": "counter",
         "method": "GET", "route": "/v1/items/{item_id}", "status": "2xx", "res": "raw",
+        "part": str(keys.current_part),
     }  # fmt: skip
     rules = info["rules"]
     rule_keys = {(r[0] if isinstance(r, list) else r) for r in rules}
@@ -323,6 +327,35 @@ def test_a_vanished_series_is_recreated(client: redis.Redis, cfg: EngineConfig) 
     flusher.flush()
     assert _range_sum(client, key) == 1
     assert client.exists(key + ":1m")
+
+
+def test_processes_write_their_own_parts_and_the_views_merge_them(
+    client: redis.Redis, cfg: EngineConfig
+) -> None:
+    """Two processes (metrics parts 2 and 9): each flush writes its own part's keys only (one
+    slot per process), and totals, recent rates, series and latency merge both."""
+    mcfg = MetricsConfig(key_prefix=cfg.key_prefix)
+    regs = [Registry(), Registry()]
+    for reg, ms in zip(regs, (2.0, 900.0), strict=True):
+        reg.observe_request("GET", "/v1/items/{item_id}", 200, ms)
+        reg.inc("events.ingested", 3, type="view")
+    for reg, part in zip(regs, (2, 9), strict=True):
+        Flusher(reg, client, mcfg, part=part).flush()
+    for part in (2, 9):
+        mine = list(client.scan_iter(match=MetricKeys(cfg.key_prefix, part).base() + "*"))
+        assert len(mine) >= 5  # its series, rollups and totals
+    totals = read_totals(client, MetricKeys(cfg.key_prefix))
+    assert totals.total("events.ingested") == 6
+    route = (("method", "GET"), ("route", "/v1/items/{item_id}"))
+    assert totals.hists[("http.latency_ms", route)].count == 2
+    series = series_json(client, mcfg, minutes=10, step_s=60)
+    assert sum(series["events"]["view"]) == 6
+    assert sum(series["requests"]["GET /v1/items/{item_id}"]) == 2
+    assert max(v or 0 for v in series["p99"]["GET /v1/items/{item_id}"]) >= 700  # the worst part
+    stats = stats_json(client, Registry(), mcfg, window_s=60)
+    assert stats["events"]["ingested"] == 6
+    ep = {(e["method"], e["route"]): e for e in stats["endpoints"]}
+    assert ep[("GET", "/v1/items/{item_id}")]["requests"] == 2
 
 
 def test_series_and_stats_json(client: redis.Redis, cfg: EngineConfig) -> None:
