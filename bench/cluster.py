@@ -8,12 +8,14 @@ Run from the repo root: `.venv/bin/python -m bench.cluster [--quick] [--events N
 2. Load the real Online Retail catalog into the search node, then replay the first --events
    purchase events (default 60,000; --quick 15,000) through the engine assembly (the HTTP
    API's path) with a `RedisCluster` client, and train the item model on them.
-3. Per master: INFO commandstats (usec of every command since CONFIG RESETSTAT before the
-   replay) and INFO memory (used_memory minus the empty node's), as shares of the total; the key
-   families each master holds (`u:{*}:session`, `g:{g}:log`, ...).
+3. Per master: CPU time of the main thread during the replay (INFO cpu; INFO commandstats
+   cannot be summed: FCALL's time includes the commands its Function calls, counted again
+   under their names; its top commands are listed for diagnosis) and INFO memory
+   (used_memory minus the empty node's), as shares of the total; the key families each master
+   holds (`family`: `u:{*}:*:session`, `g:{g}:rec:model`, ...), and the parts it owns.
 4. `Recommender.serve` for random replayed shoppers (--requests, default 2,000): p50/p99 ms.
 5. Baseline, same run: the same catalog, replay, training and requests on one embedded server
-   (`single_*`); `cluster_cost_ratio` = cluster usec per event (all masters) / single-server.
+   (`single_*`); `cluster_cost_ratio` = cluster CPU usec per event (all masters) / single-server.
 
 The last line is one JSON object. Goal (issue 15): every master's share of time and memory
 within 1/3 +- 5 points, and no master holding a key family the others lack. On this 2-core
@@ -30,7 +32,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -38,6 +40,7 @@ from app.catalog.index import CatalogKeys, create_index, load_catalog_config
 from app.catalog.vectorizers import get_vectorizer
 from app.core.settings import ROOT, EngineConfig
 from app.recs.config import load_rec_config
+from app.recs.keys import RecKeys
 from app.recs.lists import RecRequest
 from app.recs.recommender import Recommender
 from app.redis import cluster, embedded
@@ -50,28 +53,76 @@ from loaders.train import train_online_retail
 
 DATA = ROOT / "data" / "online-retail" / "online-retail-2010-12_2011-09.csv.gz"
 PREFIX = "bc:"
-TAG_RE = re.compile(r"\{[^}]*\}")
 
 
-def server_usec(node: redis.Redis) -> float:
+def server_cpu_s(node: redis.Redis) -> float:
+    """CPU seconds of the node's main thread (where commands and Functions run). INFO
+    commandstats cannot be summed instead: a Function's FCALL time includes the commands it
+    calls, and those are counted again under their own names."""
+    cpu: dict[str, Any] = node.info("cpu")
+    return float(cpu["used_cpu_user_main_thread"]) + float(cpu["used_cpu_sys_main_thread"])
+
+
+def top_commands(node: redis.Redis, n: int = 6) -> dict[str, float]:
+    """The node's costliest commands since CONFIG RESETSTAT (usec; FCALL includes the commands
+    its Functions call, which are listed again under their names)."""
     stats: dict[str, Any] = node.info("commandstats")
-    return sum(float(v.get("usec", 0)) for k, v in stats.items() if k.startswith("cmdstat_"))
+    usec = {k.removeprefix("cmdstat_"): float(v.get("usec", 0)) for k, v in stats.items()}
+    return dict(sorted(usec.items(), key=lambda kv: -kv[1])[:n])
+
+
+def parts_per_master(client: redis.Redis, engine: EngineConfig) -> dict[str, dict[str, int]]:
+    """How many partitions, aggregate shards and popularity parts each master owns."""
+    keys = RecKeys(PREFIX, engine.partitions, engine.agg_shards)
+    cluster = cast(Any, client)
+    out: dict[str, dict[str, int]] = {}
+    families_of = {
+        "partitions": [keys.log_of(p) for p in range(engine.partitions)],
+        "agg_shards": [keys.applied(s) for s in range(engine.agg_shards)],
+        "hot_parts": keys.hot_shards(load_rec_config(key_prefix=PREFIX).hot_shards),
+    }
+    for name, part_keys in families_of.items():
+        for key in part_keys:
+            node = cluster.get_node_from_key(key).name
+            out.setdefault(node, {}).setdefault(name, 0)
+            out[node][name] += 1
+    return out
 
 
 def used_memory(node: redis.Redis) -> int:
     return int(node.info("memory")["used_memory"])
 
 
+SPREAD_TAG_RE = re.compile(r"^[a-z]+\d+\.\d+$")  # a part's tag: `p17.41`, `a3.7`, `g2.5`
+ENTITY_FAMILIES = ("u", "i")  # `u:{<part>}:<user>:...`, `i:{<shard>}:<item>:...`
+
+
+def family(name: str) -> str:
+    """A key's family: hash tag and entity id (user, item) replaced by `*`, hour buckets and
+    model versions by placeholders. `i:{a3.7}:10002:co:b` -> `i:{*}:*:co:b`,
+    `u:{p5.1}:anon:x7:session` -> `u:{*}:*:session`, `i:{85123A}:nn:v123` -> `i:{*}:nn:<model>`.
+    `{g}` stays: it is the one global tag, a family the other masters cannot have."""
+    head, sep, rest = name.partition(":")
+    m = re.match(r"\{([^}]*)\}(:|$)", rest)
+    if not sep or m is None or m.group(1) == "g":
+        fam = name
+    else:
+        tail = rest[m.end() :]
+        if SPREAD_TAG_RE.match(m.group(1)) and head in ENTITY_FAMILIES and tail:
+            entity, _, after = tail.partition(":")
+            if entity == "anon":  # anonymous visitors: `anon:<id>`
+                after = after.partition(":")[2]
+            tail = "*" + (":" + after if after else "")
+        fam = f"{head}:{{*}}" + (":" + tail if tail else "")
+    fam = re.sub(r":\d{10,}", ":<t>", fam)  # hour buckets
+    return re.sub(r":v\d{8,}(:[a-z_]+)?", ":<model>", fam)  # model versions (+ category)
+
+
 def families(node: redis.Redis) -> Counter[str]:
-    """Key families of this run on one node: the key with its hash tag's content hidden."""
+    """Key families of this run on one node (`family`), with their key counts."""
     out: Counter[str] = Counter()
     for key in node.scan_iter(match=PREFIX + "*", count=2000):
-        name = key.decode()[len(PREFIX) :]
-        # `{g}` is the one global tag; any other tag is one of many (shopper, item, part)
-        fam = TAG_RE.sub(lambda m: m.group(0) if m.group(0) == "{g}" else "{*}", name)
-        fam = re.sub(r":\d{10,}", ":<t>", fam)  # hour buckets
-        fam = re.sub(r":v\d{8,}(:[a-z_]+)?", ":<model>", fam)  # model versions (+ category)
-        out[fam] += 1
+        out[family(key.decode()[len(PREFIX) :])] += 1
     return out
 
 
@@ -116,12 +167,12 @@ def single_server(n_events: int, n_requests: int, users: list[str]) -> dict[str,
         with redis.Redis.from_url(server.url) as client:
             functions.load(client)
             load_catalog(client)
-            client.config_resetstat()
             engine = EngineConfig(key_prefix=PREFIX)
+            cpu0 = server_cpu_s(client)
             t0 = time.perf_counter()
             report = replay(client, engine, DATA, limit=n_events, progress=False)
             took = time.perf_counter() - t0 - report.scan_seconds
-            usec = server_usec(client)
+            usec = (server_cpu_s(client) - cpu0) * 1e6
             train_online_retail(client, engine, DATA, content=False)
             recs = measure_recommend(client, client, users, n_requests) if users else {}
         per_event = usec / max(report.accepted, 1)
@@ -147,10 +198,12 @@ def run(n_events: int, n_requests: int) -> dict[str, Any]:
         for node in nodes:
             node.config_resetstat()
         engine = EngineConfig(key_prefix=PREFIX)
+        cpu0 = [server_cpu_s(n) for n in nodes]
         t0 = time.perf_counter()
         report = replay(client, engine, DATA, limit=n_events, progress=False)
         replay_s = time.perf_counter() - t0 - report.scan_seconds
-        usec = [server_usec(n) for n in nodes]
+        usec = [(server_cpu_s(n) - c0) * 1e6 for n, c0 in zip(nodes, cpu0, strict=True)]
+        commands = {name: top_commands(n) for name, n in zip(names, nodes, strict=True)}
         mem = [used_memory(n) - e for n, e in zip(nodes, empty_mem, strict=True)]
 
         train_online_retail(client, engine, DATA, content=False, catalog_client=catalog)
@@ -169,6 +222,8 @@ def run(n_events: int, n_requests: int) -> dict[str, Any]:
                                                    * 100, 1),
             "max_memory_share_off_third_pts": round(max(abs(s - 1 / 3) for s in shares(mem))
                                                      * 100, 1),
+            "parts_per_master": parts_per_master(client, engine),
+            "top_commands_usec": commands,
             "families_not_on_every_master": {
                 f: [names[i] for i, fam in enumerate(fams) if f in fam] for f in only_some
             },

@@ -25,6 +25,7 @@ from app.core.units import HOUR_MS
 LAYOUT_VERSION = 2
 DEFAULT_PARTITIONS = 64
 DEFAULT_AGG_SHARDS = 16
+TRACKING_PARTS = 6  # the tracking log's parts: 2 per master on three
 
 
 def tag(value: str) -> str:
@@ -133,14 +134,18 @@ class Keys:
     def glob(self, part: str) -> str:
         return f"{self.prefix}g:{{g}}:{part}"
 
-    @property
-    def glob_applied(self) -> str:
-        return self.glob("applied")
-
     # -- tracking API (Segment / RudderStack messages with no engine event) ---
+    def tracking_log(self, message_id: str) -> str:
+        """STREAM part of the tracking log holding this message (`TRACKING_PARTS` parts by
+        messageId hash, spread over a cluster's masters: pages arrive per page view)."""
+        return self.tracking_logs[bucket_of(message_id, TRACKING_PARTS)]
+
     @property
-    def tracking_log(self) -> str:
-        return self.glob("tracking")
+    def tracking_logs(self) -> list[str]:
+        return [
+            f"{self.prefix}g:{{{spread_tag('t', i, TRACKING_PARTS)}}}:tracking"
+            for i in range(TRACKING_PARTS)
+        ]
 
     def tracking_seen(self, message_id: str) -> str:
         """A handled messageId (dedup of identify/alias/page/...); hashed: ids may hold braces."""

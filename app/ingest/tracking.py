@@ -4,7 +4,9 @@ Engine events go through the engine's `Ingestor` (every hook, dedup by messageId
 or alias goes through `users.identify` (traits + merge of the anonymous id). Events queued
 before an identify are ingested first, so a batch "anonymous views, identify, more views"
 merges exactly what came before it. Messages with no engine event are appended to a capped
-tracking log; their messageIds are remembered `seen_ttl_s` (a retried batch is a duplicate).
+tracking log (in `TRACKING_PARTS` parts by messageId, so page views spread over a cluster's
+masters; read it whole with `tracking_entries`); their messageIds are remembered
+`seen_ttl_s` (a retried batch is a duplicate).
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import redis
 
 from app.core.errors import FunctionError, from_redis_error
 from app.core.events import Event
+from app.core.keys import TRACKING_PARTS
 from app.core.settings import EngineConfig
 from app.ingest import users
 from app.ingest.ingestor import Ingestor
@@ -119,11 +123,22 @@ class TrackingSink:
         """Mark the messages handled and log the ones with no effect (capped stream)."""
         if not actions:
             return
+        part_cap = -(-self.cfg.log_maxlen // TRACKING_PARTS)  # the whole log stays ~log_maxlen
         pipe = self.client.pipeline(transaction=False)
         for action in actions:
             pipe.set(self.keys.tracking_seen(action.message_id), 1, ex=self.cfg.seen_ttl_s)
             if action.identify is None:
                 entry = json.dumps(action.stored, separators=(",", ":"), default=str)
-                pipe.xadd(self.keys.tracking_log, {"m": entry},
-                          maxlen=self.cfg.log_maxlen, approximate=True)  # fmt: skip
+                pipe.xadd(self.keys.tracking_log(action.message_id), {"m": entry},
+                          maxlen=part_cap, approximate=True)  # fmt: skip
         pipe.execute()
+
+
+def tracking_entries(client: redis.Redis, engine: EngineConfig) -> list[dict[str, object]]:
+    """The tracking log's messages, every part, oldest first (by stream id: server time)."""
+    rows: list[tuple[tuple[int, ...], Any]] = []
+    for key in engine.keys().tracking_logs:
+        for entry_id, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(key)):
+            rows.append((tuple(int(x) for x in entry_id.split(b"-")), fields[b"m"]))
+    rows.sort(key=lambda row: row[0])
+    return [json.loads(raw) for _id, raw in rows]
