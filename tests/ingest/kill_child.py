@@ -16,11 +16,10 @@ import threading
 import time
 from dataclasses import replace
 
-import redis
-
 from app.core.events import Event, parse_event
 from app.core.settings import EngineConfig
 from app.engine import build_engine
+from app.redis.connect import connect
 
 USERS = 200
 ITEMS = 60
@@ -56,7 +55,7 @@ def config(prefix: str) -> EngineConfig:
 
 def main(argv: list[str]) -> int:
     mode, url, prefix = argv[0], argv[1], argv[2]
-    client = redis.Redis.from_url(url)
+    client = connect(url)  # a cluster URL gives a RedisCluster client
     engine = build_engine(client, config(prefix))
     if mode == "ingest":
         trial, batches = int(argv[3]), int(argv[4])

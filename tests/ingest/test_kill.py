@@ -6,6 +6,11 @@
 2. The aggregate worker killed at random points, 20 times, restarted each time (its pending
    entries re-read): every aggregate equals a recomputation from the logs.
 3. Redis killed right after an acknowledgement (tests/ingest/test_durability.py).
+
+1 and 2 run again on the local 3-master cluster (marker `cluster`) with fewer kills (6): there
+each partition's call and each slot's `apply_blocks` call goes to its own master, so a kill
+lands between calls to different masters; the single-server runs keep the 20 kills that
+explore the timing.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import pytest
 import redis
 
 from app.core.events import event_from_payload
@@ -27,10 +33,13 @@ from app.core.settings import EngineConfig
 from app.engine import build_engine
 from app.ingest.aggregates import GROUP
 from app.ingest.log import group_lag, log_length, merged_log, parse_pairs
+from app.redis.cluster import LocalCluster
+from app.redis.connect import connect
 from tests.ingest import kill_child
 
 ROOT = Path(__file__).resolve().parents[2]
 KILLS = 20
+CLUSTER_KILLS = 6
 LEASE_MS = 300
 
 
@@ -67,19 +76,29 @@ def logged_ids(client: redis.Redis, keys: Keys) -> Counter[str]:
 def test_ack_process_killed_inside_batches_then_retried(
     redis_url: str, client: redis.Redis, prefix: str
 ) -> None:
+    ack_process_killed(redis_url, client, prefix, KILLS)
+
+
+@pytest.mark.cluster
+def test_ack_process_killed_on_the_cluster(local_cluster: LocalCluster, prefix: str) -> None:
+    with connect(local_cluster.url) as client:
+        ack_process_killed(local_cluster.url, client, prefix, CLUSTER_KILLS)
+
+
+def ack_process_killed(redis_url: str, client: redis.Redis, prefix: str, kills: int) -> None:
     cfg = kill_child.config(prefix)
     engine = build_engine(client, cfg)
     rng = random.Random(14)
     batches = 2
     killed_mid = 0
-    for trial in range(KILLS):
+    for trial in range(kills):
         proc = spawn("ingest", redis_url, prefix, str(trial), str(batches))
         killed_mid += kill(proc, rng.uniform(0.0, 0.25))
         # The retry: the same batches again, as a client whose request failed would.
         for b in range(batches):
             engine.ingestor.ingest(kill_child.events_of(trial, b))
-    sent = [ev for t in range(KILLS) for b in range(batches) for ev in kill_child.events_of(t, b)]
-    assert killed_mid >= KILLS // 2  # most kills landed while it was still ingesting
+    sent = [ev for t in range(kills) for b in range(batches) for ev in kill_child.events_of(t, b)]
+    assert killed_mid >= kills // 2  # most kills landed while it was still ingesting
     ids = logged_ids(client, engine.keys)
     assert len(ids) == len(sent) and set(ids) == {ev.event_id for ev in sent}
     assert max(ids.values()) == 1  # in the log exactly once
@@ -121,12 +140,22 @@ def expected_from_log(client: redis.Redis, keys: Keys) -> dict[str, Counter[tupl
 def test_worker_killed_at_random_points_aggregates_match_the_log(
     redis_url: str, client: redis.Redis, prefix: str
 ) -> None:
+    worker_killed(redis_url, client, prefix, KILLS)
+
+
+@pytest.mark.cluster
+def test_worker_killed_on_the_cluster(local_cluster: LocalCluster, prefix: str) -> None:
+    with connect(local_cluster.url) as client:
+        worker_killed(local_cluster.url, client, prefix, CLUSTER_KILLS)
+
+
+def worker_killed(redis_url: str, client: redis.Redis, prefix: str, kills: int) -> None:
     cfg: EngineConfig = kill_child.config(prefix)
     engine = build_engine(client, cfg)
     keys = engine.keys
     rng = random.Random(41)
     killed_mid = 0
-    for trial in range(KILLS):
+    for trial in range(kills):
         for b in range(2):
             engine.ingestor.ingest(kill_child.events_of(100 + trial, b))
         proc = spawn("work", redis_url, prefix, str(LEASE_MS))
@@ -134,10 +163,10 @@ def test_worker_killed_at_random_points_aggregates_match_the_log(
         lag = group_lag(client, keys, GROUP)
         killed_mid += lag.pending + lag.total_lag > 0  # work was left: read, or not yet
         time.sleep(LEASE_MS / 1000)  # the killed worker's leases lapse
-    assert killed_mid >= KILLS // 2
+    assert killed_mid >= kills // 2
     applied = engine.drain()  # the restart that finishes the work
     assert applied > 0  # the kills left work behind
-    assert log_length(client, keys) == KILLS * 2 * kill_child.BATCH
+    assert log_length(client, keys) == kills * 2 * kill_child.BATCH
 
     want = expected_from_log(client, keys)
     pipe = client.pipeline(transaction=False)
