@@ -32,6 +32,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 import redis
@@ -131,9 +132,8 @@ def shares(values: Sequence[float]) -> list[float]:
     return [round(v / total, 4) for v in values]
 
 
-def measure_recommend(client: redis.Redis, catalog: redis.Redis, users: list[str],
-                      n: int) -> dict[str, float]:  # fmt: skip
-    engine = EngineConfig(key_prefix=PREFIX)
+def measure_recommend(client: redis.Redis, catalog: redis.Redis, engine: EngineConfig,
+                      users: list[str], n: int) -> dict[str, float]:  # fmt: skip
     rec = Recommender(client, engine, load_rec_config(key_prefix=PREFIX), catalog_client=catalog)
     rec.refresh()
     rng = random.Random(7)
@@ -160,21 +160,22 @@ def load_catalog(catalog: redis.Redis) -> None:
                        progress=False)  # fmt: skip
 
 
-def single_server(n_events: int, n_requests: int, users: list[str]) -> dict[str, float]:
+def single_server(
+    engine: EngineConfig, n_events: int, n_requests: int, users: list[str]
+) -> dict[str, float]:
     """The same replay, training and requests on one embedded server: the baseline."""
     server = embedded.temporary().start()
     try:
         with redis.Redis.from_url(server.url) as client:
             functions.load(client)
             load_catalog(client)
-            engine = EngineConfig(key_prefix=PREFIX)
             cpu0 = server_cpu_s(client)
             t0 = time.perf_counter()
             report = replay(client, engine, DATA, limit=n_events, progress=False)
             took = time.perf_counter() - t0 - report.scan_seconds
             usec = (server_cpu_s(client) - cpu0) * 1e6
             train_online_retail(client, engine, DATA, content=False)
-            recs = measure_recommend(client, client, users, n_requests) if users else {}
+            recs = measure_recommend(client, client, engine, users, n_requests) if users else {}
         per_event = usec / max(report.accepted, 1)
         return {"single_events_per_s": round(report.accepted / took, 1),
                 "single_server_usec_per_event": round(per_event, 2),
@@ -183,7 +184,7 @@ def single_server(n_events: int, n_requests: int, users: list[str]) -> dict[str,
         server.stop()
 
 
-def run(n_events: int, n_requests: int) -> dict[str, Any]:
+def run(engine: EngineConfig, n_events: int, n_requests: int) -> dict[str, Any]:
     cl = cluster.temporary(3).start()
     try:
         client = connect(cl.url)
@@ -197,7 +198,6 @@ def run(n_events: int, n_requests: int) -> dict[str, Any]:
         load_catalog(catalog)
         for node in nodes:
             node.config_resetstat()
-        engine = EngineConfig(key_prefix=PREFIX)
         cpu0 = [server_cpu_s(n) for n in nodes]
         t0 = time.perf_counter()
         report = replay(client, engine, DATA, limit=n_events, progress=False)
@@ -211,7 +211,7 @@ def run(n_events: int, n_requests: int) -> dict[str, Any]:
         every = set.intersection(*(set(f) for f in fams))
         only_some = sorted(set.union(*(set(f) for f in fams)) - every)
         users = [f"c{u}" for u in _replayed_users(nodes)]
-        recs = measure_recommend(client, catalog, users, n_requests) if users else {}
+        recs = measure_recommend(client, catalog, engine, users, n_requests) if users else {}
         return {
             "bench": "cluster", "masters": 3, "events": report.accepted,
             "ingest_events_per_s": round(report.accepted / replay_s, 1),
@@ -252,11 +252,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="15,000 events, 500 requests (CI)")
     parser.add_argument("--events", type=int, default=None)
     parser.add_argument("--requests", type=int, default=None)
+    parser.add_argument("--agg-shards", type=int, default=None,
+                        help="aggregate shards (default: the engine's)")  # fmt: skip
     args = parser.parse_args(argv)
+    engine = EngineConfig(key_prefix=PREFIX)
+    if args.agg_shards:
+        engine = replace(engine, agg_shards=args.agg_shards)
     n_events = args.events or (15_000 if args.quick else 60_000)
     n_requests = args.requests or (500 if args.quick else 2_000)
-    result = run(n_events, n_requests)
-    base = single_server(n_events, n_requests, result.pop("users"))
+    result = run(engine, n_events, n_requests)
+    result["agg_shards"] = engine.agg_shards
+    base = single_server(engine, n_events, n_requests, result.pop("users"))
     result.update(base)
     result["cluster_cost_ratio"] = round(
         result["server_usec_per_event"] / base["single_server_usec_per_event"], 3
