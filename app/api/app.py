@@ -66,6 +66,7 @@ from app.ingest.aggregates import ingest_status
 from app.ingest.sessions import session_view
 from app.obs.middleware import MetricsMiddleware, RequestContextMiddleware
 from app.obs.registry import DEFAULT as DEFAULT_REGISTRY
+from app.recs.worker import LIST_READER
 from app.redis import calls
 from app.redis import embedded as redis_stack
 from app.redis import library as functions
@@ -136,12 +137,14 @@ async def health(request: Request) -> Response:
             redis_stack.probe(st["catalog_redis"])
             catalog_live = functions.loaded_version(st["catalog_redis"])
             body["catalog_library_version"] = catalog_live
-        ingest = ingest_status(st["redis"], st["settings"].engine)
+        ingest = ingest_status(st["redis"], st["settings"].engine, [LIST_READER])
+        lists = ingest.other_lags[LIST_READER.group]
         body["ingest"] = {
             "freshness_p50_ms": ingest.freshness_p50_ms,
             "freshness_p99_ms": ingest.freshness_p99_ms,
             "log_lag_max": ingest.lag.max_lag, "log_lag_total": ingest.lag.total_lag,
             "log_lag_limit": ingest.lag_limit, "alerts": ingest.alerts,
+            "list_workers_lag_max": lists.max_lag if lists.partitions else None,
         }  # fmt: skip
         return body
 

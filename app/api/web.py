@@ -61,6 +61,7 @@ from app.obs.middleware import MetricsMiddleware
 from app.obs.registry import DEFAULT, MetricsConfig, Registry, load_metrics_config
 from app.obs.series import MetricKeys
 from app.obs.views import local_totals, read_totals, render_prometheus, series_json, stats_json
+from app.recs.worker import LIST_READER
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -320,9 +321,12 @@ async def prometheus(request: Request) -> Response:
             "retail_metrics_series_dropped": float(registry.dropped),
         }
         try:
-            ingest = ingest_status(client, deps.state(request)["settings"].engine)
+            ingest = ingest_status(client, deps.state(request)["settings"].engine, [LIST_READER])
             gauges["retail_ingest_log_lag_max"] = float(ingest.lag.max_lag)
             gauges["retail_ingest_log_lag_total"] = float(ingest.lag.total_lag)
+            lists = ingest.other_lags[LIST_READER.group]
+            if lists.partitions:  # a list worker runs (its group exists)
+                gauges["retail_recs_worker_log_lag_max"] = float(lists.max_lag)
             if ingest.freshness_p50_ms is not None and ingest.freshness_p99_ms is not None:
                 gauges["retail_ingest_freshness_p50_ms"] = ingest.freshness_p50_ms
                 gauges["retail_ingest_freshness_p99_ms"] = ingest.freshness_p99_ms
@@ -348,7 +352,9 @@ async def stats(request: Request) -> Response:
     client = deps.state(request)["redis"]
     body = await deps.blocking(lambda: stats_json(client, registry, cfg, window_s=window))
     try:
-        ingest = await deps.blocking(ingest_status, client, deps.state(request)["settings"].engine)
+        ingest = await deps.blocking(
+            ingest_status, client, deps.state(request)["settings"].engine, [LIST_READER]
+        )
         body["ingest"] = {
             "freshness_p50_ms": ingest.freshness_p50_ms,
             "freshness_p99_ms": ingest.freshness_p99_ms,

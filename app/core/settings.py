@@ -60,8 +60,6 @@ class EngineConfig:
     co_cap: int = 100
     raw_retention_ms: int = 8 * 24 * HOUR_MS
     hour_retention_ms: int = 400 * 24 * HOUR_MS
-    # Standalone servers take many users per FCALL; a cluster client groups by slot instead.
-    users_per_call: int = 64
 
     def keys(self) -> Keys:
         return Keys(self.key_prefix, self.partitions, self.agg_shards)

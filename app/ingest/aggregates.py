@@ -412,10 +412,25 @@ class IngestStatus:
     lag: GroupLag
     lag_limit: int  # an alert when a partition's lag passes it (half the log cap)
     alerts: list[str]
+    other_lags: dict[str, GroupLag] = field(default_factory=dict)  # the `other_groups`
 
 
-def ingest_status(client: redis.Redis, cfg: EngineConfig) -> IngestStatus:
-    """Workers' freshness and lag, for /health, /metrics and the dashboard."""
+@dataclass(frozen=True)
+class LogReader:
+    """Another consumer group on the partition logs whose lag is worth an alert (e.g. the
+    recommendation list workers, group `recs`): who they are and how to catch up."""
+
+    group: str
+    who: str
+    remedy: str
+
+
+def ingest_status(
+    client: redis.Redis, cfg: EngineConfig, other_groups: Sequence[LogReader] = ()
+) -> IngestStatus:
+    """Workers' freshness and lag (the aggregate workers' and `other_groups`'), for /health,
+    /metrics and the dashboard. A group that does not exist (no such worker deployed) has no
+    lag and no alert."""
     keys = cfg.keys()
     raw = {calls.text(k): calls.text(v) for k, v in client.hgetall(keys.agg_status).items()}
     now = time.time() * 1000
@@ -426,17 +441,19 @@ def ingest_status(client: redis.Redis, cfg: EngineConfig) -> IngestStatus:
             worker = name[: -len(":at_ms")]
             p50s.append(float(raw.get(f"{worker}:p50_ms", "nan")))
             p99s.append(float(raw.get(f"{worker}:p99_ms", "nan")))
-    lag = group_lag(client, keys, GROUP)
     limit = max(1, cfg.log_maxlen // 2)
-    alerts = []
-    if lag.max_lag > limit:
-        alerts.append(
-            f"aggregate workers trail a partition log by {lag.max_lag:,} entries (limit "
-            f"{limit:,}, log cap {cfg.log_maxlen:,}): start more workers "
-            "(`python -m app.cli workers`) before entries are trimmed unread"
-        )
-    return IngestStatus(max(p50s) if p50s else None, max(p99s) if p99s else None, lag, limit,
-                        alerts)  # fmt: skip
+    readers = [LogReader(GROUP, "aggregate workers", "start more workers "
+                         "(`python -m app.cli workers`)"), *other_groups]  # fmt: skip
+    lags = {r.group: group_lag(client, keys, r.group) for r in readers}
+    alerts = [
+        f"{r.who} trail a partition log by {lags[r.group].max_lag:,} entries (limit {limit:,}, "
+        f"log cap {cfg.log_maxlen:,}): {r.remedy} before entries are trimmed unread"
+        for r in readers
+        if lags[r.group].max_lag > limit
+    ]
+    others = {g: lag for g, lag in lags.items() if g != GROUP}
+    return IngestStatus(max(p50s) if p50s else None, max(p99s) if p99s else None, lags[GROUP],
+                        limit, alerts, others)  # fmt: skip
 
 
 def _entries(reply: Any) -> list[Any]:

@@ -37,6 +37,7 @@ import redis
 
 from app.core.errors import EngineError
 from app.core.settings import EngineConfig, load_settings
+from app.ingest.aggregates import LogReader
 from app.recs.config import load_rec_config
 from app.recs.keys import RecKeys
 from app.recs.recommender import Recommender
@@ -46,6 +47,9 @@ from app.redis.connect import catalog_connection, connect
 
 log = logging.getLogger("retail.worker")
 GROUP = "recs"
+# For /health, /v1/stats and the dashboard: this group's lag raises an alert like the `agg` one.
+LIST_READER = LogReader(GROUP, "recommendation list workers",
+                        "start more list workers (`python -m app.recs.worker`)")  # fmt: skip
 SKIP_TYPES = frozenset({"search"})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from app.core.events import parse_event
 from app.core.keys import Keys
 from app.core.settings import EngineConfig
 from app.engine import build_engine
+from app.ingest.aggregates import LogReader, ingest_status
 from app.ingest.ingestor import Ingestor
 from app.ingest.log import log_length
 from app.ingest.sessions import session_view
@@ -381,3 +383,23 @@ def test_identify_across_partitions_is_retry_safe(
     assert session["counters"] == {"view": 2}  # merged once, not twice
     aff = dict(calls.user_profile(client, cfg, keys, "buyer").affinities)
     assert aff["cat:candles"] == pytest.approx(2.0, rel=1e-3)
+
+
+def test_a_lagging_log_reader_raises_an_alert_naming_its_fix(
+    client: redis.Redis, cfg: EngineConfig, keys: Keys
+) -> None:
+    """Besides the aggregate workers, another consumer group of the partition logs (the list
+    workers' `recs`) gets the same alert once it trails a log by half the log cap; a group that
+    does not exist (no such worker deployed) gets none."""
+    small = replace(cfg, log_maxlen=100)  # alert past 50 entries behind
+    readers = [LogReader("lists", "list workers", "start more list workers")]
+    ingest(client, small, *[ev(f"lag{i}", user="laggard") for i in range(60)])
+    quiet = ingest_status(client, small, readers)
+    assert quiet.other_lags["lists"].partitions == 0
+    assert not any("list workers" in a for a in quiet.alerts)
+    log = keys.log_of(keys.partition("laggard"))
+    client.xgroup_create(log, "lists", id="0")  # a reader that has read nothing yet
+    status = ingest_status(client, small, readers)
+    assert status.other_lags["lists"].max_lag == 60
+    (alert,) = [a for a in status.alerts if a.startswith("list workers")]
+    assert "by 60 entries (limit 50" in alert and "start more list workers" in alert
