@@ -46,7 +46,7 @@ from app.recs.lists import RecRequest
 from app.recs.recommender import Recommender
 from app.redis import cluster, embedded
 from app.redis import library as functions
-from app.redis.connect import connect, node_name, primaries
+from app.redis.connect import connect, node_name, node_of, primaries
 from bench._common import emit_json, percentile
 from loaders.catalog import load_online_retail
 from loaders.replay import replay
@@ -151,6 +151,41 @@ def measure_recommend(client: redis.Redis, catalog: redis.Redis, engine: EngineC
             "recommend_fallbacks": fallbacks, "recommend_requests": n}  # fmt: skip
 
 
+def global_slot_load(
+    client: redis.Redis, catalog: redis.Redis, engine: EngineConfig, users: list[str], n: int
+) -> dict[str, float]:
+    """Commands that reach the one global slot `{g}` (model pointer and lists, experiment
+    definitions, serving counters), per served request and per background refresh (what
+    every app process runs once a second): counted with MONITOR on that slot's master."""
+    keys = RecKeys(PREFIX, engine.partitions, engine.agg_shards)
+    node = node_of(client, keys.model_pointer)
+    rec = Recommender(client, engine, load_rec_config(key_prefix=PREFIX), catalog_client=catalog)
+    rec.refresh()
+    rng = random.Random(11)
+    marks = ("bench-serve-done", "bench-refresh-done")
+    refreshes = 10
+    try:
+        with node.monitor() as monitor:  # type: ignore[no-untyped-call]
+            for _ in range(n):
+                rec.serve(RecRequest(rng.choice(users), "home", None, 10))
+            node.echo(marks[0])
+            for _ in range(refreshes):
+                rec.refresh()
+            node.echo(marks[1])
+            counts = [0, 0]
+            phase = 0
+            while phase < 2:
+                command = str(monitor.next_command()["command"])
+                if command.startswith("ECHO") and marks[phase] in command:
+                    phase += 1
+                elif "{g}:" in command:
+                    counts[phase] += 1
+    finally:
+        rec.close()
+    return {"g_slot_commands_per_request": round(counts[0] / n, 3),
+            "g_slot_commands_per_refresh": round(counts[1] / refreshes, 2)}  # fmt: skip
+
+
 def load_catalog(catalog: redis.Redis) -> None:
     ccfg = load_catalog_config()
     ckeys = CatalogKeys(PREFIX)
@@ -212,6 +247,8 @@ def run(engine: EngineConfig, n_events: int, n_requests: int) -> dict[str, Any]:
         only_some = sorted(set.union(*(set(f) for f in fams)) - every)
         users = [f"c{u}" for u in _replayed_users(nodes)]
         recs = measure_recommend(client, catalog, engine, users, n_requests) if users else {}
+        if users:
+            recs.update(global_slot_load(client, catalog, engine, users, min(n_requests, 300)))
         return {
             "bench": "cluster", "masters": 3, "events": report.accepted,
             "ingest_events_per_s": round(report.accepted / replay_s, 1),
