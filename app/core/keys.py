@@ -24,7 +24,7 @@ from app.core.units import HOUR_MS
 
 LAYOUT_VERSION = 2
 DEFAULT_PARTITIONS = 64
-DEFAULT_AGG_SHARDS = 16
+DEFAULT_AGG_SHARDS = 24  # an exact split over 2, 3, 4, 6, 8 or 12 masters (docs/cluster.md)
 TRACKING_PARTS = 6  # the tracking log's parts: 2 per master on three
 
 
