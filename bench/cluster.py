@@ -48,6 +48,7 @@ from app.redis import cluster, embedded
 from app.redis import library as functions
 from app.redis.connect import connect, node_name, node_of, primaries
 from bench._common import emit_json, percentile
+from loaders import online_retail
 from loaders.catalog import load_online_retail
 from loaders.replay import replay
 from loaders.train import train_online_retail
@@ -191,6 +192,28 @@ def global_slot_load(
             "g_slot_commands_per_refresh": round(counts[1] / refreshes, 2)}  # fmt: skip
 
 
+def data_skew(client: redis.Redis, engine: EngineConfig, n_events: int) -> dict[str, Any]:
+    """Each master's share of the replayed events by the shopper's partition and by the item's
+    aggregate shard: what the data alone puts on each master (a few shoppers and items carry
+    much of the file), next to which the measured time shares are read."""
+    keys = engine.keys()
+    cluster = cast(Any, client)
+    scan = online_retail.scan(DATA)
+    events, _skipped = online_retail.purchase_events(DATA, catalog=scan.catalog)
+    shoppers: Counter[str] = Counter()
+    items: Counter[str] = Counter()
+    for _, ev in zip(range(n_events), events, strict=False):
+        shoppers[cluster.get_node_from_key(keys.log_of(keys.partition(ev["user_id"]))).name] += 1
+        for line in ev.get("items") or [{"item_id": ev["item_id"]}]:
+            shard_key = keys.applied(keys.shard(line["item_id"]))
+            items[cluster.get_node_from_key(shard_key).name] += 1
+    names = sorted(set(shoppers) | set(items))
+    return {
+        "shopper_events_share": dict(zip(names, shares([shoppers[n] for n in names]), strict=True)),
+        "item_lines_share": dict(zip(names, shares([items[n] for n in names]), strict=True)),
+    }
+
+
 def load_catalog(catalog: redis.Redis) -> None:
     ccfg = load_catalog_config()
     ckeys = CatalogKeys(PREFIX)
@@ -252,7 +275,9 @@ def run(engine: EngineConfig, n_events: int, n_requests: int) -> dict[str, Any]:
         only_some = sorted(set.union(*(set(f) for f in fams)) - every)
         by_design = [f for f in only_some if ONE_SLOT_BY_DESIGN.match(f)]
         only_some = [f for f in only_some if f not in by_design]
-        users = [f"c{u}" for u in _replayed_users(nodes)]
+        users = _replayed_users(nodes)
+        if not users:
+            raise SystemExit("no replayed shopper has a history: nothing to recommend for")
         recs = measure_recommend(client, catalog, engine, users, n_requests) if users else {}
         if users:
             recs.update(global_slot_load(client, catalog, engine, users, min(n_requests, 300)))
@@ -267,6 +292,7 @@ def run(engine: EngineConfig, n_events: int, n_requests: int) -> dict[str, Any]:
             "max_memory_share_off_third_pts": round(max(abs(s - 1 / 3) for s in shares(mem))
                                                      * 100, 1),
             "parts_per_master": parts_per_master(client, engine),
+            "data_skew": data_skew(client, engine, n_events),
             "top_commands_usec": commands,
             "families_not_on_every_master": {
                 f: [names[i] for i, fam in enumerate(fams) if f in fam] for f in only_some
@@ -279,14 +305,14 @@ def run(engine: EngineConfig, n_events: int, n_requests: int) -> dict[str, Any]:
 
 
 def _replayed_users(nodes: list[redis.Redis]) -> list[str]:
-    """Shopper ids with a live history, read from the masters (up to 2,000)."""
+    """Shopper ids with a live history (`u:{<partition>}:<user>:hist`), read from the masters
+    (up to 2,000)."""
     out: list[str] = []
-    pattern = PREFIX + "u:{*}:hist"
     for node in nodes:
-        for key in node.scan_iter(match=pattern, count=2000):
-            tag = key.decode()[len(PREFIX) + 3 :].split("}", 1)[0]
-            if tag.startswith("c"):
-                out.append(tag[1:])
+        for key in node.scan_iter(match=PREFIX + "u:{*}:*:hist", count=2000):
+            user = key.decode().split("}:", 1)[1].removesuffix(":hist")
+            if user.startswith("c"):  # the replay's customers (loaders/online_retail.py)
+                out.append(user)
             if len(out) >= 2000:
                 return out
     return out
