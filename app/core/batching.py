@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -20,3 +20,23 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
             batch = []
     if batch:
         yield batch
+
+
+def budget_runs(groups: Iterable[Sequence[T]], budget: int) -> list[list[list[T]]]:
+    """Groups (e.g. one shopper's events, in order) packed into runs of at most `budget`
+    items: a group that does not fit in the current run fills it and continues at the start
+    of the next (its parts stay in order, in consecutive runs, never two in one run)."""
+    if budget < 1:
+        raise ValueError("budget must be >= 1")
+    runs: list[list[list[T]]] = [[]]
+    room = budget
+    for group in groups:
+        items = list(group)
+        while items:
+            if room == 0:
+                runs.append([])
+                room = budget
+            part, items = items[:room], items[room:]
+            runs[-1].append(part)
+            room -= len(part)
+    return [run for run in runs if run]
