@@ -180,11 +180,36 @@ local function event_members(of, ev)
   return out
 end
 
--- KMV (k minimum values) sketch: members hash to 52-bit numbers (sha1 prefix); keeping the k
--- smallest of each bucket keeps the k smallest of any union of buckets, so a window's sketch
--- is exact whatever its buckets. Below k distinct members the count is exact.
-local function kmv_hash(member)
-  return tonumber(string.sub(redis.sha1hex(member), 1, KMV_HEX), 16)
+-- KMV (k minimum values) sketch: members hash to 52-bit numbers (sha1 prefix), stored as 7
+-- bytes big-endian; keeping the k smallest of each bucket keeps the k smallest of any union
+-- of buckets, so a window's sketch is exact whatever its buckets. Below k distinct members
+-- the count is exact.
+local function hex_byte(pair)
+  return string.char(tonumber(pair, 16))
+end
+
+-- The member's hash packed (7 bytes big-endian: the 13 hex digits behind a zero digit).
+local function kmv_hash_packed(member)
+  return (string.gsub('0' .. string.sub(redis.sha1hex(member), 1, KMV_HEX), '..', hex_byte))
+end
+
+-- Insert one packed hash into a bucket's packed sketch (ascending, distinct, at most k):
+-- fixed-width big-endian strings compare like the numbers, so the bucket is searched and
+-- spliced as it is stored, without unpacking it (a view pays O(log k), not O(k log k)).
+local function kmv_insert(bin, h, k)
+  local lo, hi = 1, #bin / KMV_BYTES
+  while lo <= hi do
+    local mid = math.floor((lo + hi) / 2)
+    local at = (mid - 1) * KMV_BYTES
+    local x = string.sub(bin, at + 1, at + KMV_BYTES)
+    if x == h then return bin end
+    if x < h then lo = mid + 1 else hi = mid - 1 end
+  end
+  if lo > k then return bin end  -- not among the k smallest
+  local at = (lo - 1) * KMV_BYTES
+  local out = string.sub(bin, 1, at) .. h .. string.sub(bin, at + 1)
+  if #out > k * KMV_BYTES then out = string.sub(out, 1, k * KMV_BYTES) end
+  return out
 end
 
 -- Numbers (duplicates allowed) -> the k smallest distinct, ascending.
@@ -202,7 +227,7 @@ local function kmv_smallest(nums, k)
   return out
 end
 
--- Packed hashes <-> numbers (7 bytes big-endian each; numbers, never strings, are compared).
+-- Packed hashes -> numbers (7 bytes big-endian each), for the reads' estimates.
 local function kmv_unpack(bin, into)
   for i = 1, #bin, KMV_BYTES do
     local x = 0
@@ -210,18 +235,6 @@ local function kmv_unpack(bin, into)
     into[#into + 1] = x
   end
   return into
-end
-
-local function kmv_pack(nums)
-  local parts, bytes = {}, {}
-  for i, x in ipairs(nums) do
-    for j = KMV_BYTES, 1, -1 do
-      bytes[j] = x % 256
-      x = (x - bytes[j]) / 256
-    end
-    parts[i] = string.char(unpack(bytes))
-  end
-  return table.concat(parts)
 end
 
 -- Distinct-count estimate: exact below k, else (k - 1) / U(k) with U(k) the k-th smallest
@@ -246,12 +259,12 @@ local function last_better(ts, v, best_ts, best_v)
   return ts > best_ts or (ts == best_ts and v > best_v)
 end
 
--- A bucket's packed value -> its working form (max: absolute ts; last: {ts, v}; kmv: numbers).
+-- A bucket's packed value -> its working form (max: absolute ts; last: {ts, v}; kmv: the
+-- packed string itself, updated by kmv_insert).
 local function bucket_value(slot, n, raw)
   local kind = slot.kind
   if kind == 'max' then return n * slot.b + raw end
   if kind == 'last' then return {n * slot.b + raw[1], raw[2]} end
-  if kind == 'kmv' then return kmv_unpack(raw, {}) end
   return raw
 end
 
@@ -259,7 +272,6 @@ local function bucket_packed(slot, n, value)
   local kind = slot.kind
   if kind == 'max' then return value - n * slot.b end
   if kind == 'last' then return {value[1] - n * slot.b, value[2]} end
-  if kind == 'kmv' then return kmv_pack(kmv_smallest(value, slot.kk)) end
   return value
 end
 
@@ -434,9 +446,9 @@ local function slot_update(slot, s, n, ev)
   else
     local members = event_members(slot.of, ev)
     if #members > 0 then
-      local nums = cur or {}
-      for _, m in ipairs(members) do nums[#nums + 1] = kmv_hash(m) end
-      slot_set(s, n, nums)
+      local bin = cur or ''
+      for _, m in ipairs(members) do bin = kmv_insert(bin, kmv_hash_packed(m), slot.kk) end
+      slot_set(s, n, bin)
     end
   end
 end
