@@ -90,9 +90,7 @@ class Ingestor:
                 section = None
                 if self.ack_features is not None:
                     section = self.ack_features([events[i] for i in order])
-                args = calls.ingest_partition_args(
-                    self.cfg, self.keys, partition, groups, section
-                )
+                args = calls.ingest_partition_args(self.cfg, self.keys, partition, groups, section)
                 out.append((order, args))
         return out
 
