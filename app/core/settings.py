@@ -64,14 +64,16 @@ class EngineConfig:
     users_per_call: int = 64
     # Work per Function call, so that no call holds the single Redis thread much longer than
     # ~1 ms (others interleave between calls; all calls of a batch still go out in one
-    # pipeline). The acknowledged path costs ~60-150 us per event with the shopper features
-    # (docs/benchmarks.md, "ingest"): at most this many events per `ingest_partition` call.
+    # pipeline). The acknowledged path costs ~60-150 us of server time per event (shopper
+    # state and features; docs/benchmarks.md, "ingest"): at most this many events per
+    # `ingest_partition` call.
     ack_events_per_call: int = 8
-    # The aggregate workers cut what they read into blocks of at most this many log entries
-    # and send per step as many rounds of `apply_blocks` calls as needed for each round to
-    # hold at most `agg_events_per_call` entries (the `{g}` popularity call sees them all).
-    agg_entries_per_block: int = 20
-    agg_events_per_call: int = 100
+    # The aggregate workers cut each partition's read into blocks of at most this many log
+    # entries and send the blocks in rounds of at most `agg_events_per_call` events, one
+    # `apply_blocks` call per target slot and round: a shard's call carries its share of the
+    # round (1/agg_shards of the items), the `{g}` popularity call all of it (~2-4 us each).
+    agg_entries_per_block: int = 50
+    agg_events_per_call: int = 200
 
     def keys(self) -> Keys:
         return Keys(self.key_prefix, self.partitions, self.agg_shards)
