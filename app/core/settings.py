@@ -71,9 +71,10 @@ class EngineConfig:
     # The aggregate workers cut each partition's read into blocks of at most this many log
     # entries and send the blocks in rounds of at most `agg_events_per_call` events, one
     # `apply_blocks` call per target slot and round: a shard's call carries its share of the
-    # round (1/agg_shards of the items), the `{g}` popularity call all of it (~2-4 us each).
+    # round (1/agg_shards of the items: ~15-20 us each), the `{g}` popularity call all of it
+    # (~2-4 us each): both stay near 1 ms (docs/benchmarks.md, "ingest").
     agg_entries_per_block: int = 50
-    agg_events_per_call: int = 200
+    agg_events_per_call: int = 400
 
     def keys(self) -> Keys:
         return Keys(self.key_prefix, self.partitions, self.agg_shards)
