@@ -62,7 +62,14 @@ from app.ingest.aggregates import AggregateWorker
 from app.ingest.ingestor import Ingestor
 from app.redis.embedded import free_port
 from bench import _feast_peer
-from bench._common import commandstats, emit_json, percentile, redis_target, settle_aof
+from bench._common import (
+    commandstats,
+    emit_json,
+    percentile,
+    redis_target,
+    server_cpu_s,
+    settle_aof,
+)
 from loaders.browsing import synthetic_browsing
 from loaders.online_retail import purchase_events
 
@@ -303,6 +310,7 @@ def main() -> None:
         featured = Ingestor(client, cfg, ack_features=ack_features(fs, keys))
         plain = Ingestor(client, plain_cfg)
         plain_worker = AggregateWorker(client, plain_cfg)
+        cpu0 = server_cpu_s(client)
         with slowlog(client) as slow_ingest:
             plain_s, feat_s = ingest_pair((plain, plain_worker), (featured, featured_worker),
                                           events)  # fmt: skip
@@ -313,7 +321,13 @@ def main() -> None:
             featured_worker.stats.calls + ack_calls(featured, events)
             + plain_worker.stats.calls + ack_calls(plain, events)
         )  # fmt: skip
+        # Server CPU (main thread) per Function call of the ingestion, on average (the other
+        # commands' CPU included, so a little high): free of the time a descheduled server
+        # adds to SLOWLOG's wall-clock durations on a loaded machine.
+        cpu_per_call_ms = (server_cpu_s(client) - cpu0) * 1000 / counting.calls
         report_slow("ingestion", slow_ingest)
+        print(f"  server CPU per ingestion call (all commands / Function calls): "
+              f"{cpu_per_call_ms:.3f} ms")  # fmt: skip
         settle_aof(client)
         hook_us = (feat_s - plain_s) / len(events) * 1e6
         print(f"ingest: {len(events) / plain_s:,.0f} events/s without the feature hook, "
@@ -434,6 +448,7 @@ def main() -> None:
         "p99_ingest_call_ms": round(upper_percentile(ingest_calls, counting.calls, 99), 3),
         "p999_ingest_call_ms": round(upper_percentile(ingest_calls, counting.calls, 99.9), 3),
         "ingest_calls": counting.calls,
+        "server_cpu_ms_per_ingest_call": round(cpu_per_call_ms, 3),
         "http_p50_ms_1": res["http_1"]["p50"], "http_p99_ms_1": res["http_1"]["p99"],
         "http_p50_ms_100": res["http_100"]["p50"], "http_p99_ms_100": res["http_100"]["p99"],
         "fcall_p50_ms_1": res["fcall_1"]["p50"], "fcall_p99_ms_1": res["fcall_1"]["p99"],
