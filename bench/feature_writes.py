@@ -1,12 +1,12 @@
 """Cost of one feature write: server time of a `features_ingest` call on one shopper's packed
 state, by state size and events per call (what sets `ack_events_per_call`).
 
-Run from the repo root: `.venv/bin/python -m bench.feature_writes [--lua-dir DIR]`. A shopper
-gets a history (one event every 20 minutes, views, clicks, carts and purchases), then `--calls`
-calls of 1, 2, 4 and 16 new views each update its user state (the user entity only); the
-figure is INFO commandstats usec of FCALL per call. `--lua-dir` measures another copy of the
-Functions (e.g. the previous commit's lua/, extracted with `git archive`) on the same state,
-written by the current code. The last line printed is one JSON object.
+Run from the repo root: `.venv/bin/python -m bench.feature_writes [--quick] [--lua-dir DIR]`.
+A shopper gets a history (one event every 20 minutes: views, clicks, carts, purchases), then
+`--calls` calls of 1, 2, 4 and 16 new views each update its user state (the user entity
+only); the figure is INFO commandstats usec of FCALL per call. `--lua-dir` measures another
+copy of the Functions (e.g. the previous commit's lua/, extracted with `git archive`) on the
+same state, written by the current code. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -46,8 +46,11 @@ def main() -> None:
     parser.add_argument("--history", type=int, nargs="+", default=[30, 100],
                         help="history events before the measured calls (state size)")  # fmt: skip
     parser.add_argument("--calls", type=int, default=200, help="calls per figure")
+    parser.add_argument("--quick", action="store_true", help="30 calls per figure (CI)")
     parser.add_argument("--lua-dir", type=Path, default=None, help="another copy of lua/")
     args = parser.parse_args()
+    if args.quick:
+        args.calls = 30
     fs = load_feature_set()
     out: dict[str, Any] = {"bench": "feature_writes", "lua_dir": str(args.lua_dir or "lua")}
     with redis_target("feature_writes") as target, target.client() as client:
