@@ -1,5 +1,5 @@
 """Cost of one feature write: server time of a `features_ingest` call on one shopper's packed
-state, by state size and events per call (what sets `ack_events_per_call`).
+state, by state size and events per call (what sets `ack_work_per_call`).
 
 Run from the repo root: `.venv/bin/python -m bench.feature_writes [--quick] [--lua-dir DIR]`.
 A shopper gets a history (one event every 20 minutes: views, clicks, carts, purchases), then

@@ -110,7 +110,7 @@ def test_every_key_is_bounded(client: redis.Redis, cfg: EngineConfig) -> None:
     # Bytes per heavy user depend on the caps, not on the 2,000 events it sent: the dedup set
     # costs ~100-130 B per remembered id (skiplist + dict), everything else a few KB.
     # The session: ~7.4 KB with each map at its cap, ~180 B per entry above it; where the
-    # last call's events fall between two trims (calls of ack_events_per_call events) adds at
+    # last call's events fall between two trims (calls of bounded work, ack_work_per_call) adds at
     # most cap - 1 entries to recent, purchased and searches (22 here): < 12 KB.
     usage = {k: client.memory_usage(k, samples=0) or 0 for k in keys.user_all("heavy")}
     assert usage[keys.user("heavy", "session")] < 12_000, usage

@@ -22,21 +22,26 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
-def budget_runs(groups: Iterable[Sequence[T]], budget: int) -> list[list[list[T]]]:
+def budget_runs(
+    groups: Iterable[Sequence[T]], budget: int, *, group_cost: int = 0
+) -> list[list[list[T]]]:
     """Groups (e.g. one shopper's events, in order) packed into runs of at most `budget`
-    items: a group that does not fit in the current run fills it and continues at the start
-    of the next (its parts stay in order, in consecutive runs, never two in one run)."""
-    if budget < 1:
-        raise ValueError("budget must be >= 1")
+    work: each item costs 1 and each group present in a run `group_cost` more (its fixed
+    cost, e.g. reading and writing the shopper's state). A group that does not fit in the
+    current run fills it and continues at the start of the next (its parts stay in order, in
+    consecutive runs, never two in one run)."""
+    if budget <= group_cost or group_cost < 0:
+        raise ValueError("budget must exceed group_cost (>= 0): a run takes at least one item")
     runs: list[list[list[T]]] = [[]]
     room = budget
     for group in groups:
         items = list(group)
         while items:
-            if room == 0:
+            if room <= group_cost:
                 runs.append([])
                 room = budget
-            part, items = items[:room], items[room:]
+            take = room - group_cost
+            part, items = items[:take], items[take:]
             runs[-1].append(part)
-            room -= len(part)
+            room -= group_cost + len(part)
     return [run for run in runs if run]

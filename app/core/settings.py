@@ -64,10 +64,12 @@ class EngineConfig:
     users_per_call: int = 64
     # Work per Function call, so that no call holds the single Redis thread much longer than
     # ~1 ms (others interleave between calls; all calls of a batch still go out in one
-    # pipeline). The acknowledged path costs ~60-150 us of server time per event (shopper
-    # state and features; docs/benchmarks.md, "ingest"): at most this many events per
-    # `ingest_partition` call.
-    ack_events_per_call: int = 8
+    # pipeline). An `ingest_partition` call costs per shopper in it (reading and writing its
+    # session, dedup set and feature states: ~150-250 us of server time) and per event
+    # (~25-60 us, more with new user x category states; docs/features.md, "Write cost"):
+    # at most `ack_work_per_call` units, one per event and `ack_shopper_work` per shopper.
+    ack_work_per_call: int = 16
+    ack_shopper_work: int = 4
     # The aggregate workers cut each partition's read into blocks of at most this many log
     # entries and send the blocks in rounds of at most `agg_events_per_call` events, one
     # `apply_blocks` call per target slot and round: a shard's call carries its share of the

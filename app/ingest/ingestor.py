@@ -1,7 +1,7 @@
 """Event ingestion, log first: validated events -> `ingest_partition` calls per partition.
 
-Shoppers are hashed into partitions (app/core/keys.py). Per partition, Function calls of at
-most `ack_events_per_call` events (so that none holds Redis much longer than ~1 ms), each
+Shoppers are hashed into partitions (app/core/keys.py). Per partition, Function calls of
+bounded work (`ack_work_per_call`: so that none holds Redis much longer than ~1 ms), each
 atomically, drop duplicates, apply each new event to its shopper's state (session, cart,
 recent items, affinities, seen filter, online user features) and append it to the
 partition's log. All calls of a batch go out in one pipeline round trip. When `ingest`
@@ -75,16 +75,20 @@ class Ingestor:
     def partition_calls(self, events: Sequence[Event]) -> list[tuple[list[int], calls.Args]]:
         """The `ingest_partition` calls, each with the input positions of its events (in the
         call's order). Per partition, shoppers' events are packed into calls of at most
-        `cfg.ack_events_per_call` events; a shopper with more continues in the next call of
-        its partition (calls run in order: dedup, state and log see the same sequence as one
-        big call would). Pure: no network."""
+        `cfg.ack_work_per_call` work (one unit per event, `cfg.ack_shopper_work` per
+        shopper); a shopper with more continues in the next call of its partition (calls run
+        in order: dedup, state and log see the same sequence as one big call would). Pure:
+        no network."""
         by_part: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         for i, ev in enumerate(events):
             by_part[self.keys.partition(ev.identity)][ev.identity].append(i)
         out: list[tuple[list[int], calls.Args]] = []
         for partition in sorted(by_part):
             users = by_part[partition].values()
-            for run in budget_runs(users, self.cfg.ack_events_per_call):
+            runs = budget_runs(
+                users, self.cfg.ack_work_per_call, group_cost=self.cfg.ack_shopper_work
+            )
+            for run in runs:
                 groups = [[events[i] for i in idx] for idx in run]
                 order = [i for idx in run for i in idx]
                 section = None

@@ -40,6 +40,16 @@ def test_budget_runs_fill_each_run_and_split_a_group_across_consecutive_runs() -
     assert budget_runs([], 3) == [] and budget_runs([[]], 3) == []
 
 
-def test_budget_runs_refuse_a_budget_below_one() -> None:
+def test_budget_runs_charge_each_group_its_fixed_cost_in_every_run_it_enters() -> None:
+    groups = [["a1"], ["b1"], ["c1", "c2", "c3", "c4", "c5", "c6"], ["d1"]]
+    runs = budget_runs(groups, 6, group_cost=2)
+    assert runs == [[["a1"], ["b1"]], [["c1", "c2", "c3", "c4"]], [["c5", "c6"]], [["d1"]]]
+    for run in runs:
+        assert sum(2 + len(part) for part in run) <= 6
+
+
+def test_budget_runs_refuse_a_budget_that_holds_no_item() -> None:
     with pytest.raises(ValueError, match="budget"):
         budget_runs([[1]], 0)
+    with pytest.raises(ValueError, match="budget"):
+        budget_runs([[1]], 3, group_cost=3)

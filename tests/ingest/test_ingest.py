@@ -265,15 +265,11 @@ def test_many_users_calls_of_bounded_size_per_partition(
     planned = ingestor.partition_calls(events)
     # Per partition as few calls as the budget allows, every key of a call in that
     # partition's slot, and each shopper's events in input order across its calls.
-    budget = cfg.ack_events_per_call
-    per_part: dict[int, int] = {}
-    for ev_ in events:
-        p = keys.partition(ev_.identity)
-        per_part[p] = per_part.get(p, 0) + 1
-    assert len(planned) == sum(-(-n // budget) for n in per_part.values())
+    budget, shopper = cfg.ack_work_per_call, cfg.ack_shopper_work
     seen: dict[str, list[int]] = {}
     for order, (key_list, _argv) in planned:
-        assert 1 <= len(order) <= budget
+        shoppers = {events[i].identity for i in order}
+        assert len(order) >= 1 and len(order) + shopper * len(shoppers) <= budget
         assert len({key_slot(k.encode()) for k in key_list}) == 1
         for i in order:
             seen.setdefault(events[i].identity, []).append(i)
@@ -293,7 +289,7 @@ def test_a_shopper_cut_across_calls_is_deduplicated_across_them(
     client: redis.Redis, cfg: EngineConfig, keys: Keys
 ) -> None:
     """One shopper's batch longer than a call: repeated ids in later calls are duplicates."""
-    small = replace(cfg, ack_events_per_call=3)
+    small = replace(cfg, ack_work_per_call=5, ack_shopper_work=2)
     bodies = [ev(f"d{i % 4}", user="cut", item=f"I{i}", ts=NOW - 1000 + i) for i in range(10)]
     ingestor = Ingestor(client, small)
     planned = ingestor.partition_calls([parse_event(b) for b in bodies])
