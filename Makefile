@@ -50,7 +50,7 @@ browser-deps: ## Chromium for tests/api/test_browser.py (Debian: apt-get when mi
 	else echo "no chromium and not root: tests/api/test_browser.py will be skipped"; fi
 
 bench: $(STAMP) ## run the benchmarks (each prints one JSON line last)
-	@for b in ingest search features recommend evaluate memory tracking hung_redis cluster; do \
+	@for b in ingest search features feature_writes recommend evaluate memory tracking hung_redis cluster; do \
 	    echo "== bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 
 lint: $(STAMP) ## ruff, ruff format --check, mypy --strict

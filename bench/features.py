@@ -62,7 +62,14 @@ from app.ingest.aggregates import AggregateWorker
 from app.ingest.ingestor import Ingestor
 from app.redis.embedded import free_port
 from bench import _feast_peer
-from bench._common import commandstats, emit_json, percentile, redis_target, settle_aof
+from bench._common import (
+    commandstats,
+    emit_json,
+    percentile,
+    redis_target,
+    server_cpu_s,
+    settle_aof,
+)
 from loaders.browsing import synthetic_browsing
 from loaders.online_retail import purchase_events
 
@@ -285,6 +292,9 @@ def main() -> None:
     fs = load_feature_set()
     names = fs.names("user")
 
+    load_start = os.getloadavg()
+    print(f"load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} "
+          f"({os.cpu_count()} CPUs)")  # fmt: skip
     t0 = time.monotonic()
     events = load_events(mod)
     users = sorted({ev.identity for ev in events})
@@ -298,16 +308,26 @@ def main() -> None:
         keys = cfg.keys()
         featured_worker = AggregateWorker(client, cfg, hooks=[item_feature_hook(fs, keys)])
         featured = Ingestor(client, cfg, ack_features=ack_features(fs, keys))
+        plain = Ingestor(client, plain_cfg)
+        plain_worker = AggregateWorker(client, plain_cfg)
+        cpu0 = server_cpu_s(client)
         with slowlog(client) as slow_ingest:
-            plain_s, feat_s = ingest_pair(
-                (Ingestor(client, plain_cfg), AggregateWorker(client, plain_cfg)),
-                (featured, featured_worker),
-                events,
-            )
+            plain_s, feat_s = ingest_pair((plain, plain_worker), (featured, featured_worker),
+                                          events)  # fmt: skip
         # The feature work runs inside the acknowledged call (shopper features) and the
-        # workers' apply_blocks calls (item features): those calls are counted.
-        counting = CountingHook(featured_worker.stats.calls + ack_calls(featured, events))
+        # workers' apply_blocks calls (item features); the slow log holds both runs' calls,
+        # so both are counted.
+        counting = CountingHook(
+            featured_worker.stats.calls + ack_calls(featured, events)
+            + plain_worker.stats.calls + ack_calls(plain, events)
+        )  # fmt: skip
+        # Server CPU (main thread) per Function call of the ingestion, on average (the other
+        # commands' CPU included, so a little high): free of the time a descheduled server
+        # adds to SLOWLOG's wall-clock durations on a loaded machine.
+        cpu_per_call_ms = (server_cpu_s(client) - cpu0) * 1000 / counting.calls
         report_slow("ingestion", slow_ingest)
+        print(f"  server CPU per ingestion call (all commands / Function calls): "
+              f"{cpu_per_call_ms:.3f} ms")  # fmt: skip
         settle_aof(client)
         hook_us = (feat_s - plain_s) / len(events) * 1e6
         print(f"ingest: {len(events) / plain_s:,.0f} events/s without the feature hook, "
@@ -410,6 +430,8 @@ def main() -> None:
         "fcall apply_blocks", []
     )
     read_calls = feature_calls(slow_read, slow_http)
+    load_end = os.getloadavg()
+    print(f"load average {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f} at the end")
     out |= {
         "p50_ms_1": res["read_1"]["p50"], "p99_ms_1": res["read_1"]["p99"],
         "p50_ms_100": res["read_100"]["p50"], "p99_ms_100": res["read_100"]["p99"],
@@ -420,10 +442,13 @@ def main() -> None:
         "max_call_ms": round(max(ingest_calls + read_calls, default=0.0), 3),
         "max_read_call_ms": round(max(read_calls, default=0.0), 3),
         "max_ingest_call_ms": round(max(ingest_calls, default=0.0), 3),
+        "max_ack_call_ms": round(max(slow_ingest.get("fcall ingest_partition", [0.0])), 3),
+        "max_worker_call_ms": round(max(slow_ingest.get("fcall apply_blocks", [0.0])), 3),
         "p50_ingest_call_ms": round(upper_percentile(ingest_calls, counting.calls, 50), 3),
         "p99_ingest_call_ms": round(upper_percentile(ingest_calls, counting.calls, 99), 3),
         "p999_ingest_call_ms": round(upper_percentile(ingest_calls, counting.calls, 99.9), 3),
         "ingest_calls": counting.calls,
+        "server_cpu_ms_per_ingest_call": round(cpu_per_call_ms, 3),
         "http_p50_ms_1": res["http_1"]["p50"], "http_p99_ms_1": res["http_1"]["p99"],
         "http_p50_ms_100": res["http_100"]["p50"], "http_p99_ms_100": res["http_100"]["p99"],
         "fcall_p50_ms_1": res["fcall_1"]["p50"], "fcall_p99_ms_1": res["fcall_1"]["p99"],
@@ -433,6 +458,7 @@ def main() -> None:
         "ingest_events_per_s_plain": round(len(events) / plain_s),
         "ingest_events_per_s_with_features": round(len(events) / feat_s),
         "hook_us_per_event": round(hook_us), "quick": args.quick,
+        "load_avg_start": round(load_start[0], 2), "load_avg_end": round(load_end[0], 2),
     }  # fmt: skip
     if peer is not None:
         out |= {f"feast_{k}": res[f"feast_{n}"][k2] for n in ("1", "100")

@@ -180,11 +180,36 @@ local function event_members(of, ev)
   return out
 end
 
--- KMV (k minimum values) sketch: members hash to 52-bit numbers (sha1 prefix); keeping the k
--- smallest of each bucket keeps the k smallest of any union of buckets, so a window's sketch
--- is exact whatever its buckets. Below k distinct members the count is exact.
-local function kmv_hash(member)
-  return tonumber(string.sub(redis.sha1hex(member), 1, KMV_HEX), 16)
+-- KMV (k minimum values) sketch: members hash to 52-bit numbers (sha1 prefix), stored as 7
+-- bytes big-endian; keeping the k smallest of each bucket keeps the k smallest of any union
+-- of buckets, so a window's sketch is exact whatever its buckets. Below k distinct members
+-- the count is exact.
+local function hex_byte(pair)
+  return string.char(tonumber(pair, 16))
+end
+
+-- The member's hash packed (7 bytes big-endian: the 13 hex digits behind a zero digit).
+local function kmv_hash_packed(member)
+  return (string.gsub('0' .. string.sub(redis.sha1hex(member), 1, KMV_HEX), '..', hex_byte))
+end
+
+-- Insert one packed hash into a bucket's packed sketch (ascending, distinct, at most k):
+-- fixed-width big-endian strings compare like the numbers, so the bucket is searched and
+-- spliced as it is stored, without unpacking it (a view pays O(log k), not O(k log k)).
+local function kmv_insert(bin, h, k)
+  local lo, hi = 1, #bin / KMV_BYTES
+  while lo <= hi do
+    local mid = math.floor((lo + hi) / 2)
+    local at = (mid - 1) * KMV_BYTES
+    local x = string.sub(bin, at + 1, at + KMV_BYTES)
+    if x == h then return bin end
+    if x < h then lo = mid + 1 else hi = mid - 1 end
+  end
+  if lo > k then return bin end  -- not among the k smallest
+  local at = (lo - 1) * KMV_BYTES
+  local out = string.sub(bin, 1, at) .. h .. string.sub(bin, at + 1)
+  if #out > k * KMV_BYTES then out = string.sub(out, 1, k * KMV_BYTES) end
+  return out
 end
 
 -- Numbers (duplicates allowed) -> the k smallest distinct, ascending.
@@ -202,7 +227,7 @@ local function kmv_smallest(nums, k)
   return out
 end
 
--- Packed hashes <-> numbers (7 bytes big-endian each; numbers, never strings, are compared).
+-- Packed hashes -> numbers (7 bytes big-endian each), for the reads' estimates.
 local function kmv_unpack(bin, into)
   for i = 1, #bin, KMV_BYTES do
     local x = 0
@@ -210,18 +235,6 @@ local function kmv_unpack(bin, into)
     into[#into + 1] = x
   end
   return into
-end
-
-local function kmv_pack(nums)
-  local parts, bytes = {}, {}
-  for i, x in ipairs(nums) do
-    for j = KMV_BYTES, 1, -1 do
-      bytes[j] = x % 256
-      x = (x - bytes[j]) / 256
-    end
-    parts[i] = string.char(unpack(bytes))
-  end
-  return table.concat(parts)
 end
 
 -- Distinct-count estimate: exact below k, else (k - 1) / U(k) with U(k) the k-th smallest
@@ -246,12 +259,12 @@ local function last_better(ts, v, best_ts, best_v)
   return ts > best_ts or (ts == best_ts and v > best_v)
 end
 
--- A bucket's packed value -> its working form (max: absolute ts; last: {ts, v}; kmv: numbers).
+-- A bucket's packed value -> its working form (max: absolute ts; last: {ts, v}; kmv: the
+-- packed string itself, updated by kmv_insert).
 local function bucket_value(slot, n, raw)
   local kind = slot.kind
   if kind == 'max' then return n * slot.b + raw end
   if kind == 'last' then return {n * slot.b + raw[1], raw[2]} end
-  if kind == 'kmv' then return kmv_unpack(raw, {}) end
   return raw
 end
 
@@ -259,49 +272,74 @@ local function bucket_packed(slot, n, value)
   local kind = slot.kind
   if kind == 'max' then return value - n * slot.b end
   if kind == 'last' then return {value[1] - n * slot.b, value[2]} end
-  if kind == 'kmv' then return kmv_pack(kmv_smallest(value, slot.kk)) end
   return value
 end
 
--- Packed state (GET reply) -> {w = newest ts or nil, slots = {id -> {h, n = {...}, v = {...}}},
--- dropped}: bucket indices absolute and ascending, values still packed (decoded where used);
--- slots the spec does not have are left out (`dropped` counts their buckets).
+-- Packed state (GET reply) -> {w = newest ts or nil, w0 = w as read, slots = {id -> s},
+-- dropped}. Each slot stays as read, s = {h, ages, vals, base = floor(w0 / bucket)}, until
+-- slot_open turns it into its working form (s.n set: bucket indices absolute and ascending,
+-- values still packed, decoded where used): a call pays for the slots its events touch, the
+-- others are only re-based when written back. Slots the spec does not have are left out
+-- (`dropped` counts their buckets).
 local function state_decode(spec, raw)
-  local st = {w = nil, slots = {}, dropped = 0}
+  local st = {w = nil, w0 = nil, slots = {}, dropped = 0}
   if not raw then return st end
   local ok, obj = pcall(cmsgpack.unpack, raw)
   if not ok or type(obj) ~= 'table' or obj[1] ~= STATE_FORMAT or type(obj[3]) ~= 'table' then
     fail('ERR_BADARG', 'feature state is not format ' .. STATE_FORMAT .. ' (written by another version?)')
   end
-  st.w = obj[2]
+  st.w, st.w0 = obj[2], obj[2]
   for id, s in pairs(obj[3]) do
     local slot = spec.slots[id]
-    local ages, vals = s[2], s[3]
     if slot == nil then
-      st.dropped = st.dropped + #ages
+      st.dropped = st.dropped + #s[2]
     else
-      local base, ns, vs, m = math.floor(st.w / slot.b), {}, {}, #ages
-      for i = 1, m do
-        ns[i] = base - ages[m + 1 - i]
-        vs[i] = vals[m + 1 - i]
-      end
-      st.slots[id] = {h = s[1], n = ns, v = vs}
+      st.slots[id] = {h = s[1], ages = s[2], vals = s[3], base = math.floor(st.w / slot.b)}
     end
   end
   return st
 end
 
+-- The slot's working form (see state_decode), built once.
+local function slot_open(s)
+  if s.n ~= nil then return s end
+  local ages, vals, base, ns, vs = s.ages, s.vals, s.base, {}, {}
+  local m = #ages
+  for i = 1, m do
+    ns[i] = base - ages[m + 1 - i]
+    vs[i] = vals[m + 1 - i]
+  end
+  s.n, s.v, s.ages, s.vals = ns, vs, nil, nil
+  return s
+end
+
+-- Position of bucket n in the ascending indices `ns` (nil: absent). Events mostly land in
+-- the newest bucket: checked first.
+local function bucket_pos(ns, n)
+  local hi = #ns
+  if hi == 0 then return nil end
+  if ns[hi] == n then return hi end
+  local lo = 1
+  while lo <= hi do
+    local mid = math.floor((lo + hi) / 2)
+    local x = ns[mid]
+    if x == n then return mid end
+    if x < n then lo = mid + 1 else hi = mid - 1 end
+  end
+  return nil
+end
+
 -- The working value of bucket n (nil: empty), to update in place through slot_set. Only
 -- the buckets an event touches are unpacked (a sketch bucket costs a decode and a re-sort).
 local function slot_get(slot, s, n)
-  if s.work == nil then
-    s.work, s.pos = {}, {}
-    for i, m in ipairs(s.n) do s.pos[m] = i end
-  end
+  if s.work == nil then s.work = {} end
   local cur = s.work[n]
-  if cur == nil and s.pos[n] ~= nil then
-    cur = bucket_value(slot, n, s.v[s.pos[n]])
-    s.work[n] = cur
+  if cur == nil then
+    local i = bucket_pos(s.n, n)
+    if i ~= nil then
+      cur = bucket_value(slot, n, s.v[i])
+      s.work[n] = cur
+    end
   end
   return cur
 end
@@ -315,12 +353,11 @@ local function slot_arrays(slot, s)
   if s.work == nil then return end
   local added = false
   for n, value in pairs(s.work) do
-    local i = s.pos[n]
+    local i = bucket_pos(s.n, n)
     if i == nil then
       i = #s.n + 1
       if i > 1 and s.n[i - 1] > n then added = true end  -- out of order: sort below
       s.n[i] = n
-      s.pos[n] = i
     end
     s.v[i] = bucket_packed(slot, n, value)
   end
@@ -332,7 +369,7 @@ local function slot_arrays(slot, s)
     for i, k in ipairs(order) do ns[i], vs[i] = s.n[k], s.v[k] end
     s.n, s.v = ns, vs
   end
-  s.work, s.pos = nil, nil
+  s.work = nil
 end
 
 -- Drop the buckets no read as of (newest - history) or later can use, raising the horizon:
@@ -360,15 +397,34 @@ local function slot_trim(spec, slot, s, w)
   return keep - 1
 end
 
+-- Whether a slot left as read may hold buckets slot_trim would drop at newest ts w (then it
+-- is opened and trimmed like a touched one): its oldest bucket left the retention, or it is
+-- a max / last slot (one or two buckets: always checked).
+local function slot_needs_trim(slot, s, w)
+  if slot.kind == 'max' or slot.kind == 'last' then return true end
+  local m = #s.ages
+  return m > 0 and (s.base - s.ages[m]) * slot.b < w - slot.ret
+end
+
 local function state_encode(spec, st)
   local slots = {}
   for id, s in pairs(st.slots) do
-    local base, ages, vals, m = math.floor(st.w / spec.slots[id].b), {}, {}, #s.n
-    for i = 1, m do
-      ages[i] = base - s.n[m + 1 - i]
-      vals[i] = s.v[m + 1 - i]
+    local base = math.floor(st.w / spec.slots[id].b)
+    if s.n == nil then
+      -- Untouched: the same buckets, ages re-based on the new newest ts (in place).
+      local ages, delta = s.ages, base - s.base
+      if delta ~= 0 then
+        for i = 1, #ages do ages[i] = ages[i] + delta end
+      end
+      slots[id] = {s.h, ages, s.vals}
+    else
+      local ages, vals, m = {}, {}, #s.n
+      for i = 1, m do
+        ages[i] = base - s.n[m + 1 - i]
+        vals[i] = s.v[m + 1 - i]
+      end
+      slots[id] = {s.h, ages, vals}
     end
-    slots[id] = {s.h, ages, vals}
   end
   return cmsgpack.pack({STATE_FORMAT, st.w, slots})
 end
@@ -390,9 +446,9 @@ local function slot_update(slot, s, n, ev)
   else
     local members = event_members(slot.of, ev)
     if #members > 0 then
-      local nums = cur or {}
-      for _, m in ipairs(members) do nums[#nums + 1] = kmv_hash(m) end
-      slot_set(s, n, nums)
+      local bin = cur or ''
+      for _, m in ipairs(members) do bin = kmv_insert(bin, kmv_hash_packed(m), slot.kk) end
+      slot_set(s, n, bin)
     end
   end
 end
@@ -436,7 +492,7 @@ local function features_apply(spec, key, ent_name, events, st)
     if w == nil or ev.ts > w then w = ev.ts end
   end
   st.w = w
-  local touched, written, trimmed = {}, 0, st.dropped
+  local written, trimmed = 0, st.dropped
   for _, ev in ipairs(events) do
     for _, slot in ipairs(ent.by_type[ev.type] or {}) do
       local s = st.slots[slot.id]
@@ -450,8 +506,10 @@ local function features_apply(spec, key, ent_name, events, st)
         -- (memory stays bounded); the horizon makes older reads answer null instead.
         s.h = math.max(s.h, (n + 1) * slot.b)
       else
-        if not touched[slot.id .. ':' .. n] then
-          touched[slot.id .. ':' .. n] = true
+        slot_open(s)
+        if s.touched == nil then s.touched = {} end
+        if not s.touched[n] then
+          s.touched[n] = true
           written = written + 1
         end
         slot_update(slot, s, n, ev)
@@ -461,9 +519,10 @@ local function features_apply(spec, key, ent_name, events, st)
   for id, s in pairs(st.slots) do
     local slot = spec.slots[id]
     if slot.ent ~= ent_name then
-      trimmed = trimmed + #s.n  -- another entity type's slot: not this key's
+      trimmed = trimmed + #(s.n or s.ages)  -- another entity type's slot: not this key's
       st.slots[id] = nil
-    else
+    elseif s.n ~= nil or slot_needs_trim(slot, s, w) then
+      slot_open(s)
       slot_arrays(slot, s)
       trimmed = trimmed + slot_trim(spec, slot, s, w)
     end
@@ -546,6 +605,7 @@ local function feature_value(spec, feat, st, t)
   for role, slot in ipairs(feat.slots) do
     local s = st.slots[slot.id]
     if s ~= nil then
+      slot_open(s)
       if s.h > h_max then h_max = s.h end
       for i, n in ipairs(s.n) do
         if n >= hi then break end

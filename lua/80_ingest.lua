@@ -16,8 +16,8 @@
 -- KEYS, all with the partition's hash tag {p<n>}:
 --   KEYS[1]            log:{p<n>}                  STREAM  the partition's event log
 --   KEYS[2..1+4G]      per user group: session, dedup, aff, seen (lua/10_ingest_user.lua)
---   KEYS[2+4G..]       feature state hashes of these shoppers (u:{p<n>}:<user>:feat,
---                      u:{p<n>}:<user>:featc:<category>; HASH), referenced by k_state below
+--   KEYS[2+4G..]       packed feature states of these shoppers (u:{p<n>}:<user>:fs,
+--                      u:{p<n>}:<user>:fsc:<category>; STRING), referenced by k_state below
 -- ARGV:
 --   [1..15] and the G user groups: exactly as documented in lua/10_ingest_user.lua
 --   then: log_maxlen int (approximate cap of the log stream, XADD MAXLEN ~)
@@ -34,7 +34,7 @@
 --   logged: entries appended to the log; last_id: the last entry's id ('' when none)
 -- Errors: ERR_BADARG, ERR_KEYS: raised before the first write (features_ingest validates
 --   its part before it writes, and runs before every other write here).
--- Writes: the shopper keys (lua/10_ingest_user.lua), feature hashes (lua/70_features.lua),
+-- Writes: the shopper keys (lua/10_ingest_user.lua), packed feature states (lua/70_features.lua),
 --   the log (XADD MAXLEN ~ log_maxlen, fields: type, user, data, and pairs when the event
 --   produced co-occurrence pairs: 'a b kind weight' joined by ';'). No TTL on the log: its
 --   MAXLEN bounds it (workers' lag is watched in /health before entries could go unread).

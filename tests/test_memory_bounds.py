@@ -109,10 +109,13 @@ def test_every_key_is_bounded(client: redis.Redis, cfg: EngineConfig) -> None:
     assert len(heavy["cart"]) <= small.cart_cap
     # Bytes per heavy user depend on the caps, not on the 2,000 events it sent: the dedup set
     # costs ~100-130 B per remembered id (skiplist + dict), everything else a few KB.
+    # The session: ~7.4 KB with each map at its cap, ~180 B per entry above it; where the
+    # last call's events fall between two trims (calls of bounded work, ack_work_per_call) adds at
+    # most cap - 1 entries to recent, purchased and searches (22 here): < 12 KB.
     usage = {k: client.memory_usage(k, samples=0) or 0 for k in keys.user_all("heavy")}
-    assert usage[keys.user("heavy", "session")] < 9_000, usage
+    assert usage[keys.user("heavy", "session")] < 12_000, usage
     assert usage[keys.user("heavy", "dedup")] < 160 * small.dedup_cap, usage
-    assert sum(usage.values()) < 9_000 + 160 * small.dedup_cap + 3_000, usage
+    assert sum(usage.values()) < 12_000 + 160 * small.dedup_cap + 3_000, usage
     # The seen filter scales (x2) up to 15x its first capacity, then records nothing more,
     # however many items the user touched (300 here).
     info = client.execute_command("BF.INFO", keys.user("heavy", "seen"))

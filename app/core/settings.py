@@ -60,6 +60,21 @@ class EngineConfig:
     co_cap: int = 100
     raw_retention_ms: int = 8 * 24 * HOUR_MS
     hour_retention_ms: int = 400 * 24 * HOUR_MS
+    # Work per Function call, so that no call holds the single Redis thread much longer than
+    # ~1 ms (others interleave between calls; all calls of a batch still go out in one
+    # pipeline). An `ingest_partition` call costs per shopper in it (reading and writing its
+    # session, dedup set and feature states: ~150-250 us of server time) and per event
+    # (~25-60 us, more with new user x category states; docs/features.md, "Write cost"):
+    # at most `ack_work_per_call` units, one per event and `ack_shopper_work` per shopper.
+    ack_work_per_call: int = 16
+    ack_shopper_work: int = 4
+    # The aggregate workers cut each partition's read into blocks of at most this many log
+    # entries and send the blocks in rounds of at most `agg_events_per_call` events, one
+    # `apply_blocks` call per target slot and round: a shard's call carries its share of the
+    # round (1/agg_shards of the items: ~15-20 us each), the `{g}` popularity call all of it
+    # (~2-4 us each): both stay near 1 ms (docs/benchmarks.md, "ingest").
+    agg_entries_per_block: int = 50
+    agg_events_per_call: int = 400
 
     def keys(self) -> Keys:
         return Keys(self.key_prefix, self.partitions, self.agg_shards)

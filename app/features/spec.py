@@ -53,6 +53,7 @@ AGGS = ("count", "sum", "mean", "last", "recency", "distinct_approx", "decayed_s
 VALUES = ("units", "revenue")
 MEMBERS = ("item", "user", "category", "session")
 LINE_EVENTS = frozenset({"view", "click", "add_to_cart", "remove_from_cart", "purchase"})
+LINE_ENTITIES = frozenset({"item", "user_category"})  # routed by the lines of an event
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 REVENUE_UNITS = 10_000  # revenue state: integer 1/10,000 GBP, so sums are exact
 MAX_WINDOW_BUCKETS = 10_080  # e.g. 7 d at 1 min; a read touches at most this many per slot
@@ -264,11 +265,8 @@ FEATURE_KEYS = frozenset({
 })  # fmt: skip
 
 
-def parse_feature(raw: Any, index: int, history_ms: int, *, raise_ttl: bool = False) -> Feature:
-    """One declaration -> Feature, or ValidationError naming the offending field.
-
-    `raise_ttl`: lift a TTL shorter than window + bucket + history to that instead of refusing
-    it (used with an overridden, longer history)."""
+def _feature_head(raw: Any, index: int) -> tuple[str, str, EntityType, str]:
+    """Name (and the `where` of later errors), entity and aggregation of a declaration."""
     if not isinstance(raw, Mapping):
         raise ValidationError(f"features[{index}]", "must be a mapping")
     name = raw.get("name")
@@ -284,7 +282,14 @@ def parse_feature(raw: Any, index: int, history_ms: int, *, raise_ttl: bool = Fa
     agg = raw.get("agg")
     if agg not in AGGS:
         raise ValidationError(f"{where}.agg", f"must be one of {list(AGGS)}")
-    events = _event_list(raw.get("events"), f"{where}.events")
+    return name, where, entity, agg
+
+
+def _feature_timing(
+    raw: Mapping[str, Any], where: str, history_ms: int, raise_ttl: bool
+) -> tuple[Window, int, int]:
+    """Window, bucket ms and TTL ms: the bucket divides a day and the window, and the TTL
+    covers window + bucket + history (lifted to it with `raise_ttl`)."""
     window = _window(raw.get("window"), f"{where}.window")
     bucket = duration_ms(raw.get("bucket"), f"{where}.bucket")
     if bucket < MIN_BUCKET_MS or DAY_MS % bucket:
@@ -305,58 +310,88 @@ def parse_feature(raw: Any, index: int, history_ms: int, *, raise_ttl: bool = Fa
             f"must be >= window + bucket + history ({duration_text(needed)}): a shorter TTL "
             "would expire state that a window still covers",
         )
-    entity_t: EntityType = entity
-    line_only = entity in ("item", "user_category")
-    if line_only and not set(events) <= LINE_EVENTS:
-        raise ValidationError(f"{where}.events", f"{entity} features take item events only")
+    return window, bucket, ttl_ms
 
-    value, of, k, half_life = "", "", 0, 0
-    per_events: tuple[str, ...] = ()
-    weights: tuple[tuple[str, float], ...] = ()
+
+def _distinct_params(
+    raw: Mapping[str, Any], where: str, events: tuple[str, ...]
+) -> tuple[str, int]:
+    """`of` and `k` of a distinct_approx feature."""
+    of = raw.get("of", "")
+    if of not in MEMBERS:
+        raise ValidationError(f"{where}.of", f"must be one of {list(MEMBERS)}")
+    if of in ("item", "category") and not set(events) <= LINE_EVENTS:
+        raise ValidationError(f"{where}.events", f"{of} members come from item lines")
+    k = raw.get("k", 64)
+    if isinstance(k, bool) or not isinstance(k, int) or not KMV_K[0] < k <= KMV_K[1]:
+        raise ValidationError(f"{where}.k", f"must be an integer in ({KMV_K[0]}, {KMV_K[1]}]")
+    return of, k
+
+
+def _decay_params(
+    raw: Mapping[str, Any], where: str, events: tuple[str, ...]
+) -> tuple[int, tuple[tuple[str, float], ...]]:
+    """Half-life ms and per-type weights (1.0 where not given) of a decayed_sum feature."""
+    half_life = duration_ms(raw.get("half_life"), f"{where}.half_life")
+    raw_w = raw.get("weights") or {}
+    if not isinstance(raw_w, Mapping):
+        raise ValidationError(f"{where}.weights", "must map event types to numbers")
+    for etype, w in raw_w.items():
+        if etype not in events:
+            raise ValidationError(f"{where}.weights", f"{etype!r} is not in events")
+        if isinstance(w, bool) or not isinstance(w, int | float) or not 0 < w <= 1e6:
+            raise ValidationError(f"{where}.weights", f"{etype}: must be a number in (0, 1e6]")
+    return half_life, tuple(sorted((e, float(raw_w.get(e, 1.0))) for e in events))
+
+
+def _agg_params(
+    raw: Mapping[str, Any], where: str, agg: str, entity: str, events: tuple[str, ...]
+) -> dict[str, Any]:
+    """The aggregation's own fields (value, of, k, half_life, weights, per_events), checked;
+    a field the aggregation does not use is refused."""
+    out: dict[str, Any] = {"value": "", "of": "", "k": 0, "half_life_ms": 0, "weights": (),
+                           "per_events": ()}  # fmt: skip
     if agg in ("sum", "mean", "last"):
-        value = raw.get("value", "")
-        if value not in VALUES:
+        out["value"] = raw.get("value", "")
+        if out["value"] not in VALUES:
             raise ValidationError(f"{where}.value", f"must be one of {list(VALUES)}")
         if not set(events) <= LINE_EVENTS:
             raise ValidationError(f"{where}.events", "values come from item lines")
     elif "value" in raw:
         raise ValidationError(f"{where}.value", f"is not used by {agg}")
     if agg == "distinct_approx":
-        of = raw.get("of", "")
-        if of not in MEMBERS:
-            raise ValidationError(f"{where}.of", f"must be one of {list(MEMBERS)}")
-        if of in ("item", "category") and not set(events) <= LINE_EVENTS:
-            raise ValidationError(f"{where}.events", f"{of} members come from item lines")
-        k = raw.get("k", 64)
-        if isinstance(k, bool) or not isinstance(k, int) or not KMV_K[0] < k <= KMV_K[1]:
-            raise ValidationError(f"{where}.k", f"must be an integer in ({KMV_K[0]}, {KMV_K[1]}]")
+        out["of"], out["k"] = _distinct_params(raw, where, events)
     if agg == "decayed_sum":
-        half_life = duration_ms(raw.get("half_life"), f"{where}.half_life")
-        raw_w = raw.get("weights") or {}
-        if not isinstance(raw_w, Mapping):
-            raise ValidationError(f"{where}.weights", "must map event types to numbers")
-        for etype, w in raw_w.items():
-            if etype not in events:
-                raise ValidationError(f"{where}.weights", f"{etype!r} is not in events")
-            if isinstance(w, bool) or not isinstance(w, int | float) or not 0 < w <= 1e6:
-                raise ValidationError(f"{where}.weights", f"{etype}: must be a number in (0, 1e6]")
-        weights = tuple(sorted((e, float(raw_w.get(e, 1.0))) for e in events))
+        out["half_life_ms"], out["weights"] = _decay_params(raw, where, events)
     if agg == "ratio":
-        per_events = _event_list(raw.get("per_events"), f"{where}.per_events")
-        if line_only and not set(per_events) <= LINE_EVENTS:
+        out["per_events"] = _event_list(raw.get("per_events"), f"{where}.per_events")
+        if entity in LINE_ENTITIES and not set(out["per_events"]) <= LINE_EVENTS:
             raise ValidationError(f"{where}.per_events", f"{entity} features take item events")
-    for extra in ("of", "k", "half_life", "weights", "per_events"):
-        used = {"of": of, "k": k, "half_life": half_life, "weights": weights,
-                "per_events": per_events}[extra]  # fmt: skip
-        if extra in raw and not used:
+    fields = {"of": "of", "k": "k", "half_life": "half_life_ms", "weights": "weights",
+              "per_events": "per_events"}  # fmt: skip
+    for extra, param in fields.items():
+        if extra in raw and not out[param]:
             raise ValidationError(f"{where}.{extra}", f"is not used by {agg}")
+    return out
+
+
+def parse_feature(raw: Any, index: int, history_ms: int, *, raise_ttl: bool = False) -> Feature:
+    """One declaration -> Feature, or ValidationError naming the offending field.
+
+    `raise_ttl`: lift a TTL shorter than window + bucket + history to that instead of refusing
+    it (used with an overridden, longer history)."""
+    name, where, entity, agg = _feature_head(raw, index)
+    events = _event_list(raw.get("events"), f"{where}.events")
+    window, bucket, ttl_ms = _feature_timing(raw, where, history_ms, raise_ttl)
+    if entity in LINE_ENTITIES and not set(events) <= LINE_EVENTS:
+        raise ValidationError(f"{where}.events", f"{entity} features take item events only")
+    params = _agg_params(raw, where, agg, entity, events)
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise ValidationError(f"{where}.description", "must be a string")
     return Feature(
-        name=name, entity=entity_t, events=events, agg=agg, window=window, bucket_ms=bucket,
-        ttl_s=ttl_ms // 1000, description=" ".join(description.split()), value=value, of=of,
-        k=k, half_life_ms=half_life, weights=weights, per_events=per_events,
+        name=name, entity=entity, events=events, agg=agg, window=window, bucket_ms=bucket,
+        ttl_s=ttl_ms // 1000, description=" ".join(description.split()), **params,
     )  # fmt: skip
 
 

@@ -4,11 +4,13 @@
 
 A worker owns a fixed set of partitions (`partition % of == worker`), so each partition log
 has one reader at a time, in order. Per step it reads up to `count` (100) new entries of each
-owned partition (so a step, and the one Function call per slot it sends, stays a few
-thousand events even behind a backlog: a Function blocks the server while it runs)
-through the consumer group `agg` (on start-up, its pending entries first: those a
-killed predecessor read but never acknowledged), turns each partition's entries into a block
-(`first_id..last_id`), and sends each target slot ONE `apply_blocks` call for all blocks:
+owned partition through the consumer group `agg` (on start-up, its pending entries first:
+those a killed predecessor read but never acknowledged), cuts each partition's entries into
+blocks of at most `agg_entries_per_block` entries (`first_id..last_id`), groups the blocks
+into rounds of at most `agg_events_per_call` events (one block per partition per round), and
+sends per round each target slot ONE `apply_blocks` call (all rounds in one pipeline), so
+that no Function call holds the server much longer than ~1 ms (a Function blocks the server
+while it runs):
 
 - per aggregate shard `{a<n>}`: trending Top-K, Count-Min Sketch, item series and
   co-occurrence (kind `aggregates`, summed per key: one TOPK.INCRBY / CMS.INCRBY / TS.MADD per
@@ -166,6 +168,32 @@ def parse_entries(partition: int, entries: Sequence[Any]) -> LogBlock | None:
     return LogBlock(partition, calls.text(first), calls.text(last), events, pairs, ack_ms, ids)
 
 
+def block_rounds(blocks: Sequence[LogBlock], budget: int) -> list[list[LogBlock]]:
+    """The step's blocks in rounds, each planned as its own `apply_blocks` calls (one per
+    target slot): a round holds at most one block per partition (a call takes a partition
+    once) and, past its first block, at most `budget` events, so no call carries more (the
+    `{g}` popularity call sees every event of its round). A partition's blocks stay in log
+    order, in consecutive rounds."""
+    queues: dict[int, deque[LogBlock]] = {}
+    for block in blocks:
+        queues.setdefault(block.partition, deque()).append(block)
+    rounds: list[list[LogBlock]] = []
+    while queues:
+        rnd: list[LogBlock] = []
+        used = 0
+        for partition in list(queues):
+            queue = queues[partition]
+            if rnd and used + len(queue[0].events) > budget:
+                continue
+            block = queue.popleft()
+            rnd.append(block)
+            used += len(block.events)
+            if not queue:
+                del queues[partition]
+        rounds.append(rnd)
+    return rounds
+
+
 class FreshnessWindow:
     """The newest `size` freshness samples (ms from acknowledgement to applied) of a worker,
     published to Redis at most every `every_s` so /metrics, /health and the dashboard of
@@ -304,10 +332,16 @@ class AggregateWorker:
             pipe.xreadgroup(self.group, f"{self.group}-p{p}", {self.keys.log_of(p): start},
                             count=self.count)  # fmt: skip
         blocks: list[LogBlock] = []
+        size = self.cfg.agg_entries_per_block
         for p, reply in zip(self.partitions, pipe.execute(), strict=True):
-            block = parse_entries(p, _entries(reply))
-            if block is not None:
-                blocks.append(block)
+            # Blocks of at most `size` entries, cut from the read's first entry: a re-read of
+            # the same pending entries after a crash is cut at the same ids, so a slot's
+            # applied mark always falls between two blocks (never inside one: ERR_OVERLAP).
+            entries = _entries(reply)
+            for i in range(0, len(entries), size):
+                block = parse_entries(p, entries[i : i + size])
+                if block is not None:
+                    blocks.append(block)
         if not self._pending_done and not blocks:
             self._pending_done = True
         return blocks
@@ -319,7 +353,11 @@ class AggregateWorker:
         return planned
 
     def apply(self, blocks: Sequence[LogBlock]) -> int:
-        planned = self.plan(blocks)
+        planned = [
+            call
+            for rnd in block_rounds(blocks, self.cfg.agg_events_per_call)
+            for call in self.plan(rnd)
+        ]
         pipe = self.client.pipeline(transaction=False)
         for call in planned:
             calls.fcall(pipe, "apply_blocks", calls.apply_blocks_args(call))

@@ -1,8 +1,9 @@
-"""Event ingestion, log first: validated events -> one `ingest_partition` call per partition.
+"""Event ingestion, log first: validated events -> `ingest_partition` calls per partition.
 
-Shoppers are hashed into partitions (app/core/keys.py). Per partition one Function call,
-atomically, drops duplicates, applies each new event to its shopper's state (session, cart,
-recent items, affinities, seen filter, online user features) and appends it to the
+Shoppers are hashed into partitions (app/core/keys.py). Per partition, Function calls of
+bounded work (`ack_work_per_call`: so that none holds Redis much longer than ~1 ms), each
+atomically, drop duplicates, apply each new event to its shopper's state (session, cart,
+recent items, affinities, seen filter, online user features) and append it to the
 partition's log. All calls of a batch go out in one pipeline round trip. When `ingest`
 returns, every event reported `accepted` is in its log and its shopper's state, and a batch
 retried after a crash completes what was missing: nothing is applied twice, nothing is lost.
@@ -20,6 +21,7 @@ from typing import Any
 
 import redis
 
+from app.core.batching import budget_runs
 from app.core.errors import from_redis_error
 from app.core.events import Event, Line
 from app.core.settings import EngineConfig
@@ -71,21 +73,29 @@ class Ingestor:
         return replace(ev, lines=lines)
 
     def partition_calls(self, events: Sequence[Event]) -> list[tuple[list[int], calls.Args]]:
-        """Per partition: the input positions of its events (in the call's order) and the
-        `ingest_partition` arguments. Pure: no network."""
+        """The `ingest_partition` calls, each with the input positions of its events (in the
+        call's order). Per partition, shoppers' events are packed into calls of at most
+        `cfg.ack_work_per_call` work (one unit per event, `cfg.ack_shopper_work` per
+        shopper); a shopper with more continues in the next call of its partition (calls run
+        in order: dedup, state and log see the same sequence as one big call would). Pure:
+        no network."""
         by_part: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         for i, ev in enumerate(events):
             by_part[self.keys.partition(ev.identity)][ev.identity].append(i)
         out: list[tuple[list[int], calls.Args]] = []
         for partition in sorted(by_part):
-            users = by_part[partition]
-            groups = [[events[i] for i in idx] for idx in users.values()]
-            order = [i for idx in users.values() for i in idx]
-            section = None
-            if self.ack_features is not None:
-                section = self.ack_features([events[i] for i in order])
-            args = calls.ingest_partition_args(self.cfg, self.keys, partition, groups, section)
-            out.append((order, args))
+            users = by_part[partition].values()
+            runs = budget_runs(
+                users, self.cfg.ack_work_per_call, group_cost=self.cfg.ack_shopper_work
+            )
+            for run in runs:
+                groups = [[events[i] for i in idx] for idx in run]
+                order = [i for idx in run for i in idx]
+                section = None
+                if self.ack_features is not None:
+                    section = self.ack_features([events[i] for i in order])
+                args = calls.ingest_partition_args(self.cfg, self.keys, partition, groups, section)
+                out.append((order, args))
         return out
 
     def ingest(self, events: Sequence[Event]) -> IngestReport:

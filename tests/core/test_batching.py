@@ -1,6 +1,6 @@
 import pytest
 
-from app.core.batching import batched
+from app.core.batching import batched, budget_runs
 
 
 def test_batched_keeps_order_and_the_short_tail() -> None:
@@ -22,3 +22,34 @@ def test_batched_is_lazy() -> None:
 def test_batched_refuses_a_size_below_one() -> None:
     with pytest.raises(ValueError, match="size"):
         list(batched([1], 0))
+
+
+def test_budget_runs_fill_each_run_and_split_a_group_across_consecutive_runs() -> None:
+    groups = [["a1", "a2"], ["b1", "b2", "b3", "b4", "b5"], ["c1"]]
+    assert budget_runs(groups, 3) == [
+        [["a1", "a2"], ["b1"]],
+        [["b2", "b3", "b4"]],
+        [["b5"], ["c1"]],
+    ]
+    # Every item once, in order; no run over budget; a group never twice in one run.
+    for budget in range(1, 9):
+        runs = budget_runs(groups, budget)
+        assert [x for run in runs for part in run for x in part] == [x for g in groups for x in g]
+        assert all(sum(len(part) for part in run) <= budget for run in runs)
+        assert all(len({part[0][0] for part in run}) == len(run) for run in runs)
+    assert budget_runs([], 3) == [] and budget_runs([[]], 3) == []
+
+
+def test_budget_runs_charge_each_group_its_fixed_cost_in_every_run_it_enters() -> None:
+    groups = [["a1"], ["b1"], ["c1", "c2", "c3", "c4", "c5", "c6"], ["d1"]]
+    runs = budget_runs(groups, 6, group_cost=2)
+    assert runs == [[["a1"], ["b1"]], [["c1", "c2", "c3", "c4"]], [["c5", "c6"]], [["d1"]]]
+    for run in runs:
+        assert sum(2 + len(part) for part in run) <= 6
+
+
+def test_budget_runs_refuse_a_budget_that_holds_no_item() -> None:
+    with pytest.raises(ValueError, match="budget"):
+        budget_runs([[1]], 0)
+    with pytest.raises(ValueError, match="budget"):
+        budget_runs([[1]], 3, group_cost=3)

@@ -185,7 +185,7 @@ def lua() -> Any:
         "kmv_smallest",
         "float_text",
         "last_better",
-        "kmv_pack",
+        "kmv_insert",
         "kmv_unpack",
     ]
     helpers = rt.execute(code + "\nreturn {" + ", ".join(f"{n} = {n}" for n in names) + "}")
@@ -230,17 +230,27 @@ def test_kmv_estimate_matches(lua: Any) -> None:
             assert est == kmv_estimate(hashes, k)
 
 
-def test_kmv_packing_is_big_endian_7_bytes(lua: Any) -> None:
-    """The packed sketch app/features/online.py sorts bytewise: numeric order."""
-    rng = random.Random(6)
-    nums = [0, *sorted(rng.getrandbits(52) for _ in range(50)), (1 << 52) - 1]
-    hexed = lua.rt.eval(
-        "function(pack, unpack_, nums) local p = pack(nums); local back = unpack_(p, {}); "
-        "return (p:gsub('.', function(c) return string.format('%02x', c:byte()) end)), back end"
+def test_kmv_insert_keeps_the_k_smallest_distinct_big_endian_7_bytes(lua: Any) -> None:
+    """A bucket updated as stored (binary search and splice of packed hashes) holds the k
+    smallest distinct hashes, 7 bytes big-endian, ascending: what app/features/online.py
+    reads bytewise and the Lua reads back as numbers."""
+    run = lua.rt.eval(
+        "function(insert, unpack_, hexes, k) local bin = ''; "
+        "for _, hx in ipairs(hexes) do "
+        "local h = hx:gsub('..', function(cc) return string.char(tonumber(cc, 16)) end); "
+        "bin = insert(bin, h, k) end; "
+        "return (bin:gsub('.', function(c) return string.format('%02x', c:byte()) end)), "
+        "unpack_(bin, {}) end"
     )
-    packed, back = hexed(lua.kmv_pack, lua.kmv_unpack, lua.rt.table_from(nums))
-    assert bytes.fromhex(packed) == b"".join(x.to_bytes(7, "big") for x in nums)
-    assert list(back.values()) == nums
+    rng = random.Random(6)
+    for k in (2, 5, 64):
+        nums = [0, *(rng.getrandbits(52) for _ in range(150)), (1 << 52) - 1]
+        nums += nums[::7]  # repeated members
+        hexes = [x.to_bytes(7, "big").hex() for x in nums]
+        packed, back = run(lua.kmv_insert, lua.kmv_unpack, lua.rt.table_from(hexes), k)
+        want = sorted(set(nums))[:k]
+        assert bytes.fromhex(packed) == b"".join(x.to_bytes(7, "big") for x in want)
+        assert list(back.values()) == want
 
 
 def test_float_text_round_trips(lua: Any) -> None:

@@ -15,7 +15,7 @@ from app.core.events import parse_event
 from app.core.keys import Keys
 from app.core.settings import EngineConfig
 from app.engine import build_engine
-from app.ingest.aggregates import LogReader, ingest_status
+from app.ingest.aggregates import LogBlock, LogReader, block_rounds, ingest_status
 from app.ingest.ingestor import Ingestor
 from app.ingest.log import log_length
 from app.ingest.sessions import session_view
@@ -254,7 +254,7 @@ def test_trending_follows_the_watermark(client: redis.Redis, cfg: EngineConfig, 
     assert items[1].count == 8 and items[1].score < items[0].score
 
 
-def test_many_users_one_call_per_partition(
+def test_many_users_calls_of_bounded_size_per_partition(
     client: redis.Redis, cfg: EngineConfig, keys: Keys
 ) -> None:
     bodies = [
@@ -263,10 +263,18 @@ def test_many_users_one_call_per_partition(
     events = [parse_event(b) for b in bodies]
     ingestor = Ingestor(client, cfg)
     planned = ingestor.partition_calls(events)
-    # One call per partition, and every key of a call in that partition's slot.
-    assert len(planned) == len({keys.partition(f"user{u}") for u in range(150)})
-    for _order, (key_list, _argv) in planned:
+    # Per partition as few calls as the budget allows, every key of a call in that
+    # partition's slot, and each shopper's events in input order across its calls.
+    budget, shopper = cfg.ack_work_per_call, cfg.ack_shopper_work
+    seen: dict[str, list[int]] = {}
+    for order, (key_list, _argv) in planned:
+        shoppers = {events[i].identity for i in order}
+        assert len(order) >= 1 and len(order) + shopper * len(shoppers) <= budget
         assert len({key_slot(k.encode()) for k in key_list}) == 1
+        for i in order:
+            seen.setdefault(events[i].identity, []).append(i)
+    assert all(idx == sorted(idx) for idx in seen.values())
+    assert sorted(i for idx in seen.values() for i in idx) == list(range(600))
     first = ingestor.ingest(events[:300])
     assert first.accepted == 300
     second = ingestor.ingest(events)
@@ -275,6 +283,22 @@ def test_many_users_one_call_per_partition(
     total = sum(client.json().get(keys.user(f"user{u}", "session"), "$.counters.view")[0]
                 for u in range(150))  # fmt: skip
     assert total == 600
+
+
+def test_a_shopper_cut_across_calls_is_deduplicated_across_them(
+    client: redis.Redis, cfg: EngineConfig, keys: Keys
+) -> None:
+    """One shopper's batch longer than a call: repeated ids in later calls are duplicates."""
+    small = replace(cfg, ack_work_per_call=5, ack_shopper_work=2)
+    bodies = [ev(f"d{i % 4}", user="cut", item=f"I{i}", ts=NOW - 1000 + i) for i in range(10)]
+    ingestor = Ingestor(client, small)
+    planned = ingestor.partition_calls([parse_event(b) for b in bodies])
+    assert [len(order) for order, _args in planned] == [3, 3, 3, 1]
+    report = ingestor.ingest([parse_event(b) for b in bodies])
+    assert report.statuses == ["accepted"] * 4 + ["duplicate"] * 6
+    assert log_length(client, keys) == 4
+    views = client.json().get(keys.user("cut", "session"), "$.counters.view")[0]
+    assert views == 4
 
 
 def test_out_of_order_batch_older_than_series_retention(
@@ -403,3 +427,40 @@ def test_a_lagging_log_reader_raises_an_alert_naming_its_fix(
     assert status.other_lags["lists"].max_lag == 60
     (alert,) = [a for a in status.alerts if a.startswith("list workers")]
     assert "by 60 entries (limit 50" in alert and "start more list workers" in alert
+
+
+def test_block_rounds_bound_the_events_per_call_and_keep_log_order() -> None:
+    def block(partition: int, n: int, seq: int) -> LogBlock:
+        events = [parse_event(ev(f"b{partition}-{seq}-{i}")) for i in range(n)]
+        return LogBlock(partition, f"{seq}-0", f"{seq}-9", events, [], [0] * n, [b"x"] * n)
+
+    blocks = [block(1, 20, 1), block(1, 20, 2), block(2, 5, 1), block(3, 30, 1), block(1, 3, 3)]
+    rounds = block_rounds(blocks, 40)
+    for rnd in rounds:
+        partitions = [b.partition for b in rnd]
+        assert len(partitions) == len(set(partitions))  # a call takes a partition once
+        assert sum(len(b.events) for b in rnd) <= 40 or len(rnd) == 1
+    order = [(b.partition, b.first_id) for rnd in rounds for b in rnd]
+    for p in (1, 2, 3):
+        mine = [first for part, first in order if part == p]
+        assert mine == sorted(mine)
+    assert sorted(order) == sorted((b.partition, b.first_id) for b in blocks)
+    big, tiny = block(4, 99, 1), block(5, 1, 1)  # larger than the budget: a round alone
+    assert block_rounds([big, tiny], 10) == [[big], [tiny]]
+
+
+def test_workers_cut_reads_into_small_calls_and_apply_everything_once(
+    client: redis.Redis, cfg: EngineConfig, keys: Keys
+) -> None:
+    """Small blocks and rounds: the same aggregates as one call per slot would give."""
+    small = replace(cfg, agg_entries_per_block=3, agg_events_per_call=7)
+    engine = build_engine(client, small)
+    bodies = [ev(f"w{i}", user=f"u{i % 5}", item=f"I{i % 4}", ts=NOW - 1000 + i) for i in range(60)]
+    engine.ingestor.ingest([parse_event(b) for b in bodies])
+    worker = engine.worker()
+    assert worker.drain() == 60
+    assert worker.stats.calls > 8  # many small calls, not one per slot
+    for item in ("I0", "I1", "I2", "I3"):
+        key = keys.cms(keys.shard(item), "view")
+        assert client.execute_command("CMS.QUERY", key, item) == [15]
+    assert worker.drain() == 0
