@@ -424,8 +424,131 @@ end
 -- The shopper-state effects of parsed groups whose duplicates are marked (mark_duplicates).
 -- Returns the statuses ('A'/'D' per event, input order) and each group's accepted events in
 -- the order they were applied (event time), each with `ev.pairs` (its co-occurrence pairs).
-local function apply_user_groups(cfg, groups, now)
+-- Record the group's new event ids in its dedup set (statuses: 'A' accepted, 'D' duplicate)
+-- and return the accepted events sorted by event time, so late events still land in order.
+local function accept_group(grp, now, statuses)
+  local accepted, zadd = {}, {}
+  for seq, ev in ipairs(grp.events) do
+    if not ev.dup then
+      statuses[#statuses + 1] = 'A'
+      ev.seq = seq
+      accepted[#accepted + 1] = ev
+      zadd[#zadd + 1] = now
+      zadd[#zadd + 1] = ev.id
+    else
+      statuses[#statuses + 1] = 'D'
+    end
+  end
+  if #zadd > 0 then redis.call('ZADD', grp.dedup, unpack(zadd)) end
+  -- Stable: equal times keep input order (all lines of one invoice share a time).
+  table.sort(accepted, function(a, b)
+    if a.ts == b.ts then return a.seq < b.seq end
+    return a.ts < b.ts
+  end)
+  return accepted
+end
+
+-- Session boundaries: a newer session id starts a new document (the cart carries over); a
+-- late event of an older session leaves the current document alone (returns true: skip it).
+local function enter_session(st, ev, session_dirty)
+  if st.new_doc and st.sid == '' and not session_dirty then
+    st.sid, st.started_ts, st.last_ts = ev.session_id, ev.ts, ev.ts
+  elseif st.sid ~= ev.session_id and ev.session_id ~= '' then
+    if ev.ts < st.last_ts then return true end
+    local cart = st.cart
+    start_session(st, ev.session_id, ev.ts)
+    st.cart = cart
+    st.maps_known = true
+    st.maint = true
+    for item, _ in pairs(cart) do st.cart_dirty[item] = true end
+  end
+  return false
+end
+
+-- The event's items for the seen-filter, and its affinity increments summed per member
+-- (one ZINCRBY per member and call).
+local function collect_user_sets(ev, cfg, sets)
+  local w = cfg.weights[ev.type] or 0
+  for _, it in ipairs(ev.items) do
+    if ITEM_EVENTS[ev.type] then sets.seen[#sets.seen + 1] = it.item end
+    if w ~= 0 then
+      local inc = forward_weight(w, ev.ts, cfg.aff_epoch, cfg.aff_half_life)
+      local band = price_band(it.price)
+      local members = {}
+      if it.category ~= nil and it.category ~= '' then members[1] = 'cat:' .. it.category end
+      if band ~= nil then members[#members + 1] = 'price:' .. band end
+      for _, m in ipairs(members) do
+        if sets.aff[m] == nil then sets.aff[m] = 0; sets.order[#sets.order + 1] = m end
+        sets.aff[m] = sets.aff[m] + inc
+      end
+    end
+  end
+end
+
+-- Affinity, seen-filter and dedup writes with their caps and TTLs. A TTL is set when the
+-- session's flags say the key has none yet, or on maintenance; returns the keys given one
+-- now ({a=, s=, d=}).
+local function write_user_sets(grp, cfg, st, sets, n_accepted, now)
+  local maint = st ~= nil and st.maint
+  local flags = (st and st.ttl_set) or ''
+  local fresh = {}
+  for _, m in ipairs(sets.order) do
+    redis.call('ZINCRBY', grp.aff, tostring(sets.aff[m]), m)
+  end
+  if #sets.order > 0 and (maint or not string.find(flags, 'a', 1, true)) then
+    redis.call('EXPIRE', grp.aff, cfg.user_ttl); fresh.a = true
+  end
+  if #sets.seen > 0 then
+    seen_insert(grp.seen, cfg.bloom_capacity, cfg.bloom_error, sets.seen)
+    if maint or not string.find(flags, 's', 1, true) then
+      redis.call('EXPIRE', grp.seen, cfg.user_ttl); fresh.s = true
+    end
+  end
+  if n_accepted > 0 then
+    -- The count cap holds on every call (ZCARD is O(1)); age trimming and the TTL (window
+    -- plus the maintenance interval, so ids added since the last refresh keep their 24 h)
+    -- are maintenance.
+    if redis.call('ZCARD', grp.dedup) > cfg.dedup_cap then
+      redis.call('ZREMRANGEBYRANK', grp.dedup, 0, -(cfg.dedup_cap + 1))
+    end
+    if maint or not string.find(flags, 'd', 1, true) then
+      redis.call('ZREMRANGEBYSCORE', grp.dedup, '-inf', '(' .. (now - cfg.dedup_window))
+      redis.call('PEXPIRE', grp.dedup, cfg.dedup_window + MAINT_EVERY_MS)
+      fresh.d = true
+    end
+  end
+  return fresh
+end
+
+-- Trim the capped maps, record maintenance and TTL flags, and write the session document
+-- (JSON.SET for a new document, JSON.MERGE of the changed parts otherwise).
+local function write_session(grp, cfg, st, fresh, n_accepted, now)
   local caps = {cfg.recent_cap, cfg.recent_cap, cfg.searches_cap}
+  for i, name in ipairs(MAPS) do
+    if st.added[i] >= caps[i] then
+      if not st.maps_known then st.known[name] = read_path(grp.session, '$.' .. name) end
+      trim_map(st, name, caps[i])
+      st.added[i] = 0
+    end
+  end
+  if st.maint then st.maint_ts, st.maint_n, st.ttl_set = now, 0, '' end
+  st.maint_n = st.maint_n + n_accepted
+  for _, flag in ipairs({'a', 'd', 's'}) do
+    if fresh[flag] and not string.find(st.ttl_set, flag, 1, true) then
+      st.ttl_set = st.ttl_set .. flag
+    end
+  end
+  local refresh_ttl = st.reset or st.maint or now - st.ttl_ts >= TTL_EVERY_MS
+  if refresh_ttl then st.ttl_ts, st.ttl_refreshed = now, true end
+  if st.reset then
+    redis.call('JSON.SET', grp.session, '$', session_json(st))
+  else
+    redis.call('JSON.MERGE', grp.session, '$', session_json(st))
+  end
+  if refresh_ttl then redis.call('EXPIRE', grp.session, cfg.session_ttl) end
+end
+
+local function apply_user_groups(cfg, groups, now)
   local statuses = {}
   local applied = {}
 
@@ -437,128 +560,22 @@ local function apply_user_groups(cfg, groups, now)
   if #groups > 0 then hots = redis.call('JSON.MGET', unpack(mget)) end
 
   for g, grp in ipairs(groups) do
-    local seen_items = {}
-    local aff_inc, aff_order = {}, {}
-
-    -- Late events must still land in order: apply accepted events sorted by event time.
-    local accepted, zadd = {}, {}
-    for seq, ev in ipairs(grp.events) do
-      if not ev.dup then
-        statuses[#statuses + 1] = 'A'
-        ev.seq = seq
-        accepted[#accepted + 1] = ev
-        zadd[#zadd + 1] = now
-        zadd[#zadd + 1] = ev.id
-      else
-        statuses[#statuses + 1] = 'D'
-      end
-    end
-    if #zadd > 0 then redis.call('ZADD', grp.dedup, unpack(zadd)) end
-    -- Stable: equal times keep input order (all lines of one invoice share a time).
-    table.sort(accepted, function(a, b)
-      if a.ts == b.ts then return a.seq < b.seq end
-      return a.ts < b.ts
-    end)
-
+    local accepted = accept_group(grp, now, statuses)
     local st = nil
     if #accepted > 0 then st = session_state(decode_hot(hots[g]), grp, accepted, now) end
     local session_dirty = false
-    local fresh = {}  -- keys first written in this session: they need their TTL now
-
+    local sets = {seen = {}, aff = {}, order = {}}
     for _, ev in ipairs(accepted) do
-      -- Session: a newer session id starts a new document (the cart carries over);
-      -- a late event of an older session leaves the current document alone.
       local pairs_out = {}
-      local skip = false
-      if st.new_doc and st.sid == '' and not session_dirty then
-        st.sid, st.started_ts, st.last_ts = ev.session_id, ev.ts, ev.ts
-      elseif st.sid ~= ev.session_id and ev.session_id ~= '' then
-        if ev.ts >= st.last_ts then
-          local cart = st.cart
-          start_session(st, ev.session_id, ev.ts)
-          st.cart = cart
-          st.maps_known = true
-          st.maint = true
-          for item, _ in pairs(cart) do st.cart_dirty[item] = true end
-        else
-          skip = true
-        end
-      end
-      if not skip then
+      if not enter_session(st, ev, session_dirty) then
         apply_event(st, ev, cfg, pairs_out)
         session_dirty = true
       end
       ev.pairs = pairs_out
-
-      -- Affinity increments are summed per member: one ZINCRBY per member and call.
-      local w = cfg.weights[ev.type] or 0
-      for _, it in ipairs(ev.items) do
-        if ITEM_EVENTS[ev.type] then seen_items[#seen_items + 1] = it.item end
-        if w ~= 0 then
-          local inc = forward_weight(w, ev.ts, cfg.aff_epoch, cfg.aff_half_life)
-          local band = price_band(it.price)
-          local members = {}
-          if it.category ~= nil and it.category ~= '' then members[1] = 'cat:' .. it.category end
-          if band ~= nil then members[#members + 1] = 'price:' .. band end
-          for _, m in ipairs(members) do
-            if aff_inc[m] == nil then aff_inc[m] = 0; aff_order[#aff_order + 1] = m end
-            aff_inc[m] = aff_inc[m] + inc
-          end
-        end
-      end
+      collect_user_sets(ev, cfg, sets)
     end
-
-    local maint = st ~= nil and st.maint
-    local flags = (st and st.ttl_set) or ''
-    for _, m in ipairs(aff_order) do
-      redis.call('ZINCRBY', grp.aff, tostring(aff_inc[m]), m)
-    end
-    if #aff_order > 0 and (maint or not string.find(flags, 'a', 1, true)) then
-      redis.call('EXPIRE', grp.aff, cfg.user_ttl); fresh.a = true
-    end
-    if #seen_items > 0 then
-      seen_insert(grp.seen, cfg.bloom_capacity, cfg.bloom_error, seen_items)
-      if maint or not string.find(flags, 's', 1, true) then
-        redis.call('EXPIRE', grp.seen, cfg.user_ttl); fresh.s = true
-      end
-    end
-    if #accepted > 0 then
-      -- The count cap holds on every call (ZCARD is O(1)); age trimming and the TTL (window
-      -- plus the maintenance interval, so ids added since the last refresh keep their 24 h)
-      -- are maintenance.
-      if redis.call('ZCARD', grp.dedup) > cfg.dedup_cap then
-        redis.call('ZREMRANGEBYRANK', grp.dedup, 0, -(cfg.dedup_cap + 1))
-      end
-      if maint or not string.find(flags, 'd', 1, true) then
-        redis.call('ZREMRANGEBYSCORE', grp.dedup, '-inf', '(' .. (now - cfg.dedup_window))
-        redis.call('PEXPIRE', grp.dedup, cfg.dedup_window + MAINT_EVERY_MS)
-        fresh.d = true
-      end
-    end
-    if session_dirty then
-      for i, name in ipairs(MAPS) do
-        if st.added[i] >= caps[i] then
-          if not st.maps_known then st.known[name] = read_path(grp.session, '$.' .. name) end
-          trim_map(st, name, caps[i])
-          st.added[i] = 0
-        end
-      end
-      if maint then st.maint_ts, st.maint_n, st.ttl_set = now, 0, '' end
-      st.maint_n = st.maint_n + #accepted
-      for _, flag in ipairs({'a', 'd', 's'}) do
-        if fresh[flag] and not string.find(st.ttl_set, flag, 1, true) then
-          st.ttl_set = st.ttl_set .. flag
-        end
-      end
-      local refresh_ttl = st.reset or maint or now - st.ttl_ts >= TTL_EVERY_MS
-      if refresh_ttl then st.ttl_ts, st.ttl_refreshed = now, true end
-      if st.reset then
-        redis.call('JSON.SET', grp.session, '$', session_json(st))
-      else
-        redis.call('JSON.MERGE', grp.session, '$', session_json(st))
-      end
-      if refresh_ttl then redis.call('EXPIRE', grp.session, cfg.session_ttl) end
-    end
+    local fresh = write_user_sets(grp, cfg, st, sets, #accepted, now)
+    if session_dirty then write_session(grp, cfg, st, fresh, #accepted, now) end
     applied[#applied + 1] = accepted
   end
   return table.concat(statuses), applied

@@ -70,6 +70,94 @@ local function head_rows(rows, size, map)
   return head
 end
 
+-- identify_user's ARGV, validated before anything is written.
+local function identify_args(argv)
+  local ok, traits = pcall(cjson.decode, argv[3] or '{}')
+  if not ok or type(traits) ~= 'table' then fail('ERR_BADARG', 'traits must be a JSON object') end
+  local args = {
+    user_id = nonempty(argv[1], 'user_id'),
+    anon_id = argv[2] or '',
+    traits = traits,
+    session_ttl = int(argv[4], 'session_ttl_s'),
+    user_ttl = int(argv[5], 'user_ttl_s'),
+    profile_ttl = int(argv[6], 'profile_ttl_s'),
+    recent_cap = int(argv[7], 'recent_cap'),
+    bloom_capacity = int(argv[8], 'bloom_capacity'),
+    bloom_error = num(argv[9], 'bloom_error'),
+  }
+  if argv[10] ~= nil and argv[10] ~= '' then
+    local ok2, decoded = pcall(cjson.decode, argv[10])
+    if not ok2 or type(decoded) ~= 'table' then fail('ERR_BADARG', 'anonymous session is not JSON') end
+    args.anon_session = decoded
+  end
+  if (#argv - 10) % 2 ~= 0 then fail('ERR_BADARG', 'affinity list must be member/score pairs') end
+  for i = 11, #argv, 2 do num(argv[i + 1], 'affinity score') end
+  return args
+end
+
+local function contains(list, value)
+  for _, v in ipairs(list) do
+    if v == value then return true end
+  end
+  return false
+end
+
+-- Fold the anonymous session document into the user's (maps merged newest-first and capped,
+-- carts and counters summed); returns the merged document.
+local function merge_session_docs(doc, anon, recent_cap)
+  local head_size = math.max(#(doc.head or {}), #(anon.head or {}), 1)
+  for _, name in ipairs(SESSION_MAPS) do
+    doc[name] = doc[name] or {}
+    local rows = merge_map(doc[name], anon[name], recent_cap)
+    if name == 'recent' then doc.head = head_rows(rows, head_size, doc[name]) end
+    if name == 'purchased' then doc.bhead = head_rows(rows, head_size, doc[name]) end
+  end
+  doc.cart = doc.cart or {}
+  for item, line in pairs(anon.cart or {}) do
+    local mine = doc.cart[item]
+    if mine then mine.qty = mine.qty + line.qty else doc.cart[item] = line end
+  end
+  doc.counters = doc.counters or {}
+  for name, n in pairs(anon.counters or {}) do
+    doc.counters[name] = (doc.counters[name] or 0) + n
+  end
+  if (anon.last_ts or 0) > (doc.last_ts or 0) then doc.last_ts = anon.last_ts end
+  if doc.m and anon.m then
+    -- The session's running means restart: they cannot be combined exactly.
+    doc.m.seq = math.max(doc.m.seq or 0, anon.m.seq or 0)
+    doc.m.ra, doc.m.pa, doc.m.sa = 0, 0, 0
+  end
+  return doc
+end
+
+-- Write the user's session with the anonymous one merged in and mark the anonymous items
+-- seen; returns how many items came over.
+local function merge_anon_session(session_key, seen_key, args)
+  local anon = args.anon_session
+  local cur = redis.call('JSON.GET', session_key, '$')
+  local doc = anon
+  if cur then doc = merge_session_docs(cjson.decode(cur)[1], anon, args.recent_cap) end
+  redis.call('JSON.SET', session_key, '$', encode_doc(doc))
+  redis.call('EXPIRE', session_key, args.session_ttl)
+  local items = {}
+  for _, name in ipairs({'recent', 'purchased', 'cart'}) do
+    for item, _ in pairs(anon[name] or {}) do items[#items + 1] = item end
+  end
+  if #items > 0 then
+    seen_insert(seen_key, args.bloom_capacity, args.bloom_error, items)
+    redis.call('EXPIRE', seen_key, args.user_ttl)
+  end
+  return #items
+end
+
+-- cjson writes an empty table as {}: the profile's `merged` is a list, its `traits` an object.
+local function encode_profile(profile)
+  local encoded = cjson.encode(profile)
+  encoded = string.gsub(encoded, '"merged":{}', '"merged":[]')
+  encoded = string.gsub(encoded, '"traits":%[%]', '"traits":{}')
+  return encoded
+end
+
 -- identify_user: attach traits to a known user and merge an anonymous id's state into it.
 --
 -- KEYS (all u:{user}:*): [1] session JSON, [2] aff ZSET, [3] seen BF, [4] profile JSON
@@ -87,24 +175,7 @@ end
 -- after a crash finds the anonymous id in profile.merged and does not add it twice.
 local function identify_user(keys, argv)
   local session_key, aff_key, seen_key, profile_key = keys[1], keys[2], keys[3], keys[4]
-  local user_id = nonempty(argv[1], 'user_id')
-  local anon_id = argv[2] or ''
-  local ok, traits = pcall(cjson.decode, argv[3] or '{}')
-  if not ok or type(traits) ~= 'table' then fail('ERR_BADARG', 'traits must be a JSON object') end
-  local session_ttl = int(argv[4], 'session_ttl_s')
-  local user_ttl = int(argv[5], 'user_ttl_s')
-  local profile_ttl = int(argv[6], 'profile_ttl_s')
-  local recent_cap = int(argv[7], 'recent_cap')
-  local bloom_capacity = int(argv[8], 'bloom_capacity')
-  local bloom_error = num(argv[9], 'bloom_error')
-  local anon_session = nil
-  if argv[10] ~= nil and argv[10] ~= '' then
-    local ok2, decoded = pcall(cjson.decode, argv[10])
-    if not ok2 or type(decoded) ~= 'table' then fail('ERR_BADARG', 'anonymous session is not JSON') end
-    anon_session = decoded
-  end
-  if (#argv - 10) % 2 ~= 0 then fail('ERR_BADARG', 'affinity list must be member/score pairs') end
-  for i = 11, #argv, 2 do num(argv[i + 1], 'affinity score') end
+  local args = identify_args(argv)
 
   local now = now_ms()
   local raw = redis.call('JSON.GET', profile_key, '$')
@@ -112,75 +183,32 @@ local function identify_user(keys, argv)
   if raw then
     profile = cjson.decode(raw)[1]
   else
-    profile = {user_id = user_id, traits = {}, created_ts = now, merged = {}}
+    profile = {user_id = args.user_id, traits = {}, created_ts = now, merged = {}}
   end
-  for name, value in pairs(traits) do profile.traits[name] = value end
+  for name, value in pairs(args.traits) do profile.traits[name] = value end
   profile.updated_ts = now
 
   local status = 'traits_only'
   local merged_items = 0
-  if anon_id ~= '' then
-    local already = false
-    for _, id in ipairs(profile.merged or {}) do
-      if id == anon_id then already = true end
-    end
-    if already then
+  if args.anon_id ~= '' then
+    if contains(profile.merged or {}, args.anon_id) then
       status = 'already_merged'
     else
       status = 'merged'
       profile.merged = profile.merged or {}
-      table.insert(profile.merged, 1, anon_id)
+      table.insert(profile.merged, 1, args.anon_id)
       while #profile.merged > MERGED_CAP do table.remove(profile.merged) end
-      if anon_session ~= nil then
-        local cur = redis.call('JSON.GET', session_key, '$')
-        local doc
-        if cur then doc = cjson.decode(cur)[1] else doc = anon_session end
-        if cur then
-          local head_size = math.max(#(doc.head or {}), #(anon_session.head or {}), 1)
-          for _, name in ipairs(SESSION_MAPS) do
-            doc[name] = doc[name] or {}
-            local rows = merge_map(doc[name], anon_session[name], recent_cap)
-            if name == 'recent' then doc.head = head_rows(rows, head_size, doc[name]) end
-            if name == 'purchased' then doc.bhead = head_rows(rows, head_size, doc[name]) end
-          end
-          doc.cart = doc.cart or {}
-          for item, line in pairs(anon_session.cart or {}) do
-            local mine = doc.cart[item]
-            if mine then mine.qty = mine.qty + line.qty else doc.cart[item] = line end
-          end
-          doc.counters = doc.counters or {}
-          for name, n in pairs(anon_session.counters or {}) do
-            doc.counters[name] = (doc.counters[name] or 0) + n
-          end
-          if (anon_session.last_ts or 0) > (doc.last_ts or 0) then doc.last_ts = anon_session.last_ts end
-          if doc.m and anon_session.m then
-            doc.m.seq = math.max(doc.m.seq or 0, anon_session.m.seq or 0)
-            doc.m.ra, doc.m.pa, doc.m.sa = 0, 0, 0
-          end
-        end
-        redis.call('JSON.SET', session_key, '$', encode_doc(doc))
-        redis.call('EXPIRE', session_key, session_ttl)
-        local items = {}
-        for item, _ in pairs(anon_session.recent or {}) do items[#items + 1] = item end
-        for item, _ in pairs(anon_session.purchased or {}) do items[#items + 1] = item end
-        for item, _ in pairs(anon_session.cart or {}) do items[#items + 1] = item end
-        if #items > 0 then
-          seen_insert(seen_key, bloom_capacity, bloom_error, items)
-          redis.call('EXPIRE', seen_key, user_ttl)
-        end
-        merged_items = #items
+      if args.anon_session ~= nil then
+        merged_items = merge_anon_session(session_key, seen_key, args)
       end
       for i = 11, #argv, 2 do
         redis.call('ZINCRBY', aff_key, argv[i + 1], argv[i])
       end
-      if #argv > 10 then redis.call('EXPIRE', aff_key, user_ttl) end
+      if #argv > 10 then redis.call('EXPIRE', aff_key, args.user_ttl) end
     end
   end
-  local encoded = cjson.encode(profile)
-  encoded = string.gsub(encoded, '"merged":{}', '"merged":[]')
-  encoded = string.gsub(encoded, '"traits":%[%]', '"traits":{}')
-  redis.call('JSON.SET', profile_key, '$', encoded)
-  redis.call('EXPIRE', profile_key, profile_ttl)
+  redis.call('JSON.SET', profile_key, '$', encode_profile(profile))
+  redis.call('EXPIRE', profile_key, args.profile_ttl)
   return {status, merged_items}
 end
 

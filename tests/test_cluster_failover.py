@@ -50,7 +50,9 @@ def settings(cl: cluster.LocalCluster, tmp_path: Path, ack: int) -> Settings:
         server_keys=frozenset({"wk_test"}),
         admin_key=Secret("s3cret-admin"), data_dir=tmp_path, sample_data=tmp_path / "none",
         log_json=False, engine=EngineConfig(key_prefix="fo:"), catalog_redis_url=cl.catalog_url,
-        ack_replicas=ack, ack_timeout_ms=500,
+        # 1 s (below the 2 s socket timeout): under CI load a healthy replica must not miss
+        # the WAIT, only the stopped one.
+        ack_replicas=ack, ack_timeout_ms=1_000,
     )  # fmt: skip
 
 

@@ -160,6 +160,14 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
     if redis_url and config("REDIS_CLUSTER", cast=bool, default=False):
         redis_url = cluster_url(redis_url)
     identity = config("RETAIL_IDENTITY_SECRET", cast=Secret, default=None)
+    ack_timeout_ms = config("RETAIL_ACK_TIMEOUT_MS", cast=int, default=100)
+    redis_timeout_ms = config("RETAIL_REDIS_TIMEOUT_MS", cast=int, default=2000)
+    if ack_timeout_ms >= redis_timeout_ms:
+        # WAIT would outlast the socket: the client would time out first and report Redis
+        # down ("unavailable") instead of the replicas being late ("not_replicated").
+        raise ValueError(f"RETAIL_ACK_TIMEOUT_MS ({ack_timeout_ms}) must be below "
+                         f"RETAIL_REDIS_TIMEOUT_MS ({redis_timeout_ms}): lower the first or "
+                         "raise the second")  # fmt: skip
     return Settings(
         redis_url=redis_url,
         host=config("RETAIL_HOST", cast=str, default="127.0.0.1"),
@@ -185,7 +193,7 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
         ),
         catalog_redis_url=config("CATALOG_REDIS_URL", cast=str, default=None) or None,
         ack_replicas=config("RETAIL_ACK_REPLICAS", cast=int, default=0),
-        ack_timeout_ms=config("RETAIL_ACK_TIMEOUT_MS", cast=int, default=100),
+        ack_timeout_ms=ack_timeout_ms,
         server_keys=server_keys,
         identity_secret=identity if identity is not None and str(identity) else None,
         verify_identity=config("RETAIL_IDENTITY_VERIFICATION", cast=bool, default=True),
@@ -196,7 +204,7 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
             per_address_burst=2 * config("RETAIL_RATE_PER_ADDRESS", cast=float, default=200.0),
             body_bytes=config("RETAIL_MAX_BODY_BYTES", cast=int, default=1_000_000),
         ),
-        redis_timeout_s=config("RETAIL_REDIS_TIMEOUT_MS", cast=int, default=2000) / 1000,
+        redis_timeout_s=redis_timeout_ms / 1000,
         redis_maxmemory=config("RETAIL_REDIS_MAXMEMORY", cast=str, default="2gb"),
     )
 

@@ -172,3 +172,16 @@ def test_sigterm_while_starting_stops_the_embedded_redis(tmp_path: Path) -> None
     # Nothing holds the folder any more: a new server can start on it.
     again = redis_stack.EmbeddedRedis(tmp_path / "var" / "redis").start()
     again.stop()
+
+
+def test_an_ack_timeout_not_below_the_socket_timeout_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.core.settings import load_settings
+
+    monkeypatch.setenv("RETAIL_ACK_TIMEOUT_MS", "2000")
+    monkeypatch.setenv("RETAIL_REDIS_TIMEOUT_MS", "2000")
+    with pytest.raises(ValueError, match=r"RETAIL_ACK_TIMEOUT_MS \(2000\) must be below"):
+        load_settings(None)
+    monkeypatch.setenv("RETAIL_ACK_TIMEOUT_MS", "1999")
+    assert load_settings(None).ack_timeout_ms == 1999

@@ -235,13 +235,9 @@ def test_main_replays(
     assert rp.main([*argv[:2], "--path", str(tmp_path / "missing.csv")]) == 2
 
 
-def test_batches_never_span_more_than_half_the_series_retention(
-    client: redis.Redis, cfg: EngineConfig, keys: Keys, tmp_path: Path
-) -> None:
-    # The Ingestor applies a batch's aggregates user by user: here c1's 2011-01-13 purchase of
-    # 22139 would reach the item's minute series before c2's 2011-01-02 one, 11 days older,
-    # beyond the series' 8-day retention (RedisTimeSeries refuses it). The replay therefore
-    # cuts batches at half the retention: c1's late purchase goes in a second batch.
+def gap_file(tmp_path: Path) -> Path:
+    """Two customers' purchases on Jan 1-2, then c1's on Jan 13: 11 days, beyond the 8-day raw
+    series retention, so the replay cuts a batch before the Jan 13 event."""
     path = tmp_path / "gap.csv"
     path.write_text(
         ",".join(orl.COLUMNS) + "\n"
@@ -249,6 +245,17 @@ def test_batches_never_span_more_than_half_the_series_retention(
         "2,22139,RETROSPOT TEA SET CERAMIC 11 PC,1,2011-01-02 10:00:00,4.95,2.0,UK\n"
         "3,22139,RETROSPOT TEA SET CERAMIC 11 PC,1,2011-01-13 10:00:00,4.95,1.0,UK\n"
     )
+    return path
+
+
+def test_batches_never_span_more_than_half_the_series_retention(
+    client: redis.Redis, cfg: EngineConfig, keys: Keys, tmp_path: Path
+) -> None:
+    # The Ingestor applies a batch's aggregates user by user: here c1's 2011-01-13 purchase of
+    # 22139 would reach the item's minute series before c2's 2011-01-02 one, 11 days older,
+    # beyond the series' 8-day retention (RedisTimeSeries refuses it). The replay therefore
+    # cuts batches at half the retention: c1's late purchase goes in a second batch.
+    path = gap_file(tmp_path)
     assert cfg.raw_retention_ms < 11 * 86_400_000
     report = rp.replay(client, cfg, path, progress=False)
     assert (report.accepted, report.batches) == (3, 2)
@@ -287,13 +294,7 @@ def test_a_batch_cut_by_time_checkpoints_before_the_event_that_cut_it(
     # The Jan 13 event is read before the Jan 1-2 batch is sent (it is what cuts the batch):
     # the checkpoint after that batch must not count it, or a crash before the next batch
     # is sent would lose it on resume.
-    path = tmp_path / "cut.csv"
-    path.write_text(
-        ",".join(orl.COLUMNS) + "\n"
-        "1,85123A,WHITE HANGING HEART T-LIGHT HOLDER,1,2011-01-01 10:00:00,2.55,1.0,UK\n"
-        "2,22139,RETROSPOT TEA SET CERAMIC 11 PC,1,2011-01-02 10:00:00,4.95,2.0,UK\n"
-        "3,22139,RETROSPOT TEA SET CERAMIC 11 PC,1,2011-01-13 10:00:00,4.95,1.0,UK\n"
-    )
+    path = gap_file(tmp_path)
     engine = build_engine(client, cfg)
 
     class CrashOnSecondBatch:
