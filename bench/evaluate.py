@@ -59,7 +59,9 @@ queries per fold: a CI smoke run of a few minutes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
+import json
 import math
 import random
 import sys
@@ -234,9 +236,40 @@ class EngineRun:
     rec: Recommender
     engine: Engine
     span_ms: int
+    # the last computation's candidate pool (every item any source found) and the candidates
+    # sent to `recommend` (the best `max_candidates` by estimated score): the ceiling analysis
+    pool: set[str] = field(default_factory=set)
+    sent: list[str] = field(default_factory=list)
+    terms: dict[str, dict[str, float]] = field(default_factory=dict)  # item -> source -> est.
+    dump: Path | None = None  # --dump-pool, this fold's file
+
+    def __post_init__(self) -> None:
+        self.rec.pool_observer = self.observe_pool
+
+    def observe_pool(self, pool: Any, sent: Sequence[Any]) -> None:
+        self.pool = set(pool.found)
+        self.sent = [c.item for c in sent]
+        terms: dict[str, dict[str, float]] = {}
+        for item, parts in pool.est.items():
+            by_src = terms[item] = {}
+            for (src, _anchor), term in parts.items():
+                by_src[src] = by_src.get(src, 0.0) + term
+        self.terms = terms
 
     def ingest(self, events: Sequence[dict[str, Any]]) -> None:
         ingest_in_batches(self.engine, events, self.span_ms)
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The trainer's defaults with `--train field=value,...` (numbers) over them."""
+    fields = {f.name: type(getattr(TrainConfig(), f.name)) for f in dataclasses.fields(TrainConfig)}
+    overrides: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in args.train.split(","))):
+        name, _, value = part.partition("=")
+        if fields.get(name.strip()) not in (int, float):
+            raise SystemExit(f"--train: {name.strip()!r} is not a numeric TrainConfig field")
+        overrides[name.strip()] = fields[name.strip()](value)
+    return TrainConfig(**overrides)
 
 
 @contextmanager
@@ -269,8 +302,9 @@ def engine_for_fold(
         categories = {item: p.category for item, p in catalog.items()}
         inter = Interactions.from_pairs(train_pairs)
         vectors = catalog_vectors(client, prefix, inter.items, catalog)
-        report = train(client, keys, inter, categories, TrainConfig(), vectors=vectors,
-                       source=f"evaluate before {fold.split}")  # fmt: skip
+        report = train(client, keys, inter, categories, train_config(args), vectors=vectors,
+                       source=f"evaluate before {fold.split}",
+                       invoices=[(inv.user, inv.ts, inv.items) for inv in train_inv])  # fmt: skip
         print(f"  catalog + {report.summary()}; {time.monotonic() - t0:.1f} s")
         overrides = {f.strip(): int(v) for f, _, v in
                      (p.partition("=") for p in args.rec.split(",") if p.strip())}  # fmt: skip
@@ -278,6 +312,9 @@ def engine_for_fold(
         rec = Recommender(client, engine, cfg)
         built = build_engine(client, engine, rec_config=cfg, experiments=rec.experiments)
         run = EngineRun(rec, built, engine.raw_retention_ms // 2)
+        if args.dump_pool is not None:
+            run.dump = args.dump_pool.with_name(f"{args.dump_pool.stem}.{fold.name}.jsonl")
+            run.dump.unlink(missing_ok=True)
         t0 = time.monotonic()
         replay = [ev for inv in train_inv for ev in inv.events]
         run.ingest(replay)
@@ -302,6 +339,7 @@ class FoldResult:
     tiers: dict[str, Score]
     cold: Score
     latencies: list[float]
+    ceiling: Counter[str]
     baseline_keys: dict[str, str]  # JSON key -> method name, protocol A baselines
     n_products: int
     seconds: float
@@ -343,9 +381,44 @@ class Tally:
     tiers: dict[str, Score] = field(default_factory=lambda: defaultdict(Score))
     cold: Score = field(default_factory=Score)
     latencies: list[float] = field(default_factory=list)
+    ceiling: Counter[str] = field(default_factory=Counter)
+
+    def add_ceiling(self, run: EngineRun, targets: set[str]) -> None:
+        """Candidate recall: is a target anywhere in the pool, among the candidates sent?
+        Either is the HR@10 of an oracle ranking of that set (it would put the target first)."""
+        self.ceiling["queries"] += 1
+        self.ceiling["in_pool"] += bool(run.pool & targets)
+        self.ceiling["in_sent"] += bool(targets.intersection(run.sent))
+        self.ceiling["pool_size"] += len(run.pool)
 
     def add(self, name: str, ranked: Sequence[str], targets: set[str]) -> None:
         self.scores[name].add(ranked, targets, self.pop_rank)
+
+
+def dump_pool(
+    path: Path,
+    run: EngineRun,
+    inv: Invoice,
+    targets: set[str],
+    ranked: Sequence[str],
+    tier: str,
+    bought: set[str],
+) -> None:
+    """One JSON line per protocol-A query: the engine's candidate pool with each item's
+    estimated score term per source (items the customer bought left out: the Function's
+    seen-filter drops them), the engine's list and the targets (offline analysis of the
+    ranking, `bench/signals.py --pools`)."""
+    row = {
+        "user": inv.user,
+        "ts": inv.ts,
+        "tier": tier,
+        "targets": sorted(targets),
+        "ranked": list(ranked),
+        "sent": run.sent,
+        "pool": {it: {s: round(v, 6) for s, v in t.items()} for it, t in run.terms.items()},
+    }
+    with path.open("a") as f:
+        f.write(json.dumps(row, separators=(",", ":")) + "\n")  # fmt: skip
 
 
 @dataclass
@@ -397,9 +470,17 @@ def ask_returning(
             tally.latencies.append((time.perf_counter() - q0) * 1000)
             ranked = [i.item_id for i in lst.items]
             tally.add("A engine", ranked, new)
+            tally.add_ceiling(engine, new)
+            if engine.dump is not None:
+                dump_pool(engine.dump, engine, inv, new, ranked, lst.tier, bought)
             tally.tiers[lst.tier].add(ranked, new, tally.pop_rank)
+        union = set(engine.pool) if engine is not None else set()
         for m in b.all:
-            tally.add(f"A {m.name}", m.recommend(past, bought), new)
+            ranked = m.recommend(past, bought)
+            tally.add(f"A {m.name}", ranked, new)
+            union.update(ranked[:K])
+        if engine is not None:  # the oracle of every set this run knows for the query
+            tally.ceiling["in_any"] += bool(union & new)
     if not args.no_repurchase:
         if engine is not None:
             lst = engine.rec.compute(req, REPURCHASE)
@@ -460,7 +541,7 @@ def run_fold(
         print(f"  {queries:,} protocol-A queries ({tally.cold.n:,} cold-start invoices apart) "
               f"in {time.monotonic() - t0:.1f} s")  # fmt: skip
     return FoldResult(
-        fold, tally.scores, tally.tiers, tally.cold, tally.latencies,
+        fold, tally.scores, tally.tiers, tally.cold, tally.latencies, tally.ceiling,
         {method_key(m): f"A {m.name}" for m in b.all},
         len(catalog), time.monotonic() - t_start,
     )  # fmt: skip
@@ -492,8 +573,24 @@ def print_fold(res: FoldResult) -> None:
     if res.cold.n:
         print(f"{'cold-start engine':<62}{res.cold.n:>8,}{res.cold.hit_rate:>8.4f}"
               f"{res.cold.mean_ndcg:>9.4f}")  # fmt: skip
+    if res.ceiling["queries"]:
+        c = res.ceiling
+        print(f"ceiling (oracle HR@10 of a set = share of queries with a target in it): "
+              f"candidates sent {c['in_sent'] / c['queries']:.4f}, whole pool "
+              f"{c['in_pool'] / c['queries']:.4f} "
+              f"(mean {c['pool_size'] / c['queries']:.0f} items), "
+              f"pool or any method's top 10 {c['in_any'] / c['queries']:.4f}")  # fmt: skip
     for tier, sc in sorted(res.tiers.items()):
         print(f"  A engine, tier {tier:<46}{sc.n:>8,}{sc.hit_rate:>8.4f}{sc.mean_ndcg:>9.4f}")
+
+
+def ceiling_json(c: Counter[str]) -> dict[str, float]:
+    """Oracle HR@10 of the candidates sent, of the whole pool, and of the pool together with
+    every method's top 10 (share of queries with a target in the set)."""
+    n = max(c["queries"], 1)
+    return {"oracle_sent": round(c["in_sent"] / n, 4), "oracle_pool": round(c["in_pool"] / n, 4),
+            "oracle_pool_or_any_list": round(c["in_any"] / n, 4),
+            "mean_pool_size": round(c["pool_size"] / n, 1)}  # fmt: skip
 
 
 def fold_json(res: FoldResult, args: argparse.Namespace) -> dict[str, Any]:
@@ -527,6 +624,7 @@ def fold_json(res: FoldResult, args: argparse.Namespace) -> dict[str, Any]:
                        "popular": round(s["popular (cold)"].hit_rate, 4)},
         "tiers": {t: {"queries": sc.n, "hit_rate_at_10": round(sc.hit_rate, 4)}
                   for t, sc in sorted(res.tiers.items())},
+        "ceiling": ceiling_json(res.ceiling),
     })  # fmt: skip
     if not args.no_repurchase:
         out["b_all_items"] = {
@@ -598,6 +696,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str
     parser.add_argument("--no-engine", action="store_true", help="the baselines only")
     parser.add_argument("--weights", default="", help="engine weights 'name=value,...'")
     parser.add_argument("--rec", default="", help="RecConfig integers 'field=value,...'")
+    parser.add_argument("--dump-pool", type=Path, default=None,
+                        help="append each query's candidate pool to this JSON-lines file "
+                        "(the fold's name is added to the file name)")  # fmt: skip
+    parser.add_argument("--train", default="", help="TrainConfig numbers 'field=value,...'")
     parser.add_argument("--peers-grid", action="store_true",
                         help="score the implicit grid (validation folds, no engine)")  # fmt: skip
     parser.add_argument("--grid-round", dest="grid_rounds", type=int, action="append",
@@ -651,6 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "implicit": implicit_available(),
         "weights": args.weights,
         "rec": args.rec,
+        "train": args.train,
         "folds": per_fold,
         "min_ratio_vs_best_peer": min(f["ratio_vs_best_peer"] for f in per_fold),
         "min_ratio_vs_mostpopular_updating": min(

@@ -33,6 +33,7 @@ in blocks of items, so the item x item matrix is never held whole.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -60,6 +61,12 @@ class TrainConfig:
     user_weighting: bool = True  # cosine only
     popular_n: int = 500
     peers: int = 100  # similar shoppers kept per shopper (0: none)
+    # "bought next" (`next_transitions`) blended into the neighbour lists with this weight;
+    # 0: off. Needs the invoices (time order) passed to `train`.
+    next_weight: float = 0.0
+    # time-decayed co-purchase for EASE (`decayed_matrix`), half-life in days; 0: binary
+    decay_half_life_days: float = 0.0
+    next_pop_exponent: float = 0.5
     category_n: int = 50
     ttl_s: int = 30 * 86_400
     grace_s: int = 3_600
@@ -117,14 +124,45 @@ def item_method(n_items: int, cfg: TrainConfig) -> str:
     return "ease" if cfg.method == "ease" and n_items <= cfg.ease_max_items else "cosine"
 
 
-def item_similarity(inter: Interactions, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Top `cfg.neighbours` collaborative neighbours per item: (indices, similarities)."""
+def item_similarity(
+    inter: Interactions, cfg: TrainConfig, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top `cfg.neighbours` collaborative neighbours per item: (indices, similarities).
+    `weights` (EASE only): the shopper x item matrix to use instead of the binary one."""
     if item_method(len(inter.items), cfg) == "ease":
-        return ease_similarity(inter, cfg)
+        return ease_similarity(inter, cfg, weights)
     return cosine_similarity(inter, cfg)
 
 
-def ease_similarity(inter: Interactions, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+def decayed_matrix(
+    inter: Interactions, invoices: Sequence[tuple[str, int, Sequence[str]]], half_life_ms: float
+) -> np.ndarray:
+    """Time-decayed co-purchase: the shopper x item matrix with each cell weighing
+    2^(-age / half-life) by the shopper's last purchase of the item, age taken at the newest
+    invoice (recent baskets weigh more). Cells without an invoice keep weight 1."""
+    uidx = {u: i for i, u in enumerate(inter.users)}
+    iidx = {it: i for i, it in enumerate(inter.items)}
+    last: dict[tuple[int, int], int] = {}
+    for user, ts, basket in invoices:
+        u = uidx.get(user)
+        if u is None:
+            continue
+        for it in basket:
+            i = iidx.get(it)
+            if i is not None and ts > last.get((u, i), -1):
+                last[(u, i)] = ts
+    x = inter.matrix().astype(np.float64)
+    if last:
+        newest = max(last.values())
+        cells = np.array(list(last), dtype=np.int64)
+        ages = newest - np.fromiter(last.values(), dtype=np.float64)
+        x[cells[:, 0], cells[:, 1]] = np.exp2(-ages / half_life_ms)
+    return x
+
+
+def ease_similarity(
+    inter: Interactions, cfg: TrainConfig, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """EASE (Steck 2019): the item-item weights B that best rebuild each shopper's items from
     their other items, B = I - P diag(1 / diag(P)) with P = (X^T X + lambda I)^-1, diag(B) = 0.
     Unlike cosine, a neighbour that only co-occurs because both items are popular gets little
@@ -132,7 +170,7 @@ def ease_similarity(inter: Interactions, cfg: TrainConfig) -> tuple[np.ndarray, 
     for plain cosine, offline. Row i holds the items that i predicts (B[i, j] for j), top n;
     negative weights become 0, which the writer skips.
     """
-    x = inter.matrix().astype(np.float64)
+    x = inter.matrix().astype(np.float64) if weights is None else weights
     gram = x.T @ x
     gram[np.diag_indices_from(gram)] += cfg.ease_lambda
     p = np.linalg.inv(gram)
@@ -171,6 +209,70 @@ def cosine_similarity(inter: Interactions, cfg: TrainConfig) -> tuple[np.ndarray
         idx, vals = top_n(sim, all_idx.shape[1])
         all_idx[b], all_sim[b] = idx, vals
     return all_idx, all_sim
+
+
+def next_transitions(
+    invoices: Iterable[tuple[str, int, Sequence[str]]],
+    items: Sequence[str],
+    n: int,
+    shrink: float = 10.0,
+    pop_exponent: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """ "Bought next": per item i, the items j that shoppers bought for the first time in the
+    invoice right after one holding i, top `n` (indices, values). Directed, unlike
+    co-occurrence: it answers "what does a shopper buy next, new to them, after buying i",
+    which is the home list's question. Count = distinct shoppers per (i, j); value =
+    count / (shoppers with a next invoice after buying i + `shrink`) / (shoppers who bought
+    j new in a next invoice) ^ `pop_exponent` (without it, the best sellers fill every
+    list: they are everyone's next purchase), rescaled so the mean
+    strongest value is EASE_TOP1 as for the item model (so a blend weight keeps its meaning).
+    `invoices` are (shopper, time, items); items outside `items` are skipped."""
+    index = {it: i for i, it in enumerate(items)}
+    m = len(items)
+    by_user: dict[str, list[tuple[int, list[int]]]] = {}
+    for user, ts, basket in invoices:
+        cols = [index[it] for it in basket if it in index]
+        by_user.setdefault(user, []).append((ts, cols))
+    counts = np.zeros(m * m, dtype=np.float32)
+    base = np.zeros(m, dtype=np.float32)
+    targets = np.zeros(m, dtype=np.float32)
+    for seq in by_user.values():
+        seq.sort(key=lambda x: x[0])
+        seen: set[int] = set(seq[0][1])
+        links: set[int] = set()
+        sources: set[int] = set()
+        for (_, prev), (_, cur) in itertools.pairwise(seq):
+            new = [j for j in cur if j not in seen]
+            sources.update(prev)
+            links.update(i * m + j for i in prev for j in new if i != j)
+            seen.update(cur)
+        if links:
+            counts[np.fromiter(links, dtype=np.int64)] += 1.0
+        if sources:
+            base[np.fromiter(sources, dtype=np.int64)] += 1.0
+        if links:
+            targets[np.fromiter({x % m for x in links}, dtype=np.int64)] += 1.0
+    mat = counts.reshape(m, m) / np.maximum(base[:, None] + shrink, 1.0)
+    mat /= np.maximum(targets, 1.0)[None, :] ** pop_exponent
+    idx, vals = top_n(mat, min(n, m))
+    top1 = vals[:, 0] if vals.shape[1] else np.zeros(0)
+    if (top1 > 0).any():
+        vals = np.minimum(vals * (EASE_TOP1 / float(top1[top1 > 0].mean())), 1.0)
+    return idx, vals.astype(np.float32)
+
+
+def blend_lists(
+    parts: Sequence[tuple[np.ndarray, np.ndarray, float]], n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise weighted sum of top-n lists (indices, values, weight) over the same items,
+    top `n` of the sum, values capped at 1 as the serving side reads them."""
+    m = parts[0][0].shape[0]
+    dense = np.zeros((m, m), dtype=np.float32)
+    rows = np.arange(m)[:, None]
+    for idx, vals, weight in parts:
+        np.add.at(dense, (np.broadcast_to(rows, idx.shape), idx), weight * vals)
+    idx, vals = top_n(dense, min(n, m))
+    return idx, np.minimum(vals, 1.0).astype(np.float32)
 
 
 def user_similarity(inter: Interactions, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -383,16 +485,28 @@ def train(
     version: str | None = None,
     source: str = "",
     fingerprint: str = "",
+    invoices: Sequence[tuple[str, int, Sequence[str]]] | None = None,
 ) -> TrainReport:
     """Compute the model from `inter`, write it under a new version, flip the pointer.
-    `fingerprint` (kept in the registry) names the inputs, for `matching_model`."""
+    `fingerprint` (kept in the registry) names the inputs, for `matching_model`; `invoices`
+    (shopper, time, items), for the "bought next" blend (`TrainConfig.next_weight`)."""
     cfg = cfg or TrainConfig()
     t0 = time.monotonic()
     version = version or new_version()
     if not NAME_RE.match(version):
         raise ValueError(f"bad model version {version!r}")
     items = inter.items
-    nn_idx, nn_sim = item_similarity(inter, cfg)
+    decayed = None
+    if cfg.decay_half_life_days > 0 and invoices is not None:
+        decayed = decayed_matrix(inter, invoices, cfg.decay_half_life_days * 86_400_000)
+    nn_idx, nn_sim = item_similarity(inter, cfg, decayed)
+    if cfg.next_weight > 0 and invoices is not None:
+        nx_idx, nx_sim = next_transitions(
+            invoices, items, cfg.neighbours, pop_exponent=cfg.next_pop_exponent
+        )
+        nn_idx, nn_sim = blend_lists(
+            [(nn_idx, nn_sim, 1.0), (nx_idx, nx_sim, cfg.next_weight)], cfg.neighbours
+        )
 
     popular, by_cat = popularity(inter, categories, cfg)
     nn_lists, nn_links = write_lists(
@@ -417,7 +531,9 @@ def train(
         "version": version, "created_ms": int(time.time() * 1000), "source": source,
         "users": len(inter.users), "items": len(items), "pairs": len(inter.rows),
         "neighbours": cfg.neighbours, "method": item_method(len(items), cfg),
-        "ease_lambda": cfg.ease_lambda, "shrink": cfg.shrink, "user_weighting": cfg.user_weighting,
+        "ease_lambda": cfg.ease_lambda, "next_weight": cfg.next_weight if invoices else 0.0,
+        "decay_half_life_days": cfg.decay_half_life_days if invoices else 0.0,
+        "shrink": cfg.shrink, "user_weighting": cfg.user_weighting,
         "content_lists": cn_lists, "peers": cfg.peers, "peer_lists": peer_lists,
         "categories": sorted(by_cat), "ttl_s": cfg.ttl_s, "fingerprint": fingerprint,
     }  # fmt: skip

@@ -141,6 +141,9 @@ class Recommender:
         self._thread: threading.Thread | None = None
         self._last_error_log = 0.0
         self._patient_view: Recommender | None = None
+        # Called with every candidate pool and the candidates sent (evaluation: the ceiling
+        # analysis of bench/evaluate.py measures how often the targets are in the pool).
+        self.pool_observer: Callable[[CandidatePool, Sequence[Candidate]], None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -456,7 +459,10 @@ class Recommender:
         now_ms = req.now_ms or int(time.time() * 1000)
         self._add_global_sources(pool, ctx, model, weights, histories, now_ms)
         self._add_new_arrival_boost(pool, weights, now_ms)
-        return pool.anchors, self._ranked_candidates(pool)
+        ranked = self._ranked_candidates(pool)
+        if self.pool_observer is not None:
+            self.pool_observer(pool, ranked)
+        return pool.anchors, ranked
 
     def _read_anchor_lists(
         self,

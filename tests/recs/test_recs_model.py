@@ -16,10 +16,13 @@ from app.recs.model import (
     EASE_TOP1,
     Interactions,
     TrainConfig,
+    blend_lists,
     content_similarity,
+    decayed_matrix,
     item_method,
     item_similarity,
     model_info,
+    next_transitions,
     top_n,
     train,
     user_similarity,
@@ -97,6 +100,47 @@ def test_item_model_falls_back_to_cosine_beyond_ease_max_items() -> None:
     assert item_method(500, TrainConfig(method="cosine")) == "cosine"
     with pytest.raises(ValueError, match="unknown item model"):
         item_method(500, TrainConfig(method="svd"))
+
+
+def test_next_transitions_count_new_items_of_the_next_invoice_per_shopper() -> None:
+    items = ["A", "B", "C", "D"]
+    invoices = [
+        ("u1", 2, ["C", "B"]),  # out of order on purpose: sorted by time per shopper
+        ("u1", 1, ["A"]),
+        ("u1", 3, ["A", "D"]),  # A is not new to u1: no A -> A; B -> D and C -> D are
+        ("u2", 1, ["A"]),
+        ("u2", 5, ["C"]),
+        ("u3", 1, ["A", "B"]),  # u3 has no next invoice: counts for nothing
+    ]
+    idx, vals = next_transitions(invoices, items, 3, shrink=0.0, pop_exponent=0.0)
+    raw = {(items[i], items[int(j)]): float(v)
+           for i in range(4) for j, v in zip(idx[i], vals[i], strict=True) if v > 0}  # fmt: skip
+    # A was followed by a next invoice for 2 shoppers; C was new next to both, B to one
+    assert set(raw) == {("A", "B"), ("A", "C"), ("B", "D"), ("C", "D")}
+    scale = raw[("A", "C")]  # 2/2, rescaled to the mean strongest value
+    assert raw[("A", "B")] == pytest.approx(scale / 2)
+    assert raw[("B", "D")] == pytest.approx(scale) and raw[("C", "D")] == pytest.approx(scale)
+    # with pop_exponent 1 a target that everyone buys next counts less per shopper
+    idx, vals = next_transitions(invoices, items, 3, shrink=0.0, pop_exponent=1.0)
+    row_a = dict(zip((items[int(j)] for j in idx[0]), vals[0].tolist(), strict=True))
+    assert row_a["C"] == pytest.approx(row_a["B"])  # 2/2 / 2 buyers = 1/2 / 1 buyer
+
+
+def test_decayed_matrix_weighs_each_cell_by_the_age_of_its_last_purchase() -> None:
+    inter = Interactions.from_pairs([("u1", "A"), ("u1", "B"), ("u2", "A")])
+    day = 86_400_000
+    invoices = [("u1", 0, ["A"]), ("u1", 10 * day, ["A", "B"]), ("u2", 0, ["A"])]
+    x = decayed_matrix(inter, invoices, 10 * day)
+    # newest invoice at day 10: u1's A and B are fresh, u2's A is one half-life old
+    assert x.tolist() == [[1.0, 1.0], [0.5, 0.0]]
+
+
+def test_blend_lists_sums_weighted_lists_per_row() -> None:
+    a = (np.array([[1, 2], [0, 2], [0, 1]]), np.array([[0.5, 0.1], [0.4, 0.2], [0.3, 0.0]]), 1.0)
+    b = (np.array([[2, 1], [2, 0], [1, 0]]), np.array([[0.6, 0.2], [0.1, 0.0], [0.9, 0.1]]), 0.5)
+    idx, vals = blend_lists([a, b], 2)
+    assert idx[0].tolist() == [1, 2] and vals[0].tolist() == pytest.approx([0.6, 0.4])
+    assert idx[2].tolist() == [1, 0] and vals[2].tolist() == pytest.approx([0.45, 0.35])
 
 
 def test_user_similarity_is_plain_cosine_over_distinct_items() -> None:
