@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
@@ -64,6 +64,8 @@ BASKETS = [
 # A generous budget: on a loaded machine the default 50 ms would turn behaviour tests into
 # budget tests (a fallback list); the budget tests set their own.
 REC_CFG = RecConfig(restricted_categories={"wine": "age"}, per_category=10, budget_ms=2_000.0)
+# The shipped budget (also the recommender's socket timeout), for tests of a hung or dead Redis.
+SERVING_REC_CFG = replace(REC_CFG, budget_ms=RecConfig.budget_ms)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from app.redis import embedded as redis_stack
 from app.redis import library as functions
 from app.redis.health import RedisHealth
 from tests.chaos_fixtures import hang_run, pause
-from tests.recs_fixtures import World, build_world, recs_app
+from tests.recs_fixtures import SERVING_REC_CFG, World, build_world, recs_app
 from tests.web_fixtures import serving
 
 SERVER = {"X-Write-Key": "wk_test"}
@@ -32,7 +32,7 @@ def private() -> Iterator[tuple[redis_stack.EmbeddedRedis, World]]:
     try:
         with redis.Redis.from_url(server.url) as client:
             functions.load(client)
-            yield server, build_world(client, "th:")
+            yield server, build_world(client, "th:", SERVING_REC_CFG)
     finally:
         server.stop()
 
