@@ -101,7 +101,7 @@ def test_bought_items_never_come_back_on_home(
             sources.add(f"{resp.source}/{resp.fallback_reason}")
             again = [it.item_id for it in resp.items if it.item_id in bought[user]]
             if again:
-                offending.append((user, resp.source, again))
+                offending.append((user, f"{resp.source}/{resp.fallback_reason}", again))
             lists += 1
         ingest(inv)
         bought[user].update(ev["items"][0]["item_id"] for ev in inv)
