@@ -82,8 +82,17 @@ def read_pools(path: Path) -> list[PoolQuery]:
     with path.open() as f:
         for line in f:
             r = json.loads(line)
-            out.append(PoolQuery(r["user"], r["ts"], r["tier"], set(r["targets"]),
-                                 r["ranked"], r["sent"], r["pool"]))  # fmt: skip
+            out.append(
+                PoolQuery(
+                    r["user"],
+                    r["ts"],
+                    r["tier"],
+                    set(r["targets"]),
+                    r["ranked"],
+                    r["sent"],
+                    r["pool"],
+                )
+            )
     return out
 
 
@@ -134,8 +143,9 @@ class History:
                 first_buy[it].setdefault(inv.user, inv.ts)
         self.sale_ts = {it: np.array([t for t, _ in v], dtype=np.int64) for it, v in sales.items()}
         self.sale_price = {it: [p for _, p in v] for it, v in sales.items()}
-        self.buyer_ts = {it: np.sort(np.fromiter(v.values(), dtype=np.int64))
-                         for it, v in first_buy.items()}  # fmt: skip
+        self.buyer_ts = {
+            it: np.sort(np.fromiter(v.values(), dtype=np.int64)) for it, v in first_buy.items()
+        }
         self.user_ts = {u: [inv.ts for inv in v] for u, v in self.user_invoices.items()}
 
     def user_state(self, user: str, ts: int) -> UserState:
@@ -163,8 +173,9 @@ class History:
         n_all = int(np.searchsorted(times, ts, "left")) if times is not None else 0
         if times is None or n_all == 0:
             return [0.0] * (len(WINDOWS_DAYS) + 5) + [math.nan] * 3
-        windows = [n_all - int(np.searchsorted(times, ts - d * DAY_MS, "left"))
-                   for d in WINDOWS_DAYS]  # fmt: skip
+        windows = [
+            n_all - int(np.searchsorted(times, ts - d * DAY_MS, "left")) for d in WINDOWS_DAYS
+        ]
         buyer_ts = self.buyer_ts[item]
         buyers = int(np.searchsorted(buyer_ts, ts, "left"))
         new_buyers = buyers - int(np.searchsorted(buyer_ts, ts - 30 * DAY_MS, "left"))
@@ -185,14 +196,27 @@ class History:
 
 ITEM_FEATURES = (
     *(f"item_lines_{d}d" for d in WINDOWS_DAYS),
-    "item_lines_all", "item_buyers", "item_adoption_30d", "item_trend_7_30", "item_trend_30_90",
-    "item_age_days", "item_days_since_sale", "item_log_price",
-)  # fmt: skip
+    "item_lines_all",
+    "item_buyers",
+    "item_adoption_30d",
+    "item_trend_7_30",
+    "item_trend_30_90",
+    "item_age_days",
+    "item_days_since_sale",
+    "item_log_price",
+)
 USER_FEATURES = (
-    "user_invoices", "user_items", "user_days_since_last", "user_days_since_first",
-    "user_basket", "user_log_price", "price_vs_user", "user_cat_items", "user_cat_share",
+    "user_invoices",
+    "user_items",
+    "user_days_since_last",
+    "user_days_since_first",
+    "user_basket",
+    "user_log_price",
+    "price_vs_user",
+    "user_cat_items",
+    "user_cat_share",
     "cat_in_last_invoice",
-)  # fmt: skip
+)
 ENGINE_FEATURES = ("est_sum", "n_sources", "sent_rank", "engine_rank", "est_rank")
 
 
@@ -203,8 +227,14 @@ class Schema:
 
     @property
     def features(self) -> list[str]:
-        return [*(f"term_{s}" for s in self.sources), *ENGINE_FEATURES, *ITEM_FEATURES,
-                *USER_FEATURES, *(f"tier_{t}" for t in self.tiers), "n_candidates"]  # fmt: skip
+        return [
+            *(f"term_{s}" for s in self.sources),
+            *ENGINE_FEATURES,
+            *ITEM_FEATURES,
+            *USER_FEATURES,
+            *(f"tier_{t}" for t in self.tiers),
+            "n_candidates",
+        ]
 
 
 def schema_of(queries: Sequence[PoolQuery]) -> Schema:
@@ -221,12 +251,15 @@ def query_matrix(q: PoolQuery, items: Sequence[str], hist: History, schema: Sche
     ranked = {it: i for i, it in enumerate(q.ranked)}
     est_rank = np.empty(len(items))
     est_rank[np.argsort(-est, kind="stable")] = np.arange(1, len(items) + 1)
-    engine = np.column_stack([
-        est, (terms != 0).sum(axis=1),
-        [sent.get(it, len(q.sent)) + 1 for it in items],
-        [ranked.get(it, K) + 1 for it in items],
-        est_rank,
-    ])  # fmt: skip
+    engine = np.column_stack(
+        [
+            est,
+            (terms != 0).sum(axis=1),
+            [sent.get(it, len(q.sent)) + 1 for it in items],
+            [ranked.get(it, K) + 1 for it in items],
+            est_rank,
+        ]
+    )
     item = np.array([hist.item_row(it, q.ts) for it in items]).reshape(len(items), -1)
     user = user_block(hist.user_state(q.user, q.ts), items, item[:, -1], q.ts, hist.categories)
     tiers = np.tile([float(q.tier == t) for t in schema.tiers], (len(items), 1))
@@ -234,22 +267,33 @@ def query_matrix(q: PoolQuery, items: Sequence[str], hist: History, schema: Sche
     return np.hstack([terms, engine, item, user, tiers, n])
 
 
-def user_block(st: UserState, items: Sequence[str], item_log_price: np.ndarray, ts: int,
-               categories: dict[str, str]) -> np.ndarray:  # fmt: skip
+def user_block(
+    st: UserState,
+    items: Sequence[str],
+    item_log_price: np.ndarray,
+    ts: int,
+    categories: dict[str, str],
+) -> np.ndarray:
     n_items = max(len(st.items), 1)
     by_cat = Counter(categories.get(it, "") for it in st.items)
     log_price = st.log_price_sum / st.priced if st.priced else math.nan
     rows = []
     for it, lp in zip(items, item_log_price, strict=True):
         cat = categories.get(it, "")
-        rows.append([
-            math.log1p(st.invoices), math.log1p(len(st.items)),
-            (ts - st.last_ts) / DAY_MS if st.invoices else math.nan,
-            (ts - st.first_ts) / DAY_MS if st.invoices else math.nan,
-            st.lines / st.invoices if st.invoices else 0.0,
-            log_price, lp - log_price,
-            math.log1p(by_cat[cat]), by_cat[cat] / n_items, float(cat in st.last_categories),
-        ])  # fmt: skip
+        rows.append(
+            [
+                math.log1p(st.invoices),
+                math.log1p(len(st.items)),
+                (ts - st.last_ts) / DAY_MS if st.invoices else math.nan,
+                (ts - st.first_ts) / DAY_MS if st.invoices else math.nan,
+                st.lines / st.invoices if st.invoices else 0.0,
+                log_price,
+                lp - log_price,
+                math.log1p(by_cat[cat]),
+                by_cat[cat] / n_items,
+                float(cat in st.last_categories),
+            ]
+        )
     return np.array(rows).reshape(len(items), len(USER_FEATURES))
 
 
@@ -267,20 +311,30 @@ class Block:
         starts = np.r_[0, np.cumsum(self.groups)[:-1]]
         idx = [i for i, q in enumerate(self.queries) if keep(q)]
         rows = np.concatenate([np.arange(starts[i], starts[i] + self.groups[i]) for i in idx])
-        return Block([self.queries[i] for i in idx], [self.items[i] for i in idx],
-                     self.x[rows], self.y[rows], self.groups[idx])  # fmt: skip
+        return Block(
+            [self.queries[i] for i in idx],
+            [self.items[i] for i in idx],
+            self.x[rows],
+            self.y[rows],
+            self.groups[idx],
+        )
 
     def __add__(self, other: Block) -> Block:
-        return Block(self.queries + other.queries, self.items + other.items,
-                     np.vstack([self.x, other.x]), np.r_[self.y, other.y],
-                     np.r_[self.groups, other.groups])  # fmt: skip
+        return Block(
+            self.queries + other.queries,
+            self.items + other.items,
+            np.vstack([self.x, other.x]),
+            np.r_[self.y, other.y],
+            np.r_[self.groups, other.groups],
+        )
 
 
 def build_block(queries: Sequence[PoolQuery], hist: History, schema: Schema, mode: str) -> Block:
     items = [candidates(q, mode) for q in queries]
     xs = [query_matrix(q, its, hist, schema) for q, its in zip(queries, items, strict=True)]
-    y = np.concatenate([[float(it in q.targets) for it in its]
-                        for q, its in zip(queries, items, strict=True)])  # fmt: skip
+    y = np.concatenate(
+        [[float(it in q.targets) for it in its] for q, its in zip(queries, items, strict=True)]
+    )
     groups = np.array([len(its) for its in items])
     return Block(list(queries), items, np.vstack(xs), y, groups)
 
@@ -304,8 +358,12 @@ def metrics(block: Block, scores: np.ndarray | None) -> dict[str, float]:
         oracle += bool(q.targets.intersection(its))
         start += n
     m = max(len(block.queries), 1)
-    return {"hit_rate_at_10": round(hits / m, 4), "ndcg_at_10": round(gain / m, 4),
-            "oracle": round(oracle / m, 4), "queries": len(block.queries)}  # fmt: skip
+    return {
+        "hit_rate_at_10": round(hits / m, 4),
+        "ndcg_at_10": round(gain / m, 4),
+        "oracle": round(oracle / m, 4),
+        "queries": len(block.queries),
+    }
 
 
 # -- learners ------------------------------------------------------------------------------------
@@ -376,13 +434,21 @@ class LambdaRank:
         import lightgbm as lgb
 
         params = {
-            "objective": "lambdarank", "metric": "ndcg", "eval_at": [K],
-            "lambdarank_truncation_level": 2 * K, "learning_rate": 0.05,
-            "feature_fraction": 0.8, "lambda_l2": 1.0, "verbose": -1, "num_threads": 2,
-            "deterministic": True, "force_row_wise": True, "seed": 7,
+            "objective": "lambdarank",
+            "metric": "ndcg",
+            "eval_at": [K],
+            "lambdarank_truncation_level": 2 * K,
+            "learning_rate": 0.05,
+            "feature_fraction": 0.8,
+            "lambda_l2": 1.0,
+            "verbose": -1,
+            "num_threads": 2,
+            "deterministic": True,
+            "force_row_wise": True,
+            "seed": 7,
             "num_leaves": int(self.params["num_leaves"]),
             "min_data_in_leaf": int(self.params["min_data_in_leaf"]),
-        }  # fmt: skip
+        }
         self.model = lgb.train(params, lgb.Dataset(x, y, group=groups), self.rounds)
         return self
 
@@ -426,15 +492,27 @@ def select(
             for r in LGB_ROUNDS:
                 s = Setting("lambdarank", (*sorted(p.items()), ("rounds", float(r))))
                 grid[s].append(metrics(score, model.predict(score.x, r)))
-    table = {s.label: {"per_pair": [m["hit_rate_at_10"] for m in ms],
-                       "ndcg": [m["ndcg_at_10"] for m in ms],
-                       "mean_hit_rate_at_10": round(float(np.mean([m["hit_rate_at_10"] for m in ms])), 4)}
-             for s, ms in grid.items()}  # fmt: skip
-    best = max(grid, key=lambda s: (table[s.label]["mean_hit_rate_at_10"],
-                                    float(np.mean(table[s.label]["ndcg"]))))  # fmt: skip
+    table = {
+        s.label: {
+            "per_pair": [m["hit_rate_at_10"] for m in ms],
+            "ndcg": [m["ndcg_at_10"] for m in ms],
+            "mean_hit_rate_at_10": round(float(np.mean([m["hit_rate_at_10"] for m in ms])), 4),
+        }
+        for s, ms in grid.items()
+    }
+    best = max(
+        grid,
+        key=lambda s: (
+            table[s.label]["mean_hit_rate_at_10"],
+            float(np.mean(table[s.label]["ndcg"])),
+        ),
+    )
     for s in grid:
-        print(f"  {s.label:<70}" + "".join(f"{h:>9.4f}" for h in table[s.label]["per_pair"])
-              + f"{table[s.label]['mean_hit_rate_at_10']:>9.4f}")  # fmt: skip
+        print(
+            f"  {s.label:<70}"
+            + "".join(f"{h:>9.4f}" for h in table[s.label]["per_pair"])
+            + f"{table[s.label]['mean_hit_rate_at_10']:>9.4f}"
+        )
     return best, table
 
 
@@ -473,24 +551,34 @@ def reference_figures(log: Path | None) -> dict[str, dict[str, Any]]:
 def load_blocks(
     prefix: Path, mode: str, invoices: Sequence[Invoice], categories: dict[str, str]
 ) -> tuple[dict[str, Block], Schema]:
-    pools = {f: read_pools(prefix.with_name(f"{prefix.name}.{f}.jsonl"))
-             for f in ("val1", "val2", "test1", "test2")}  # fmt: skip
+    pools = {
+        f: read_pools(prefix.with_name(f"{prefix.name}.{f}.jsonl"))
+        for f in ("val1", "val2", "test1", "test2")
+    }
     schema = schema_of([q for qs in pools.values() for q in qs])
     hist = History(invoices, categories)
     blocks = {}
     for f, qs in pools.items():
         t0 = time.monotonic()
         blocks[f] = build_block(qs, hist, schema, mode)
-        print(f"  {f}: {len(qs):,} queries, {len(blocks[f].y):,} candidate rows, "
-              f"{len(schema.features)} features, {time.monotonic() - t0:.1f} s")  # fmt: skip
+        print(
+            f"  {f}: {len(qs):,} queries, {len(blocks[f].y):,} candidate rows, "
+            f"{len(schema.features)} features, {time.monotonic() - t0:.1f} s"
+        )
     return blocks, schema
 
 
-def run(blocks: dict[str, Block], schema: Schema, refs: dict[str, dict[str, Any]],
-        learners: Sequence[str]) -> dict[str, Any]:  # fmt: skip
+def run(
+    blocks: dict[str, Block],
+    schema: Schema,
+    refs: dict[str, dict[str, Any]],
+    learners: Sequence[str],
+) -> dict[str, Any]:
     val2_april = blocks["val2"].subset(lambda q: q.ts < SPLIT_MS)
-    pairs = [("val2_april->val1", val2_april, blocks["val1"]),
-             ("val1->val2_april", blocks["val1"], val2_april)]  # fmt: skip
+    pairs = [
+        ("val2_april->val1", val2_april, blocks["val1"]),
+        ("val1->val2_april", blocks["val1"], val2_april),
+    ]
     final_fit = blocks["val1"] + val2_april
     out: dict[str, Any] = {"learners": {}, "validation": {}, "test": {}}
     for name, _fit, score in pairs:
@@ -523,23 +611,31 @@ def run(blocks: dict[str, Block], schema: Schema, refs: dict[str, dict[str, Any]
             row[m]["ratio_vs_mostpopular_updating"] = round(hr / ref["mostpopular_updating"], 3)
             row[m]["ratio_vs_best_peer"] = round(hr / ref["best_peer_hit_rate_at_10"], 3)
         row["reference"] = ref
-        row["goal_hit_rate_at_10"] = round(max(2.5 * ref["mostpopular_updating"],
-                                               1.2 * ref["best_peer_hit_rate_at_10"]), 4)  # fmt: skip
+        row["goal_hit_rate_at_10"] = round(
+            max(2.5 * ref["mostpopular_updating"], 1.2 * ref["best_peer_hit_rate_at_10"]), 4
+        )
     return out
 
 
 def print_report(out: dict[str, Any]) -> None:
-    print(f"\n{'queries':<24}{'method':<14}{'queries':>8}{'HR@10':>8}{'NDCG@10':>9}"
-          f"{'oracle':>8}{'x MP upd':>9}{'x peer':>8}")  # fmt: skip
+    print(
+        f"\n{'queries':<24}{'method':<14}{'queries':>8}{'HR@10':>8}{'NDCG@10':>9}"
+        f"{'oracle':>8}{'x MP upd':>9}{'x peer':>8}"
+    )
     for part in ("validation", "test"):
         for name, row in out[part].items():
             for m, s in row.items():
                 if m in ("reference", "goal_hit_rate_at_10"):
                     continue
-                ratios = (f"{s['ratio_vs_mostpopular_updating']:>9.2f}{s['ratio_vs_best_peer']:>8.2f}"
-                          if "ratio_vs_best_peer" in s else "")  # fmt: skip
-                print(f"{name:<24}{m:<14}{s['queries']:>8,}{s['hit_rate_at_10']:>8.4f}"
-                      f"{s['ndcg_at_10']:>9.4f}{s['oracle']:>8.4f}{ratios}")  # fmt: skip
+                ratios = (
+                    f"{s['ratio_vs_mostpopular_updating']:>9.2f}{s['ratio_vs_best_peer']:>8.2f}"
+                    if "ratio_vs_best_peer" in s
+                    else ""
+                )
+                print(
+                    f"{name:<24}{m:<14}{s['queries']:>8,}{s['hit_rate_at_10']:>8.4f}"
+                    f"{s['ndcg_at_10']:>9.4f}{s['oracle']:>8.4f}{ratios}"
+                )
             if "goal_hit_rate_at_10" in row:
                 print(f"{name:<24}{'goal':<14}{'':>8}{row['goal_hit_rate_at_10']:>8.4f}")
 
@@ -548,10 +644,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from app.core.settings import load_settings
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--pools", type=Path, required=True,
-                        help="the --dump-pool prefix P (P.val1.jsonl ... P.test2.jsonl)")  # fmt: skip
-    parser.add_argument("--evaluate-log", type=Path, default=None,
-                        help="the test run's output (its JSON line): the baselines' HR@10")  # fmt: skip
+    parser.add_argument(
+        "--pools",
+        type=Path,
+        required=True,
+        help="the --dump-pool prefix P (P.val1.jsonl ... P.test2.jsonl)",
+    )
+    parser.add_argument(
+        "--evaluate-log",
+        type=Path,
+        default=None,
+        help="the test run's output (its JSON line): the baselines' HR@10",
+    )
     parser.add_argument("--candidates", choices=("sent", "pool"), default="sent")
     parser.add_argument("--learner", action="append", choices=("lambdarank", "logistic"))
     parser.add_argument("--path", type=Path, default=None, help="the purchase file")
@@ -566,10 +670,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     blocks, schema = load_blocks(args.pools, args.candidates, invoices, categories)
     out = run(blocks, schema, reference_figures(args.evaluate_log), learners)
     print_report(out)
-    emit_json({"bench": "ranking", "candidates": args.candidates, "features": schema.features,
-               "protocol": "settings by cross-fitting val2 (April) <-> val1; final fit on "
-               "val1 + val2 April; each test fold scored once", **out,
-               "seconds": round(time.monotonic() - t0, 1)})  # fmt: skip
+    emit_json(
+        {
+            "bench": "ranking",
+            "candidates": args.candidates,
+            "features": schema.features,
+            "protocol": "settings by cross-fitting val2 (April) <-> val1; final fit on "
+            "val1 + val2 April; each test fold scored once",
+            **out,
+            "seconds": round(time.monotonic() - t0, 1),
+        }
+    )
     return 0
 
 

@@ -31,12 +31,24 @@ def write_pools(path: Path, n: int, seed: int) -> None:
         for q in range(n):
             items = [f"i{q}-{j}" for j in range(20)]
             target = rng.choice(items)
-            pool = {it: {"sig": 1.0 if it == target else rng.uniform(0, 0.5),
-                         "noise": rng.uniform(0, 1)} for it in items}  # fmt: skip
+            pool = {
+                it: {
+                    "sig": 1.0 if it == target else rng.uniform(0, 0.5),
+                    "noise": rng.uniform(0, 1),
+                }
+                for it in items
+            }
             others = [it for it in items if it != target]
             rng.shuffle(others)
-            row = {"user": f"u{q % 7}", "ts": T0 + q * 1000, "tier": "collab",
-                   "targets": [target], "ranked": others[:10], "sent": items, "pool": pool}  # fmt: skip
+            row = {
+                "user": f"u{q % 7}",
+                "ts": T0 + q * 1000,
+                "tier": "collab",
+                "targets": [target],
+                "ranked": others[:10],
+                "sent": items,
+                "pool": pool,
+            }
             f.write(json.dumps(row) + "\n")
 
 
@@ -48,8 +60,11 @@ def blocks(tmp_path: Path) -> tuple[ranking.Block, ranking.Block, ranking.Schema
     score_q = ranking.read_pools(tmp_path / "score.jsonl")
     schema = ranking.schema_of(fit_q + score_q)
     hist = ranking.History([invoice(T0 - DAY, "u1", ["x"])], {})
-    return (ranking.build_block(fit_q, hist, schema, "sent"),
-            ranking.build_block(score_q, hist, schema, "sent"), schema)  # fmt: skip
+    return (
+        ranking.build_block(fit_q, hist, schema, "sent"),
+        ranking.build_block(score_q, hist, schema, "sent"),
+        schema,
+    )
 
 
 def test_the_engine_order_misses_and_the_oracle_sees_the_target(
@@ -72,8 +87,9 @@ def test_a_learner_ranks_the_deciding_feature_first(
     if learner == "logistic":
         setting = ranking.Setting("logistic", (("l2", 1.0),))
     else:
-        setting = ranking.Setting("lambdarank", (("min_data_in_leaf", 20.0),
-                                                 ("num_leaves", 7.0), ("rounds", 50.0)))  # fmt: skip
+        setting = ranking.Setting(
+            "lambdarank", (("min_data_in_leaf", 20.0), ("num_leaves", 7.0), ("rounds", 50.0))
+        )
     m = ranking.metrics(score, ranking.fit_and_score(setting, fit, score))
     assert m["hit_rate_at_10"] == 1.0
     assert m["ndcg_at_10"] == 1.0  # the target first, not merely in the top 10
@@ -82,12 +98,20 @@ def test_a_learner_ranks_the_deciding_feature_first(
 def test_no_feature_reads_the_query_invoice_or_later() -> None:
     """Adding the query's own invoice (same time) and later purchases changes no feature."""
     ts = T0 + 100 * DAY
-    past = [invoice(ts - 40 * DAY, "u", ["a", "b"]), invoice(ts - 3 * DAY, "v", ["c"], 5.0),
-            invoice(ts - 2 * DAY, "u", ["c"])]  # fmt: skip
-    future = [invoice(ts, "u", ["c", "d"], 9.0), invoice(ts, "v", ["d"], 9.0),
-              invoice(ts + DAY, "u", ["d"], 9.0), invoice(ts + 1, "w", ["c", "d"], 9.0)]  # fmt: skip
-    q = ranking.PoolQuery("u", ts, "collab", {"d"}, ["d"], ["d", "c"],
-                          {"d": {"nn": 0.5}, "c": {"co": 0.2}})  # fmt: skip
+    past = [
+        invoice(ts - 40 * DAY, "u", ["a", "b"]),
+        invoice(ts - 3 * DAY, "v", ["c"], 5.0),
+        invoice(ts - 2 * DAY, "u", ["c"]),
+    ]
+    future = [
+        invoice(ts, "u", ["c", "d"], 9.0),
+        invoice(ts, "v", ["d"], 9.0),
+        invoice(ts + DAY, "u", ["d"], 9.0),
+        invoice(ts + 1, "w", ["c", "d"], 9.0),
+    ]
+    q = ranking.PoolQuery(
+        "u", ts, "collab", {"d"}, ["d"], ["d", "c"], {"d": {"nn": 0.5}, "c": {"co": 0.2}}
+    )
     categories = {"a": "x", "b": "x", "c": "y", "d": "y"}
     schema = ranking.schema_of([q])
     before = ranking.query_matrix(q, ["d", "c"], ranking.History(past, categories), schema)
@@ -104,7 +128,14 @@ def test_no_feature_reads_the_query_invoice_or_later() -> None:
 
 
 def test_candidates_keep_the_engine_order_and_its_whole_list() -> None:
-    q = ranking.PoolQuery("u", T0, "collab", set(), ["b", "z"], ["a", "b", "c"],
-                          {"a": {"nn": 1.0}, "b": {"nn": 0.5}, "c": {"nn": 0.1}, "p": {"nn": 2.0}})  # fmt: skip
+    q = ranking.PoolQuery(
+        "u",
+        T0,
+        "collab",
+        set(),
+        ["b", "z"],
+        ["a", "b", "c"],
+        {"a": {"nn": 1.0}, "b": {"nn": 0.5}, "c": {"nn": 0.1}, "p": {"nn": 2.0}},
+    )
     assert ranking.candidates(q, "sent") == ["b", "z", "a", "c"]
     assert ranking.candidates(q, "pool") == ["b", "z", "a", "c", "p"]
