@@ -463,7 +463,7 @@ class LambdaRank:
 
 
 LOGISTIC_GRID = [Setting("logistic", (("l2", v),)) for v in (0.1, 10.0, 1000.0)]
-LGB_ROUNDS = (50, 100, 200, 400)
+LGB_ROUNDS = (50, 100, 200, 300)
 LGB_TREES = [(15, 50), (63, 50), (15, 400), (63, 400)]  # (num_leaves, min_data_in_leaf)
 
 
