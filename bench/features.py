@@ -29,8 +29,10 @@ HMGET) divided by the entities read. Call durations are SLOWLOG's (calls above 1
 the log reset per phase): `max_call_ms` is the longest of the engine's feature commands during
 ingestion (features_ingest) and the application read path (MGET, in process and HTTP), with
 the ingest calls' p99 / p99.9 beside it (on a loaded machine one call's wall time includes
-time the server was descheduled); the FCALL option's are `fcall_max_call_ms` / `_p99_`. The
-last line printed is one JSON object.
+time the server was descheduled); the FCALL option's are `fcall_max_call_ms` / `_p99_`.
+During ingestion the server main thread's preemptions, run-queue wait and the host's steal
+time are reported (embedded server on Linux); `--server-fifo` runs that thread SCHED_FIFO.
+The last line printed is one JSON object.
 """
 
 from __future__ import annotations
