@@ -29,8 +29,10 @@ HMGET) divided by the entities read. Call durations are SLOWLOG's (calls above 1
 the log reset per phase): `max_call_ms` is the longest of the engine's feature commands during
 ingestion (features_ingest) and the application read path (MGET, in process and HTTP), with
 the ingest calls' p99 / p99.9 beside it (on a loaded machine one call's wall time includes
-time the server was descheduled); the FCALL option's are `fcall_max_call_ms` / `_p99_`. The
-last line printed is one JSON object.
+time the server was descheduled); the FCALL option's are `fcall_max_call_ms` / `_p99_`.
+During ingestion the server main thread's preemptions, run-queue wait and the host's steal
+time are reported (embedded server on Linux); `--server-fifo` runs that thread SCHED_FIFO.
+The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -204,6 +206,50 @@ def upper_percentile(slow: list[float], total: int, p: float) -> float:
     return ranked[above] if above < len(ranked) else 0.0
 
 
+class ServerThread:
+    """Scheduler figures of the server's main thread (Linux, server on this host): how long
+    it waited for a CPU while runnable and how often it was preempted (a command then lasts
+    longer than its work: SLOWLOG measures wall time), and the host's steal time (the
+    hypervisor running another guest). None where /proc does not show them."""
+
+    def __init__(self, client: redis.Redis, embedded: bool) -> None:
+        pid = int(client.info("server")["process_id"])
+        self.path = Path(f"/proc/{pid}/task/{pid}")
+        self.pid = pid
+        self.ok = embedded and self.path.exists()
+
+    def sample(self) -> tuple[float, int, float] | None:
+        """(ms waited runnable, involuntary switches, host steal ms) since boot."""
+        if not self.ok:
+            return None
+        waited_ns = int((self.path / "schedstat").read_text().split()[1])
+        status = (self.path / "status").read_text().splitlines()
+        switches = next(int(x.split()[1]) for x in status if x.startswith("nonvoluntary"))
+        steal = int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[8])
+        return waited_ns / 1e6, switches, steal * 1000 / os.sysconf("SC_CLK_TCK")
+
+    def realtime(self) -> str:
+        """Run the main thread SCHED_FIFO (never preempted by ordinary processes): the
+        server as it runs on a core of its own. Needs CAP_SYS_NICE."""
+        if not self.ok:
+            return "default (server not on this host)"
+        try:
+            os.sched_setscheduler(self.pid, os.SCHED_FIFO, os.sched_param(1))
+        except PermissionError:
+            return "default (SCHED_FIFO not permitted)"
+        return "fifo"
+
+
+def sched_delta(
+    before: tuple[float, int, float] | None, after: tuple[float, int, float] | None
+) -> dict[str, float]:
+    if before is None or after is None:
+        return {}
+    return {"server_runq_wait_ms": round(after[0] - before[0], 1),
+            "server_preemptions": after[1] - before[1],
+            "host_steal_ms": round(after[2] - before[2], 1)}  # fmt: skip
+
+
 class CountingHook:
     """The number of Function calls that carried feature work (the denominator of the call
     percentiles: the slow log only holds the slow ones)."""
@@ -286,6 +332,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small run for CI")
     parser.add_argument("--mod", type=int, default=None, help="customers with id % mod == 0")
     parser.add_argument("--reads", type=int, default=None, help="requests per latency figure")
+    parser.add_argument(
+        "--server-fifo",
+        action="store_true",
+        help="run the embedded server's main thread SCHED_FIFO (a core of its own)",
+    )
     args = parser.parse_args()
     mod = args.mod or (20 if args.quick else 10)
     reads = args.reads or (300 if args.quick else 3000)
@@ -310,7 +361,10 @@ def main() -> None:
         featured = Ingestor(client, cfg, ack_features=ack_features(fs, keys))
         plain = Ingestor(client, plain_cfg)
         plain_worker = AggregateWorker(client, plain_cfg)
-        cpu0 = server_cpu_s(client)
+        thread = ServerThread(client, target.embedded)
+        out["server_sched"] = thread.realtime() if args.server_fifo else "default"
+        print(f"server main thread scheduling: {out['server_sched']}")
+        cpu0, sched0 = server_cpu_s(client), thread.sample()
         with slowlog(client) as slow_ingest:
             plain_s, feat_s = ingest_pair((plain, plain_worker), (featured, featured_worker),
                                           events)  # fmt: skip
@@ -325,7 +379,12 @@ def main() -> None:
         # commands' CPU included, so a little high): free of the time a descheduled server
         # adds to SLOWLOG's wall-clock durations on a loaded machine.
         cpu_per_call_ms = (server_cpu_s(client) - cpu0) * 1000 / counting.calls
+        out |= sched_delta(sched0, thread.sample())
         report_slow("ingestion", slow_ingest)
+        if "server_preemptions" in out:
+            print(f"  server main thread during ingestion: preempted {out['server_preemptions']}"
+                  f" times, {out['server_runq_wait_ms']} ms waiting for a CPU; host steal "
+                  f"{out['host_steal_ms']} ms")  # fmt: skip
         print(f"  server CPU per ingestion call (all commands / Function calls): "
               f"{cpu_per_call_ms:.3f} ms")  # fmt: skip
         settle_aof(client)

@@ -65,16 +65,20 @@ class EngineConfig:
     # pipeline). An `ingest_partition` call costs per shopper in it (reading and writing its
     # session, dedup set and feature states: ~150-250 us of server time) and per event
     # (~25-60 us, more with new user x category states; docs/features.md, "Write cost"):
-    # at most `ack_work_per_call` units, one per event and `ack_shopper_work` per shopper.
+    # at most `ack_work_per_call` units, one per event, `ack_shopper_work` per shopper and
+    # `ack_state_work` per other feature state written (a user x category pair: ~30-50 us).
     ack_work_per_call: int = 16
     ack_shopper_work: int = 4
+    ack_state_work: int = 1
     # The aggregate workers cut each partition's read into blocks of at most this many log
     # entries and send the blocks in rounds of at most `agg_events_per_call` events, one
     # `apply_blocks` call per target slot and round: a shard's call carries its share of the
-    # round (1/agg_shards of the items: ~15-20 us each), the `{g}` popularity call all of it
-    # (~2-4 us each): both stay near 1 ms (docs/benchmarks.md, "ingest").
+    # round (1/agg_shards of the items, ~10 us per key; an item feature state ~50 us), the
+    # `{g}` popularity call all of it (~2-4 us each). At 400 the busiest shards' calls (80-120
+    # keys) reached 1.3-1.8 ms; 250 keeps them near 1 ms for ~3% more server time
+    # (docs/features.md, "Write cost").
     agg_entries_per_block: int = 50
-    agg_events_per_call: int = 400
+    agg_events_per_call: int = 250
 
     def keys(self) -> Keys:
         return Keys(self.key_prefix, self.partitions, self.agg_shards)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -158,13 +158,23 @@ def ack_feature_section(fs: FeatureSet, keys: Keys, events: Sequence[Event]) -> 
     return key_list, argv
 
 
-def ack_features(fs: FeatureSet, keys: Keys) -> Callable[[Sequence[Event]], Args | None]:
+class AckFeatureWork:
     """The Ingestor's `ack_features`: shopper features inside the acknowledged call."""
 
-    def section(events: Sequence[Event]) -> Args | None:
-        return ack_feature_section(fs, keys, events)
+    def __init__(self, fs: FeatureSet, keys: Keys) -> None:
+        self.fs = fs
+        self.keys = keys
 
-    return section
+    def section(self, events: Sequence[Event]) -> Args | None:
+        return ack_feature_section(self.fs, self.keys, events)
+
+    def states(self, event: Event) -> list[EntityRef]:
+        """The user x category states the event writes (the user's own is the shopper's)."""
+        return [ref for ref in route(self.fs, [event]) if ref[0] == "user_category"]
+
+
+def ack_features(fs: FeatureSet, keys: Keys) -> AckFeatureWork:
+    return AckFeatureWork(fs, keys)
 
 
 def item_feature_hook(fs: FeatureSet, keys: Keys) -> BlockHook:

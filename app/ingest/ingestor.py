@@ -15,9 +15,9 @@ workers (app/ingest/aggregates.py).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
@@ -29,9 +29,20 @@ from app.redis import calls
 
 STATUS = {"A": "accepted", "D": "duplicate"}
 CategoryLookup = Callable[[str], str | None]
-# The feature section of one ack call: events in the call's input order -> (keys, argv) or
-# None (app/features/spec.py `ack_feature_section`).
-AckFeatures = Callable[[Sequence[Event]], calls.Args | None]
+
+
+class AckFeatures(Protocol):
+    """The shopper feature work of the acknowledged calls (app/features/online.py)."""
+
+    def section(self, events: Sequence[Event]) -> calls.Args | None:
+        """One call's feature section: events in the call's input order -> (keys, argv), or
+        None (app/features/spec.py `ack_feature_section`)."""
+
+    def states(self, event: Event) -> Iterable[Hashable]:
+        """The feature states the event writes besides its shopper's own (user x category
+        pairs): each costs `ack_state_work` in a call's budget."""
+
+
 # Told the accepted events of each batch (e.g. metrics); adds no Redis call.
 Observer = Callable[[Sequence[Event]], object]
 
@@ -75,10 +86,10 @@ class Ingestor:
     def partition_calls(self, events: Sequence[Event]) -> list[tuple[list[int], calls.Args]]:
         """The `ingest_partition` calls, each with the input positions of its events (in the
         call's order). Per partition, shoppers' events are packed into calls of at most
-        `cfg.ack_work_per_call` work (one unit per event, `cfg.ack_shopper_work` per
-        shopper); a shopper with more continues in the next call of its partition (calls run
-        in order: dedup, state and log see the same sequence as one big call would). Pure:
-        no network."""
+        `cfg.ack_work_per_call` work (one unit per event, `cfg.ack_shopper_work` per shopper,
+        `cfg.ack_state_work` per user x category feature state); a shopper with more
+        continues in the next call of its partition (calls run in order: dedup, state and log
+        see the same sequence as one big call would). Pure: no network."""
         by_part: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         for i, ev in enumerate(events):
             by_part[self.keys.partition(ev.identity)][ev.identity].append(i)
@@ -86,17 +97,25 @@ class Ingestor:
         for partition in sorted(by_part):
             users = by_part[partition].values()
             runs = budget_runs(
-                users, self.cfg.ack_work_per_call, group_cost=self.cfg.ack_shopper_work
-            )
+                users, self.cfg.ack_work_per_call, group_cost=self.cfg.ack_shopper_work,
+                extras=self._states_of(events), extra_cost=self.cfg.ack_state_work,
+            )  # fmt: skip
             for run in runs:
                 groups = [[events[i] for i in idx] for idx in run]
                 order = [i for idx in run for i in idx]
                 section = None
                 if self.ack_features is not None:
-                    section = self.ack_features([events[i] for i in order])
+                    section = self.ack_features.section([events[i] for i in order])
                 args = calls.ingest_partition_args(self.cfg, self.keys, partition, groups, section)
                 out.append((order, args))
         return out
+
+    def _states_of(self, events: Sequence[Event]) -> Callable[[int], Iterable[Hashable]] | None:
+        """Input position -> the extra feature states that event writes (for the budget)."""
+        features = self.ack_features
+        if features is None:
+            return None
+        return lambda i: features.states(events[i])
 
     def ingest(self, events: Sequence[Event]) -> IngestReport:
         if not events:

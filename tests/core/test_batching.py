@@ -53,3 +53,20 @@ def test_budget_runs_refuse_a_budget_that_holds_no_item() -> None:
         budget_runs([[1]], 0)
     with pytest.raises(ValueError, match="budget"):
         budget_runs([[1]], 3, group_cost=3)
+
+
+def test_budget_runs_charge_each_distinct_extra_once_per_run() -> None:
+    # Items name their extras (e.g. "a1:x" writes state x); x again in the same run is free.
+    groups = [["a1:x", "a2:x", "a3:y", "a4:z"], ["b1:x"]]
+
+    def extras(item: str) -> list[str]:
+        return [item[0] + item.split(":")[1]]  # per group: a shopper's category states
+
+    runs = budget_runs(groups, 7, group_cost=2, extras=extras, extra_cost=1)
+    # a1 costs 2+1+1, a2 1, a3 1+1 -> 7; a4 starts a new run: 2+1+1; b1 2+1+1 does not fit.
+    assert runs == [[["a1:x", "a2:x", "a3:y"]], [["a4:z"]], [["b1:x"]]]
+    # An item heavier than the budget still gets a run of its own.
+    assert budget_runs([["a1:x"]], 3, group_cost=2, extras=extras, extra_cost=5) == [[["a1:x"]]]
+    # Without extras the result is the plain packing.
+    plain = budget_runs(groups, 7, group_cost=2)
+    assert plain == budget_runs(groups, 7, group_cost=2, extras=extras, extra_cost=0)

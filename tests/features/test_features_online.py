@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -20,6 +21,7 @@ from app.engine import build_engine
 from app.features.offline import OfflineStore, compare_rows
 from app.features.online import (
     ENTITY_COST,
+    ack_features,
     features_get_args,
     get_features,
     get_features_fcall,
@@ -34,6 +36,7 @@ from app.features.spec import (
     compile_definitions,
     load_feature_set,
 )
+from app.ingest.ingestor import Ingestor
 from app.redis.calls import fcall, fcall_ro
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % DAY_MS  # 2023-11-14 00:00 UTC
@@ -285,6 +288,28 @@ def test_duplicates_count_once_through_the_ingestor(
     engine.drain()
     assert value(client, fs, keys, "user_views_1h", "u1", T0 + 5 * MINUTE_MS) == 2
     assert value(client, fs, keys, "item_views_1h", "A", T0 + 5 * MINUTE_MS) == 2
+
+
+def test_ack_calls_count_each_user_category_state_in_their_budget(
+    client: redis.Redis, cfg: EngineConfig, keys: Keys, fs: FeatureSet
+) -> None:
+    """A shopper's events over many categories write one more feature state per category:
+    each costs `ack_state_work`, so such a call carries fewer events (its duration stays
+    bounded) and every event is still applied once, in order."""
+    cats = [f"cat{i % 8}" for i in range(12)]
+    batch = [ev(f"v{i}", "view", T0 + i, category=c) for i, c in enumerate(cats)]
+    plain = Ingestor(client, replace(cfg, ack_state_work=0), ack_features=ack_features(fs, keys))
+    assert [len(order) for order, _ in plain.partition_calls(batch)] == [12]
+    engine = build_engine(client, cfg, features=fs)
+    planned = engine.ingestor.partition_calls(batch)
+    for order, _args in planned:
+        states = {batch[i].lines[0].category for i in order}
+        work = len(order) + cfg.ack_shopper_work + cfg.ack_state_work * len(states)
+        assert work <= cfg.ack_work_per_call
+    assert [i for order, _ in planned for i in order] == list(range(12))
+    assert len(planned) > 1
+    assert engine.ingestor.ingest(batch).accepted == 12
+    assert value(client, fs, keys, "user_views_1h", "u1", T0 + 5 * MINUTE_MS) == 12
 
 
 def test_cluster_calls_stay_in_one_slot(client: redis.Redis, keys: Keys, fs: FeatureSet) -> None:
