@@ -29,9 +29,10 @@ def budget_runs(
     group_cost: int = 0,
     extras: Callable[[T], Iterable[Hashable]] | None = None,
     extra_cost: int = 0,
+    item_cost: Callable[[T], int] | None = None,
 ) -> list[list[list[T]]]:
     """Groups (e.g. one shopper's events, in order) packed into runs of at most `budget`
-    work: each item costs 1, each group present in a run `group_cost` more (its fixed cost,
+    work: each item costs `item_cost(item)` (default 1), each group present in a run `group_cost` more (its fixed cost,
     e.g. reading and writing the shopper's state) and each distinct extra of the group's
     items in that run (`extras(item)`, e.g. the feature states an event writes besides the
     shopper's own) `extra_cost` more. A group that does not fit in the current run fills it
@@ -45,15 +46,16 @@ def budget_runs(
         part: list[T] = []
         seen: set[Hashable] = set()
         for item in group:
+            own = 1 if item_cost is None else item_cost(item)
             new = set(extras(item)) - seen if extras is not None else set()
-            cost = 1 + extra_cost * len(new) + (0 if part else group_cost)
+            cost = own + extra_cost * len(new) + (0 if part else group_cost)
             if cost > room and (part or runs[-1]):
                 if part:
                     runs[-1].append(part)
                 runs.append([])
                 room, part, seen = budget, [], set()
                 new = set(extras(item)) if extras is not None else set()
-                cost = 1 + extra_cost * len(new) + group_cost
+                cost = own + extra_cost * len(new) + group_cost
             part.append(item)
             seen |= new
             room -= cost

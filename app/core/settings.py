@@ -65,8 +65,9 @@ class EngineConfig:
     # pipeline). An `ingest_partition` call costs per shopper in it (reading and writing its
     # session, dedup set and feature states: ~150-250 us of server time) and per event
     # (~25-60 us, more with new user x category states; docs/features.md, "Write cost"):
-    # at most `ack_work_per_call` units, one per event, `ack_shopper_work` per shopper and
-    # `ack_state_work` per other feature state written (a user x category pair: ~30-50 us).
+    # at most `ack_work_per_call` units: one per event line (at least one per event: an
+    # order of 30 products costs 30), `ack_shopper_work` per shopper and `ack_state_work` per
+    # other feature state written (a user x category pair: ~30-50 us).
     ack_work_per_call: int = 16
     ack_shopper_work: int = 4
     ack_state_work: int = 1

@@ -86,8 +86,9 @@ class Ingestor:
     def partition_calls(self, events: Sequence[Event]) -> list[tuple[list[int], calls.Args]]:
         """The `ingest_partition` calls, each with the input positions of its events (in the
         call's order). Per partition, shoppers' events are packed into calls of at most
-        `cfg.ack_work_per_call` work (one unit per event, `cfg.ack_shopper_work` per shopper,
-        `cfg.ack_state_work` per user x category feature state); a shopper with more
+        `cfg.ack_work_per_call` work (one unit per line of an event, at least one per event:
+        each line updates the session, affinities, pairs and features; `cfg.ack_shopper_work`
+        per shopper; `cfg.ack_state_work` per user x category feature state); a shopper with more
         continues in the next call of its partition (calls run in order: dedup, state and log
         see the same sequence as one big call would). Pure: no network."""
         by_part: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
@@ -99,6 +100,7 @@ class Ingestor:
             runs = budget_runs(
                 users, self.cfg.ack_work_per_call, group_cost=self.cfg.ack_shopper_work,
                 extras=self._states_of(events), extra_cost=self.cfg.ack_state_work,
+                item_cost=lambda i: max(1, len(events[i].lines)),
             )  # fmt: skip
             for run in runs:
                 groups = [[events[i] for i in idx] for idx in run]

@@ -70,3 +70,12 @@ def test_budget_runs_charge_each_distinct_extra_once_per_run() -> None:
     # Without extras the result is the plain packing.
     plain = budget_runs(groups, 7, group_cost=2)
     assert plain == budget_runs(groups, 7, group_cost=2, extras=extras, extra_cost=0)
+
+
+def test_budget_runs_charge_each_item_its_own_cost() -> None:
+    # An order of 4 products costs 4: it does not share a run of budget 6 with 2 more items.
+    groups = [["v1", "o4", "v2", "v3"]]
+    runs = budget_runs(groups, 6, group_cost=1, item_cost=lambda item: int(item[1]))
+    assert runs == [[["v1", "o4"]], [["v2", "v3"]]]
+    # The default costs every item 1.
+    assert budget_runs(groups, 6, group_cost=1) == [[["v1", "o4", "v2", "v3"]]]

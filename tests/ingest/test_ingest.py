@@ -301,6 +301,22 @@ def test_a_shopper_cut_across_calls_is_deduplicated_across_them(
     assert views == 4
 
 
+def test_an_order_costs_one_unit_per_product_in_the_call_budget(cfg: EngineConfig) -> None:
+    """Each product line updates the session, affinities, pairs and features: an order of
+    many products must not share a call with as many other events as a one-line event."""
+    lines = [{"item_id": f"P{i}", "qty": 1, "price": 2.0} for i in range(8)]
+    bodies = [ev("o1", "purchase", user="buyer", items=lines, ts=NOW - 100)] + [
+        ev(f"v{i}", user="buyer", item=f"I{i}", ts=NOW - 99 + i) for i in range(8)
+    ]
+    events = [parse_event(b) for b in bodies]
+    planned = Ingestor(redis.Redis(), cfg).partition_calls(events)  # pure: no network
+    budget, shopper = cfg.ack_work_per_call, cfg.ack_shopper_work
+    for order, _args in planned:
+        work = sum(max(1, len(events[i].lines)) for i in order) + shopper
+        assert work <= budget
+    assert [len(order) for order, _args in planned] == [1 + budget - shopper - 8, 8 - (budget - shopper - 8)]
+
+
 def test_out_of_order_batch_older_than_series_retention(
     client: redis.Redis, cfg: EngineConfig, keys: Keys
 ) -> None:
