@@ -32,8 +32,9 @@ def budget_runs(
     item_cost: Callable[[T], int] | None = None,
 ) -> list[list[list[T]]]:
     """Groups (e.g. one shopper's events, in order) packed into runs of at most `budget`
-    work: each item costs `item_cost(item)` (default 1), each group present in a run `group_cost` more (its fixed cost,
-    e.g. reading and writing the shopper's state) and each distinct extra of the group's
+    work: each item costs `item_cost(item)` (default 1), each group present in a run
+    `group_cost` more (its fixed cost, e.g. reading and writing the shopper's state) and
+    each distinct extra of the group's
     items in that run (`extras(item)`, e.g. the feature states an event writes besides the
     shopper's own) `extra_cost` more. A group that does not fit in the current run fills it
     and continues at the start of the next (its parts stay in order, in consecutive runs,
