@@ -259,8 +259,8 @@ local function last_better(ts, v, best_ts, best_v)
   return ts > best_ts or (ts == best_ts and v > best_v)
 end
 
--- A bucket's packed value -> its working form (max: absolute ts; last: {ts, v}; kmv: the
--- packed string itself, updated by kmv_insert).
+-- A bucket's packed value -> its absolute form for reads (max: ts; last: {ts, v}; others
+-- as stored).
 local function bucket_value(slot, n, raw)
   local kind = slot.kind
   if kind == 'max' then return n * slot.b + raw end
@@ -268,39 +268,33 @@ local function bucket_value(slot, n, raw)
   return raw
 end
 
-local function bucket_packed(slot, n, value)
-  local kind = slot.kind
-  if kind == 'max' then return value - n * slot.b end
-  if kind == 'last' then return {value[1] - n * slot.b, value[2]} end
-  return value
-end
-
--- Packed state (GET reply) -> {w = newest ts or nil, w0 = w as read, slots = {id -> s},
--- dropped}. Each slot stays as read, s = {h, ages, vals, base = floor(w0 / bucket)}, until
--- slot_open turns it into its working form (s.n set: bucket indices absolute and ascending,
--- values still packed, decoded where used): a call pays for the slots its events touch, the
--- others are only re-based when written back. Slots the spec does not have are left out
--- (`dropped` counts their buckets).
-local function state_decode(spec, raw)
-  local st = {w = nil, w0 = nil, slots = {}, dropped = 0}
-  if not raw then return st end
+local function state_unpack(raw)
   local ok, obj = pcall(cmsgpack.unpack, raw)
   if not ok or type(obj) ~= 'table' or obj[1] ~= STATE_FORMAT or type(obj[3]) ~= 'table' then
     fail('ERR_BADARG', 'feature state is not format ' .. STATE_FORMAT .. ' (written by another version?)')
   end
-  st.w, st.w0 = obj[2], obj[2]
+  return obj
+end
+
+-- Packed state (GET reply) -> for reads: {w = newest ts or nil, slots = {id -> s}}, s =
+-- {h, ages, vals, base = floor(w / bucket)} until slot_open turns it into its read form
+-- (s.n: bucket indices absolute and ascending, s.v: values as stored). Slots the spec does
+-- not have are left out.
+local function state_decode(spec, raw)
+  local st = {w = nil, slots = {}}
+  if not raw then return st end
+  local obj = state_unpack(raw)
+  st.w = obj[2]
   for id, s in pairs(obj[3]) do
     local slot = spec.slots[id]
-    if slot == nil then
-      st.dropped = st.dropped + #s[2]
-    else
+    if slot ~= nil then
       st.slots[id] = {h = s[1], ages = s[2], vals = s[3], base = math.floor(st.w / slot.b)}
     end
   end
   return st
 end
 
--- The slot's working form (see state_decode), built once.
+-- The slot's read form (see state_decode), built once.
 local function slot_open(s)
   if s.n ~= nil then return s end
   local ages, vals, base, ns, vs = s.ages, s.vals, s.base, {}, {}
@@ -313,144 +307,92 @@ local function slot_open(s)
   return s
 end
 
--- Position of bucket n in the ascending indices `ns` (nil: absent). Events mostly land in
--- the newest bucket: checked first.
-local function bucket_pos(ns, n)
-  local hi = #ns
-  if hi == 0 then return nil end
-  if ns[hi] == n then return hi end
-  local lo = 1
-  while lo <= hi do
+-- Packed state (GET reply) -> for writes: {w = newest ts or nil, slots = {id -> {h, ages,
+-- vals}}}, the slots exactly as stored (checked before any write). The write path updates
+-- them in place: a call pays for unpacking, the buckets its events touch, re-basing the ages
+-- and packing, with no working copy of the state.
+local function state_stored(raw)
+  if not raw then return {w = nil, slots = {}} end
+  local obj = state_unpack(raw)
+  return {w = obj[2], slots = obj[3]}
+end
+
+-- Insertion point of `age` in ascending `ages`: the first position holding age or more.
+-- Events mostly land in the newest bucket (age 0, position 1): checked first.
+local function age_pos(ages, age)
+  local lo, hi = 1, #ages + 1
+  if hi == 1 or ages[1] >= age then return 1 end
+  while lo < hi do
     local mid = math.floor((lo + hi) / 2)
-    local x = ns[mid]
-    if x == n then return mid end
-    if x < n then lo = mid + 1 else hi = mid - 1 end
+    if ages[mid] < age then lo = mid + 1 else hi = mid end
   end
-  return nil
+  return lo
 end
 
--- The working value of bucket n (nil: empty), to update in place through slot_set. Only
--- the buckets an event touches are unpacked (a sketch bucket costs a decode and a re-sort).
-local function slot_get(slot, s, n)
-  if s.work == nil then s.work = {} end
-  local cur = s.work[n]
-  if cur == nil then
-    local i = bucket_pos(s.n, n)
-    if i ~= nil then
-      cur = bucket_value(slot, n, s.v[i])
-      s.work[n] = cur
-    end
+-- Fold one event into bucket n (at `age`) of a stored slot s = {h, ages, vals}, in place;
+-- a bucket the event creates is inserted in order. Values as stored (see the file header).
+local function bucket_fold(slot, s, n, age, ev)
+  local ages, vals = s[2], s[3]
+  local i = age_pos(ages, age)
+  local has = ages[i] == age
+  local cur = nil
+  if has then cur = vals[i] end
+  local kind, new = slot.kind, nil
+  if kind == 'sum' then
+    local v = event_value(slot.val, ev)
+    if v == 0 then return end
+    new = (cur or 0) + v
+  elseif kind == 'dec' then
+    new = (cur or 0) + slot.ev[ev.type] * 2 ^ ((ev.ts - n * slot.b) / slot.hl)
+  elseif kind == 'max' then
+    new = ev.ts - n * slot.b
+    if cur ~= nil and new <= cur then return end
+  elseif kind == 'last' then
+    local v = event_value(slot.val, ev)
+    local off = ev.ts - n * slot.b
+    if cur ~= nil and not last_better(off, v, cur[1], cur[2]) then return end
+    new = {off, v}
+  else
+    local members = event_members(slot.of, ev)
+    if #members == 0 then return end
+    new = cur or ''
+    for _, m in ipairs(members) do new = kmv_insert(new, kmv_hash_packed(m), slot.kk) end
   end
-  return cur
-end
-
-local function slot_set(s, n, value)
-  s.work[n] = value
-end
-
--- Pack the touched buckets back into the ascending arrays.
-local function slot_arrays(slot, s)
-  if s.work == nil then return end
-  local added = false
-  for n, value in pairs(s.work) do
-    local i = bucket_pos(s.n, n)
-    if i == nil then
-      i = #s.n + 1
-      if i > 1 and s.n[i - 1] > n then added = true end  -- out of order: sort below
-      s.n[i] = n
-    end
-    s.v[i] = bucket_packed(slot, n, value)
+  if has then
+    vals[i] = new
+  else
+    table.insert(ages, i, age)
+    table.insert(vals, i, new)
   end
-  if added then
-    local order = {}
-    for i = 1, #s.n do order[i] = i end
-    table.sort(order, function(a, b) return s.n[a] < s.n[b] end)
-    local ns, vs = {}, {}
-    for i, k in ipairs(order) do ns[i], vs[i] = s.n[k], s.v[k] end
-    s.n, s.v = ns, vs
-  end
-  s.work = nil
 end
 
 -- Drop the buckets no read as of (newest - history) or later can use, raising the horizon:
 -- those that left every window (start < newest - retention) and, for max / last slots, those
 -- older than the newest bucket before the first readable window end (it lies in every window
--- that holds them and always wins). Returns the number dropped.
+-- that holds them and always wins). Stored order: newest first, so drops come off the end.
+-- Returns the number dropped.
 local function slot_trim(spec, slot, s, w)
-  local ns = s.n
-  local keep = 1
-  while keep <= #ns and ns[keep] * slot.b < w - slot.ret do keep = keep + 1 end
+  local ages, vals = s[2], s[3]
+  local m = #ages
+  local base = math.floor(w / slot.b)
+  local keep = m
+  while keep >= 1 and (base - ages[keep]) * slot.b < w - slot.ret do keep = keep - 1 end
   if slot.kind == 'max' or slot.kind == 'last' then
     local first_end = math.floor((w - spec.hist) / slot.b)
-    local i = keep
-    while i + 1 <= #ns and ns[i + 1] < first_end do i = i + 1 end
-    if i <= #ns and ns[i] < first_end then keep = i end
-  end
-  if keep == 1 then return 0 end
-  s.h = math.max(s.h, (ns[keep - 1] + 1) * slot.b)
-  local kn, kv = {}, {}
-  for i = keep, #ns do
-    kn[#kn + 1] = ns[i]
-    kv[#kv + 1] = s.v[i]
-  end
-  s.n, s.v = kn, kv
-  return keep - 1
-end
-
--- Whether a slot left as read may hold buckets slot_trim would drop at newest ts w (then it
--- is opened and trimmed like a touched one): its oldest bucket left the retention, or it is
--- a max / last slot (one or two buckets: always checked).
-local function slot_needs_trim(slot, s, w)
-  if slot.kind == 'max' or slot.kind == 'last' then return true end
-  local m = #s.ages
-  return m > 0 and (s.base - s.ages[m]) * slot.b < w - slot.ret
-end
-
-local function state_encode(spec, st)
-  local slots = {}
-  for id, s in pairs(st.slots) do
-    local base = math.floor(st.w / spec.slots[id].b)
-    if s.n == nil then
-      -- Untouched: the same buckets, ages re-based on the new newest ts (in place).
-      local ages, delta = s.ages, base - s.base
-      if delta ~= 0 then
-        for i = 1, #ages do ages[i] = ages[i] + delta end
+    for j = 1, keep do
+      if base - ages[j] < first_end then
+        keep = j
+        break
       end
-      slots[id] = {s.h, ages, s.vals}
-    else
-      local ages, vals, m = {}, {}, #s.n
-      for i = 1, m do
-        ages[i] = base - s.n[m + 1 - i]
-        vals[i] = s.v[m + 1 - i]
-      end
-      slots[id] = {s.h, ages, vals}
     end
   end
-  return cmsgpack.pack({STATE_FORMAT, st.w, slots})
-end
-
--- Fold one event into the bucket n of a slot (working form, see bucket_value).
-local function slot_update(slot, s, n, ev)
-  local kind = slot.kind
-  local cur = slot_get(slot, s, n)
-  if kind == 'sum' then
-    local v = event_value(slot.val, ev)
-    if v ~= 0 then slot_set(s, n, (cur or 0) + v) end
-  elseif kind == 'dec' then
-    slot_set(s, n, (cur or 0) + slot.ev[ev.type] * 2 ^ ((ev.ts - n * slot.b) / slot.hl))
-  elseif kind == 'max' then
-    if cur == nil or ev.ts > cur then slot_set(s, n, ev.ts) end
-  elseif kind == 'last' then
-    local v = event_value(slot.val, ev)
-    if cur == nil or last_better(ev.ts, v, cur[1], cur[2]) then slot_set(s, n, {ev.ts, v}) end
-  else
-    local members = event_members(slot.of, ev)
-    if #members > 0 then
-      local bin = cur or ''
-      for _, m in ipairs(members) do bin = kmv_insert(bin, kmv_hash_packed(m), slot.kk) end
-      slot_set(s, n, bin)
-    end
+  if keep == m then return 0 end
+  s[1] = math.max(s[1], (base - ages[keep + 1] + 1) * slot.b)
+  for i = m, keep + 1, -1 do
+    ages[i] = nil
+    vals[i] = nil
   end
+  return m - keep
 end
 
 -- Parse one entity's events from ARGV at `pos` (format of features_ingest below) without
@@ -478,59 +420,68 @@ local function features_parse_events(argv, pos, n_events)
   return events, pos
 end
 
--- Apply validated events to one entity's packed state (fold, trim, SET with the entity type's
--- TTL). Shared by features_ingest and any Function of this library that applies a shopper's
--- state in one call; `key` comes from the caller's KEYS. `st` is the key's state_decode()d
--- value when the caller already read it (to validate before its first write), else nil.
--- Returns (buckets updated, buckets dropped).
+-- Apply validated events to one entity's packed state (re-base, fold, trim, SET with the
+-- entity type's TTL). Shared by features_ingest and any Function of this library that applies
+-- a shopper's state in one call; `key` comes from the caller's KEYS. `st` is the key's
+-- state_stored() value when the caller already read it (to validate before its first write),
+-- else nil. Returns (buckets updated, buckets dropped).
 local function features_apply(spec, key, ent_name, events, st)
   local ent = spec.ent[ent_name]
   if #events == 0 then return 0, 0 end
-  st = st or state_decode(spec, redis.call('GET', key))
-  local w = st.w
+  st = st or state_stored(redis.call('GET', key))
+  local w0, w = st.w, st.w
   for _, ev in ipairs(events) do
     if w == nil or ev.ts > w then w = ev.ts end
   end
-  st.w = w
-  local written, trimmed = 0, st.dropped
+  local slots, trimmed = st.slots, 0
+  -- Ages are relative to the newest ts: re-based on the new one. Slots the spec no longer
+  -- has, or of another entity type, are not this key's: dropped.
+  for id, s in pairs(slots) do
+    local slot = spec.slots[id]
+    if slot == nil or slot.ent ~= ent_name then
+      trimmed = trimmed + #s[2]
+      slots[id] = nil
+    else
+      local delta = math.floor(w / slot.b) - math.floor(w0 / slot.b)
+      if delta ~= 0 then
+        local ages = s[2]
+        for i = 1, #ages do ages[i] = ages[i] + delta end
+      end
+    end
+  end
+  local written, touched = 0, {}
   for _, ev in ipairs(events) do
     for _, slot in ipairs(ent.by_type[ev.type] or {}) do
-      local s = st.slots[slot.id]
+      local s = slots[slot.id]
       if s == nil then
-        s = {h = 0, n = {}, v = {}}
-        st.slots[slot.id] = s
+        s = {0, {}, {}}
+        slots[slot.id] = s
       end
       local n = math.floor(ev.ts / slot.b)
       if n * slot.b < w - slot.ret then
         -- Older than any window a read at (newest - history) or later covers: not kept
         -- (memory stays bounded); the horizon makes older reads answer null instead.
-        s.h = math.max(s.h, (n + 1) * slot.b)
+        s[1] = math.max(s[1], (n + 1) * slot.b)
       else
-        slot_open(s)
-        if s.touched == nil then s.touched = {} end
-        if not s.touched[n] then
-          s.touched[n] = true
+        local seen = touched[slot.id]
+        if seen == nil then
+          seen = {}
+          touched[slot.id] = seen
+        end
+        if not seen[n] then
+          seen[n] = true
           written = written + 1
         end
-        slot_update(slot, s, n, ev)
+        bucket_fold(slot, s, n, math.floor(w / slot.b) - n, ev)
       end
     end
   end
-  for id, s in pairs(st.slots) do
-    local slot = spec.slots[id]
-    if slot.ent ~= ent_name then
-      trimmed = trimmed + #(s.n or s.ages)  -- another entity type's slot: not this key's
-      st.slots[id] = nil
-    elseif s.n ~= nil or slot_needs_trim(slot, s, w) then
-      slot_open(s)
-      slot_arrays(slot, s)
-      trimmed = trimmed + slot_trim(spec, slot, s, w)
-    end
-  end
+  for id, s in pairs(slots) do trimmed = trimmed + slot_trim(spec, spec.slots[id], s, w) end
+  local packed = cmsgpack.pack({STATE_FORMAT, w, slots})
   if ent.ttl > 0 then
-    redis.call('SET', key, state_encode(spec, st), 'EX', ent.ttl)
+    redis.call('SET', key, packed, 'EX', ent.ttl)
   else
-    redis.call('SET', key, state_encode(spec, st))
+    redis.call('SET', key, packed)
   end
   return written, trimmed
 end
@@ -584,7 +535,7 @@ local function features_ingest(keys, argv)
   if argv[pos] ~= nil then fail('ERR_BADARG', 'unexpected arguments after the last group') end
   for _, grp in ipairs(groups) do
     -- Read (and check) every state first: a foreign value fails here, before any write.
-    if #grp.events > 0 then grp.st = state_decode(spec, redis.call('GET', grp.key)) end
+    if #grp.events > 0 then grp.st = state_stored(redis.call('GET', grp.key)) end
   end
 
   local written, trimmed = 0, 0

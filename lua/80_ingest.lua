@@ -189,7 +189,7 @@ local function apply_feature_blocks(kkeys, header, blocks)
     end
     if args[pos] ~= nil then fail('ERR_BADARG', 'unexpected arguments after the last group') end
   end
-  for _, grp in ipairs(order) do grp.st = state_decode(spec, redis.call('GET', grp.key)) end
+  for _, grp in ipairs(order) do grp.st = state_stored(redis.call('GET', grp.key)) end
   local written, trimmed = 0, 0
   for _, grp in ipairs(order) do
     local w, t = features_apply(spec, grp.key, grp.ent_name, grp.events, grp.st)

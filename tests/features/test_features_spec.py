@@ -187,6 +187,8 @@ def lua() -> Any:
         "last_better",
         "kmv_insert",
         "kmv_unpack",
+        "age_pos",
+        "slot_trim",
     ]
     helpers = rt.execute(code + "\nreturn {" + ", ".join(f"{n} = {n}" for n in names) + "}")
     helpers.rt = rt
@@ -274,3 +276,31 @@ def test_last_tie_break(lua: Any) -> None:
 def test_yaml_file_is_plain_yaml() -> None:
     raw = yaml.safe_load(Path(load_feature_set().source).read_text())
     assert raw["timezone"] == "UTC" and raw["time"] == "event"
+
+
+def test_age_pos_is_the_insertion_point_in_ascending_ages(lua: Any) -> None:
+    ages = lua.rt.table_from([0, 2, 5])
+    assert [lua.age_pos(ages, a) for a in range(7)] == [1, 2, 2, 3, 3, 3, 4]
+    assert lua.age_pos(lua.rt.table_from([]), 3) == 1
+
+
+def test_slot_trim_drops_the_oldest_stored_buckets_and_raises_the_horizon(lua: Any) -> None:
+    """Stored order is newest first (ages ascending): drops come off the end."""
+    minute, hour = 60_000, 3_600_000
+    w = 10_000 * minute + 5  # newest ts: bucket 10,000
+    spec = lua.rt.table_from({"hist": hour})
+
+    def trim(kind: str, ret: int, ages: list[int]) -> tuple[int, int, list[int], list[int]]:
+        slot = lua.rt.table_from({"b": minute, "ret": ret, "kind": kind})
+        s = lua.rt.table_from([7, lua.rt.table_from(ages), lua.rt.table_from(list(ages))])
+        dropped = lua.slot_trim(spec, slot, s, w)
+        return dropped, s[1], list(s[2].values()), list(s[3].values())
+
+    # Retention 1 h: bucket 9,940 (age 60) starts before w - 1 h; its end is the new horizon.
+    assert trim("sum", hour, [0, 1, 59, 60, 61, 70]) == (3, 9_941 * minute, [0, 1, 59], [0, 1, 59])
+    assert trim("sum", hour, [0, 1]) == (0, 7, [0, 1], [0, 1])
+    # max / last: the newest bucket before the first readable window end (w - history, bucket
+    # 9,940) wins in every window holding the older ones, which go.
+    day90 = 90 * 24 * hour
+    got = trim("max", day90, [0, 65, 70, 80])
+    assert got == (2, 9_931 * minute, [0, 65], [0, 65])
