@@ -37,7 +37,8 @@ def budget_runs(
     each distinct extra of the group's items in that run (`extras(item)`, e.g. the feature
     states an event writes besides the shopper's own) `extra_cost` more. A group that does
     not fit in the current run fills it and continues at the start of the next (its parts
-    stay in order, in consecutive runs, never two in one run). An item that alone exceeds the budget gets a run of its own."""
+    stay in order, in consecutive runs, never two in one run). An item that alone exceeds
+    the budget gets a run of its own."""
     if budget <= group_cost or group_cost < 0 or extra_cost < 0:
         raise ValueError("budget must exceed group_cost (>= 0): a run takes at least one item")
     runs: list[list[list[T]]] = [[]]
