@@ -32,6 +32,7 @@ from app.features.spec import (
     EntityRef,
     Feature,
     FeatureSet,
+    Routed,
     Touch,
     Value,
     check_entity_id,
@@ -134,13 +135,21 @@ def ingest_calls(
     ]
 
 
-def ack_feature_section(fs: FeatureSet, keys: Keys, events: Sequence[Event]) -> Args | None:
+def ack_feature_section(
+    fs: FeatureSet,
+    keys: Keys,
+    events: Sequence[Event],
+    routed: Sequence[Routed] | None = None,
+) -> Args | None:
     """The user and user x category feature work of one `ingest_partition` call: its keys
     and the argv section (lua/80_ingest.lua), events referred to by their 1-based position in
-    the call (`events` is in the call's input order). None when no feature uses them."""
+    the call (`events` is in the call's input order; `routed`: their route(), when known).
+    None when no feature uses them."""
+    if routed is None:
+        routed = [route(fs, [ev]) for ev in events]
     touched: dict[EntityRef, list[tuple[int, Touch]]] = defaultdict(list)
-    for pos, ev in enumerate(events, start=1):
-        for ref, touches in route(fs, [ev]).items():
+    for pos, ev_routes in enumerate(routed, start=1):
+        for ref, touches in ev_routes.items():
             if ref[0] != "item":
                 touched[ref] += [(pos, t) for t in touches]
     if not touched:
@@ -165,12 +174,15 @@ class AckFeatureWork:
         self.fs = fs
         self.keys = keys
 
-    def section(self, events: Sequence[Event]) -> Args | None:
-        return ack_feature_section(self.fs, self.keys, events)
+    def route(self, event: Event) -> Routed:
+        return route(self.fs, [event])
 
-    def states(self, event: Event) -> list[EntityRef]:
+    def section(self, events: Sequence[Event], routed: Sequence[Routed]) -> Args | None:
+        return ack_feature_section(self.fs, self.keys, events, routed)
+
+    def states(self, routed: Routed) -> list[EntityRef]:
         """The user x category states the event writes (the user's own is the shopper's)."""
-        return [ref for ref in route(self.fs, [event]) if ref[0] == "user_category"]
+        return [ref for ref in routed if ref[0] == "user_category"]
 
 
 def ack_features(fs: FeatureSet, keys: Keys) -> AckFeatureWork:

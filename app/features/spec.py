@@ -28,6 +28,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -191,6 +192,11 @@ class FeatureSet:
 
     def event_types(self, entity: str) -> frozenset[str]:
         return frozenset(t for s in self.slots.values() if s.entity == entity for t, _ in s.events)
+
+    @cached_property
+    def routed_types(self) -> Mapping[str, frozenset[str]]:
+        """Per entity type, the event types its features use (route() asks per event)."""
+        return {e: self.event_types(e) for e in ENTITY_TYPES}
 
     def feature(self, name: str) -> Feature:
         try:
@@ -553,6 +559,7 @@ class Touch:
 
 
 EntityRef = tuple[str, str]  # (entity type, entity id)
+Routed = dict[EntityRef, list[Touch]]  # route(): entity -> the event's touches of it
 
 
 def route(fs: FeatureSet, events: Iterable[Event]) -> dict[EntityRef, list[Touch]]:
@@ -562,7 +569,7 @@ def route(fs: FeatureSet, events: Iterable[Event]) -> dict[EntityRef, list[Touch
     user_category: each non-empty category of the lines, that category's lines. Events whose
     type no feature of the entity type uses are left out. Per entity, input order is kept.
     """
-    wanted = {e: fs.event_types(e) for e in ENTITY_TYPES}
+    wanted = fs.routed_types
     out: dict[EntityRef, list[Touch]] = defaultdict(list)
     for ev in events:
         if ev.type in wanted["user"]:

@@ -32,14 +32,18 @@ CategoryLookup = Callable[[str], str | None]
 
 
 class AckFeatures(Protocol):
-    """The shopper feature work of the acknowledged calls (app/features/online.py)."""
+    """The shopper feature work of the acknowledged calls (app/features/online.py). Each
+    event is routed once per batch (`route`); the budget and the sections use that."""
 
-    def section(self, events: Sequence[Event]) -> calls.Args | None:
-        """One call's feature section: events in the call's input order -> (keys, argv), or
-        None (app/features/spec.py `ack_feature_section`)."""
+    def route(self, event: Event) -> Any:
+        """The event's feature routing (opaque here), given back to `states` and `section`."""
 
-    def states(self, event: Event) -> Iterable[Hashable]:
-        """The feature states the event writes besides its shopper's own (user x category
+    def section(self, events: Sequence[Event], routed: Sequence[Any]) -> calls.Args | None:
+        """One call's feature section: events in the call's input order, with their routing
+        -> (keys, argv), or None (app/features/online.py `ack_feature_section`)."""
+
+    def states(self, routed: Any) -> Iterable[Hashable]:
+        """The feature states an event writes besides its shopper's own (user x category
         pairs): each costs `ack_state_work` in a call's budget."""
 
 
@@ -94,30 +98,27 @@ class Ingestor:
         by_part: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         for i, ev in enumerate(events):
             by_part[self.keys.partition(ev.identity)][ev.identity].append(i)
+        features = self.ack_features
+        routed = [features.route(ev) for ev in events] if features is not None else []
+        extras = None if features is None else (lambda i: features.states(routed[i]))
         out: list[tuple[list[int], calls.Args]] = []
         for partition in sorted(by_part):
             users = by_part[partition].values()
             runs = budget_runs(
                 users, self.cfg.ack_work_per_call, group_cost=self.cfg.ack_shopper_work,
-                extras=self._states_of(events), extra_cost=self.cfg.ack_state_work,
+                extras=extras, extra_cost=self.cfg.ack_state_work,
                 item_cost=lambda i: max(1, len(events[i].lines)),
             )  # fmt: skip
             for run in runs:
                 groups = [[events[i] for i in idx] for idx in run]
                 order = [i for idx in run for i in idx]
                 section = None
-                if self.ack_features is not None:
-                    section = self.ack_features.section([events[i] for i in order])
+                if features is not None:
+                    section = features.section([events[i] for i in order],
+                                               [routed[i] for i in order])  # fmt: skip
                 args = calls.ingest_partition_args(self.cfg, self.keys, partition, groups, section)
                 out.append((order, args))
         return out
-
-    def _states_of(self, events: Sequence[Event]) -> Callable[[int], Iterable[Hashable]] | None:
-        """Input position -> the extra feature states that event writes (for the budget)."""
-        features = self.ack_features
-        if features is None:
-            return None
-        return lambda i: features.states(events[i])
 
     def ingest(self, events: Sequence[Event]) -> IngestReport:
         if not events:
