@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import http.client
 import json
 import os
@@ -400,11 +399,6 @@ def main() -> None:
         as_of = max(ev.ts for ev in events) + 3_600_000
         rows = engine_rows(client, fs, keys, users, names, as_of)
         peer, feast_extra = feast_setup(target.url, names, rows, users)
-        # As the app does after start-up (app/api/recs.py): what exists now (the replayed
-        # events, Feast's SDK) is out of the cyclic GC's reach, whose full collections would
-        # otherwise pause this process mid-read.
-        gc.collect()
-        gc.freeze()
         rng = random.Random(1)
         one = [rng.choice(users) for _ in range(reads + 50)]
         hundred = [rng.sample(users, 100) for _ in range(max(reads // 10, 50) + 20)]
