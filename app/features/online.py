@@ -343,7 +343,7 @@ def get_features_fcall(
 COUNT, SCALED_SUM, MEAN, RATIO, DECAYED, DISTINCT, LAST, RECENCY = range(8)
 _OPS = {"count": COUNT, "mean": MEAN, "ratio": RATIO, "decayed_sum": DECAYED,
         "distinct_approx": DISTINCT, "last": LAST, "recency": RECENCY}  # fmt: skip
-_NO_SLOT: list[Any] = [0, [], []]
+_NO_SLOT: tuple[Any, ...] = (0, (), ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,21 +408,22 @@ def windows(plans: Sequence[FeaturePlan], t: int) -> list[Window]:
 
 
 class PackedState:
-    """One entity's packed state as stored: the newest event ts and per slot [horizon ms,
-    bucket ages (floor(newest / bucket) - index, ascending: newest first), packed values]."""
+    """One entity's packed state as stored: the newest event ts and per slot (horizon ms,
+    bucket ages (floor(newest / bucket) - index, ascending: newest first), packed values),
+    decoded as tuples (read only; cheaper to build than lists)."""
 
     __slots__ = ("newest", "slots")
 
     def __init__(self, blob: bytes | None) -> None:
-        self.slots: dict[bytes, list[Any]] = {}
+        self.slots: dict[bytes, Sequence[Any]] = {}
         self.newest: int | None = None
         if blob is None:
             return
         try:
-            obj = msgpack.unpackb(blob, raw=True, strict_map_key=False)
+            obj = msgpack.unpackb(blob, raw=True, strict_map_key=False, use_list=False)
         except (ValueError, msgpack.UnpackException) as exc:
             raise ValidationError("state", f"feature state is not MessagePack: {exc}") from exc
-        if not isinstance(obj, list) or len(obj) != 3 or obj[0] != STATE_FORMAT:
+        if not isinstance(obj, tuple) or len(obj) != 3 or obj[0] != STATE_FORMAT:
             raise ValidationError("state", f"feature state is not format {STATE_FORMAT}")
         self.newest = int(obj[1])
         if isinstance(obj[2], dict):
@@ -444,7 +445,9 @@ def state_values(st: PackedState, wins: Sequence[Window], t: int) -> dict[str, V
     for name, op, sid, sid2, b, start, lo, hi, scale, hl, k in wins:
         h, ages, vs = slot(sid, _NO_SLOT)
         base = newest // b
-        i, j = bl(ages, base - hi + 1), bl(ages, base - lo + 1)
+        # Reads as of now end past the newest bucket (ages >= 0): the window starts at age 0.
+        end_age = base - hi + 1
+        i, j = bl(ages, end_age) if end_age > 0 else 0, bl(ages, base - lo + 1)
         if op >= LAST:  # the window's newest bucket (first in age order) holds the answer
             if i == j or (start < h and (base - ages[i]) * b < h):
                 out[name] = None
@@ -478,10 +481,9 @@ def state_values(st: PackedState, wins: Sequence[Window], t: int) -> dict[str, V
     return out
 
 
-def _distinct(packed_buckets: list[bytes], k: int) -> float:
-    seen: set[bytes] = set()
-    for packed in packed_buckets:
-        seen.update(packed[i : i + KMV_BYTES] for i in range(0, len(packed), KMV_BYTES))
+def _distinct(packed_buckets: Sequence[bytes], k: int) -> float:
+    data = b"".join(packed_buckets)
+    seen = {data[i : i + KMV_BYTES] for i in range(0, len(data), KMV_BYTES)}
     if len(seen) < k:
         return float(len(seen))
     kth = sorted(seen)[k - 1]  # fixed-width big-endian: byte order is numeric order
