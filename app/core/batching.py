@@ -48,14 +48,14 @@ def budget_runs(
         seen: set[Hashable] = set()
         for item in group:
             own = 1 if item_cost is None else item_cost(item)
-            new = set(extras(item)) - seen if extras is not None else set()
+            mine = set(extras(item)) if extras is not None else set()
+            new = mine - seen
             cost = own + extra_cost * len(new) + (0 if part else group_cost)
             if cost > room and (part or runs[-1]):
                 if part:
                     runs[-1].append(part)
                 runs.append([])
-                room, part, seen = budget, [], set()
-                new = set(extras(item)) if extras is not None else set()
+                room, part, seen, new = budget, [], set(), mine
                 cost = own + extra_cost * len(new) + group_cost
             part.append(item)
             seen |= new

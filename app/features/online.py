@@ -135,18 +135,11 @@ def ingest_calls(
     ]
 
 
-def ack_feature_section(
-    fs: FeatureSet,
-    keys: Keys,
-    events: Sequence[Event],
-    routed: Sequence[Routed] | None = None,
-) -> Args | None:
+def ack_feature_section(fs: FeatureSet, keys: Keys, routed: Sequence[Routed]) -> Args | None:
     """The user and user x category feature work of one `ingest_partition` call: its keys
     and the argv section (lua/80_ingest.lua), events referred to by their 1-based position in
-    the call (`events` is in the call's input order; `routed`: their route(), when known).
+    the call (`routed`: route() of each of the call's events, in the call's input order).
     None when no feature uses them."""
-    if routed is None:
-        routed = [route(fs, [ev]) for ev in events]
     touched: dict[EntityRef, list[tuple[int, Touch]]] = defaultdict(list)
     for pos, ev_routes in enumerate(routed, start=1):
         for ref, touches in ev_routes.items():
@@ -177,8 +170,8 @@ class AckFeatureWork:
     def route(self, event: Event) -> Routed:
         return route(self.fs, [event])
 
-    def section(self, events: Sequence[Event], routed: Sequence[Routed]) -> Args | None:
-        return ack_feature_section(self.fs, self.keys, events, routed)
+    def section(self, routed: Sequence[Routed]) -> Args | None:
+        return ack_feature_section(self.fs, self.keys, routed)
 
     def states(self, routed: Routed) -> list[EntityRef]:
         """The user x category states the event writes (the user's own is the shopper's)."""

@@ -38,8 +38,8 @@ class AckFeatures(Protocol):
     def route(self, event: Event) -> Any:
         """The event's feature routing (opaque here), given back to `states` and `section`."""
 
-    def section(self, events: Sequence[Event], routed: Sequence[Any]) -> calls.Args | None:
-        """One call's feature section: events in the call's input order, with their routing
+    def section(self, routed: Sequence[Any]) -> calls.Args | None:
+        """One call's feature section: the routing of its events, in the call's input order
         -> (keys, argv), or None (app/features/online.py `ack_feature_section`)."""
 
     def states(self, routed: Any) -> Iterable[Hashable]:
@@ -114,8 +114,7 @@ class Ingestor:
                 order = [i for idx in run for i in idx]
                 section = None
                 if features is not None:
-                    section = features.section([events[i] for i in order],
-                                               [routed[i] for i in order])  # fmt: skip
+                    section = features.section([routed[i] for i in order])
                 args = calls.ingest_partition_args(self.cfg, self.keys, partition, groups, section)
                 out.append((order, args))
         return out
